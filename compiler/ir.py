@@ -1,0 +1,135 @@
+"""The typed layer graph: tensor types, nodes, and the graph over networkx.
+
+A `Graph` is a networkx.DiGraph whose vertices are dotted node names (`lm.model.layers.3`) carrying a `Node`, and
+whose edges carry the producer's output name and whether the edge was inferred (not written in the spec).
+Model inputs are nodes of op `Input`. Shapes use the vocabulary of `dims.py`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
+
+import networkx as nx
+
+from .dims import Dim, shape_str
+
+# Kinds of tensors, used by wiring inference to decide what a layer can consume.
+IMAGE = "image"      # (B, C, H, W) images, feature maps and latent maps
+VIDEO = "video"      # (B, F, C, H, W)
+IDS = "ids"          # (B, T) integer token ids
+TOKENS = "tokens"    # (B, N, D) sequences of vectors; `grid`/`prefix` say where they came from
+VECTOR = "vector"    # (B, D) one vector per example (pooled features, timestep embeddings)
+SCALAR = "scalar"    # (B,) one number per example (diffusion time)
+KINDS = (IMAGE, VIDEO, IDS, TOKENS, VECTOR, SCALAR)
+
+
+@dataclass(frozen=True)
+class TensorType:
+    shape: tuple[Dim, ...]
+    kind: str = TOKENS
+    dtype: str = "float"                      # "float" (the compute dtype) or "int"
+    grid: Optional[tuple[int, int]] = None    # tokens laid out on an h x w grid after `prefix` special tokens
+    prefix: int = 0                           # CLS / register tokens in front of the grid tokens
+
+    @staticmethod
+    def make(shape, kind=TOKENS, dtype="float", grid=None, prefix=0) -> "TensorType":
+        return TensorType(tuple(Dim.of(d) for d in shape), kind, dtype, tuple(grid) if grid else None, prefix)
+
+    @property
+    def width(self) -> Optional[int]:
+        """Feature width: channels for images, last dim for tokens/vectors."""
+        if self.kind == IMAGE and len(self.shape) == 4:
+            d = self.shape[1]
+        elif self.kind == VIDEO and len(self.shape) == 5:
+            d = self.shape[2]
+        elif self.kind in (TOKENS, VECTOR) and self.shape:
+            d = self.shape[-1]
+        else:
+            return None
+        return d.const if d.is_const else None
+
+    def with_shape(self, shape) -> "TensorType":
+        return replace(self, shape=tuple(Dim.of(d) for d in shape))
+
+    def numel(self) -> Dim:
+        n = Dim.of(1)
+        for d in self.shape:
+            n = n * d
+        return n
+
+    def rows(self) -> Dim:
+        """Product of all dims but the last: how many vectors a Linear on the last dim sees."""
+        n = Dim.of(1)
+        for d in self.shape[:-1]:
+            n = n * d
+        return n
+
+    def __str__(self) -> str:
+        return shape_str(self.shape)
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {"shape": [str(d) if not d.is_const else d.const for d in self.shape],
+                               "kind": self.kind, "dtype": self.dtype}
+        if self.grid:
+            out["grid"] = list(self.grid)
+        if self.prefix:
+            out["prefix"] = self.prefix
+        return out
+
+
+@dataclass
+class Node:
+    name: str                              # dotted, unique; module nesting follows it
+    op: str                                # registry name
+    params: Any                            # the op's params model, resolved by the compiler
+    path: tuple = ()                       # JSON path of the layer in the spec (for diagnostics)
+    inputs: list[tuple[str, str]] = field(default_factory=list)   # (producer node, output name) per slot
+    inferred: list[bool] = field(default_factory=list)            # per input: wired by inference?
+    outputs: dict[str, TensorType] = field(default_factory=dict)  # filled by shape inference
+    frozen: bool = False
+    group: Optional[str] = None            # repeated blocks share a group ("lm.model.layers") for collapsing
+    label: str = ""                        # the layer's note, for people
+    stages_trainable: frozenset = frozenset()  # training stages in which this node trains
+
+    @property
+    def out(self) -> TensorType:
+        return next(iter(self.outputs.values()))
+
+
+class Graph:
+    """Nodes in insertion order (a valid topological order by construction) over a networkx.DiGraph."""
+
+    def __init__(self) -> None:
+        self.g = nx.DiGraph()
+        self.order: list[str] = []
+        self.outputs: list[tuple[str, str]] = []   # model outputs (node, output name)
+
+    def add(self, node: Node) -> Node:
+        if node.name in self.g:
+            raise KeyError(f"duplicate node name {node.name}")
+        self.g.add_node(node.name, node=node)
+        self.order.append(node.name)
+        return node
+
+    def connect(self, node: Node, src: str, out: str = "out", inferred: bool = False) -> None:
+        node.inputs.append((src, out))
+        node.inferred.append(inferred)
+        self.g.add_edge(src, node.name, out=out, inferred=inferred)
+
+    def __getitem__(self, name: str) -> Node:
+        return self.g.nodes[name]["node"]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.g
+
+    def nodes(self) -> list[Node]:
+        return [self.g.nodes[n]["node"] for n in self.order]
+
+    def input_types(self, node: Node) -> list[TensorType]:
+        return [self[src].outputs[o] for src, o in node.inputs]
+
+    def consumers(self, name: str) -> list[str]:
+        return list(self.g.successors(name))
+
+    def inferred_edges(self) -> list[tuple[str, str, str]]:
+        return [(u, v, d["out"]) for u, v, d in self.g.edges(data=True) if d.get("inferred")]

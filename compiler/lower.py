@@ -1,0 +1,572 @@
+"""Lowering: spec document -> typed layer graph.
+
+Steps, in order:
+  1. model inputs become `Input` nodes;
+  2. each layer is checked (keys, type, params against its op), includes are merged, composites expanded, repeats
+     unrolled into numbered nodes (`vit.0` ... `vit.11`, group `vit`);
+  3. explicit `inputs` become edges; cycles are reported as cycles;
+  4. nodes are visited in a topological order that follows the list; a layer without `inputs` is wired by inference
+     (the most recent stream it accepts; see `_infer_inputs`), and each node's shape is inferred as it is reached.
+Inferred edges and every assumption are reported as warnings with the layer's location.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import networkx as nx
+from pydantic import ValidationError
+
+from . import registry
+from .diagnostics import Diagnostics, SpecError, did_you_mean
+from .dims import Dim, parse_dim
+from .ir import IDS, IMAGE, TOKENS, Graph, Node, TensorType
+from .ops.io import SYMBOLS
+from .source import Source, read_file
+from .spec import LAYER_KEYS, MAX_REPEAT, SpecDoc, report_validation
+
+MAX_INCLUDE_DEPTH = 8
+MAX_NODES = 20_000
+
+
+@dataclass
+class Pending:
+    """A node before wiring: where it came from and what it asked for."""
+
+    node: Node
+    index: int                          # position in the flattened layer order
+    refs: Optional[list[str]]           # explicit inputs (None: infer)
+    ref_path: tuple = ()
+    layer_id: Optional[str] = None
+
+
+@dataclass
+class Lowering:
+    doc: SpecDoc
+    src: Source
+    diag: Diagnostics
+    root_dir: str
+    graph: Graph = field(default_factory=Graph)
+    pending: list[Pending] = field(default_factory=list)
+    ids: dict[str, str] = field(default_factory=dict)        # layer id -> last node name of that layer
+    first: dict[str, str] = field(default_factory=dict)      # layer id -> first node name
+    extra_diags: list = field(default_factory=list)
+
+    def err(self, path, msg, hint=None, code=""):
+        self.diag.error(path, msg, hint, code)
+
+    def warn(self, path, msg, hint=None, code=""):
+        self.diag.warning(path, msg, hint, code)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+def lower(doc: SpecDoc, src: Source, diag: Diagnostics) -> Graph:
+    low = Lowering(doc, src, diag, os.path.dirname(os.path.abspath(src.file)) if src.file else os.getcwd())
+    _inputs(low)
+    for i, layer in enumerate(doc.layers):
+        _layer(low, layer, ("layers", i), prefix="", include_stack=())
+        if len(low.pending) > MAX_NODES:
+            low.err(("layers", i), f"the spec unrolls to more than {MAX_NODES:,} nodes", code="limit")
+            raise SpecError(diag.items)
+    _connect_explicit(low)
+    _visit(low)
+    _outputs(low)
+    return low.graph
+
+
+# --- 1. inputs -------------------------------------------------------------------------------------------------------
+def _inputs(low: Lowering) -> None:
+    for j, inp in enumerate(low.doc.inputs or []):
+        path = ("inputs", j)
+        ok = True
+        for k, d in enumerate(inp.shape):
+            try:
+                dim = Dim.of(d)
+            except ValueError as e:
+                low.err(path + ("shape", k), str(e), "use integers or the symbols B, T, F")
+                ok = False
+                continue
+            for s in dim.symbols():
+                if s not in SYMBOLS:
+                    low.err(path + ("shape", k), f"unknown size symbol {s!r}",
+                            "known: " + ", ".join(f"{k} ({v})" for k, v in SYMBOLS.items()))
+                    ok = False
+            if dim.is_const and dim.const <= 0:
+                low.err(path + ("shape", k), f"dimension must be positive, got {dim.const}")
+                ok = False
+        want = {"image": 4, "video": 5, "ids": 2, "tokens": 3, "vector": 2, "scalar": 1}[inp.kind]
+        if len(inp.shape) != want:
+            low.err(path + ("shape",), f"a {inp.kind} input has {want} dimensions, got {len(inp.shape)}")
+            ok = False
+        if inp.name in low.ids:
+            low.err(path + ("name",), f"input name {inp.name!r} is used twice")
+            continue
+        params = registry.get("Input").Params(kind=inp.kind, shape=list(inp.shape),
+                                              dtype=inp.dtype or ("int" if inp.kind == "ids" else "float"))
+        node = Node(inp.name, "Input", params, path, label=inp.note or "")
+        if ok:
+            node.outputs = registry.get("Input").shape(params, [])
+        low.graph.add(node)
+        low.ids[inp.name] = low.first[inp.name] = inp.name
+
+
+# --- 2. layers -------------------------------------------------------------------------------------------------------
+def _layer(low: Lowering, layer: Any, path: tuple, prefix: str, include_stack: tuple,
+           base_params: Optional[dict] = None, frozen: bool = False) -> None:
+    if not isinstance(layer, dict):
+        low.err(path, "a layer must be an object with 'type' and 'params'")
+        return
+    for k in layer:
+        if k not in LAYER_KEYS:
+            low.err(path + (k,), f"unknown layer key {k!r}", did_you_mean(k, LAYER_KEYS) or
+                    "layer keys: " + ", ".join(LAYER_KEYS), code="unknown-key")
+    layer = dict(layer)
+    params = layer.get("params", {})
+    if not isinstance(params, dict):
+        low.err(path + ("params",), "params must be an object")
+        return
+    params = dict(params)
+    if base_params:
+        params = {**base_params, **params}
+
+    if "include" in layer:
+        inc = _include(low, layer["include"], path + ("include",), include_stack)
+        if inc is None:
+            return
+        comp, comp_file = inc
+        merged = {**comp.get("params", {}), **params}
+        sub = {k: v for k, v in layer.items() if k not in ("include", "params")}
+        if "type" not in sub and "type" in comp:
+            sub["type"] = comp["type"]
+        sub["params"] = merged
+        if "include" in comp:
+            sub["include"] = comp["include"]
+            sub["params"] = {**comp.get("params", {}), **params}
+        _layer(low, sub, path, prefix, include_stack + (comp_file,), frozen=frozen)
+        return
+
+    typ = layer.get("type")
+    if not isinstance(typ, str):
+        low.err(path + ("type",), "layer type is missing" if typ is None else "layer type must be a string",
+                "known types: " + ", ".join(registry.all_ops()))
+        return
+    ops = registry.all_ops()
+    kind = params.get("type")
+    if isinstance(kind, str):
+        op_name = registry.kind_op(typ, kind)
+        if op_name is None:
+            kinds = [n for (parent, n) in _kinds_of(typ)]
+            low.err(path + ("params", "type"), f"{typ} has no kind {kind!r}",
+                    did_you_mean(kind, kinds) or ("kinds: " + ", ".join(kinds) if kinds else None), code="unknown-type")
+            return
+        params.pop("type")
+        typ = op_name
+    if typ not in ops or typ == "Input":
+        low.err(path + ("type",), f"unknown layer type {typ!r}",
+                did_you_mean(typ, [o for o in ops if o != "Input"]) or "see `omnic schema` for the layer types",
+                code="unknown-type")
+        return
+    op = ops[typ]
+
+    lid = layer.get("id")
+    if lid is not None and (not isinstance(lid, str) or not _valid_id(lid)):
+        low.err(path + ("id",), f"invalid id {lid!r}",
+                "ids are letters, digits and '_', dot-separated, starting with a letter (e.g. 'vision', 'lm_head')")
+        lid = None
+    if lid:
+        name = prefix + lid
+    elif not prefix:
+        name = f"layers.{path[-1]}"
+    else:
+        low.err(path, f"internal: a part of composite {prefix.rstrip('.')} has no id")
+        return
+    if name in low.ids or name in low.graph:
+        low.err(path + ("id",), f"id {name!r} is used twice", "give each layer its own id")
+        return
+
+    repeat = layer.get("repeat", 1)
+    # the seed format puts `repeat` / `depth` inside params; ops that stack declare them as params
+    if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1 or repeat > MAX_REPEAT:
+        low.err(path + ("repeat",), f"repeat must be an integer from 1 to {MAX_REPEAT}, got {repeat!r}")
+        return
+    layer_frozen = layer.get("frozen", False)
+    if not isinstance(layer_frozen, bool):
+        low.err(path + ("frozen",), "frozen must be true or false")
+        layer_frozen = False
+    frozen = frozen or layer_frozen
+
+    try:
+        p = op.Params.model_validate(params)
+    except ValidationError as e:
+        report_validation(e, path + ("params",), low.diag, op.Params)
+        return
+    stack = getattr(p, "repeat", None)
+    if stack is not None:
+        repeat *= stack
+
+    if op.composite:
+        try:
+            subs = op.expand(p, layer)
+        except ValueError as e:
+            low.err(path + ("params",), str(e))
+            return
+        outer = layer.get("inputs")
+        sub_prefix = name + "."
+        first_sub = None
+        for sub in subs:
+            sub = dict(sub)
+            refs = sub.get("inputs")
+            if refs is not None:
+                # "$k": the composite's k-th input (inferred if the composite names none); others: local ids
+                if any(r.startswith("$") for r in refs) and not outer:
+                    del sub["inputs"]
+                else:
+                    sub["inputs"] = [outer[int(r[1:])] if r.startswith("$") else sub_prefix + r for r in refs]
+            if sub.get("params", {}).get("tie"):
+                sub["params"] = {**sub["params"], "tie": sub_prefix + sub["params"]["tie"]}
+            n_before = len(low.pending)
+            _layer(low, sub, path, sub_prefix, include_stack, frozen=frozen)
+            if first_sub is None and len(low.pending) > n_before:
+                first_sub = low.pending[n_before].node.name
+        low.ids[name] = low.pending[-1].node.name if low.pending else name
+        low.first[name] = first_sub or name
+        return
+
+    refs = layer.get("inputs")
+    if refs is not None and (not isinstance(refs, list) or not all(isinstance(r, str) for r in refs)):
+        low.err(path + ("inputs",), "inputs must be a list of layer ids (strings)")
+        refs = None
+    first_name = None
+    for r in range(repeat):
+        nm = f"{name}.{r}" if repeat > 1 else name
+        node = Node(nm, op.name, p, path, frozen=frozen, group=name if repeat > 1 else None,
+                    label=p.note or "")
+        low.graph.add(node)
+        low.pending.append(Pending(node, len(low.pending), refs if r == 0 else [f"{name}.{r - 1}"]
+                                   if repeat > 1 else refs, path + ("inputs",), lid))
+        first_name = first_name or nm
+    low.ids[name] = f"{name}.{repeat - 1}" if repeat > 1 else name
+    low.first[name] = first_name
+
+
+def _kinds_of(parent: str):
+    registry.all_ops()
+    return [k for k in registry._KINDS if k[0] == parent]
+
+
+def _valid_id(s: str) -> bool:
+    return bool(s) and all(part.isidentifier() and part.isascii() for part in s.split(".")) and len(s) <= 200
+
+
+def _include(low: Lowering, ref: Any, path: tuple, stack: tuple):
+    if not isinstance(ref, str):
+        low.err(path, "include must be a relative file path (string)")
+        return None
+    if "://" in ref or ref.startswith(("http:", "https:", "file:", "//")):
+        low.err(path, f"includes are files inside the spec's folder, not URLs: {ref!r}", code="include")
+        return None
+    if os.path.isabs(ref):
+        low.err(path, f"include must be a relative path, got {ref!r}", code="include")
+        return None
+    base = os.path.dirname(stack[-1]) if stack else low.root_dir
+    target = os.path.realpath(os.path.join(base, ref))
+    root = os.path.realpath(low.root_dir)
+    if os.path.commonpath([root, target]) != root:
+        low.err(path, f"include {ref!r} leaves the spec's folder ({root})", "keep components under the spec's folder",
+                code="include")
+        return None
+    if target in stack or (low.src.file and target == os.path.realpath(low.src.file)):
+        chain = " -> ".join(os.path.relpath(s, root) for s in stack + (target,))
+        low.err(path, f"include loop: {chain}", code="include")
+        return None
+    if len(stack) >= MAX_INCLUDE_DEPTH:
+        low.err(path, f"includes nested deeper than {MAX_INCLUDE_DEPTH}", code="include")
+        return None
+    if not os.path.isfile(target):
+        low.err(path, f"included file not found: {ref!r}", code="include")
+        return None
+    try:
+        comp = read_file(target)
+    except SpecError as e:
+        low.diag.items.extend(e.diagnostics)
+        low.err(path, f"included file {ref!r} is not valid JSON (see above)", code="include")
+        return None
+    data = comp.data
+    if not isinstance(data, dict) or not ("type" in data or "include" in data):
+        low.err(path, f"included file {ref!r} must be an object with 'type' and 'params' (a layer preset)",
+                code="include")
+        return None
+    for k in data:
+        if k not in ("type", "params", "include", "note", "name", "$schema"):
+            low.err(path, f"included file {ref!r}: unknown key {k!r}", did_you_mean(k, ["type", "params", "include"]))
+            return None
+    return data, target
+
+
+# --- 3. explicit edges -----------------------------------------------------------------------------------------------
+def _resolve_ref(low: Lowering, ref: str) -> Optional[tuple[str, str]]:
+    if ref in low.ids:
+        return low.ids[ref], "out"
+    if ref in low.graph:
+        return ref, "out"
+    if "." in ref:
+        head, out = ref.rsplit(".", 1)
+        if head in low.ids:
+            return low.ids[head], out
+        if head in low.graph:
+            return head, out
+    return None
+
+
+def _connect_explicit(low: Lowering) -> None:
+    for pd in low.pending:
+        if pd.refs is None:
+            continue
+        resolved = []
+        for k, ref in enumerate(pd.refs):
+            r = _resolve_ref(low, ref)
+            if r is None:
+                low.err(pd.ref_path + (k,), f"unknown input {ref!r}",
+                        did_you_mean(ref, list(low.ids)) or "inputs name layer ids or model inputs", code="dangling")
+                resolved = None
+                break
+            if r[0] == pd.node.name:
+                low.err(pd.ref_path + (k,), f"layer {ref!r} takes its own output as input", code="cycle")
+                resolved = None
+                break
+            resolved.append(r)
+        pd.refs_resolved = resolved
+        if resolved:
+            for src, out in resolved:
+                low.graph.g.add_edge(src, pd.node.name, out=out, inferred=False)
+    try:
+        cyc = nx.find_cycle(low.graph.g)
+    except nx.NetworkXNoCycle:
+        return
+    names = [u for u, v in cyc] + [cyc[0][0]]
+    pd = next((p for p in low.pending if p.node.name == cyc[0][1]), None)
+    low.err(pd.ref_path if pd else (), "the wiring has a cycle: " + " -> ".join(names),
+            "a layer cannot depend on its own output", code="cycle")
+    raise SpecError(low.diag.items)
+
+
+# --- 4. visit in order: wiring inference and shapes -------------------------------------------------------------------
+@dataclass
+class Stream:
+    node: str
+    out: str
+    type: TensorType
+    consumed: bool = False
+
+
+def _visit(low: Lowering) -> None:
+    from .shapes import infer_node
+
+    g = low.graph
+    index = {pd.node.name: pd.index for pd in low.pending}
+    pend = {pd.node.name: pd for pd in low.pending}
+    for n in g.order:
+        index.setdefault(n, -1)
+    order = list(nx.lexicographical_topological_sort(g.g, key=lambda n: (index[n], n)))
+    streams: list[Stream] = [Stream(n, "out", g[n].out) for n in g.order if g[n].op == "Input" and g[n].outputs]
+    new_order = [n for n in g.order if g[n].op == "Input"]
+    for name in order:
+        if name not in pend:
+            continue
+        pd = pend[name]
+        node = pd.node
+        op = registry.get(node.op)
+        if pd.refs is None:
+            _infer_inputs(low, pd, op, streams, new_order)
+        else:
+            for src, out in getattr(pd, "refs_resolved", None) or []:
+                node.inputs.append((src, out))
+                node.inferred.append(False)
+        new_order.append(name)
+        if getattr(node.params, "tie", None):
+            _tie(low, node)
+        ok = all(out in g[src].outputs for src, out in node.inputs)
+        missing = [f"{src}.{out}" for src, out in node.inputs if src in g and g[src].outputs and out not in g[src].outputs]
+        if missing:
+            low.err(pd.ref_path, f"{', '.join(missing)}: no such output",
+                    "outputs: " + ", ".join(f"{s}.{o}" for s, _ in node.inputs for o in g[s].outputs))
+        if ok and node.inputs or (ok and not op.slots):
+            infer_node(g, node, low.diag)
+        for s in streams:
+            if any(s.node == src and s.out == out for src, out in node.inputs):
+                s.consumed = True
+        for out, t in node.outputs.items():
+            streams.append(Stream(name, out, t))
+    g.order = new_order
+
+
+def _tie(low: Lowering, node: Node) -> None:
+    """A Linear with `tie` shares the weight of an Embedding: resolve the id to the tensor's full name."""
+    ref = node.params.tie
+    tgt = low.ids.get(ref, ref if ref in low.graph else None)
+    path = node.path + ("params", "tie")
+    if tgt is None or tgt not in low.graph:
+        low.err(path, f"tie names an unknown layer {ref!r}", did_you_mean(ref, list(low.ids)))
+        return
+    emb = low.graph[tgt]
+    if emb.op != "Embedding":
+        low.err(path, f"tie must name an Embedding layer; {ref!r} is a {emb.op}")
+        return
+    e, p = emb.params, node.params
+    if (e.num_embeddings, e.embedding_dim) != (p.out_features, p.in_features or e.embedding_dim):
+        low.err(path, f"tied weight shapes differ: embedding ({e.num_embeddings}, {e.embedding_dim}) vs head "
+                      f"({p.out_features}, {p.in_features})", "a tied head maps width D to the vocabulary V")
+        return
+    node.params = p.model_copy(update={"tied_name": f"{tgt}.weight", "bias": p.bias})
+
+
+def _infer_inputs(low: Lowering, pd: Pending, op, streams: list[Stream], order: list[str]) -> None:
+    """Wire a layer that names no inputs: the most recent stream it accepts.
+
+    Rules (each use is reported): a layer with a fixed input width takes the most recent stream of its kind and
+    width; a feature map feeding a token layer is flattened to tokens; a token layer that finds several unconsumed
+    token streams of its width joins them along the sequence, in order; an embedding without ids gets an `input_ids`
+    input; a first layer without any stream gets an image input; a Linear that no stream fits but whose width looks
+    like a vocabulary is read as a token embedding.
+    """
+    g = low.graph
+    node = pd.node
+    p = node.params
+    path = node.path
+    if not op.slots:
+        return
+    slot = op.slots[0]
+    want_w = op.in_width(p)
+
+    def fits(s: Stream, kinds) -> bool:
+        return s.type.kind in kinds and (want_w is None or s.type.width == want_w)
+
+    def wire(src: str, out: str = "out") -> None:
+        g.connect(node, src, out, inferred=True)
+
+    # embedding: ids
+    if slot.kinds == (IDS,):
+        ids = [s for s in streams if s.type.kind == IDS]
+        if not ids:
+            inp = _implicit_input(low, "input_ids", "ids", ["B", "T"], path,
+                                  "no token-id input is declared: assuming input_ids of shape (B, T)")
+            streams.append(Stream(inp, "out", g[inp].out))
+            ids = [streams[-1]]
+        wire(ids[-1].node, ids[-1].out)
+        low.warn(path, f"inferred input: {ids[-1].node} -> {node.name}", code="inferred-edge")
+        return
+
+    cands = [s for s in streams if fits(s, slot.kinds)]
+    if cands:
+        best = cands[-1]
+        if TOKENS in slot.kinds and getattr(op, "joins_streams", False):
+            loose = [s for s in cands if not s.consumed and s.type.kind == TOKENS]
+            if len(loose) > 1:
+                joined = _implicit_concat(low, node, loose, streams, order)
+                wire(joined)
+                low.warn(path, "inferred join: " + " + ".join(s.node for s in loose) +
+                         f" concatenated along the sequence -> {node.name}",
+                         "name the streams in 'inputs' (and a Concat layer) to make this explicit", code="inferred-edge")
+                return
+        wire(best.node, best.out)
+        plain = best is streams[-1] and not best.consumed
+        # chaining to the stream just produced is the format's reading of a list: a note; anything else a warning
+        (low.diag.note if plain else low.warn)(path, f"inferred input: {best.node} {best.type} -> {node.name}",
+                                               code="inferred-edge")
+        return
+
+    # a feature map into a token layer: flatten
+    if TOKENS in slot.kinds:
+        maps = [s for s in streams if s.type.kind == IMAGE and (want_w is None or s.type.width == want_w)
+                and s.node != "image"]
+        if maps:
+            src = maps[-1]
+            fname = f"{src.node}_flatten"
+            fl = Node(fname, "Flatten", registry.get("Flatten").Params(), path)
+            g.add(fl)
+            g.connect(fl, src.node, src.out, inferred=True)
+            from .shapes import infer_node
+            infer_node(g, fl, low.diag)
+            order.append(fname)
+            src.consumed = True
+            streams.append(Stream(fname, "out", fl.out, consumed=True))
+            wire(fname)
+            low.warn(path, f"inferred input: {src.node} {src.type} flattened to tokens {fl.out} -> {node.name}",
+                     code="inferred-edge")
+            return
+
+    # nothing at all yet: the model's first layer takes an image
+    if IMAGE in slot.kinds and not [s for s in streams if s.type.kind == IMAGE]:
+        ch = want_w or 3
+        inp = _implicit_input(low, "image", "image", ["B", ch, 224, 224], path,
+                              f"no image input is declared: assuming image of shape (B, {ch}, 224, 224)")
+        streams.append(Stream(inp, "out", g[inp].out))
+        wire(inp)
+        return
+
+    # a Linear that nothing feeds, over a vocabulary-sized width: a token embedding written as Linear
+    if node.op == "Linear" and want_w is not None and not any(s.type.width == want_w for s in streams):
+        emb = registry.get("Embedding").Params(num_embeddings=want_w, embedding_dim=p.out_features, note=p.note)
+        node.op, node.params = "Embedding", emb
+        low.warn(path, f"Linear(in_features={want_w}) has no input of width {want_w}: read as a token embedding "
+                       f"Embedding({want_w} -> {p.out_features}) of token ids, without bias",
+                 "write it as {\"type\": \"Embedding\", \"params\": {\"num_embeddings\": %d, \"embedding_dim\": %d}}"
+                 % (want_w, p.out_features), code="reinterpreted")
+        _infer_inputs(low, pd, registry.get("Embedding"), streams, order)
+        return
+
+    near = streams[-1] if streams else None
+    what = f"{'/'.join(slot.kinds)}" + (f" of width {want_w}" if want_w else "")
+    desc = ""
+    if near is not None:
+        w = near.type.width
+        desc = (f"; the most recent stream is {near.node} {near.type} ({near.type.kind}"
+                + (f", width {w}" if w is not None else "") + ")")
+    low.err(path, f"no stream fits {node.op} '{node.name}': it needs a {what} input{desc}",
+            "wire it explicitly with 'inputs', adding a layer that produces the shape it needs", code="no-input")
+
+
+def _implicit_input(low: Lowering, name: str, kind: str, shape: list, path: tuple, msg: str) -> str:
+    g = low.graph
+    if name in g:
+        return name
+    params = registry.get("Input").Params(kind=kind, shape=shape, dtype="int" if kind == "ids" else "float")
+    node = Node(name, "Input", params, ())
+    node.outputs = registry.get("Input").shape(params, [])
+    g.add(node)
+    low.ids.setdefault(name, name)
+    low.warn(path, msg, "declare the model's inputs in 'inputs'", code="implicit-input")
+    return name
+
+
+def _implicit_concat(low: Lowering, node: Node, parts: list[Stream], streams, order) -> str:
+    from .shapes import infer_node
+    g = low.graph
+    name = f"{node.name}_join"
+    cat = Node(name, "Concat", registry.get("Concat").Params(axis="sequence"), node.path)
+    g.add(cat)
+    for s in parts:
+        g.connect(cat, s.node, s.out, inferred=True)
+        s.consumed = True
+    infer_node(g, cat, low.diag)
+    order.append(name)
+    streams.append(Stream(name, "out", cat.out, consumed=True))
+    return name
+
+
+# --- outputs -----------------------------------------------------------------------------------------------------------
+def _outputs(low: Lowering) -> None:
+    g = low.graph
+    if low.doc.outputs:
+        for k, ref in enumerate(low.doc.outputs):
+            r = _resolve_ref(low, ref)
+            if r is None:
+                low.err(("outputs", k), f"unknown output {ref!r}", did_you_mean(ref, list(low.ids)))
+            else:
+                g.outputs.append(r)
+        return
+    for n in g.nodes():
+        if n.op != "Input" and not g.consumers(n.name):
+            for out in n.outputs:
+                g.outputs.append((n.name, out))

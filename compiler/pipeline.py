@@ -1,0 +1,158 @@
+"""compile() = read -> override -> validate -> lower (wiring + shapes) -> account. One named line per pass."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from pydantic import ValidationError
+
+from .diagnostics import ERROR, Diagnostic, Diagnostics, SpecError
+from .ir import Graph
+from .lower import lower
+from .report import account, check_budget
+from .source import Source, parse_text, read_file
+from .spec import SpecDoc, report_validation
+
+
+@dataclass
+class Compiled:
+    """The result of `compile()`: the document, the graph, the report and every diagnostic."""
+
+    doc: Optional[SpecDoc]
+    graph: Optional[Graph]
+    report: Optional[dict]
+    diagnostics: list[Diagnostic]
+    source: Optional[Source] = None
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.severity == ERROR for d in self.diagnostics)
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == ERROR]
+
+    def raise_for_errors(self) -> "Compiled":
+        if not self.ok:
+            raise SpecError(self.errors)
+        return self
+
+    def to_torch(self, **kw):
+        from runtime_torch import build
+        return build(self.raise_for_errors(), **kw)
+
+    def to_mlx(self, **kw):
+        from runtime_mlx import build
+        return build(self.raise_for_errors(), **kw)
+
+
+def load_source(spec: Union[str, os.PathLike, dict]) -> Source:
+    if isinstance(spec, dict):
+        text = json.dumps(spec, indent=1, allow_nan=False)
+        return parse_text(text, None)
+    if isinstance(spec, os.PathLike):
+        return read_file(os.fspath(spec))
+    if isinstance(spec, str):
+        if spec.lstrip().startswith("{"):
+            return parse_text(spec, "<string>")
+        return read_file(spec)
+    raise TypeError(f"compile() takes a path, a JSON string or a dict, not {type(spec).__name__}")
+
+
+_SEG = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def apply_overrides(data: Any, overrides: dict[str, Any], diag: Diagnostics) -> Any:
+    """Set values by path: `layers[4].params.num_experts`, `context`, or `<layer id>.<param>` (into its params)."""
+    if not overrides:
+        return data
+    data = copy.deepcopy(data)
+    for key, value in overrides.items():
+        segs: list = [int(m.group(2)) if m.group(2) else m.group(1) for m in _SEG.finditer(key)]
+        if not segs or not isinstance(data, dict):
+            diag.error((), f"override {key!r}: empty or unusable path", code="override")
+            continue
+        if segs[0] not in data and isinstance(data.get("layers"), list):
+            # a layer id: `<id>.<param>` or `<id>.params.<param>`
+            idx = next((i for i, l in enumerate(data["layers"]) if isinstance(l, dict) and l.get("id") == segs[0]),
+                       None)
+            if idx is None:
+                diag.error((), f"override {key!r}: no top-level key or layer id {segs[0]!r}", code="override")
+                continue
+            rest = segs[1:]
+            if rest and rest[0] != "params" and rest[0] not in ("repeat", "frozen", "inputs", "type", "include"):
+                rest = ["params"] + rest
+            segs = ["layers", idx] + rest
+        cur = data
+        ok = True
+        for s in segs[:-1]:
+            if isinstance(cur, dict):
+                cur = cur.setdefault(s, {}) if not isinstance(s, int) else None
+            elif isinstance(cur, list) and isinstance(s, int) and 0 <= s < len(cur):
+                cur = cur[s]
+            else:
+                cur = None
+            if cur is None:
+                ok = False
+                break
+        last = segs[-1]
+        if not ok or (isinstance(cur, list) and not (isinstance(last, int) and 0 <= last < len(cur))) or \
+                not isinstance(cur, (dict, list)):
+            diag.error((), f"override {key!r}: path does not exist in the spec", code="override")
+            continue
+        cur[last] = value
+    return data
+
+
+def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, Any]] = None, *,
+            batch: Optional[int] = None, context: Optional[int] = None, frames: Optional[int] = None,
+            format: Optional[str] = None, recompute: bool = False, with_nodes: bool = False,
+            budget: Optional[dict] = None) -> Compiled:
+    """Compile a spec (path, JSON text or dict). Never raises for a bad spec: see `Compiled.diagnostics`."""
+    try:
+        src = load_source(spec)
+    except SpecError as e:
+        return Compiled(None, None, None, e.diagnostics)
+    diag = Diagnostics(src.file, src.locate)
+    try:
+        data = apply_overrides(src.data, overrides or {}, diag)
+        if not isinstance(data, dict):
+            diag.error((), "a spec must be a JSON object with 'name' and 'layers'", code="type")
+            raise SpecError(diag.items)
+        try:
+            doc = SpecDoc.model_validate(data)
+        except ValidationError as e:
+            report_validation(e, (), diag, SpecDoc)
+            raise SpecError(diag.items)
+        graph = lower(doc, src, diag)
+    except SpecError:
+        return Compiled(None, None, None, Diagnostics(src.file, src.locate, diag.items).sorted(), src)
+    b = doc.budget
+    settings = {
+        "batch": batch or (b.batch if b and b.batch else doc.batch),
+        "context": context or (b.context if b and b.context else doc.context),
+        "frames": frames or doc.frames,
+        "format": format or (b.format if b else "bf16"),
+        "recompute": recompute,
+    }
+    from .formats import get_format
+    try:
+        settings["format"] = get_format(settings["format"]).name
+    except KeyError:
+        from .formats import FORMATS
+        from .diagnostics import did_you_mean
+        diag.error(("budget", "format"), f"unknown storage format {settings['format']!r}",
+                   did_you_mean(settings["format"], FORMATS) or "formats: " + ", ".join(FORMATS))
+        return Compiled(doc, graph, None, diag.sorted(), src, settings)
+    if b is not None and b.stage is not None and b.stage not in (doc.stages or {}):
+        diag.error(("budget", "stage"), f"unknown stage {b.stage!r}", "stages: " + ", ".join(doc.stages or {}))
+    report = account(graph, doc, with_nodes=with_nodes, fmt=settings["format"], batch=settings["batch"],
+                     context=settings["context"], frames=settings["frames"], recompute=recompute)
+    if budget:
+        report["budget"] = check_budget(report, doc, {**(doc.budget.model_dump() if doc.budget else {}), **budget})
+    return Compiled(doc, graph, report, diag.sorted(), src, settings)

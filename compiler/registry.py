@@ -1,0 +1,180 @@
+"""The op registry: each layer type is declared once, with its rules beside it.
+
+An op declares
+  Params      a pydantic model (strict, extra keys forbidden); the JSON Schema is generated from it;
+  slots       its inputs: the tensor kinds each accepts (for wiring inference);
+  resolve     fills every dimension the spec left to inference (from input types) and checks consistency;
+  shape       input types -> output types;
+  weights     the parameter tensors: dotted names relative to the node, shapes, roles; counts derive from these;
+  flops       FLOPs (2 x multiply-accumulates) for a prefill or one decoded token;
+  state       decode state (KV cache, conv state) in elements;
+  workspace   transient elements inside the op at inference (attention scores, MLP hidden), for the memory peak;
+  saved       elements kept for the backward pass besides the outputs (training memory);
+  expand      composites return a list of layers instead of being a node.
+Runtimes register implementations against the same names (`runtime_torch.registry`, `runtime_mlx.registry`).
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .dims import Dim
+from .ir import TensorType
+
+
+class Params(BaseModel):
+    """Base of every op's parameters: strict types, unknown keys refused, immutable, `note` allowed."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    note: Optional[str] = Field(None, description="Free text for people; never interpreted.")
+
+
+@dataclass(frozen=True)
+class W:
+    """One parameter tensor of an op.
+
+    role: how quantisers treat it: "linear" (quantised), "conv", "embedding" and "head" (kept 16-bit by default),
+    "norm" and "bias" (kept 16-bit), "other" (positions, tokens, scales; 16-bit).
+    experts: E when the tensor stacks E experts of which `top_k` are active per token.
+    tied_to: full dotted name of the tensor this one shares storage with (counted once, at its owner).
+    """
+
+    shape: tuple[int, ...]
+    role: str = "linear"
+    experts: int = 0
+    top_k: int = 0
+    tied_to: Optional[str] = None
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class Slot:
+    name: str
+    kinds: tuple[str, ...]
+    optional: bool = False
+    variadic: bool = False     # takes one or more tensors (Concat)
+
+
+@dataclass
+class Ctx:
+    """How to read shapes for a cost rule.
+
+    mode "prefill": the whole input (T = context); "decode": what one more text token adds (the part of each
+    dimension that grows with T, T set to 1), with attention over `kv` tokens already cached.
+    """
+
+    mode: str
+    env: dict[str, int]
+
+    def n(self, d: Dim | int) -> int:
+        d = Dim.of(d)
+        return d.eval(self.env) if self.mode == "prefill" else d.marginal("T", self.env)
+
+    def full(self, d: Dim | int) -> int:
+        """The whole length, also in decode mode (the number of cached positions attended to)."""
+        return Dim.of(d).eval(self.env)
+
+
+class Op:
+    name: ClassVar[str]
+    Params: ClassVar[type[Params]]
+    slots: ClassVar[tuple[Slot, ...]] = ()
+    outputs: ClassVar[tuple[str, ...]] = ("out",)
+    doc: ClassVar[str] = ""
+    #: spec spellings that select this op through a parent type, e.g. TransformerBlock + params.type
+    kind_of: ClassVar[Optional[str]] = None
+    composite: ClassVar[bool] = False
+
+    # --- wiring -------------------------------------------------------------------------------------------------
+    @classmethod
+    def in_width(cls, p) -> Optional[int]:
+        """The feature width the first input must have, if the params fix it (for wiring inference)."""
+        return None
+
+    # --- rules --------------------------------------------------------------------------------------------------
+    @classmethod
+    def resolve(cls, p, ins: list[TensorType], diag) -> Any:
+        """Return params with every inferable dimension filled in; report contradictions to `diag(path, msg, hint)`."""
+        return p
+
+    @classmethod
+    def shape(cls, p, ins: list[TensorType]) -> dict[str, TensorType]:
+        raise NotImplementedError
+
+    @classmethod
+    def weights(cls, p) -> dict[str, W]:
+        return {}
+
+    @classmethod
+    def flops(cls, p, ins: list[TensorType], outs: dict[str, TensorType], ctx: Ctx) -> int:
+        return 0
+
+    @classmethod
+    def state(cls, p, ins: list[TensorType], outs: dict[str, TensorType], ctx: Ctx) -> int:
+        return 0
+
+    @classmethod
+    def workspace(cls, p, ins: list[TensorType], outs: dict[str, TensorType], ctx: Ctx) -> int:
+        return 0
+
+    @classmethod
+    def saved(cls, p, ins: list[TensorType], outs: dict[str, TensorType], ctx: Ctx) -> int:
+        """Elements saved for the backward pass besides the outputs (default: the inference workspace)."""
+        return cls.workspace(p, ins, outs, ctx)
+
+    @classmethod
+    def expand(cls, p, layer: dict) -> list[dict]:
+        raise NotImplementedError
+
+
+_OPS: dict[str, type[Op]] = {}
+_KINDS: dict[tuple[str, str], str] = {}
+_loaded = False
+
+
+def register(op: type[Op]) -> type[Op]:
+    if op.name in _OPS:
+        raise ValueError(f"op {op.name} registered twice")
+    _OPS[op.name] = op
+    if op.kind_of:
+        _KINDS[(op.kind_of, op.name)] = op.name
+    return op
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        from . import ops
+        for m in sorted(pkgutil.iter_modules(ops.__path__), key=lambda m: m.name):
+            importlib.import_module(f"{ops.__name__}.{m.name}")
+
+
+def get(name: str) -> type[Op]:
+    _load()
+    return _OPS[name]
+
+
+def all_ops() -> dict[str, type[Op]]:
+    _load()
+    return dict(sorted(_OPS.items()))
+
+
+def kind_op(parent: str, kind: str) -> Optional[str]:
+    _load()
+    return _KINDS.get((parent, kind))
+
+
+def linear_flops(rows: int, fan_in: int, fan_out: int) -> int:
+    """2 x multiply-accumulates of a (rows x fan_in) @ (fan_in x fan_out) product."""
+    return 2 * rows * fan_in * fan_out

@@ -1,0 +1,139 @@
+"""The report: every figure the compiler computes, as a stable JSON-able dict (see docs/report-format.md).
+
+Built from the graph by `account()`; the CLI renders it as tables, `--json` prints it as is.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from . import cost
+from .formats import FORMATS, get_format
+from .ir import Graph
+from .spec import EXPECT_KEYS, SpecDoc, parse_size
+
+REPORT_VERSION = 1
+
+
+def stage_trainable(g: Graph, doc: SpecDoc, stage: Optional[str]) -> set[str]:
+    names = [n.name for n in g.nodes() if n.op != "Input"]
+    base = {n.name for n in g.nodes() if n.op != "Input" and not n.frozen}
+    if stage is None:
+        return base
+    st = doc.stages[stage]
+
+    def match(n: str, ids: list[str]) -> bool:
+        return any(n == i or n.startswith(i + ".") for i in ids)
+
+    if st.train is not None:
+        return {n for n in names if match(n, st.train)}
+    return {n for n in base if not match(n, st.freeze or [])}
+
+
+def account(g: Graph, doc: SpecDoc, *, batch: int, context: int, frames: int, fmt: str = "bf16",
+            recompute: bool = False, with_nodes: bool = False) -> dict[str, Any]:
+    costs = cost.cost_nodes(g, batch, context, frames)
+    by = {c.name: c for c in costs}
+    total = sum(c.params for c in costs)
+    active = sum(c.active for c in costs)
+    trainable_set = stage_trainable(g, doc, None)
+    trainable = sum(by[n].params for n in trainable_set)
+    prefill = sum(c.flops_prefill for c in costs)
+    decode = sum(c.flops_decode for c in costs)
+    state_elems = sum(c.state for c in costs)
+
+    weights = {name: round(cost.weight_bytes(costs, f)) for name, f in FORMATS.items()}
+    act = {name: cost.activation_peak(g, costs, f.compute_bytes) for name, f in FORMATS.items()}
+    state = {name: state_elems * f.compute_bytes for name, f in FORMATS.items()}
+    inference = {name: weights[name] + state[name] + act[name] for name in FORMATS}
+
+    def training(stage: Optional[str]) -> dict[str, Any]:
+        tset = stage_trainable(g, doc, stage)
+        n_train = sum(by[n].params for n in tset)
+        frozen_names = {c.name for c in costs if c.name not in tset}
+        frozen_w = round(cost.weight_bytes(costs, get_format(fmt), frozen_names))
+        acts = cost.training_activations(g, costs, tset, 2, recompute)
+        parts = {"trainable_params": n_train, "weights_grads_optimizer": n_train * cost.TRAIN_BYTES_PER_PARAM,
+                 "frozen_weights": frozen_w, "activations": acts}
+        parts["total"] = parts["weights_grads_optimizer"] + frozen_w + acts
+        parts["flops_step"] = cost.training_flops(g, costs, tset)
+        return parts
+
+    train = {"all": training(None)}
+    for st in (doc.stages or {}):
+        train[st] = training(st)
+
+    rep: dict[str, Any] = {
+        "omnic_report": REPORT_VERSION,
+        "name": doc.name,
+        "settings": {"batch": batch, "context": context, "frames": frames, "format": fmt, "recompute": recompute},
+        "params": {"total": total, "trainable": trainable, "active": round(active), "frozen": total - trainable},
+        "flops": {"prefill": prefill, "decode_per_token": decode, "train_step": train["all"]["flops_step"]},
+        "memory": {
+            "weights": weights,
+            "decode_state": state,
+            "activation_peak": act,
+            "inference": inference,
+            "training": train,
+        },
+        "inputs": {n.name: n.out.to_json() for n in g.nodes() if n.op == "Input" and n.outputs},
+        "outputs": {f"{n}.{o}" if o != "out" else n: g[n].outputs[o].to_json() for n, o in g.outputs
+                    if o in g[n].outputs},
+        "inferred_edges": [{"from": u, "to": v, "output": o} for u, v, o in g.inferred_edges()],
+        "conventions": cost.__doc__.split("Conventions (printed with every report):\n", 1)[1].strip(),
+    }
+    rep["expect"] = check_expectations(rep, doc, fmt)
+    rep["budget"] = check_budget(rep, doc)
+    if with_nodes:
+        rep["nodes"] = [{
+            "name": c.name, "op": c.op, "group": c.group,
+            "outputs": {k: t.to_json() for k, t in g[c.name].outputs.items()},
+            "params": c.params, "active": round(c.active), "trainable": c.trainable,
+            "flops_prefill": c.flops_prefill, "flops_decode": c.flops_decode,
+            "state_elems": c.state, "out_elems": c.out_elems,
+            "inputs": [{"from": s, "output": o, "inferred": inf} for (s, o), inf in zip(g[c.name].inputs,
+                                                                                      g[c.name].inferred)],
+        } for c in costs]
+    return rep
+
+
+def figure(rep: dict, key: str, fmt: str) -> float:
+    if key.startswith("params."):
+        return rep["params"][key.split(".")[1]]
+    if key == "memory.inference":
+        return rep["memory"]["inference"][fmt]
+    if key == "memory.training":
+        return rep["memory"]["training"]["all"]["total"]
+    if key == "flops.prefill":
+        return rep["flops"]["prefill"]
+    if key == "flops.decode":
+        return rep["flops"]["decode_per_token"]
+    raise KeyError(key)
+
+
+def check_expectations(rep: dict, doc: SpecDoc, fmt: str) -> list[dict]:
+    out = []
+    for key, e in (doc.expect or {}).items():
+        claimed = parse_size(e.value)
+        got = figure(rep, key, fmt)
+        diff = (got - claimed) / claimed if claimed else float("inf")
+        out.append({"key": key, "claimed": claimed, "computed": got, "relative_difference": round(diff, 6),
+                    "tolerance": e.tolerance, "ok": abs(diff) <= e.tolerance, "meaning": EXPECT_KEYS[key]})
+    return out
+
+
+def check_budget(rep: dict, doc: SpecDoc, override: Optional[dict] = None) -> Optional[dict]:
+    b = override or (doc.budget.model_dump() if doc.budget else None)
+    if not b:
+        return None
+    limit = parse_size(b["vram"])
+    fmt = get_format(b.get("format") or "bf16").name
+    mode = b.get("mode") or "inference"
+    if mode == "inference":
+        fig = rep["memory"]["inference"][fmt]
+        what = f"memory.inference[{fmt}] at batch {rep['settings']['batch']}, context {rep['settings']['context']}"
+    else:
+        stage = b.get("stage") or "all"
+        fig = rep["memory"]["training"][stage]["total"]
+        what = f"memory.training[{stage}] (weights of frozen parts in {rep['settings']['format']})"
+    return {"limit": limit, "figure": fig, "what": what, "format": fmt, "mode": mode,
+            "verdict": "pass" if fig <= limit else "fail", "headroom": limit - fig}
