@@ -41,6 +41,8 @@ class W:
     "norm" and "bias" (kept 16-bit), "other" (positions, tokens, scales; 16-bit).
     experts: E when the tensor stacks E experts of which `top_k` are active per token.
     tied_to: full dotted name of the tensor this one shares storage with (counted once, at its owner).
+    init: how runtimes initialise it: "normal" (N(0, std)), "zeros", "ones", or "const:<value>"
+          (default by role: norm -> ones, bias -> zeros, everything else normal).
     """
 
     shape: tuple[int, ...]
@@ -48,6 +50,13 @@ class W:
     experts: int = 0
     top_k: int = 0
     tied_to: Optional[str] = None
+    init: Optional[str] = None
+
+    @property
+    def init_rule(self) -> str:
+        if self.init:
+            return self.init
+        return {"norm": "ones", "bias": "zeros"}.get(self.role, "normal")
 
     @property
     def numel(self) -> int:
