@@ -59,6 +59,7 @@ class Diagnostics:
     file: Optional[str] = None
     locate: Optional[object] = None    # callable(path tuple) -> (line, col) | None
     items: list[Diagnostic] = field(default_factory=list)
+    _seen: set = field(default_factory=set, repr=False)
 
     def add(self, severity: str, path: tuple | str, message: str, hint: str | None = None, code: str = "") -> None:
         ptuple = path if isinstance(path, tuple) else ()
@@ -68,7 +69,11 @@ class Diagnostics:
             lc = self.locate(ptuple)
             if lc:
                 line, col = lc
-        self.items.append(Diagnostic(severity, message, pstr, self.file, line, col, hint, code))
+        d = Diagnostic(severity, message, pstr, self.file, line, col, hint, code)
+        if severity != ERROR and d in self._seen:
+            return
+        self._seen.add(d)
+        self.items.append(d)
 
     def error(self, path, message, hint=None, code=""):
         self.add(ERROR, path, message, hint, code)

@@ -201,9 +201,21 @@ def _layer(low: Lowering, layer: Any, path: tuple, prefix: str, include_stack: t
     except ValidationError as e:
         report_validation(e, path + ("params",), low.diag, op.Params)
         return
-    stack = getattr(p, "repeat", None)
-    if stack is not None:
-        repeat *= stack
+    def check_diag(fld: str, msg: str, hint: str | None = None, severity: str = "error") -> None:
+        low.diag.add(severity, path + ("params",) + tuple(f for f in fld.split(".") if f), msg, hint)
+
+    n_err = len(low.diag.items)
+    try:
+        repeat *= op.stack(p)
+        op.check(p, check_diag)
+    except ValueError as e:
+        low.err(path + ("params",), str(e))
+        return
+    if any(d.severity == "error" for d in low.diag.items[n_err:]):
+        return
+    if repeat > MAX_REPEAT:
+        low.err(path, f"the layer unrolls into {repeat:,} copies; the limit is {MAX_REPEAT:,}", code="limit")
+        return
 
     if op.composite:
         try:
@@ -240,7 +252,7 @@ def _layer(low: Lowering, layer: Any, path: tuple, prefix: str, include_stack: t
     first_name = None
     for r in range(repeat):
         nm = f"{name}.{r}" if repeat > 1 else name
-        node = Node(nm, op.name, p, path, frozen=frozen, group=name if repeat > 1 else None,
+        node = Node(nm, op.name, op.unroll(p, r, repeat), path, frozen=frozen, group=name if repeat > 1 else None,
                     label=p.note or "")
         low.graph.add(node)
         low.pending.append(Pending(node, len(low.pending), refs if r == 0 else [f"{name}.{r - 1}"]

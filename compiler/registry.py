@@ -110,6 +110,21 @@ class Op:
         """The feature width the first input must have, if the params fix it (for wiring inference)."""
         return None
 
+    # --- stacking -----------------------------------------------------------------------------------------------
+    @classmethod
+    def stack(cls, p) -> int:
+        """How many copies the layer unrolls into (params like `depth`); the layer-level `repeat` multiplies it."""
+        return 1
+
+    @classmethod
+    def unroll(cls, p, i: int, n: int):
+        """Params of copy i of n (e.g. the mixer of layer i from `layer_types`)."""
+        return p
+
+    @classmethod
+    def check(cls, p, diag) -> None:
+        """Checks on params alone, before wiring: report to `diag(field, message, hint=None, severity="error")`."""
+
     # --- rules --------------------------------------------------------------------------------------------------
     @classmethod
     def resolve(cls, p, ins: list[TensorType], diag) -> Any:

@@ -16,9 +16,12 @@ def infer_node(g: Graph, node: Node, diag: Diagnostics) -> bool:
     base = node.path + ("params",) if node.op not in ("Flatten", "Concat") or node.params.note else node.path
     errors = []
 
-    def report(field: str, msg: str, hint: str | None = None) -> None:
-        errors.append(msg)
+    def report(field: str, msg: str, hint: str | None = None, severity: str = "error") -> None:
         path = base + tuple(f for f in field.split(".") if f) if field else node.path
+        if severity != "error":
+            diag.add(severity, path, msg, hint, code="default")   # identical warnings of a stack are kept once
+            return
+        errors.append(msg)
         diag.error(path, f"{node.name}: {msg}" if node.group else msg, hint, code="shape")
 
     # slot arity and kinds
