@@ -15,7 +15,7 @@ from .ir import Graph
 from .lower import lower
 from .report import account, check_budget
 from .source import Source, parse_text, read_file
-from .spec import SpecDoc, report_validation
+from .spec import SpecDoc, parse_size, report_validation
 
 
 @dataclass
@@ -149,10 +149,25 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
         diag.error(("budget", "format"), f"unknown storage format {settings['format']!r}",
                    did_you_mean(settings["format"], FORMATS) or "formats: " + ", ".join(FORMATS))
         return Compiled(doc, graph, None, diag.sorted(), src, settings)
-    if b is not None and b.stage is not None and b.stage not in (doc.stages or {}):
-        diag.error(("budget", "stage"), f"unknown stage {b.stage!r}", "stages: " + ", ".join(doc.stages or {}))
+    # the budget in force: the spec's, with the caller's keys over it; options without a limit set no budget
+    n_diags = len(diag.items)
+    eff = {**(b.model_dump() if b else {}), **(budget or {})}
+    if eff.get("vram") is None:
+        eff = {}
+    stage = eff.get("stage")
+    if stage is not None and stage not in (doc.stages or {}):
+        diag.error(("budget", "stage"), f"unknown stage {stage!r}",
+                   "stages: " + ", ".join(doc.stages) if doc.stages else "the spec declares no 'stages'")
+    try:
+        if eff:
+            parse_size(eff["vram"])
+            get_format(eff.get("format") or "bf16")
+    except (KeyError, ValueError) as e:
+        diag.error(("budget",), f"invalid budget: {e}", code="value")
+    if len(diag.items) > n_diags:
+        return Compiled(doc, graph, None, diag.sorted(), src, settings)
     report = account(graph, doc, with_nodes=with_nodes, fmt=settings["format"], batch=settings["batch"],
                      context=settings["context"], frames=settings["frames"], recompute=recompute)
     if budget:
-        report["budget"] = check_budget(report, doc, {**(doc.budget.model_dump() if doc.budget else {}), **budget})
+        report["budget"] = check_budget(report, doc, eff) if eff else None
     return Compiled(doc, graph, report, diag.sorted(), src, settings)

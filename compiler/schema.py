@@ -24,7 +24,6 @@ from . import registry
 from .spec import LAYER_KEYS, MAX_REPEAT, SpecDoc
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
-SCHEMA_ID = "https://omnic.dev/schema/spec.json"
 
 _LAYER_KEY_SCHEMAS: dict[str, dict] = {
     "id": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", "maxLength": 200},
@@ -155,7 +154,7 @@ def build_schema() -> dict[str, Any]:
     doc["properties"]["layers"] = {**doc["properties"]["layers"], "items": {"$ref": "#/$defs/Layer"}}
     doc["properties"]["layers"].pop("type", None)
     doc["properties"]["layers"]["type"] = "array"
-    out = {"$schema": DIALECT, "$id": SCHEMA_ID, "title": "omnic spec",
+    out = {"$schema": DIALECT, "title": "omnic spec",
            "description": (SpecDoc.__doc__ or "").strip(), **{k: v for k, v in doc.items() if k != "title"}}
     out["$defs"] = dict(sorted(defs.items()))
     return out
