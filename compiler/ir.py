@@ -30,6 +30,7 @@ class TensorType:
     dtype: str = "float"                      # "float" (the compute dtype) or "int"
     grid: Optional[tuple[int, int]] = None    # tokens laid out on an h x w grid after `prefix` special tokens
     prefix: int = 0                           # CLS / register tokens in front of the grid tokens
+    positioned: bool = False                  # carries position information (learned positions or RoPE applied)
 
     @staticmethod
     def make(shape, kind=TOKENS, dtype="float", grid=None, prefix=0) -> "TensorType":

@@ -411,6 +411,33 @@ def _visit(low: Lowering) -> None:
         for out, t in node.outputs.items():
             streams.append(Stream(name, out, t))
     g.order = new_order
+    _lint(low)
+
+
+def _lint(low: Lowering) -> None:
+    """Whole-graph remarks: heads that could be tied, attention over patch tokens without positions."""
+    g = low.graph
+    embs = {(n.params.num_embeddings, n.params.embedding_dim): n for n in g.nodes() if n.op == "Embedding"}
+    for n in g.nodes():
+        if n.op == "Linear" and n.params.tied_name is None and n.params.in_features is not None:
+            e = embs.get((n.params.out_features, n.params.in_features))
+            if e is not None:
+                low.warn(n.path, f"{n.name} maps width {n.params.in_features} to the vocabulary {n.params.out_features} "
+                                 f"of {e.name} but is not tied to it: counted separately "
+                                 f"({n.params.in_features * n.params.out_features:,} parameters)",
+                         f"add \"tie\": \"{e.name}\" to share the embedding, or keep it untied deliberately",
+                         code="untied-head")
+    warned = set()
+    for n in g.nodes():
+        if not n.inputs or n.path in warned or not hasattr(n.params, "rope"):
+            continue
+        x = g[n.inputs[0][0]].outputs.get(n.inputs[0][1])
+        if x is not None and x.grid is not None and not x.positioned and n.params.rope == "none" \
+                and not getattr(n.params, "causal", False):
+            warned.add(n.path)
+            low.warn(n.path, f"{n.name}: attention over {x.grid[0]}x{x.grid[1]} patch tokens that carry no position "
+                             f"information (no position embedding, no RoPE): the result ignores where patches are",
+                     "use a PatchEmbed with positions 'learned', or rope '2d' in the blocks", code="no-positions")
 
 
 def _tie(low: Lowering, node: Node) -> None:
@@ -466,7 +493,7 @@ def _infer_inputs(low: Lowering, pd: Pending, op, streams: list[Stream], order: 
             streams.append(Stream(inp, "out", g[inp].out))
             ids = [streams[-1]]
         wire(ids[-1].node, ids[-1].out)
-        low.warn(path, f"inferred input: {ids[-1].node} -> {node.name}", code="inferred-edge")
+        low.diag.note(path, f"inferred input: {ids[-1].node} -> {node.name}", code="inferred-edge")
         return
 
     cands = [s for s in streams if fits(s, slot.kinds)]
@@ -529,14 +556,22 @@ def _infer_inputs(low: Lowering, pd: Pending, op, streams: list[Stream], order: 
         return
 
     near = streams[-1] if streams else None
-    what = f"{'/'.join(slot.kinds)}" + (f" of width {want_w}" if want_w else "")
+    what = f"{' or '.join(slot.kinds)} input" + (f" of width {want_w}" if want_w else "")
     desc = ""
+    hint = "wire it explicitly with 'inputs', adding a layer that produces the shape it needs"
     if near is not None:
         w = near.type.width
         desc = (f"; the most recent stream is {near.node} {near.type} ({near.type.kind}"
                 + (f", width {w}" if w is not None else "") + ")")
-    low.err(path, f"no stream fits {node.op} '{node.name}': it needs a {what} input{desc}",
-            "wire it explicitly with 'inputs', adding a layer that produces the shape it needs", code="no-input")
+        if IMAGE in slot.kinds and near.type.kind == TOKENS and want_w and w:
+            per = w / want_w
+            side = int(round(per ** 0.5)) if per >= 1 else 0
+            grid = f"{side}x{side}" if side * side == per else f"{per:g} positions"
+            desc += (f": {w} values per token are {grid} of {want_w}-channel latents"
+                     f" ({want_w}x8x8 latents would need {want_w * 64} values per token)")
+            hint = (f"make the producer emit {want_w} x h x w values per token and add a Reshape "
+                    f"(to: map, channels: {want_w}), wiring it with 'inputs'")
+    low.err(path, f"no stream fits {node.op} '{node.name}': it needs a {what}{desc}", hint, code="no-input")
 
 
 def _implicit_input(low: Lowering, name: str, kind: str, shape: list, path: tuple, msg: str) -> str:

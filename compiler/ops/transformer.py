@@ -13,6 +13,7 @@ Shapes: (B, N, D) -> (B, N, D); grid and prefix of the input are kept.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal, Optional
 
 from pydantic import Field
@@ -246,7 +247,8 @@ class Block(Op):
 
     @classmethod
     def shape(cls, p, ins):
-        return {"out": ins[0]}                                                   # (B, N, D) -> (B, N, D)
+        x = ins[0]                                                               # (B, N, D) -> (B, N, D)
+        return {"out": replace(x, positioned=True) if p.rope != "none" and not x.positioned else x}
 
     @classmethod
     def mixer_weights(cls, p, n) -> dict[str, W]:
