@@ -1,0 +1,4 @@
+"""`python -m compiler ...` is the `omnic` command."""
+from .cli import main
+
+main()

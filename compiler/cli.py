@@ -1,0 +1,321 @@
+"""The `omnic` command line: check, summary, schema, build, import-hf. No logic of its own.
+
+Each command parses options, calls the library (`compiler.compile`, `compiler.schema`, `compiler.emit.build`),
+and prints: diagnostics on stderr as `file:line:col: severity: path: message`, tables on stdout (rich), or with
+`--json` one JSON document on stdout. Exit codes (docs/cli.md):
+  0  every spec is valid and meets its budget and expectations
+  1  a budget or an expectation is not met
+  2  invalid spec or usage (any error diagnostic, a bad option, a missing optional dependency)
+  3  internal error: a bug in omnic; `main()` prints one line instead of a traceback (OMNIC_DEBUG=1 shows it)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any, Optional
+
+import click
+
+EXIT_OK, EXIT_UNMET, EXIT_INVALID, EXIT_INTERNAL = 0, 1, 2, 3
+TARGETS = ("torch", "mlx", "onnx")
+
+
+class UserError(click.ClickException):
+    """A problem with the user's input or environment: message, no traceback, exit 2."""
+
+    exit_code = EXIT_INVALID
+
+
+# --- option parsing --------------------------------------------------------------------------------------------------
+def parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
+    """`KEY=VALUE` pairs; VALUE is read as JSON (`2`, `true`, `[1, 2]`, `"x"`), else taken as a plain string."""
+    out: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE (e.g. lm.num_layers=2)", param_hint="--set")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def _format_option(ctx, param, value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    from .diagnostics import did_you_mean
+    from .formats import FORMATS, get_format
+    try:
+        return get_format(value).name
+    except KeyError:
+        raise click.BadParameter(f"unknown storage format {value!r}; "
+                                 + (did_you_mean(value, FORMATS) or "formats: " + ", ".join(FORMATS)))
+
+
+def _size_option(ctx, param, value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    from .spec import parse_size
+    try:
+        if parse_size(value) <= 0:
+            raise ValueError("the limit must be positive")
+    except ValueError as e:
+        raise click.BadParameter(str(e))
+    return value
+
+
+set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                          help="Override a spec value before compiling, e.g. --set lm.num_layers=2 or "
+                               "--set 'layers[4].params.num_experts=4' (VALUE is JSON, else a string).")
+size_options = [
+    click.option("--batch", type=click.IntRange(min=1), help="Batch size B (default: the spec's)."),
+    click.option("--context", type=click.IntRange(min=1), help="Text length T (default: the spec's)."),
+    click.option("--frames", type=click.IntRange(min=1), help="Video frames F (default: the spec's)."),
+]
+
+
+def _options(opts):
+    def deco(f):
+        for o in reversed(opts):
+            f = o(f)
+        return f
+    return deco
+
+
+# --- output helpers --------------------------------------------------------------------------------------------------
+_COLORS = {"error": "red", "warning": "yellow", "note": "cyan"}
+
+
+def echo_diagnostics(diags, verbose: bool = False, quiet: bool = False) -> None:
+    """Errors always; warnings unless quiet; notes only when verbose. On stderr."""
+    for d in diags:
+        if d.severity == "note" and not verbose or d.severity == "warning" and quiet:
+            continue
+        head, _, rest = d.render().partition(f"{d.severity}:")
+        click.echo(head + click.style(d.severity + ":", fg=_COLORS.get(d.severity), bold=True) + rest, err=True)
+
+
+def console():
+    from rich.console import Console
+    return Console(markup=False, highlight=False, emoji=False, soft_wrap=False,
+                   width=None if sys.stdout.isatty() else 160)
+
+
+def _finite(x: Any) -> Any:
+    """JSON has no inf / nan: write them as null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
+def dump_json(obj: Any) -> str:
+    return json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False)
+
+
+def spec_exit_code(compiled) -> int:
+    if not compiled.ok or compiled.report is None:
+        return EXIT_INVALID
+    rep = compiled.report
+    b = rep.get("budget")
+    if (b and b["verdict"] != "pass") or any(not e["ok"] for e in rep.get("expect") or []):
+        return EXIT_UNMET
+    return EXIT_OK
+
+
+def _compile(spec: str, sets: tuple[str, ...], **kw):
+    from . import compile
+    return compile(spec, overrides=parse_sets(sets), **kw)
+
+
+# --- commands --------------------------------------------------------------------------------------------------------
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="omnic", prog_name="omnic")
+def cli() -> None:
+    """omnic: compile declarative JSON model specs; check budgets; build PyTorch / MLX / ONNX models."""
+
+
+@cli.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--budget", callback=_size_option, metavar="SIZE",
+              help="Memory limit, e.g. 6GiB or 8GB; replaces the spec's budget limit (or creates a budget).")
+@click.option("--format", "fmt", callback=_format_option, metavar="FORMAT",
+              help="Storage format of the weights for the budget and training figures: bf16, fp16, fp32, fp8, int8, "
+                   "nf4, nf4-dq, gptq-int4, awq-int4, mlx-4bit, q4_k, q8_0.")
+@click.option("--mode", type=click.Choice(["inference", "training"]), help="What the budget limits.")
+@click.option("--stage", help="Training stage whose frozen set applies (with --mode training).")
+@_options(size_options)
+@click.option("--recompute", is_flag=True, help="Training memory with activation recomputation.")
+@set_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (docs/report-format.md).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors and verdicts (no tables, no warnings).")
+@click.option("-v", "--verbose", is_flag=True, help="Also print notes (e.g. every inferred input).")
+def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, sets, as_json, quiet, verbose):
+    """Compile each SPEC: diagnostics, parameter / FLOP / memory tables, expectations and the budget verdict.
+
+    Exit 0 when all pass, 1 when a budget or expectation is not met, 2 when a spec is invalid.
+    """
+    over = {k: v for k, v in {"vram": budget, "format": fmt, "mode": mode, "stage": stage}.items() if v is not None}
+    results = []
+    code = EXIT_OK
+    out = None if as_json else console()
+    for path in specs:
+        c = _compile(path, sets, batch=batch, context=context, frames=frames, format=fmt, recompute=recompute,
+                     budget=over or None)
+        rc = spec_exit_code(c)
+        code = max(code, rc)
+        if as_json:
+            results.append({"file": path, "ok": rc == EXIT_OK, "exit_code": rc,
+                            "report": c.report if rc != EXIT_INVALID else None,
+                            "diagnostics": [d.to_json() for d in c.diagnostics]})
+            continue
+        if len(specs) > 1 and not quiet:
+            out.rule(path)
+        echo_diagnostics(c.diagnostics, verbose, quiet)
+        if rc == EXIT_INVALID:
+            n = len(c.errors)
+            click.echo(f"{path}: invalid spec ({n} error{'s' if n != 1 else ''})", err=True)
+            continue
+        _print_verdicts(out, c, path, budget, quiet)
+    if as_json:
+        click.echo(dump_json(results))
+    sys.exit(code)
+
+
+def _print_verdicts(out, c, path: str, budget_text: Optional[str], quiet: bool) -> None:
+    from .tables import budget_line, check_tables, expect_line
+    rep = c.report
+    if not quiet:
+        for t in check_tables(rep):
+            out.print(t)
+    for e in rep.get("expect") or []:
+        if not e["ok"]:
+            click.echo(f"expect {expect_line(e)}")
+    b = rep.get("budget")
+    if b:
+        limit = budget_text or (c.doc.budget.vram if c.doc and c.doc.budget else None)
+        click.echo(f"budget {budget_line(b, rep, str(limit) if limit is not None else None)}")
+    elif not quiet:
+        click.echo("budget: none (set one with --budget 6GiB or a 'budget' in the spec)")
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--depth", type=click.IntRange(min=1), help="Collapse rows to this many dotted name components.")
+@_options(size_options)
+@set_option
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print notes.")
+def summary(spec, depth, batch, context, frames, sets, as_json, verbose):
+    """Per-layer table of SPEC: type, output shape, params, active params, prefill FLOPs, output memory.
+
+    Repeated layers (one `repeat` group) collapse into one row "name (xN)"; --depth collapses by name prefix.
+    """
+    from .formats import get_format
+    from .tables import summary_json, summary_rows, summary_table
+    c = _compile(spec, sets, batch=batch, context=context, frames=frames, with_nodes=True)
+    if not as_json:
+        echo_diagnostics(c.diagnostics, verbose)
+    if c.report is None or not c.ok:
+        if as_json:
+            click.echo(dump_json({"file": spec, "ok": False, "diagnostics": [d.to_json() for d in c.diagnostics]}))
+        else:
+            click.echo(f"{spec}: invalid spec ({len(c.errors)} errors)", err=True)
+        sys.exit(EXIT_INVALID)
+    rep = c.report
+    rows = summary_rows(rep, depth, get_format(rep["settings"]["format"]).compute_bytes)
+    if as_json:
+        click.echo(dump_json({"file": spec, "ok": True, **summary_json(rep, rows)}))
+    else:
+        console().print(summary_table(rep, rows))
+
+
+@cli.command()
+def schema():
+    """Print the JSON Schema of specs (committed as specs/schema.json: `omnic schema > specs/schema.json`)."""
+    from .schema import schema_text
+    click.echo(schema_text(), nl=False)
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--target", type=click.Choice(TARGETS), required=True, help="What to generate.")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output directory; replaced atomically (only if empty or written by omnic build).")
+@click.option("--weights", is_flag=True, help="Also write initialised weights (safetensors).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weight initialisation.")
+@set_option
+@click.option("-v", "--verbose", is_flag=True, help="Also print notes.")
+def build(spec, target, out_dir, weights, seed, sets, verbose):
+    """Compile SPEC and write a model for TARGET into DIR (atomically: DIR is untouched on failure)."""
+    from .emit.build import BuildError, build as do_build
+    c = _compile(spec, sets)
+    echo_diagnostics(c.diagnostics, verbose)
+    if not c.ok or c.report is None:
+        click.echo(f"{spec}: invalid spec, nothing built", err=True)
+        sys.exit(EXIT_INVALID)
+    try:
+        files = do_build(c, target, out_dir, weights=weights, seed=seed)
+    except BuildError as e:
+        raise UserError(str(e))
+    click.echo(f"built {c.report['name']!r} for {target} in {out_dir} ({len(files)} files)")
+
+
+@cli.command("import-hf")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--out", "out_file", required=True, type=click.Path(dir_okay=False),
+              help="Spec file to write.")
+def import_hf(config, out_file):
+    """Write a spec for a Hugging Face transformers CONFIG.json (compiler.importers.hf)."""
+    try:
+        from .importers import hf
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("compiler.importers"):
+            raise UserError("import-hf is not available in this installation (no compiler.importers.hf)")
+        raise
+    convert = getattr(hf, "import_config", None)
+    if convert is None:
+        raise UserError("compiler.importers.hf has no import_config(path) -> spec dict")
+    try:
+        spec = convert(config)
+    except (ValueError, KeyError) as e:
+        raise UserError(f"{config}: cannot import: {e}")
+    text = json.dumps(spec, indent=2, ensure_ascii=False) + "\n"
+    tmp = f"{out_file}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, out_file)
+    from . import compile
+    c = compile(out_file)
+    echo_diagnostics(c.diagnostics)
+    if not c.ok:
+        click.echo(f"wrote {out_file}, which does not compile (see above)", err=True)
+        sys.exit(EXIT_INVALID)
+    click.echo(f"wrote {out_file}: {spec.get('name', '?')}, {c.report['params']['total']:,} parameters")
+
+
+# --- entry point -----------------------------------------------------------------------------------------------------
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: click handles usage errors (exit 2); anything unexpected is an internal error (3)."""
+    try:
+        cli.main(args=argv, prog_name="omnic")
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # a bug in omnic, not in the spec: one line, no traceback
+        if os.environ.get("OMNIC_DEBUG"):
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        click.echo(f"omnic: internal error (please report): {type(e).__name__}: {msg}", err=True)
+        sys.exit(EXIT_INTERNAL)
+
+
+if __name__ == "__main__":
+    main()

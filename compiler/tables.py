@@ -1,0 +1,231 @@
+"""Rendering reports for people: number formatting, the `omnic check` tables, the `omnic summary` rows.
+
+Pure functions of the report dict (see docs/report-format.md); the CLI prints what they return. Units: parameter
+counts and FLOPs in SI steps (K, M, B / G, T), bytes in binary steps (KiB, MiB, GiB: 2**10, 2**20, 2**30).
+rich is imported by the functions that build tables, so `compiler` itself stays light.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+# --- numbers ---------------------------------------------------------------------------------------------------------
+def fmt_count(n: float) -> str:
+    """Parameters: 1234 -> '1.23 K', 2.51e9 -> '2.51 B'."""
+    return _si(n, ["", " K", " M", " B", " T"])
+
+
+def fmt_flops(n: float) -> str:
+    """FLOPs: 3.2e12 -> '3.20 TFLOP'."""
+    return _si(n, [" FLOP", " KFLOP", " MFLOP", " GFLOP", " TFLOP", " PFLOP", " EFLOP"])
+
+
+def _si(n: float, units: list[str]) -> str:
+    n = float(n)
+    k = 0
+    while abs(n) >= 1000 and k < len(units) - 1:
+        n /= 1000
+        k += 1
+    if k == 0:
+        return f"{n:,.0f}{units[0]}"
+    return f"{n:.3g}{units[k]}" if abs(n) < 100 else f"{n:.1f}{units[k]}"
+
+
+def fmt_bytes(n: float) -> str:
+    """Bytes in binary units: 4.42e9 -> '4.12 GiB'."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def fmt_figure(key: str, v: float) -> str:
+    """A figure named by an expectation / budget key, in its unit."""
+    if key.startswith("params"):
+        return fmt_count(v)
+    if key.startswith("flops"):
+        return fmt_flops(v)
+    return fmt_bytes(v)
+
+
+def fmt_shape(t: dict) -> str:
+    return "(" + ", ".join(str(d) for d in t["shape"]) + ")"
+
+
+# --- verdicts --------------------------------------------------------------------------------------------------------
+def budget_key(b: dict) -> str:
+    """The report figure a budget is checked against, e.g. 'memory.inference[nf4]'."""
+    if b["mode"] == "inference":
+        return f"memory.inference[{b['format']}]"
+    return "memory.training[" + b["what"].split("[", 1)[1].split("]", 1)[0] + "]"
+
+
+def budget_line(b: dict, rep: dict, limit_text: Optional[str] = None) -> str:
+    """'memory.inference[nf4] = 4.12 GiB <= 6GiB: pass (...)': the figure that decided, the limit, the verdict."""
+    ok = b["verdict"] == "pass"
+    limit = limit_text or fmt_bytes(b["limit"])
+    rel = "<=" if ok else ">"
+    room = f"headroom {fmt_bytes(b['headroom'])}" if ok else f"over by {fmt_bytes(-b['headroom'])}"
+    s = rep["settings"]
+    at = f"batch {s['batch']}, context {s['context']}"
+    if b["mode"] == "training":
+        at += f", frozen weights in {s['format']}" + (", recomputation" if s.get("recompute") else "")
+    return f"{budget_key(b)} = {fmt_bytes(b['figure'])} {rel} {limit}: {'pass' if ok else 'FAIL'} ({room}; {at})"
+
+
+def expect_line(e: dict) -> str:
+    k = e["key"]
+    return (f"{k}: claimed {fmt_figure(k, e['claimed'])}, computed {fmt_figure(k, e['computed'])} "
+            f"({e['relative_difference']:+.1%}, tolerance {e['tolerance']:.0%}): {'ok' if e['ok'] else 'FAIL'}")
+
+
+# --- check tables ----------------------------------------------------------------------------------------------------
+def _table(title: str, *cols: str, **kw):
+    """A table whose heading is printed above it (a rich title would wrap to the table's width)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+    t = Table(header_style="bold", **kw)
+    for i, c in enumerate(cols):
+        t.add_column(c, justify="left" if i == 0 else "right", no_wrap=True)
+    return t, Group(Text(title, style="bold"), t)
+
+
+def check_tables(rep: dict) -> list:
+    """The tables `omnic check` prints for one report: counts and FLOPs, memory by format, training."""
+    s = rep["settings"]
+    p, f, m = rep["params"], rep["flops"], rep["memory"]
+    at = f"batch {s['batch']}, context {s['context']}" + (f", frames {s['frames']}" if rep.get("inputs") and any(
+        i.get("kind") == "video" for i in rep["inputs"].values()) else "")
+    t, tg = _table(f"{rep['name']}  ({at})", "", "value")
+    t.add_row("params total", fmt_count(p["total"]))
+    t.add_row("params trainable", fmt_count(p["trainable"]))
+    t.add_row("params active (per token)", fmt_count(p["active"]))
+    if p["frozen"]:
+        t.add_row("params frozen", fmt_count(p["frozen"]))
+    t.add_row("FLOPs prefill", fmt_flops(f["prefill"]))
+    t.add_row("FLOPs per decoded token", fmt_flops(f["decode_per_token"]))
+    t.add_row("FLOPs train step", fmt_flops(f["train_step"]))
+
+    mt, mg = _table("memory by storage format (* the format in force; inference = weights + decode state + "
+                    "activation peak)",
+                "format", "weights", "decode state", "activation peak", "inference")
+    for fmt in m["weights"]:
+        mark = " *" if fmt == s["format"] else ""
+        mt.add_row(fmt + mark, fmt_bytes(m["weights"][fmt]), fmt_bytes(m["decode_state"][fmt]),
+                   fmt_bytes(m["activation_peak"][fmt]), fmt_bytes(m["inference"][fmt]))
+
+    tt, tg2 = _table(f"training memory (AdamW, frozen weights in {s['format']}"
+                + (", recomputation" if s.get("recompute") else "") + ")",
+                "stage", "trainable", "weights+grads+optimizer", "frozen weights", "activations", "total",
+                "FLOPs/step")
+    for stage, parts in m["training"].items():
+        tt.add_row(stage, fmt_count(parts["trainable_params"]), fmt_bytes(parts["weights_grads_optimizer"]),
+                   fmt_bytes(parts["frozen_weights"]), fmt_bytes(parts["activations"]), fmt_bytes(parts["total"]),
+                   fmt_flops(parts["flops_step"]))
+    out = [tg, mg, tg2]
+    if rep.get("expect"):
+        et, eg = _table("expectations (claimed in the spec vs computed)", "figure", "claimed", "computed", "difference", "tolerance", "")
+        for e in rep["expect"]:
+            k = e["key"]
+            et.add_row(k, fmt_figure(k, e["claimed"]), fmt_figure(k, e["computed"]),
+                       f"{e['relative_difference']:+.1%}", f"{e['tolerance']:.0%}", "ok" if e["ok"] else "FAIL")
+        out.append(eg)
+    return out
+
+
+# --- summary ---------------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One line of `omnic summary`: a node, a repeated group collapsed, or a dotted prefix (--depth)."""
+
+    name: str
+    type: str
+    outputs: dict = field(default_factory=dict)   # output name -> tensor json (of the last node in the row)
+    params: int = 0
+    active: int = 0
+    flops_prefill: int = 0
+    out_bytes: int = 0
+    count: int = 1                                # nodes merged into this row
+    copies: int = 1                               # repeats of a group
+
+    @property
+    def label(self) -> str:
+        if self.copies > 1:
+            return f"{self.name} (x{self.copies})"
+        if self.count > 1:
+            return f"{self.name} ({self.count} nodes)"
+        return self.name
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "label": self.label, "type": self.type, "nodes": self.count,
+                "copies": self.copies, "params": self.params, "active": self.active,
+                "flops_prefill": self.flops_prefill, "output_bytes": self.out_bytes, "outputs": self.outputs}
+
+
+def summary_rows(rep: dict, depth: Optional[int] = None, compute_bytes: int = 2) -> list[Row]:
+    """Rows of the summary: nodes of one repeat `group` collapse into one row; `depth` keeps that many dotted
+    components of each name (`depth=1`: one row per top-level layer). Rows keep the order of first appearance."""
+    rows: dict[str, Row] = {}
+    groups: dict[str, set] = {}      # key -> repeat groups of its nodes (None for ungrouped nodes)
+    copies: dict[str, set] = {}      # key -> repeat indices seen
+    for n in rep["nodes"]:
+        g = n["group"]
+        key = g or n["name"]
+        if depth is not None and depth >= 1:
+            key = ".".join(key.split(".")[:depth])
+        r = rows.get(key)
+        if r is None:
+            r = rows[key] = Row(key, n["op"], count=0)
+            groups[key], copies[key] = set(), set()
+        elif r.type != n["op"]:
+            r.type = "mixed"
+        r.count += 1
+        r.params += n["params"]
+        r.active += n["active"]
+        r.flops_prefill += n["flops_prefill"]
+        r.out_bytes += n["out_elems"] * compute_bytes
+        r.outputs = n["outputs"]
+        groups[key].add(g)
+        if g:
+            copies[key].add(n["name"][len(g) + 1:].split(".")[0])
+    for key, r in rows.items():
+        if len(groups[key]) == 1 and None not in groups[key]:
+            r.copies = len(copies[key])
+    return list(rows.values())
+
+
+def summary_total(rep: dict, rows: list[Row]) -> Row:
+    t = Row("total", "", count=sum(r.count for r in rows))
+    for r in rows:
+        t.params += r.params
+        t.active += r.active
+        t.flops_prefill += r.flops_prefill
+        t.out_bytes += r.out_bytes
+    return t
+
+
+def summary_table(rep: dict, rows: list[Row]):
+    s = rep["settings"]
+    t, group = _table(f"{rep['name']}  (batch {s['batch']}, context {s['context']}; output memory in the compute "
+                      "dtype; repeated layers collapsed)",
+               "layer", "type", "output shape", "params", "active", "FLOPs prefill", "output memory")
+    t.columns[1].justify = t.columns[2].justify = "left"
+    for r in rows:
+        shapes = "; ".join((fmt_shape(v) if k == "out" else f"{k}: {fmt_shape(v)}") for k, v in r.outputs.items())
+        t.add_row(r.label, r.type, shapes, fmt_count(r.params) if r.params else "-",
+                  fmt_count(r.active) if r.active else "-", fmt_flops(r.flops_prefill) if r.flops_prefill else "-",
+                  fmt_bytes(r.out_bytes))
+    tot = summary_total(rep, rows)
+    t.add_section()
+    t.add_row("total", "", "", fmt_count(tot.params), fmt_count(tot.active), fmt_flops(tot.flops_prefill),
+              fmt_bytes(tot.out_bytes), style="bold")
+    return group
+
+
+def summary_json(rep: dict, rows: list[Row]) -> dict[str, Any]:
+    return {"name": rep["name"], "settings": rep["settings"], "rows": [r.to_json() for r in rows],
+            "total": summary_total(rep, rows).to_json()}
