@@ -422,6 +422,8 @@ def _lint(low: Lowering) -> None:
         if n.op == "Linear" and n.params.tied_name is None and n.params.in_features is not None:
             e = embs.get((n.params.out_features, n.params.in_features))
             if e is not None:
+                # an output embedding: quantisers keep it in 16-bit like the input embedding
+                n.params = n.params.model_copy(update={"role": "head"})
                 low.warn(n.path, f"{n.name} maps width {n.params.in_features} to the vocabulary {n.params.out_features} "
                                  f"of {e.name} but is not tied to it: counted separately "
                                  f"({n.params.in_features * n.params.out_features:,} parameters)",
