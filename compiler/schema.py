@@ -93,13 +93,16 @@ def build_schema() -> dict[str, Any]:
         for k in kinds:
             d = copy.deepcopy(defs[names[k]])
             d["properties"] = {"type": {"const": k, "description": f"Kind of {parent}."}, **d["properties"]}
-            d["required"] = sorted(set(d.get("required", [])) | {"type"}, key=list(d["properties"]).index)
+            d.pop("required", None)
             d["description"] = f"{parent} of kind {k}: {ops[k].doc}".strip()
             kind_defs[f"{parent}.{k}"] = d
     defs.update(kind_defs)
 
+    # required keys are applied per layer (not with include), so the op defs themselves require nothing
+    required = {n: defs[names[n]].get("required", []) for n in ops}
     for n, op in ops.items():
         d = defs[names[n]]
+        d.pop("required", None)
         if op.doc and "description" not in d:
             d["description"] = op.doc
 
@@ -117,14 +120,14 @@ def build_schema() -> dict[str, Any]:
         if n in parents:  # the parent itself, used without params.type
             cond["properties"]["params"] = {"not": {"required": ["type"]}}
         ref = f"#/$defs/{names[n]}"
-        clauses.append(_clause(cond, ref, defs[names[n]].get("required", [])))
+        clauses.append(_clause(cond, ref, required[n]))
     for parent, kinds in sorted(parents.items()):
         for k in sorted(kinds):
             cond = {"properties": {"type": {"const": parent}, "params": {"properties": {"type": {"const": k}},
                                                                            "required": ["type"]}},
                     "required": ["type", "params"]}
             ref = f"#/$defs/{parent}.{k}"
-            clauses.append(_clause(cond, ref, defs[names[k]].get("required", [])))
+            clauses.append(_clause(cond, ref, required[k]))
         # an unknown kind: params.type must be one of the kinds
         clauses.append({"if": {"properties": {"type": {"const": parent}, "params": {"required": ["type"]}},
                                "required": ["type", "params"]},
