@@ -83,18 +83,25 @@ def cost_nodes(g: Graph, batch: int, context: int, frames: int) -> list[NodeCost
     return out
 
 
-def weight_bytes(costs: list[NodeCost], fmt: Format, frozen_only: Optional[set] = None) -> float:
-    bits = 0.0
+def weight_census(costs: list[NodeCost], only: Optional[set] = None) -> dict[tuple, list[int]]:
+    """(role, shape) -> [count]: the tensors to store, each once (tied copies skipped)."""
+    census: dict[tuple, list[int]] = {}
     for nc in costs:
-        if frozen_only is not None and nc.name not in frozen_only:
+        if only is not None and nc.name not in only:
             continue
         for w in nc.weights.values():
             if not w.tied_to:
-                bits += tensor_bits(fmt, w.shape, w.role)
-    return bits / 8
+                census.setdefault((w.role, w.shape), [0])[0] += 1
+    return census
 
 
-def activation_peak(g: Graph, costs: list[NodeCost], nbytes: int) -> int:
+def weight_bytes(costs: list[NodeCost], fmt: Format, frozen_only: Optional[set] = None,
+                 census: Optional[dict] = None) -> float:
+    census = census if census is not None else weight_census(costs, frozen_only)
+    return sum(n * tensor_bits(fmt, shape, role) for (role, shape), (n,) in census.items()) / 8
+
+
+def activation_peak(g: Graph, costs: list[NodeCost], nbytes: int = 1) -> int:
     """Peak bytes of live activations over one forward in graph order (a tensor lives until its last consumer;
     model outputs live to the end), plus each op's own workspace while it runs."""
     by = {c.name: c for c in costs}

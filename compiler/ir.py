@@ -7,6 +7,7 @@ Model inputs are nodes of op `Input`. Shapes use the vocabulary of `dims.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Optional
 
 import networkx as nx
@@ -53,13 +54,18 @@ class TensorType:
         return replace(self, shape=tuple(Dim.of(d) for d in shape))
 
     def numel(self) -> Dim:
-        n = Dim.of(1)
-        for d in self.shape:
-            n = n * d
-        return n
+        return self._numel
 
     def rows(self) -> Dim:
         """Product of all dims but the last: how many vectors a Linear on the last dim sees."""
+        return self._rows
+
+    @cached_property
+    def _numel(self) -> Dim:
+        return self._rows * self.shape[-1] if self.shape else Dim.of(1)
+
+    @cached_property
+    def _rows(self) -> Dim:
         n = Dim.of(1)
         for d in self.shape[:-1]:
             n = n * d

@@ -41,8 +41,10 @@ def account(g: Graph, doc: SpecDoc, *, batch: int, context: int, frames: int, fm
     decode = sum(c.flops_decode for c in costs)
     state_elems = sum(c.state for c in costs)
 
-    weights = {name: round(cost.weight_bytes(costs, f)) for name, f in FORMATS.items()}
-    act = {name: cost.activation_peak(g, costs, f.compute_bytes) for name, f in FORMATS.items()}
+    census = cost.weight_census(costs)
+    weights = {name: round(cost.weight_bytes(costs, f, census=census)) for name, f in FORMATS.items()}
+    peak = cost.activation_peak(g, costs)
+    act = {name: peak * f.compute_bytes for name, f in FORMATS.items()}
     state = {name: state_elems * f.compute_bytes for name, f in FORMATS.items()}
     inference = {name: weights[name] + state[name] + act[name] for name in FORMATS}
 
