@@ -1,0 +1,54 @@
+"""The PyTorch runtime of omnic: a compiled graph as an nn.Module, its weights, and generated code.
+
+    model = build(compiled, device=None, dtype=None, seed=0, init=True)   # an OmnicModel
+    outputs = model(input_ids=ids)                                         # {output name: tensor}
+
+`build` constructs every node's module under `torch.device(device)` (with device="meta" nothing is allocated and
+nothing initialised), casts floating tensors to `dtype`, then, if `init`, fills every declared tensor from `seed`
+by the name-keyed scheme of `runtime_torch/init.py` (the same values whatever the construction order, device or
+dtype). Parts: `registry.py` (op -> module class), `ops/` (the implementations), `model.py` (OmnicModel),
+`weights.py` (safetensors), `graph_data.py` (the graph as plain data), `emit.py` (generated model.py).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Optional, Union
+
+import torch
+
+from .graph_data import from_data, to_data
+from .init import initialise
+from .model import OmnicModel
+from .registry import all_impls, get, implements
+from .weights import WeightsMismatch, load_state_dict_mapped, load_weights, save_weights
+
+__all__ = ["build", "from_graph_data", "OmnicModel", "implements", "get", "all_impls", "save_weights",
+           "load_weights", "load_state_dict_mapped", "WeightsMismatch", "to_data"]
+
+
+def _dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    d = getattr(torch, str(dtype), None)
+    if not isinstance(d, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r} (e.g. float32, bfloat16)")
+    return d
+
+
+def build(compiled, device: Union[None, str, torch.device] = None, dtype: Union[None, str, torch.dtype] = None,
+          seed: int = 0, init: bool = True) -> OmnicModel:
+    """An OmnicModel of a `Compiled` (errors raise SpecError) or of its graph; see the module docstring."""
+    dev = torch.device(device) if device is not None else None
+    with dev if dev is not None else contextlib.nullcontext():
+        model = OmnicModel(compiled)
+    dt = _dtype(dtype)
+    if dt is not None:
+        model.to(dtype=dt)
+    if init and (dev is None or dev.type != "meta"):
+        initialise(model, seed)
+    return model
+
+
+def from_graph_data(data: dict[str, Any], **kw) -> OmnicModel:
+    """Rebuild a model from `graph_data.to_data` output (what generated model.py files hold); kw as `build`."""
+    return build(from_data(data), **kw)

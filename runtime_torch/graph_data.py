@@ -1,0 +1,83 @@
+"""A compiled graph as plain Python data (dicts, lists, strings, numbers) and back.
+
+This is what generated code holds (`runtime_torch/emit.py` writes it with repr, so it is a literal that
+`ast.literal_eval` reads) and what `runtime_torch.from_graph_data` rebuilds a model from:
+
+    {"omnic_graph": 1,
+     "nodes": [{"name": "lm_head", "op": "Linear", "params": {...resolved params...},
+                "inputs": [["layers.1", "out"]], "outputs": {"out": {"shape": ["B", "T", 11], "kind": "tokens", ...}},
+                "frozen": False}, ...],            # in graph order (topological)
+     "outputs": [["lm_head", "out"]]}
+
+Reading it back trusts nothing: each params dict is validated again by its op's Params model (strict, unknown keys
+refused), each input must name an earlier node's output, and each node's recorded output types must be those its
+op's shape rule gives.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from compiler import registry
+from compiler.ir import Graph, Node, TensorType
+
+VERSION = 1
+
+
+def to_data(graph: Graph) -> dict[str, Any]:
+    nodes = [{
+        "name": n.name,
+        "op": n.op,
+        "params": n.params.model_dump(mode="json"),
+        "inputs": [[src, out] for src, out in n.inputs],
+        "outputs": {k: t.to_json() for k, t in n.outputs.items()},
+        "frozen": n.frozen,
+    } for n in graph.nodes()]
+    data = {"omnic_graph": VERSION, "nodes": nodes, "outputs": [[n, o] for n, o in graph.outputs]}
+    _check_plain(data, "graph")
+    return data
+
+
+def _check_plain(x: Any, where: str) -> None:
+    """Only literals that repr() writes back exactly: no inf / nan, no objects."""
+    if isinstance(x, dict):
+        for k, v in x.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where}: key {k!r} is not a string")
+            _check_plain(v, f"{where}.{k}")
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            _check_plain(v, f"{where}[{i}]")
+    elif isinstance(x, float):
+        if not math.isfinite(x):
+            raise ValueError(f"{where}: {x} cannot be written as a literal")
+    elif not (x is None or isinstance(x, (str, bool, int))):
+        raise TypeError(f"{where}: {type(x).__name__} is not plain data")
+
+
+def _type(d: dict) -> TensorType:
+    return TensorType.make(d["shape"], d["kind"], d.get("dtype", "float"), d.get("grid"), d.get("prefix", 0))
+
+
+def from_data(data: dict[str, Any]) -> Graph:
+    if not isinstance(data, dict) or data.get("omnic_graph") != VERSION:
+        raise ValueError(f"not omnic graph data of version {VERSION}")
+    g = Graph()
+    for k, d in enumerate(data["nodes"]):
+        where = f"nodes[{k}] ({d.get('name')!r})"
+        op = registry.get(d["op"])
+        params = op.Params.model_validate(d["params"])
+        node = g.add(Node(d["name"], d["op"], params, frozen=bool(d.get("frozen", False))))
+        for src, out in d["inputs"]:
+            if src not in g or src == node.name or out not in g[src].outputs:
+                raise ValueError(f"{where}: input {src}.{out} is not the output of an earlier node")
+            g.connect(node, src, out)
+        node.outputs = {o: _type(t) for o, t in d["outputs"].items()}
+        rule = op.shape(params, g.input_types(node))
+        if rule != node.outputs:
+            raise ValueError(f"{where}: recorded outputs {node.outputs} are not what {d['op']} gives: {rule}")
+    for n, o in data["outputs"]:
+        if n not in g or o not in g[n].outputs:
+            raise ValueError(f"model output {n}.{o} is not a node output")
+        g.outputs.append((n, o))
+    return g

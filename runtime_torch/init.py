@@ -1,0 +1,53 @@
+"""Deterministic initialisation of an OmnicModel's parameters from a seed.
+
+The scheme (the same in every runtime, so a seed names one set of weights):
+  * every declared tensor that owns its storage (tied ones are skipped: they share their owner's) is visited in
+    sorted full-name order;
+  * each draws from its own CPU `torch.Generator` seeded with `(seed << 32) | crc32(full name as UTF-8)`, so its
+    values depend on the seed and its name only: not on construction order, on the other tensors, on the device or
+    on the dtype (values are drawn in float32, then cast and copied);
+  * the declaration's `W.init_rule` says what to draw: "normal" = N(0, 0.02), "zeros", "ones", "const:<v>".
+`seed` is an integer in [0, 2**32).
+"""
+from __future__ import annotations
+
+import zlib
+
+import torch
+
+STD = 0.02
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    if not 0 <= seed < 2 ** 32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    return (seed << 32) | zlib.crc32(name.encode("utf-8"))
+
+
+def draw(rule: str, shape: tuple[int, ...], seed: int, name: str) -> torch.Tensor:
+    """The float32 CPU values of tensor `name` under `rule` (see the module docstring)."""
+    if rule == "normal":
+        g = torch.Generator().manual_seed(tensor_seed(seed, name))
+        return torch.empty(shape).normal_(0.0, STD, generator=g)
+    if rule == "zeros":
+        return torch.zeros(shape)
+    if rule == "ones":
+        return torch.ones(shape)
+    if rule.startswith("const:"):
+        try:
+            v = float(rule[len("const:"):])
+        except ValueError:
+            raise ValueError(f"{name}: bad init rule {rule!r}; write const:<number>") from None
+        return torch.full(shape, v)
+    raise ValueError(f"{name}: unknown init rule {rule!r} (normal, zeros, ones, const:<v>)")
+
+
+@torch.no_grad()
+def initialise(model, seed: int = 0) -> None:
+    """Fill every owned declared parameter of `model` (an OmnicModel) from `seed`."""
+    for name in sorted(model.weight_decls):
+        w = model.weight_decls[name]
+        if w.tied_to:
+            continue
+        p = model.get_parameter(name)
+        p.copy_(draw(w.init_rule, tuple(w.shape), seed, name))

@@ -1,0 +1,186 @@
+"""Weights in and out of an OmnicModel: safetensors files only (never pickle), and renamed checkpoints.
+
+  save_weights(model, path)                    every state-dict tensor once: tied tensors under their owner's name
+  load_weights(model, path, strict, cast)      the reverse; tied tensors come back shared
+  load_state_dict_mapped(model, tensors, mapping, strict, cast)
+                                               a checkpoint's {name: tensor} renamed by data: `mapping` is a list of
+                                               (regex, replacement) pairs applied in order with re.sub to each
+                                               checkpoint name; a replacement of None drops the names it matches
+Loading checks everything before it copies anything, and reports every problem at once in a `WeightsMismatch`
+(a ValueError): missing, unexpected, mis-shaped and (unless `cast=True`) mis-typed tensors, and names that collide
+after renaming. Shapes must match exactly (nothing is broadcast or truncated). With `strict=False` missing and
+unexpected tensors are returned instead of raised; wrong shapes and dtypes always raise. A tie group (an owner and
+the tensors tied to it) needs one of its names in the file; if several are there they must be equal. A model built
+on the meta device gets the loaded tensors themselves (no second copy).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Optional, Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+
+class WeightsMismatch(ValueError):
+    """Every reason a set of tensors does not fit a model, one line per tensor."""
+
+    def __init__(self, source: str, missing: list[str], unexpected: list[str], shapes: list[str],
+                 dtypes: list[str], other: list[str]):
+        self.missing, self.unexpected, self.shapes, self.dtypes, self.other = missing, unexpected, shapes, dtypes, other
+        n = sum(map(len, (missing, unexpected, shapes, dtypes, other)))
+        lines = [f"cannot load {source}: {n} problem{'s' if n != 1 else ''}"]
+        for title, items in (("missing from the checkpoint", missing), ("unexpected (not in the model)", unexpected),
+                             ("wrong shape", shapes), ("wrong dtype (pass cast=True to convert)", dtypes),
+                             ("other", other)):
+            if items:
+                lines.append(f"  {title} ({len(items)}):")
+                lines += [f"    {s}" for s in items]
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class LoadResult:
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Entry:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    get: Callable[[], torch.Tensor]
+    origin: str                       # the name in the checkpoint
+
+
+def _ties(model: nn.Module) -> dict[str, str]:
+    return dict(getattr(model, "ties", {}) or {})
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write the model's state dict to a safetensors file, each tied tensor once (under its owner's name)."""
+    ties = _ties(model)
+    out = {}
+    for name, t in model.state_dict().items():
+        if name in ties:
+            continue
+        if t.is_meta:
+            raise ValueError(f"cannot save {name}: the model is on the meta device (load or initialise it first)")
+        out[name] = t.detach().to("cpu").contiguous()
+    save_file(dict(sorted(out.items())), os.fspath(path), metadata={"format": "pt"})
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True, cast: bool = False) -> LoadResult:
+    """Load a safetensors file written by `save_weights` (or any with the model's names) into `model`."""
+    path = os.fspath(path)
+    with safe_open(path, framework="pt") as f:
+        entries = {}
+        for name in f.keys():
+            sl = f.get_slice(name)
+            entries[name] = _Entry(tuple(sl.get_shape()), _DTYPES[sl.get_dtype()], (lambda n=name: f.get_tensor(n)),
+                                   name)
+        return _assign(model, entries, strict, cast, path, [])
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
+def map_names(names: Iterable[str], mapping: Sequence[tuple[str, Optional[str]]]) -> tuple[dict[str, str], list[str]]:
+    """Rename checkpoint names by `mapping`: ({model name: checkpoint name}, [collision messages])."""
+    rules = [(re.compile(p), r) for p, r in mapping]
+    out: dict[str, str] = {}
+    clashes: list[str] = []
+    for name in names:
+        new: Optional[str] = name
+        for pat, repl in rules:
+            if repl is None:
+                if pat.search(new):
+                    new = None
+                    break
+            else:
+                new = pat.sub(repl, new)
+        if new is None:
+            continue
+        if new in out:
+            clashes.append(f"{out[new]} and {name} both map to {new}")
+            continue
+        out[new] = name
+    return out, clashes
+
+
+def load_state_dict_mapped(model: nn.Module, tensors: Mapping[str, torch.Tensor],
+                           mapping: Sequence[tuple[str, Optional[str]]], strict: bool = True,
+                           cast: bool = False) -> LoadResult:
+    """Load a checkpoint's tensors under names rewritten by `mapping` (see the module docstring)."""
+    renamed, clashes = map_names(tensors, mapping)
+    entries = {new: _Entry(tuple(tensors[old].shape), tensors[old].dtype, (lambda o=old: tensors[o]), old)
+               for new, old in renamed.items()}
+    return _assign(model, entries, strict, cast, "the mapped checkpoint", clashes)
+
+
+def _label(name: str, e: _Entry) -> str:
+    return name if e.origin == name else f"{name} (checkpoint {e.origin})"
+
+
+def _assign(model: nn.Module, entries: dict[str, _Entry], strict: bool, cast: bool, source: str,
+            other: list[str]) -> LoadResult:
+    state = model.state_dict(keep_vars=True)
+    ties = _ties(model)
+    groups: dict[str, list[str]] = {}
+    for name in state:
+        groups.setdefault(ties.get(name, name), []).append(name)
+    missing, shapes, dtypes = [], [], []
+    plan: list[tuple[list[str], list[str]]] = []      # (model names to fill, file names to read)
+    for owner, members in groups.items():
+        members = sorted(members, key=lambda n: n != owner)
+        present = [n for n in members if n in entries]
+        if not present:
+            missing.append(f"{owner} {tuple(state[owner].shape)}")
+            continue
+        want = state[owner]
+        for n in present:
+            e = entries[n]
+            if e.shape != tuple(want.shape):
+                shapes.append(f"{_label(n, e)}: checkpoint {e.shape}, model {tuple(want.shape)}")
+            elif e.dtype != want.dtype and not cast:
+                dtypes.append(f"{_label(n, e)}: checkpoint {_dt(e.dtype)}, model {_dt(want.dtype)}")
+        plan.append((members, present))
+    unexpected = sorted(_label(n, e) for n, e in entries.items() if n not in state)
+    if shapes or dtypes or other or (strict and (missing or unexpected)):
+        raise WeightsMismatch(source, missing if strict else [], unexpected if strict else [], shapes, dtypes, other)
+    for members, present in plan:
+        if len(present) > 1:
+            first = entries[present[0]].get()
+            other += [f"tied tensors {present[0]} and {n} differ in the checkpoint"
+                      for n in present[1:] if not torch.equal(entries[n].get(), first)]
+    if other:
+        raise WeightsMismatch(source, [], [], [], [], other)
+    with torch.no_grad():
+        for members, present in plan:
+            _put(model, members[0], state[members[0]], entries[present[0]].get())
+    if hasattr(model, "_tie"):
+        model._tie()
+    return LoadResult(missing, unexpected)
+
+
+def _dt(d: torch.dtype) -> str:
+    return str(d).removeprefix("torch.")
+
+
+def _put(model: nn.Module, name: str, cur: torch.Tensor, t: torch.Tensor) -> None:
+    if not cur.is_meta:
+        cur.copy_(t)
+        return
+    path, _, attr = name.rpartition(".")
+    mod = model.module_at(path) if hasattr(model, "module_at") else model.get_submodule(path)
+    t = t.to(cur.dtype)
+    if attr in mod._parameters:
+        mod._parameters[attr] = nn.Parameter(t, requires_grad=cur.requires_grad)
+    else:
+        mod._buffers[attr] = t
