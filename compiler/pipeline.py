@@ -64,6 +64,8 @@ def load_source(spec: Union[str, os.PathLike, dict]) -> Source:
     raise TypeError(f"compile() takes a path, a JSON string or a dict, not {type(spec).__name__}")
 
 
+MAX_PARAMS = 10**14        # 100T: far beyond any model; larger totals are typos
+
 _SEG = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
@@ -170,4 +172,7 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
                      context=settings["context"], frames=settings["frames"], recompute=recompute)
     if budget:
         report["budget"] = check_budget(report, doc, eff) if eff else None
+    if report["params"]["total"] > MAX_PARAMS:
+        diag.error(("layers",), f"the model has {report['params']['total']:.3g} parameters; the limit is "
+                                f"{MAX_PARAMS:.0e}", "a dimension is probably mistyped (an extra zero?)", code="limit")
     return Compiled(doc, graph, report, diag.sorted(), src, settings)
