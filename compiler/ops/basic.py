@@ -197,7 +197,7 @@ class LayerNorm(_Norm):
     def weights(cls, p):
         w = {"weight": W((p.dim,), "norm")}
         if p.bias:
-            w["bias"] = W((p.dim,), "norm")
+            w["bias"] = W((p.dim,), "norm", init="zeros")
         return w
 
 
@@ -209,7 +209,7 @@ class RMSNorm(_Norm):
 
     @classmethod
     def weights(cls, p):
-        return {"weight": W((p.dim,), "norm")}
+        return {"weight": W((p.dim,), "norm", init="zeros" if p.offset else None)}  # offset 1: weights at 0
 
 
 # ---------------------------------------------------------------------------------------------------------------------
