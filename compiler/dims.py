@@ -167,6 +167,8 @@ def parse_dim(text: str) -> Dim:
     s = text.replace(" ", "")
     if not s:
         raise ValueError("empty dimension")
+    if len(s) > 64:                             # parsing is quadratic in the factors; real ones are like "B*F+64"
+        raise ValueError(f"dimension {text[:20]!r}... is {len(text):,} characters; write at most 64")
     total = Dim({})
     for i, chunk in enumerate(s.replace("-", "+-").split("+")):
         if chunk == "" and i == 0:

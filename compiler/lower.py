@@ -28,6 +28,7 @@ from .spec import LAYER_KEYS, MAX_REPEAT, SpecDoc, report_validation
 
 MAX_INCLUDE_DEPTH = 8
 MAX_NODES = 20_000
+MAX_DIM = 10_000_000                # an input dimension (or a coefficient of one), as the ops' own bounds
 
 
 @dataclass
@@ -94,6 +95,10 @@ def _inputs(low: Lowering) -> None:
                     ok = False
             if dim.is_const and dim.const <= 0:
                 low.err(path + ("shape", k), f"dimension must be positive, got {dim.const}")
+                ok = False
+            if any(abs(c) > MAX_DIM for c in dim.terms.values()) or any(len(t) > 3 for t in dim.terms):
+                low.err(path + ("shape", k), f"dimension {dim} is out of range (at most {MAX_DIM:,}, "
+                                             "products of at most 3 symbols)", code="limit")
                 ok = False
         want = {"image": 4, "video": 5, "ids": 2, "tokens": 3, "vector": 2, "scalar": 1}[inp.kind]
         if len(inp.shape) != want:

@@ -53,7 +53,12 @@ class Compiled:
 
 def load_source(spec: Union[str, os.PathLike, dict]) -> Source:
     if isinstance(spec, dict):
-        text = json.dumps(spec, indent=1, allow_nan=False)
+        try:
+            text = json.dumps(spec, indent=1, allow_nan=False)
+        except (ValueError, TypeError, RecursionError) as e:    # NaN, a non-JSON value, nesting past the stack
+            raise SpecError([Diagnostic(ERROR, f"the spec dict is not JSON: {e}", "", None, None, None,
+                                        "use only dicts, lists, strings, finite numbers, booleans and None",
+                                        "json")]) from None
         return parse_text(text, None)
     if isinstance(spec, os.PathLike):
         return read_file(os.fspath(spec))
@@ -134,6 +139,8 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
         graph = lower(doc, src, diag)
     except SpecError:
         return Compiled(None, None, None, Diagnostics(src.file, src.locate, diag.items).sorted(), src)
+    if diag.has_errors:     # an erroneous graph has unresolved dimensions: accounting it would crash or mislead
+        return Compiled(doc, graph, None, diag.sorted(), src)
     b = doc.budget
     settings = {
         "batch": batch or (b.batch if b and b.batch else doc.batch),

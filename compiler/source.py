@@ -109,6 +109,8 @@ class _Parser:
         if kind == "string":
             return json.loads(text)
         if kind == "number":
+            if len(text) > 100:                 # int() refuses > 4300 digits; no dimension needs 100
+                self.fail(off, f"number {text[:20]}... has {len(text):,} characters", "use a number of sensible size")
             v = json.loads(text)
             if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
                 self.fail(off, f"number {text} is out of range", "use a finite number")

@@ -29,11 +29,15 @@ def parse_size(v: Union[int, float, str]) -> float:
     if isinstance(v, bool):
         raise ValueError("expected a number or a size like '6GiB'")
     if isinstance(v, (int, float)):
-        return float(v)
-    m = SIZE_RE.match(v)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"cannot read size {v!r}; write e.g. 6GiB, 8GB, 480M, 2.5B")
-    return float(m.group(1)) * _UNITS[m.group(2).lower()]
+        f = float(v) if abs(v) < 1e300 else float("inf")     # float() of a huge int raises OverflowError
+    else:
+        m = SIZE_RE.match(v)
+        if not m or m.group(2).lower() not in _UNITS:
+            raise ValueError(f"cannot read size {v!r}; write e.g. 6GiB, 8GB, 480M, 2.5B")
+        f = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not f < 1e30:                                           # also refuses inf and NaN
+        raise ValueError(f"size {str(v)[:20]} is out of range")
+    return f
 
 
 class InputDecl(BaseModel):
