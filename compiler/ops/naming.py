@@ -1,8 +1,8 @@
 """Per-family parameter names of a transformer block: role -> dotted name, as data.
 
 Names are the interface (style.md, 4): each family uses the names of its checkpoints (transformers' for Llama,
-Gemma-3, SigLIP, DINOv2, DINOv3, LFM2, Qwen2-MoE; the published code's for nanoVLM), so real checkpoints load with
-only a prefix map. Both runtimes build their modules from these tables.
+Gemma-3, SigLIP, DINOv2, DINOv3, LFM2, Qwen2-MoE, Mixtral; the published code's for nanoVLM), so real checkpoints
+load with only a prefix map. Both runtimes build their modules from these tables.
 
 Roles: norm1 (before attention), norm2 (before the MLP), post_attn_norm / post_mlp_norm (Gemma's sandwich norms),
 q k v o (projections), qkv (fused projection), q_norm k_norm (per-head norms), fc1 fc2 (plain MLP), gate up down
@@ -35,6 +35,7 @@ NAMES: dict[str, dict[str, str]] = {
     },
     "llama": _LLAMA,
     "qwen2_moe": _LLAMA,
+    "mixtral": _LLAMA,
     "gemma3": {**_LLAMA, "post_attn_norm": "post_attention_layernorm", "norm2": "pre_feedforward_layernorm",
                "post_mlp_norm": "post_feedforward_layernorm"},
     "siglip": {
