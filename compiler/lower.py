@@ -401,8 +401,6 @@ def _visit(low: Lowering) -> None:
                 node.inputs.append((src, out))
                 node.inferred.append(False)
         new_order.append(name)
-        if getattr(node.params, "tie", None):
-            _tie(low, node)
         ok = all(out in g[src].outputs for src, out in node.inputs)
         missing = [f"{src}.{out}" for src, out in node.inputs if src in g and g[src].outputs and out not in g[src].outputs]
         if missing:
@@ -410,6 +408,8 @@ def _visit(low: Lowering) -> None:
                     "outputs: " + ", ".join(f"{s}.{o}" for s, _ in node.inputs for o in g[s].outputs))
         if ok and node.inputs or (ok and not op.slots):
             infer_node(g, node, low.diag)
+        if getattr(node.params, "tie", None):
+            _tie(low, node)        # after inference: the shape check needs the resolved in_features
         for s in streams:
             if any(s.node == src and s.out == out for src, out in node.inputs):
                 s.consumed = True
