@@ -29,7 +29,7 @@ def _si(n: float, units: list[str]) -> str:
         k += 1
     if k == 0:
         return f"{n:,.0f}{units[0]}"
-    return f"{n:.3g}{units[k]}" if abs(n) < 100 else f"{n:.1f}{units[k]}"
+    return f"{n:.2f}{units[k]}" if abs(n) < 100 else f"{n:.1f}{units[k]}"
 
 
 def fmt_bytes(n: float) -> str:
