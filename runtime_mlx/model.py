@@ -1,0 +1,221 @@
+"""OmnicModel: a compiled graph as one `mlx.nn.Module` that runs its nodes in graph order (the mirror of
+`runtime_torch/model.py`).
+
+Module nesting follows the dotted node names: node `lm.model.layers.0` is the module at `lm -> model -> layers -> 0`
+(plain `Container`s for the intermediate parts; a container of nodes "0".."n-1" is a list, as mlx-lm's `layers`),
+so a weight it declares as `self_attn.q_proj.weight` has the
+flattened parameter name `lm.model.layers.0.self_attn.q_proj.weight`: the torch state-dict key, the name the
+compiler counts and checkpoints use. Children are dict entries (an MLX Module is a dict), so a node may be called
+`train` or `update` without shadowing a method; bookkeeping lives in plain attributes, outside the parameter tree.
+
+Each node's module must own exactly the tensors its op declares, in MLX layout (`layout.py`), checked as it is
+built. A tensor declared `tied_to` another is not in the tree (`parameters()` lists it once, at its owner); the
+module reads the owner's current array through `registry.tied`, so loading or updating the owner updates both.
+
+`__call__(**inputs)` runs a plan precomputed at construction: for each live node (one a model output depends on),
+its module, the slots of its inputs, where its outputs go, and which slots die after it. It returns
+{output name: array}, named `node` or `node.output` as in the report. Arrays are lazy: nothing is computed until
+`mx.eval`.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import mlx.core as mx
+from mlx import nn
+from mlx.utils import tree_flatten
+
+from compiler import registry as ops
+from compiler.ir import Graph
+from compiler.registry import W
+
+from . import layout
+from . import registry as impls
+
+
+class Container(nn.Module):
+    """A plain module holding the nodes (and containers) under one dotted prefix."""
+
+
+def _keep(obj, **kw) -> None:
+    """Set plain attributes that MLX must not route into the parameter tree (dicts, tuples, modules)."""
+    for k, v in kw.items():
+        object.__setattr__(obj, k, v)
+
+
+def _child(parent: nn.Module, key: str, mod: nn.Module, where: str) -> None:
+    old = parent.get(key)
+    if old is not None and not isinstance(old, nn.Module):
+        raise ValueError(f"node {where!r} collides with a tensor of the same name in its parent module")
+    parent[key] = mod
+
+
+class OmnicModel(nn.Module):
+    def __init__(self, graph: Union[Graph, "Compiled"]):  # noqa: F821
+        super().__init__()
+        if not isinstance(graph, Graph):
+            graph = graph.raise_for_errors().graph
+        decls: dict[str, W] = {}
+        perms: dict[str, Optional[layout.Perm]] = {}
+        nodes: dict[str, nn.Module] = {}
+        _keep(self, graph=graph, weight_decls=decls, perms=perms, ties={}, _nodes=nodes,
+              input_names=[n.name for n in graph.nodes() if n.op == "Input"],
+              output_names=[n if o == "out" else f"{n}.{o}" for n, o in graph.outputs])
+        for node in graph.nodes():
+            if node.op == "Input":
+                continue
+            decl = ops.get(node.op).weights(node.params)
+            node_perms = {k: layout.perm_of(node.op, k, w) for k, w in decl.items()}
+            mod = impls.get(node.op)(node.params, graph.input_types(node))
+            _check_declared(node, mod, decl, node_perms)
+            self._install(node.name, mod)
+            nodes[node.name] = mod
+            decls.update({f"{node.name}.{k}": w for k, w in decl.items()})
+            perms.update({f"{node.name}.{k}": p for k, p in node_perms.items()})
+        _listify(self)
+        self._resolve_ties()
+        self._make_plan()
+
+    # --- structure ---------------------------------------------------------------------------------------------------
+    def _install(self, name: str, mod: nn.Module) -> None:
+        *path, last = name.split(".")
+        parent: nn.Module = self
+        for i, part in enumerate(path):
+            child = parent.get(part)
+            if child is None:
+                child = Container()
+                _child(parent, part, child, ".".join(path[:i + 1]))
+            parent = child
+        old = parent.get(last)
+        if isinstance(old, Container):      # made for deeper nodes: they become children of `mod`
+            for k, v in old.items():
+                _child(mod, k, v, f"{name}.{k}")
+        _child(parent, last, mod, name)
+
+    def module_at(self, path: str) -> nn.Module:
+        """The module at a dotted path, following dict entries (and list items) only."""
+        m = self
+        for part in path.split(".") if path else ():
+            m = m[int(part)] if isinstance(m, list) else m[part]
+        return m
+
+    def node(self, name: str) -> nn.Module:
+        """The module of node `name`."""
+        return self._nodes[name]
+
+    def param(self, name: str) -> mx.array:
+        """The array of a declared tensor (the owner's for a tied one), in MLX layout."""
+        name = self.ties.get(name, name)
+        mod, _, attr = name.rpartition(".")
+        return self.module_at(mod)[attr]
+
+    def named_parameters(self) -> dict[str, mx.array]:
+        """{full name: array} of every owned tensor (tied ones once, at their owner), in MLX layout."""
+        return dict(tree_flatten(self.parameters()))
+
+    # --- ties --------------------------------------------------------------------------------------------------------
+    def _resolve_ties(self) -> None:
+        for name, w in self.weight_decls.items():
+            if not w.tied_to:
+                continue
+            owner, seen = w.tied_to, {name}
+            while owner in self.weight_decls and self.weight_decls[owner].tied_to and owner not in seen:
+                seen.add(owner)
+                owner = self.weight_decls[owner].tied_to
+            if owner not in self.weight_decls or self.weight_decls[owner].tied_to:
+                raise ValueError(f"{name} is tied to {w.tied_to!r}, which is not a tensor of this model")
+            if tuple(self.weight_decls[owner].shape) != tuple(w.shape):
+                raise ValueError(f"{name} {tuple(w.shape)} is tied to {owner} of another shape "
+                                 f"{tuple(self.weight_decls[owner].shape)}")
+            if self.perms[owner] != self.perms[name]:
+                raise ValueError(f"{name} and its owner {owner} have different MLX layouts")
+            self.ties[name] = owner
+            mod, _, attr = name.rpartition(".")
+            omod, _, oattr = owner.rpartition(".")
+            impls.tie(self.module_at(mod), attr, self.module_at(omod), oattr)
+
+    # --- running -----------------------------------------------------------------------------------------------------
+    def _make_plan(self) -> None:
+        g = self.graph
+        want = list(g.outputs)
+        live: set[str] = set()
+        stack = [n for n, _ in want]
+        while stack:
+            n = stack.pop()
+            if n not in live:
+                live.add(n)
+                stack.extend(src for src, _ in g[n].inputs)
+        order = [n for n in g.order if n in live]
+        pos = {n: i for i, n in enumerate(order)}
+        needed = set(want) | {e for n in order for e in g[n].inputs}
+        slot: dict[tuple[str, str], int] = {}
+        for key in sorted(needed, key=lambda e: (pos[e[0]], e[1])):
+            slot[key] = len(slot)
+        outputs = tuple((k, slot[e]) for k, e in zip(self.output_names, want))
+        steps = [n for n in order if g[n].op != "Input"]
+        last: dict[int, int] = {}
+        for i, n in enumerate(steps):
+            for e in g[n].inputs:
+                last[slot[e]] = i
+        keep = {i for _, i in outputs}
+        plan = []
+        for i, n in enumerate(steps):
+            node = g[n]
+            if list(node.outputs) == ["out"]:
+                out = slot[(n, "out")]
+            else:
+                out = tuple((o, slot[(n, o)]) for o in node.outputs if (n, o) in slot)
+            free = tuple(sorted({s for s, j in last.items() if j == i and s not in keep}))
+            plan.append((n, tuple(slot[e] for e in node.inputs), out, free))
+        _keep(self, _n_slots=len(slot), _outputs=outputs, _plan=tuple(plan), _input_set=frozenset(self.input_names),
+              _input_slots=tuple((n, slot[(n, "out")]) for n in self.input_names if (n, "out") in slot))
+
+    def __call__(self, **inputs: mx.array) -> dict[str, mx.array]:
+        if inputs.keys() != self._input_set:
+            missing = sorted(self._input_set - inputs.keys())
+            extra = sorted(inputs.keys() - self._input_set)
+            raise TypeError(f"model inputs are {sorted(self._input_set)}; missing {missing}, unexpected {extra}")
+        env: list = [None] * self._n_slots
+        for name, i in self._input_slots:
+            env[i] = inputs[name]
+        nodes = self._nodes
+        for n, ins, out, free in self._plan:
+            y = nodes[n](*[env[i] for i in ins])
+            if type(out) is int:
+                env[out] = y
+            else:
+                for k, i in out:
+                    env[i] = y[k]
+            for i in free:
+                env[i] = None
+        return {k: env[i] for k, i in self._outputs}
+
+
+def _listify(mod: nn.Module) -> None:
+    """Containers whose children are exactly "0".."n-1" become lists, as mlx-lm holds its layers: the flattened names
+    are the same, and `tree_unflatten` (hence `Module.update` / `load_weights`) gives lists for numeric keys."""
+    for k, v in list(mod.items()):
+        if isinstance(v, nn.Module):
+            _listify(v)
+            if type(v) is Container and v and sorted(v.keys()) == sorted(str(i) for i in range(len(v))):
+                mod[k] = [v[str(i)] for i in range(len(v))]
+        elif isinstance(v, list):
+            for x in v:
+                if isinstance(x, nn.Module):
+                    _listify(x)
+
+
+def _check_declared(node, mod: nn.Module, decl: dict[str, W], perms: dict) -> None:
+    """The module's parameters must be exactly the op's declared (untied) tensors, with the declared shapes in MLX
+    layout."""
+    have = {k: tuple(v.shape) for k, v in tree_flatten(mod.parameters())}
+    want = {k: layout.mlx_shape(w.shape, perms[k]) for k, w in decl.items() if not w.tied_to}
+    if have == want:
+        return
+    lines = [f"  missing {k} {s}" for k, s in want.items() if k not in have]
+    lines += [f"  undeclared {k} {s}" + (" (declared tied: read it with registry.tied)" if k in decl else "")
+              for k, s in have.items() if k not in want]
+    lines += [f"  {k}: declared {want[k]} (MLX layout), built {s}" for k, s in have.items()
+              if k in want and want[k] != s]
+    raise ValueError(f"node {node.name}: the MLX implementation {type(mod).__qualname__} of {node.op} does not "
+                     f"build the tensors its op declares:\n" + "\n".join(lines))

@@ -1,0 +1,81 @@
+"""The MLX implementations of the compiler's ops: `@implements("Linear")` registers an `mlx.nn.Module` class.
+
+The contract (the MLX half of `compiler/registry.py`; the mirror of `runtime_torch/registry.py`):
+  * the class is constructed as `Cls(params, in_types)`: the op's params as resolved by the compiler and the list of
+    its input `TensorType`s; every dimension is already resolved, an implementation never re-derives one;
+  * its parameters (the `mx.array`s reachable through its dict) are exactly the op's `weights(params)`: the same
+    relative dotted names, with the declared shapes in MLX layout (`runtime_mlx/layout.py`: convolution kernels are
+    channels-last, everything else as declared); a tensor declared `tied_to` another is not created: the
+    implementation reads it with `tied(self, "weight")`, which the model points at the owner's array;
+  * constants that are not declared weights (RoPE frequencies, masks) are kept out of the parameter tree: plain
+    Python attributes (MLX's `Module.__setattr__` routes `mx.array`, list, tuple and dict values into the tree, so
+    set those with `object.__setattr__` or compute them in `__call__`);
+  * `__call__(*inputs)` takes the input arrays positionally, in slot order, in the graph's logical layouts (images
+    (B, C, H, W) as in torch) and returns an array (ops with the single output "out") or a dict {output: array}.
+Implementation modules are imported from `runtime_mlx/ops/*.py` on first use; one registration per op.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import mlx.core as mx
+from mlx import nn
+
+_IMPLS: dict[str, type[nn.Module]] = {}
+_loaded = False
+
+
+def implements(op_name: str):
+    """Class decorator: register `cls` as the MLX implementation of compiler op `op_name` (once)."""
+    def deco(cls: type[nn.Module]) -> type[nn.Module]:
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise TypeError(f"@implements({op_name!r}) decorates an mlx.nn.Module subclass, not {cls!r}")
+        if op_name in _IMPLS:
+            raise ValueError(f"op {op_name} has two MLX implementations: {_IMPLS[op_name].__qualname__} and "
+                             f"{cls.__qualname__}")
+        _IMPLS[op_name] = cls
+        cls.op_name = op_name
+        return cls
+    return deco
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        from . import ops
+        for m in sorted(pkgutil.iter_modules(ops.__path__), key=lambda m: m.name):
+            importlib.import_module(f"{ops.__name__}.{m.name}")
+
+
+def get(name: str) -> type[nn.Module]:
+    """The implementation of op `name`; a KeyError that says where to add one if there is none."""
+    _load()
+    try:
+        return _IMPLS[name]
+    except KeyError:
+        raise KeyError(f"op {name!r} has no MLX implementation: add a class decorated "
+                       f"@implements({name!r}) in a file under runtime_mlx/ops/") from None
+
+
+def all_impls() -> dict[str, type[nn.Module]]:
+    _load()
+    return dict(sorted(_IMPLS.items()))
+
+
+# --- tied tensors --------------------------------------------------------------------------------------------------
+def tie(mod: nn.Module, attr: str, owner: nn.Module, owner_attr: str) -> None:
+    """Make `tied(mod, attr)` return `owner[owner_attr]` (read at call time, so updates of the owner are seen)."""
+    ties = mod.__dict__.setdefault("_omnic_ties", {})
+    ties[attr] = (owner, owner_attr)
+
+
+def tied(mod: nn.Module, attr: str) -> mx.array:
+    """A tensor the module declares but does not own: its owner's current array."""
+    try:
+        owner, key = mod.__dict__["_omnic_ties"][attr]
+    except KeyError:
+        raise AttributeError(f"{type(mod).__qualname__}.{attr} is declared tied but was never tied "
+                             f"(build the module through OmnicModel)") from None
+    return owner[key]

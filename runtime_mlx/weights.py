@@ -1,0 +1,159 @@
+"""Weights in and out of an MLX OmnicModel: safetensors in torch layout, so one file serves both runtimes (the mirror
+of `runtime_torch/weights.py`).
+
+  save_weights(model, path)                    every owned tensor once, under its full name, converted to the torch
+                                               layout (`layout.py`); tied tensors only under their owner's name
+  load_weights(model, path, strict, cast)      the reverse: names and shapes are checked against the torch layout
+                                               the op declares, then converted to MLX's; tied tensors stay shared
+  load_state_dict_mapped(model, tensors, mapping, strict, cast)
+                                               a checkpoint's {name: array} renamed by data: `mapping` is a list of
+                                               (regex, replacement) pairs applied in order with re.sub to each
+                                               checkpoint name; a replacement of None drops the names it matches
+Loading checks everything before it assigns anything, and reports every problem at once in a `WeightsMismatch`
+(a ValueError): missing, unexpected, mis-shaped and (unless `cast=True`) mis-typed tensors, and names that collide
+after renaming. Shapes must be the declared torch shapes exactly (a file in MLX layout is refused: files are torch's).
+With `strict=False` missing and unexpected tensors are returned instead of raised; wrong shapes and dtypes always
+raise. A tie group (an owner and the tensors tied to it) needs one of its names in the file; if several are there
+they must be equal.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Optional, Sequence
+
+import mlx.core as mx
+
+from . import layout
+
+
+class WeightsMismatch(ValueError):
+    """Every reason a set of tensors does not fit a model, one line per tensor."""
+
+    def __init__(self, source: str, missing: list[str], unexpected: list[str], shapes: list[str],
+                 dtypes: list[str], other: list[str]):
+        self.missing, self.unexpected, self.shapes, self.dtypes, self.other = missing, unexpected, shapes, dtypes, other
+        n = sum(map(len, (missing, unexpected, shapes, dtypes, other)))
+        lines = [f"cannot load {source}: {n} problem{'s' if n != 1 else ''}"]
+        for title, items in (("missing from the checkpoint", missing), ("unexpected (not in the model)", unexpected),
+                             ("wrong shape", shapes), ("wrong dtype (pass cast=True to convert)", dtypes),
+                             ("other", other)):
+            if items:
+                lines.append(f"  {title} ({len(items)}):")
+                lines += [f"    {s}" for s in items]
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class LoadResult:
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+
+def torch_layout_weights(model) -> dict[str, mx.array]:
+    """{full name: array in torch layout} of every owned tensor, sorted by name (tied tensors at their owner)."""
+    out = {}
+    for name in sorted(model.weight_decls):
+        w = model.weight_decls[name]
+        if w.tied_to:
+            continue
+        out[name] = layout.to_torch(model.param(name), w.shape, model.perms[name], source="mlx", name=name)
+    return out
+
+
+def save_weights(model, path: str | os.PathLike) -> None:
+    """Write the model's weights to a safetensors file in torch layout, each tied tensor once (its owner's name)."""
+    arrays = torch_layout_weights(model)
+    mx.eval(list(arrays.values()))
+    mx.save_safetensors(os.fspath(path), arrays, metadata={"format": "pt"})
+
+
+def load_weights(model, path: str | os.PathLike, strict: bool = True, cast: bool = False) -> LoadResult:
+    """Load a safetensors file written by either runtime's `save_weights` (or any with the model's names)."""
+    path = os.fspath(path)
+    tensors = mx.load(path, format="safetensors")
+    return _assign(model, {n: (t, n) for n, t in tensors.items()}, strict, cast, path, [])
+
+
+def map_names(names: Iterable[str], mapping: Sequence[tuple[str, Optional[str]]]) -> tuple[dict[str, str], list[str]]:
+    """Rename checkpoint names by `mapping`: ({model name: checkpoint name}, [collision messages])."""
+    rules = [(re.compile(p), r) for p, r in mapping]
+    out: dict[str, str] = {}
+    clashes: list[str] = []
+    for name in names:
+        new: Optional[str] = name
+        for pat, repl in rules:
+            if repl is None:
+                if pat.search(new):
+                    new = None
+                    break
+            else:
+                new = pat.sub(repl, new)
+        if new is None:
+            continue
+        if new in out:
+            clashes.append(f"{out[new]} and {name} both map to {new}")
+            continue
+        out[new] = name
+    return out, clashes
+
+
+def load_state_dict_mapped(model, tensors: Mapping[str, mx.array], mapping: Sequence[tuple[str, Optional[str]]],
+                           strict: bool = True, cast: bool = False) -> LoadResult:
+    """Load a checkpoint's arrays (torch layout) under names rewritten by `mapping` (see the module docstring)."""
+    renamed, clashes = map_names(tensors, mapping)
+    entries = {new: (_array(tensors[old]), old) for new, old in renamed.items()}
+    return _assign(model, entries, strict, cast, "the mapped checkpoint", clashes)
+
+
+def _array(t) -> mx.array:
+    return t if isinstance(t, mx.array) else mx.array(t)
+
+
+def _label(name: str, origin: str) -> str:
+    return name if origin == name else f"{name} (checkpoint {origin})"
+
+
+def _dt(d: mx.Dtype) -> str:
+    return str(d).removeprefix("mlx.core.")
+
+
+def _assign(model, entries: dict[str, tuple[mx.array, str]], strict: bool, cast: bool, source: str,
+            other: list[str]) -> LoadResult:
+    decls, ties = model.weight_decls, model.ties
+    groups: dict[str, list[str]] = {}
+    for name in decls:
+        groups.setdefault(ties.get(name, name), []).append(name)
+    missing, shapes, dtypes = [], [], []
+    plan: list[tuple[str, str]] = []                   # (owner, file name to read)
+    for owner in sorted(groups):
+        members = sorted(groups[owner], key=lambda n: (n != owner, n))
+        present = [n for n in members if n in entries]
+        want = tuple(decls[owner].shape)
+        cur = model.param(owner)
+        if not present:
+            missing.append(f"{owner} {want}")
+            continue
+        for n in present:
+            t, origin = entries[n]
+            if tuple(t.shape) != want:
+                shapes.append(f"{_label(n, origin)}: checkpoint {tuple(t.shape)}, model {want} (torch layout)")
+            elif t.dtype != cur.dtype and not cast:
+                dtypes.append(f"{_label(n, origin)}: checkpoint {_dt(t.dtype)}, model {_dt(cur.dtype)}")
+        if len(present) > 1 and not shapes:
+            first = entries[present[0]][0]
+            other += [f"tied tensors {present[0]} and {n} differ in the checkpoint"
+                      for n in present[1:] if not mx.array_equal(entries[n][0], first).item()]
+        plan.append((owner, present[0]))
+    unexpected = sorted(_label(n, o) for n, (_, o) in entries.items() if n not in decls)
+    if shapes or dtypes or other or (strict and (missing or unexpected)):
+        raise WeightsMismatch(source, missing if strict else [], unexpected if strict else [], shapes, dtypes, other)
+    new = []
+    for owner, fname in plan:
+        w, cur = decls[owner], model.param(owner)
+        x = layout.to_mlx(entries[fname][0], w.shape, model.perms[owner], source="torch", name=owner)
+        new.append((owner, x.astype(cur.dtype) if x.dtype != cur.dtype else x))
+    model.load_weights(new, strict=False)
+    mx.eval(model.parameters())
+    return LoadResult(missing, unexpected)
