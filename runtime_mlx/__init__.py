@@ -1,7 +1,13 @@
 """omnic's MLX runtime: the mirror of `runtime_torch`, plus `layout.py` (the one place where MLX layouts differ).
 
-`build(compiled, seed=0, dtype=None)` turns a compiled spec into an `OmnicModel` (an `mlx.nn.Module` nested by the
-graph's dotted node names, so its flattened parameter names are the torch state-dict keys).
+    model = build(compiled, dtype=None, seed=0, init=True)    # an OmnicModel (an mlx.nn.Module)
+    outputs = model(input_ids=ids)                              # {output name: mx.array}, lazy until mx.eval
+
+The model is nested by the graph's dotted node names, so its flattened parameter names are the torch state-dict keys;
+a seed gives the same values as `runtime_torch.build(seed=...)`. Parts: `registry.py` (op -> module class), `ops/`
+(the implementations), `model.py` (OmnicModel), `layout.py` (the one table of MLX layout differences), `init.py`,
+`weights.py` (safetensors in torch layout: one file serves both runtimes), `emit.py` (generated model.py),
+`generate.py` (KV cache, decoding), `memory.py` (measured memory).
 
 BLAS on Linux. The `mlx[cpu]` wheel links a bundled reference BLAS (netlib, about 5 GFLOP/s for an fp32 GEMM on this
 class of machine). Loading a tuned OpenBLAS with RTLD_GLOBAL *before* `mlx` is imported makes the dynamic linker
@@ -64,15 +70,18 @@ def _preload_openblas() -> None:
 _preload_openblas()
 
 # everything below imports mlx: after the BLAS preload
-from typing import Optional, Union  # noqa: E402
+from typing import Any, Optional, Union  # noqa: E402
 
 import mlx.core as mx  # noqa: E402
 
+from .graph_data import from_data, to_data  # noqa: E402
 from .init import initialise  # noqa: E402
 from .model import OmnicModel  # noqa: E402
 from .registry import all_impls, get, implements  # noqa: E402
+from .weights import WeightsMismatch, load_state_dict_mapped, load_weights, save_weights  # noqa: E402
 
-__all__ = ["build", "OmnicModel", "implements", "get", "all_impls", "BLAS"]
+__all__ = ["build", "from_graph_data", "OmnicModel", "implements", "get", "all_impls", "save_weights",
+           "load_weights", "load_state_dict_mapped", "WeightsMismatch", "to_data", "BLAS"]
 
 
 def _dtype(dtype: Union[None, str, mx.Dtype]) -> Optional[mx.Dtype]:
@@ -94,3 +103,8 @@ def build(compiled, dtype: Union[None, str, mx.Dtype] = None, seed: int = 0, ini
     if init:
         initialise(model, seed)
     return model
+
+
+def from_graph_data(data: dict[str, Any], **kw) -> OmnicModel:
+    """Rebuild a model from `graph_data.to_data` output (what generated model.py files hold); kw as `build`."""
+    return build(from_data(data), **kw)

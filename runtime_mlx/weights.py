@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence
 
 import mlx.core as mx
+import numpy as np
+from safetensors import TensorSpec, serialize_file
 
 from . import layout
 
@@ -62,11 +64,28 @@ def torch_layout_weights(model) -> dict[str, mx.array]:
     return out
 
 
+# MLX dtype -> (safetensors dtype name, numpy dtype of the same width to carry the bytes)
+_SAVE = {mx.float32: ("float32", np.float32), mx.float16: ("float16", np.float16),
+         mx.bfloat16: ("bfloat16", np.uint16), mx.float64: ("float64", np.float64),
+         mx.int64: ("int64", np.int64), mx.int32: ("int32", np.int32), mx.int16: ("int16", np.int16),
+         mx.int8: ("int8", np.int8), mx.uint8: ("uint8", np.uint8), mx.bool_: ("bool", np.bool_)}
+
+
 def save_weights(model, path: str | os.PathLike) -> None:
-    """Write the model's weights to a safetensors file in torch layout, each tied tensor once (its owner's name)."""
+    """Write the model's weights to a safetensors file in torch layout, each tied tensor once (its owner's name).
+
+    Written by the same serializer and with the same metadata as `runtime_torch.save_weights`, so equal weights give
+    byte-identical files from either runtime."""
     arrays = torch_layout_weights(model)
     mx.eval(list(arrays.values()))
-    mx.save_safetensors(os.fspath(path), arrays, metadata={"format": "pt"})
+    keep, specs = [], {}
+    for name, x in arrays.items():
+        st_dtype, np_dtype = _SAVE[x.dtype]
+        a = np.ascontiguousarray(np.asarray(x.view(mx.uint16) if x.dtype == mx.bfloat16 else x))
+        keep.append(a)
+        specs[name] = TensorSpec(dtype=st_dtype, shape=list(a.shape), data_ptr=a.ctypes.data, data_len=a.nbytes)
+    serialize_file(specs, os.fspath(path), metadata={"format": "pt"})
+    del keep
 
 
 def load_weights(model, path: str | os.PathLike, strict: bool = True, cast: bool = False) -> LoadResult:
