@@ -238,6 +238,30 @@ def summary(spec, depth, batch, context, frames, sets, as_json, verbose):
 
 
 @cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_file", required=True, type=click.Path(dir_okay=False),
+              help="Picture file; its extension picks the format: .svg .png .pdf (Graphviz), .dot .gv (DOT text), "
+                   ".mmd (Mermaid), .md (Mermaid in Markdown).")
+@click.option("--depth", type=click.IntRange(min=1), help="Collapse boxes to this many dotted name components.")
+@set_option
+@click.option("-v", "--verbose", is_flag=True, help="Also print notes.")
+def graph(spec, out_file, depth, sets, verbose):
+    """Draw the layer graph of SPEC: type, output shape and parameters per box, repeated blocks as one box
+    "name xN", inferred wiring dashed, model inputs and outputs marked (compiler.picture)."""
+    from .picture import PictureError, write
+    c = _compile(spec, sets)
+    echo_diagnostics(c.diagnostics, verbose)
+    if not c.ok or c.graph is None:
+        click.echo(f"{spec}: invalid spec, nothing drawn", err=True)
+        sys.exit(EXIT_INVALID)
+    try:
+        fmt = write(c, out_file, depth)
+    except PictureError as e:
+        raise UserError(str(e))
+    click.echo(f"wrote {out_file} ({fmt})")
+
+
+@cli.command()
 def schema():
     """Print the JSON Schema of specs (committed as specs/schema.json: `omnic schema > specs/schema.json`)."""
     from .schema import schema_text
