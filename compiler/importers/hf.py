@@ -209,6 +209,121 @@ def _mixtral(cfg: dict) -> dict:
     return lm_spec(cfg.get("_name_or_path") or "mixtral", p)
 
 
+# --- vision encoders (one VisionEncoder layer with id VISION_ID; see compiler/ops/encoder.py) ----------------------------
+VISION_ID = "vision"
+
+VISION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "siglip_vision_model": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                                num_channels=3, image_size=224, patch_size=16, hidden_act="gelu_pytorch_tanh",
+                                layer_norm_eps=1e-6, vision_use_head=True),
+    "siglip2_vision_model": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                 num_attention_heads=12, num_channels=3, patch_size=16, num_patches=256,
+                                 hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, vision_use_head=True),
+    "dinov2": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_ratio=4, hidden_act="gelu",
+                   layer_norm_eps=1e-6, image_size=224, patch_size=14, num_channels=3, qkv_bias=True,
+                   layerscale_value=1.0, use_swiglu_ffn=False, use_mask_token=True),
+    "dinov3_vit": dict(patch_size=16, hidden_size=384, intermediate_size=1536, num_hidden_layers=12,
+                       num_attention_heads=6, hidden_act="gelu", layer_norm_eps=1e-5, rope_theta=100.0,
+                       image_size=224, num_channels=3, query_bias=True, key_bias=False, value_bias=True,
+                       proj_bias=True, mlp_bias=True, layerscale_value=1.0, use_gated_mlp=False,
+                       num_register_tokens=0),
+}
+DEFAULTS.update(VISION_DEFAULTS)
+
+# transformers' activation names -> the plain (two-matrix) MLP kinds of TransformerBlock
+PLAIN_MLP = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
+             "silu": "silu", "swish": "silu", "relu": "relu"}
+
+
+def _side(c: _Cfg, key: str) -> int:
+    """A square size (`image_size`, `patch_size`): an int, or a pair of equal ints."""
+    v = c[key]
+    if isinstance(v, (list, tuple)):
+        if len(v) != 2 or v[0] != v[1]:
+            _refuse(c.model_type, key, v, "square images and patches only")
+        v = v[0]
+    return int(v)
+
+
+def _plain_mlp(c: _Cfg, key: str = "hidden_act") -> str:
+    act = c[key]
+    if act not in PLAIN_MLP:
+        _refuse(c.model_type, key, act, "MLP activations: " + ", ".join(PLAIN_MLP))
+    return PLAIN_MLP[act]
+
+
+def vision_spec(name: str, channels: int, size: int, params: dict, outputs: list[str] | None = None) -> dict:
+    """A spec of one VisionEncoder layer with id VISION_ID over (B, C, size, size) pixel_values."""
+    spec = {"name": name, "inputs": [{"name": "pixel_values", "kind": "image", "shape": ["B", channels, size, size]}],
+            "layers": [{"id": VISION_ID, "type": "VisionEncoder", "params": params}]}
+    if outputs:
+        spec["outputs"] = outputs
+    return spec
+
+
+def _siglip_family(c: _Cfg, family: str, image_size: int) -> dict:
+    patch = _side(c, "patch_size")
+    head = bool(c["vision_use_head"])
+    p = dict(family=family, image_size=image_size, patch_size=patch, channels=c["num_channels"],
+             hidden=c["hidden_size"], layers=c["num_hidden_layers"], heads=c["num_attention_heads"],
+             ff_dim=c["intermediate_size"], mlp=_plain_mlp(c), norm_eps=float(c["layer_norm_eps"]),
+             pooling_head=head)
+    # the head consumes the final norm: keep both outputs, as transformers' last_hidden_state and pooler_output
+    root = f"{VISION_ID}.vision_model."
+    outs = [root + "post_layernorm", root + "head"] if head else None
+    return vision_spec(c.cfg.get("_name_or_path") or family, c["num_channels"], image_size, p, outs)
+
+
+def _siglip_vision(cfg: dict) -> dict:
+    c = _Cfg(cfg, "siglip_vision_model")
+    return _siglip_family(c, "siglip", _side(c, "image_size"))
+
+
+def _siglip2_vision(cfg: dict) -> dict:
+    """NaFlex SigLIP2: the position table is sqrt(num_patches)^2; the input is that grid's image (any other size
+    resizes the table, bilinear with antialias, as transformers does for `spatial_shapes`)."""
+    c = _Cfg(cfg, "siglip2_vision_model")
+    n = int(round(c["num_patches"] ** 0.5))
+    if n * n != c["num_patches"]:
+        _refuse("siglip2_vision_model", "num_patches", c["num_patches"], "a square position table")
+    return _siglip_family(c, "siglip2", n * _side(c, "patch_size"))
+
+
+def _siglip_full(cfg: dict) -> dict:
+    """SiglipConfig / Siglip2Config (vision + text): the vision tower only (its keys start `vision_model.`)."""
+    sub = dict(cfg.get("vision_config") or {})
+    mt = cfg.get("model_type") + "_vision_model"
+    sub["model_type"] = mt
+    sub.setdefault("_name_or_path", cfg.get("_name_or_path"))
+    return IMPORTERS[mt](sub)
+
+
+def _dinov2(cfg: dict) -> dict:
+    c = _Cfg(cfg, "dinov2")
+    if c["use_swiglu_ffn"]:
+        _refuse("dinov2", "use_swiglu_ffn", True, "its checkpoints fuse gate|up as mlp.weights_in")
+    D, size = c["hidden_size"], _side(c, "image_size")
+    p = dict(family="dinov2", image_size=size, patch_size=_side(c, "patch_size"), channels=c["num_channels"],
+             hidden=D, layers=c["num_hidden_layers"], heads=c["num_attention_heads"],
+             ff_dim=int(D * c["mlp_ratio"]), mlp=_plain_mlp(c), norm_eps=float(c["layer_norm_eps"]),
+             layer_scale=float(c["layerscale_value"]), mask_token=bool(c["use_mask_token"]),
+             attn_bias=["q", "k", "v", "o"] if c["qkv_bias"] else ["o"])
+    return vision_spec(cfg.get("_name_or_path") or "dinov2", c["num_channels"], size, p)
+
+
+def _dinov3_vit(cfg: dict) -> dict:
+    c = _Cfg(cfg, "dinov3_vit")
+    bias = [r for r, k in (("q", "query_bias"), ("k", "key_bias"), ("v", "value_bias"), ("o", "proj_bias")) if c[k]]
+    mlp = _mlp(c, "hidden_act") if c["use_gated_mlp"] else _plain_mlp(c)
+    size = _side(c, "image_size")
+    p = dict(family="dinov3", patch_size=_side(c, "patch_size"), channels=c["num_channels"],
+             hidden=c["hidden_size"], layers=c["num_hidden_layers"], heads=c["num_attention_heads"],
+             ff_dim=c["intermediate_size"], mlp=mlp, mlp_bias=bool(c["mlp_bias"]),
+             norm_eps=float(c["layer_norm_eps"]), layer_scale=float(c["layerscale_value"]),
+             registers=c["num_register_tokens"], rope_theta=float(c["rope_theta"]), attn_bias=bias)
+    return vision_spec(cfg.get("_name_or_path") or "dinov3_vit", c["num_channels"], size, p)
+
+
 IMPORTERS: dict[str, Callable[[dict], dict]] = {
     "llama": _llama,
     "gemma3_text": _gemma3_text,
@@ -216,6 +331,12 @@ IMPORTERS: dict[str, Callable[[dict], dict]] = {
     "lfm2": _lfm2,
     "qwen2_moe": _qwen2_moe,
     "mixtral": _mixtral,
+    "siglip_vision_model": _siglip_vision,
+    "siglip2_vision_model": _siglip2_vision,
+    "siglip": _siglip_full,
+    "siglip2": _siglip_full,
+    "dinov2": _dinov2,
+    "dinov3_vit": _dinov3_vit,
 }
 
 # model_type -> {checkpoint key prefix: omnic key prefix}, applied longest prefix first
@@ -223,6 +344,13 @@ KEY_MAPS: dict[str, dict[str, str]] = {
     **{t: {"": LM_ID + "."} for t in ("llama", "gemma3_text", "lfm2", "qwen2_moe", "mixtral")},
     # Gemma3ForConditionalGeneration: the text model's keys (the vision tower's have no counterpart)
     "gemma3": {"model.language_model.": LM_ID + ".model.", "lm_head.": LM_ID + ".lm_head."},
+    # vision: the names transformers saves (save_pretrained reverses its load-time renames), under VISION_ID
+    "siglip_vision_model": {"": VISION_ID + ".vision_model."},      # SiglipVisionModel: no vision_model. prefix
+    "siglip2_vision_model": {"": VISION_ID + ".vision_model."},
+    "siglip": {"vision_model.": VISION_ID + ".vision_model."},       # SiglipModel: the vision tower's keys
+    "siglip2": {"vision_model.": VISION_ID + ".vision_model."},
+    "dinov2": {"": VISION_ID + "."},
+    "dinov3_vit": {"": VISION_ID + "."},
 }
 
 
