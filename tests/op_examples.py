@@ -1,0 +1,129 @@
+"""Tiny hand-made specs, per op, for the registry-wide runtime tests (tests/test_torch_runtime.py).
+
+Add your op: `OP_EXAMPLES["MyOp"] = spec(...)`, or a list of specs for its variants. Each spec must contain the op,
+compile without errors, and stay tiny (widths <= 16) so the whole table runs in seconds. The tests build each one,
+check parameter count and names against the compiler, and run it with B=2, T=5, F=3; ids inputs are drawn below
+the smallest `num_embeddings` / `vocab_size` among their consumers' params (see `ids_high`).
+"""
+from __future__ import annotations
+
+ENV = {"B": 2, "T": 5, "F": 3}
+
+
+def spec(layers: list, inputs: list, name: str = "example", outputs: list | None = None) -> dict:
+    s = {"name": name, "inputs": inputs, "layers": layers}
+    if outputs:
+        s["outputs"] = outputs
+    return s
+
+
+def tokens(d: int, n="T", name: str = "x") -> dict:
+    return {"name": name, "kind": "tokens", "shape": ["B", n, d]}
+
+
+def vector(d: int, name: str = "x") -> dict:
+    return {"name": name, "kind": "vector", "shape": ["B", d]}
+
+
+def image(c: int, h: int, w: int, name: str = "image") -> dict:
+    return {"name": name, "kind": "image", "shape": ["B", c, h, w]}
+
+
+def ids(name: str = "input_ids") -> dict:
+    return {"name": name, "kind": "ids", "shape": ["B", "T"]}
+
+
+def layer(type_: str, params: dict | None = None, **kw) -> dict:
+    return {"type": type_, "params": params or {}, **kw}
+
+
+def ids_high(params_list) -> int:
+    """Exclusive upper bound for random token ids fed to layers with these params."""
+    sizes = [getattr(p, a) for p in params_list for a in ("num_embeddings", "vocab_size")
+             if isinstance(getattr(p, a, None), int)]
+    return min(sizes, default=2)
+
+
+# a patch grid: (B, 3, 8, 8) -> Conv2d patch 2 -> (B, 8, 4, 4) -> Flatten -> (B, 16, 8) with grid (4, 4)
+_PATCHES = [layer("Conv2d", {"out_channels": 8, "kernel_size": 2, "stride": 2}, id="patch"),
+            layer("Flatten", id="flat")]
+
+OP_EXAMPLES: dict[str, dict | list[dict]] = {
+    "Linear": [
+        spec([layer("Linear", {"out_features": 4})], [tokens(8)]),
+        spec([layer("Linear", {"out_features": 6, "bias": False})], [vector(8)]),
+        spec([layer("Embedding", {"num_embeddings": 11, "embedding_dim": 8}, id="emb"),
+              layer("Linear", {"out_features": 11, "bias": False, "tie": "emb"}, id="lm_head")], [ids()]),
+    ],
+    "Embedding": [
+        spec([layer("Embedding", {"num_embeddings": 13, "embedding_dim": 8})], [ids()]),
+        spec([layer("Embedding", {"num_embeddings": 13, "embedding_dim": 16, "scale": 4.0})], [ids()]),
+    ],
+    "Conv2d": [
+        spec([layer("Conv2d", {"out_channels": 4, "kernel_size": 3, "stride": 2, "padding": 1})], [image(3, 8, 8)]),
+        spec([layer("Conv2d", {"out_channels": 6, "kernel_size": 3, "groups": 2, "bias": False})], [image(4, 6, 7)]),
+    ],
+    "LayerNorm": [
+        spec([layer("LayerNorm", {"eps": 1e-6})], [tokens(8)]),
+        spec([layer("LayerNorm", {"bias": False})], [vector(8)]),
+    ],
+    "RMSNorm": [
+        spec([layer("RMSNorm")], [tokens(8)]),
+        spec([layer("RMSNorm", {"offset": 1.0, "eps": 1e-6})], [tokens(8)]),
+    ],
+    "Activation": [spec([layer("Activation", {"fn": fn})], [tokens(8)])
+                   for fn in ("gelu", "gelu_tanh", "silu", "relu", "tanh", "sigmoid", "identity")]
+                  + [spec([layer("Activation", {"fn": "silu"})], [image(3, 4, 4)])],
+    "Flatten": spec([layer("Flatten")], [image(4, 3, 5)]),
+    "Concat": [
+        spec([layer("Concat", {"axis": "sequence"}, inputs=["a", "b"])], [tokens(8, name="a"), tokens(8, 3, "b")]),
+        spec([layer("Concat", {"axis": "channels"}, inputs=["a", "b"])], [tokens(8, name="a"), tokens(4, name="b")]),
+        spec([layer("Concat", {"axis": "channels"}, inputs=["a", "b"])],
+             [image(3, 4, 4, "a"), image(2, 4, 4, "b")]),
+    ],
+    "Select": [
+        spec([layer("Select", {"tokens": "range", "start": 1, "stop": 4})], [tokens(8, 6)]),
+        spec(_PATCHES + [layer("Select", {"tokens": "patches"})], [image(3, 8, 8)]),
+    ],
+    "Reshape": [
+        spec(_PATCHES + [layer("Reshape", {"to": "map"})], [image(3, 8, 8)]),
+        spec(_PATCHES + [layer("Reshape", {"to": "map", "channels": 2})], [image(3, 8, 8)]),
+        spec(_PATCHES + [layer("Reshape", {"to": "grid_tokens"})], [image(3, 8, 8)]),
+        spec([layer("Reshape", {"to": "tokens"})], [image(4, 3, 5)]),
+    ],
+}
+
+# --- vision (compiler/ops/vision.py) ----------------------------------------------------------------------------------
+def _embed(d: int = 8, **kw) -> dict:
+    return layer("PatchEmbed", {"embed_dim": d, "patch_size": 2, **kw}, id="embed")
+
+
+OP_EXAMPLES.update({
+    "PatchEmbed": [
+        spec([_embed()], [image(3, 8, 8)]),
+        # SigLIP2: Linear over (py, px, c) patches; the 2x2 table resized to 4x6 (bilinear, antialias)
+        spec([_embed(kind="linear", pos_grid=[2, 2], interpolate="bilinear", antialias=True, names="siglip")],
+             [image(3, 8, 12)]),
+        # DINOv2: CLS with its own table row, mask_token, 3x3 table resized to 4x4 (bicubic)
+        spec([_embed(cls_token=True, pos_cls=True, mask_token=True, pos_grid=[3, 3], names="dinov2")],
+             [image(3, 8, 8)]),
+        # DINOv3: CLS + registers, no positions (RoPE is in the blocks)
+        spec([_embed(positions="none", cls_token=True, registers=2, mask_token=True, names="dinov3")],
+             [image(3, 8, 6)]),
+        spec([_embed(names="nanovlm", bias=False)], [image(1, 4, 4)]),
+    ],
+    "AttentionPoolingHead": [
+        spec([layer("AttentionPoolingHead", {"num_heads": 2, "ff_dim": 16, "names": "siglip"})], [tokens(8)]),
+        spec([layer("AttentionPoolingHead", {"num_heads": 4, "ff_dim": 12, "mlp": "gelu"})], [tokens(8, 3)]),
+    ],
+    "PixelShuffle": [
+        spec([_embed(4), layer("PixelShuffle", {"factor": 2})], [image(3, 8, 8)]),
+        spec([_embed(2), layer("PixelShuffle", {"factor": 2})], [image(3, 8, 12)]),
+    ],
+    "GridResample": [
+        spec([_embed(), layer("GridResample", {"size": [3, 2]})], [image(3, 8, 8)]),
+        spec([_embed(), layer("GridResample", {"size": [5, 5]})], [image(3, 8, 8)]),
+        spec([_embed(cls_token=True, registers=1), layer("GridResample", {"size": [2, 2], "mode": "area"})],
+             [image(3, 12, 8)]),
+    ],
+})
