@@ -3,14 +3,14 @@
 `spec_from_hf_config(config)` dispatches on `config["model_type"]` through IMPORTERS (model_type -> function
 returning a whole spec). Language models become one `DecoderLM` layer (id "lm", see compiler/ops/lm.py) whose
 parameters are all written out, so the spec says everything and does not lean on the family presets; a
-transformers state dict then loads with `hf_key_map(model_type)` (prefix "" -> "lm.").
+transformers state dict then loads with `hf_key_map(model_type)` (the prefix "lm." added to every name).
 Missing config keys take the defaults of transformers 5.x's config classes (DEFAULTS, data); legacy spellings
 (`rope_theta`, `rope_scaling`, `full_attn_idxs`, `block_ff_dim`, `tie_embedding`) are read as transformers reads
 them. What omnic cannot run (rope scaling, logit soft-capping, dense layers among MoE layers) is refused with a
 ValueError that names the key.
 
 Extension point (vision encoders): write `def _siglip(cfg: dict) -> dict` returning a spec and add
-`"siglip": _siglip` to IMPORTERS (and its map to KEY_MAPS); nothing else changes.
+`"siglip": _siglip` to IMPORTERS (and its renames to KEY_MAPS); nothing else changes.
 """
 from __future__ import annotations
 
@@ -339,18 +339,21 @@ IMPORTERS: dict[str, Callable[[dict], dict]] = {
     "dinov3_vit": _dinov3_vit,
 }
 
-# model_type -> {checkpoint key prefix: omnic key prefix}, applied longest prefix first
-KEY_MAPS: dict[str, dict[str, str]] = {
-    **{t: {"": LM_ID + "."} for t in ("llama", "gemma3_text", "lfm2", "qwen2_moe", "mixtral")},
-    # Gemma3ForConditionalGeneration: the text model's keys (the vision tower's have no counterpart)
-    "gemma3": {"model.language_model.": LM_ID + ".model.", "lm_head.": LM_ID + ".lm_head."},
+# model_type -> renames of checkpoint names to the spec's weight names: (regex, replacement) pairs applied in order
+# with re.sub (a replacement of None drops the names it matches), the form runtime_torch.load_state_dict_mapped takes
+KEY_MAPS: dict[str, list[tuple[str, str | None]]] = {
+    **{t: [(r"^", LM_ID + ".")] for t in ("llama", "gemma3_text", "lfm2", "qwen2_moe", "mixtral")},
+    # Gemma3ForConditionalGeneration: the text model's keys; the vision tower and projector are dropped
+    "gemma3": [(r"^model\.(vision_tower|multi_modal_projector)\.", None),
+               (r"^model\.language_model\.", LM_ID + ".model."), (r"^lm_head\.", LM_ID + ".lm_head.")],
     # vision: the names transformers saves (save_pretrained reverses its load-time renames), under VISION_ID
-    "siglip_vision_model": {"": VISION_ID + ".vision_model."},      # SiglipVisionModel: no vision_model. prefix
-    "siglip2_vision_model": {"": VISION_ID + ".vision_model."},
-    "siglip": {"vision_model.": VISION_ID + ".vision_model."},       # SiglipModel: the vision tower's keys
-    "siglip2": {"vision_model.": VISION_ID + ".vision_model."},
-    "dinov2": {"": VISION_ID + "."},
-    "dinov3_vit": {"": VISION_ID + "."},
+    "siglip_vision_model": [(r"^", VISION_ID + ".vision_model.")],     # SiglipVisionModel: no vision_model. prefix
+    "siglip2_vision_model": [(r"^", VISION_ID + ".vision_model.")],
+    # SiglipModel: the vision tower's keys (text tower, logit scale and bias dropped)
+    "siglip": [(r"^(?!vision_model\.)", None), (r"^vision_model\.", VISION_ID + ".vision_model.")],
+    "siglip2": [(r"^(?!vision_model\.)", None), (r"^vision_model\.", VISION_ID + ".vision_model.")],
+    "dinov2": [(r"^", VISION_ID + ".")],
+    "dinov3_vit": [(r"^", VISION_ID + ".")],
 }
 
 
@@ -362,11 +365,12 @@ def spec_from_hf_config(config: dict) -> dict:
     return IMPORTERS[mt](config)
 
 
-def hf_key_map(model_type: str) -> dict[str, str]:
-    """Prefix renames from a transformers state dict of `model_type` to the imported spec's weight names."""
+def hf_key_map(model_type: str) -> list[tuple[str, str | None]]:
+    """The renames from a transformers state dict of `model_type` to the imported spec's weight names (a list of
+    (regex, replacement) pairs for `runtime_torch.load_state_dict_mapped`)."""
     if model_type not in KEY_MAPS:
         raise ValueError(f"no key map for model_type {model_type!r}; known: {', '.join(sorted(KEY_MAPS))}")
-    return dict(KEY_MAPS[model_type])
+    return list(KEY_MAPS[model_type])
 
 
 def import_hf(config_path: str, out_path: str) -> dict:

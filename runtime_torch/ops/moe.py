@@ -1,0 +1,86 @@
+"""Torch implementation of GQA_MoE_Layer (compiler/ops/moe.py): TransformerBlock with a mixture-of-experts FFN.
+
+Routing as transformers 5.x Qwen2-MoE / Mixtral: softmax over the E router logits in float32, the top_k largest,
+renormalised to sum 1 if norm_topk_prob, cast to the compute dtype. Dispatch without a per-token loop: the
+(token, choice) pairs are sorted by expert, each expert's group goes through one matrix product (torch._grouped_mm
+over all groups at once where its 16-byte alignment holds, else one F.linear per expert that received tokens), and
+the weighted results are summed back per token over its top_k choices.
+Shapes: N tokens (B*T), D width, E experts, k = top_k, F expert width, S shared-expert width.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from compiler.ops.naming import name_of
+
+from ..registry import implements
+from .transformer import Lin, TransformerBlock, place
+
+
+def route(h, router_w, top_k: int, renorm: bool):
+    """(weights (N, k) in h's dtype, expert ids (N, k)) of tokens h (N, D)."""
+    probs = torch.softmax(F.linear(h, router_w), dim=-1, dtype=torch.float)    # (N, E)
+    w, idx = torch.topk(probs, top_k, dim=-1)                                  # (N, k)
+    if renorm:
+        w = w / w.sum(dim=-1, keepdim=True)
+    return w.to(h.dtype), idx
+
+
+def _aligned(*ts) -> bool:
+    return all(t.shape[-1] * t.element_size() % 16 == 0 for t in ts)
+
+
+def experts(h, idx, w, gate_up, down, act, grouped: bool = True):
+    """sum_k w[:, k] * down_e(act(gate_e h) * up_e h) with e = idx[:, k]; h (N, D), gate_up (E, 2F, D), down (E, D, F)."""
+    N, k = idx.shape
+    E, F2, _ = gate_up.shape
+    flat = idx.reshape(-1)                                                     # (N*k,)
+    order = torch.argsort(flat, stable=True)                                   # pairs grouped by expert
+    xs = h[order // k]                                                         # (N*k, D)
+    counts = torch.bincount(flat, minlength=E)                                 # (E,)
+    if grouped and hasattr(torch, "_grouped_mm") and _aligned(h, down) and (F2 // 2) * h.element_size() % 16 == 0:
+        offs = torch.cumsum(counts, 0).to(torch.int32)
+        gu = torch._grouped_mm(xs, gate_up.transpose(1, 2), offs=offs)         # (N*k, 2F)
+        g, u = gu.chunk(2, dim=-1)
+        ys = torch._grouped_mm(act(g) * u, down.transpose(1, 2), offs=offs)    # (N*k, D)
+    else:
+        ys = xs.new_empty(xs.shape[0], down.shape[1])
+        start = 0
+        for e, c in enumerate(counts.tolist()):
+            if c:
+                g, u = F.linear(xs[start:start + c], gate_up[e]).chunk(2, dim=-1)   # (c, F) each
+                ys[start:start + c] = F.linear(act(g) * u, down[e])              # (c, D)
+                start += c
+    out = torch.empty_like(ys)
+    out[order] = ys                                                            # back to (token, choice) order
+    return (out.view(N, k, -1) * w[..., None]).sum(dim=1)                      # (N, D)
+
+
+@implements("GQA_MoE_Layer")
+class GQAMoELayer(TransformerBlock):
+    def _init_ffn(self, p, n):
+        D, E, Fw = p.D, p.num_experts, p.expert_dim
+        self.act = {"swiglu": F.silu, "geglu": F.gelu,
+                    "geglu_tanh": lambda x: F.gelu(x, approximate="tanh")}[p.mlp]
+        self.top_k, self.renorm = p.top_k, p.norm_topk_prob
+        self._keep("router", n("router"), Lin(E, D, False))
+        self._keep("gate_up", None, place(self, n("experts_gate_up"), param=(E, 2 * Fw, D)))   # (module, name)
+        self._keep("down", None, place(self, n("experts_down"), param=(E, D, Fw)))
+        self._keep("shared", None, None)
+        if p.shared_expert_dim:
+            S = p.shared_expert_dim
+            self._keep("shared", None, (place(self, n("shared_gate"), Lin(S, D, False)),
+                                        place(self, n("shared_up"), Lin(S, D, False)),
+                                        place(self, n("shared_down"), Lin(D, S, False))))
+            self._keep("shared_router", n("shared_router"), Lin(1, D, False))
+
+    def ffn(self, h):
+        shape = h.shape
+        h = h.reshape(-1, shape[-1])                                           # (N, D)
+        w, idx = route(h, self.router.weight, self.top_k, self.renorm)
+        y = experts(h, idx, w, getattr(*self.gate_up), getattr(*self.down), self.act)
+        if self.shared is not None:
+            g, u, d = self.shared
+            y = y + torch.sigmoid(self.shared_router(h)) * d(self.act(g(h)) * u(h))
+        return y.view(shape)
