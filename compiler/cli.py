@@ -143,7 +143,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("specs", nargs=-1, required=True, type=click.Path())
 @click.option("--budget", callback=_size_option, metavar="SIZE",
               help="Memory limit, e.g. 6GiB or 8GB; replaces the spec's budget limit (or creates a budget).")
 @click.option("--format", "fmt", callback=_format_option, metavar="FORMAT",
@@ -155,44 +155,73 @@ def cli() -> None:
 @click.option("--recompute", is_flag=True, help="Training memory with activation recomputation.")
 @set_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (docs/report-format.md).")
+@click.option("--output-format", "doc_fmt", type=click.Choice(["text", "markdown", "junit", "json"]),
+              help="A document for CI (docs/ci-gate.md): markdown (a pull-request comment), junit (XML, one "
+                   "testcase per spec) or json; on stdout, or into --output.")
+@click.option("--output", "doc_out", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the --output-format document to FILE (format from .md / .xml / .json if not given); "
+                   "stdout keeps the usual tables and verdicts.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and verdicts (no tables, no warnings).")
 @click.option("-v", "--verbose", is_flag=True, help="Also print notes (e.g. every inferred input).")
-def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, sets, as_json, quiet, verbose):
+def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, sets, as_json, doc_fmt, doc_out, quiet,
+          verbose):
     """Compile each SPEC: diagnostics, parameter / FLOP / memory tables, expectations and the budget verdict.
 
-    Exit 0 when all pass, 1 when a budget or expectation is not met, 2 when a spec is invalid.
+    A SPEC may be a directory: it is searched recursively for *.json specs (skipping components/, schema.json and
+    JSON files without "layers"). Exit 0 when all pass, 1 when a budget or expectation is not met, 2 when a spec is
+    invalid.
     """
+    from .ci_outputs import document, find_specs, format_for
+    if as_json and doc_fmt not in (None, "json"):
+        raise click.BadParameter("--json is --output-format json", param_hint="--output-format")
+    try:
+        doc_fmt = format_for(doc_out, "json" if as_json else doc_fmt)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--output")
+    as_json = doc_fmt != "text" and not doc_out    # the document replaces the tables on stdout
+    specs, skipped = find_specs(specs)
+    if skipped and not quiet:
+        click.echo(f"skipped {len(skipped)} JSON file(s) without \"layers\": {', '.join(skipped)}", err=True)
+    if not specs:
+        raise UserError("no specs found (directories are searched for *.json files with \"layers\")")
     over = {k: v for k, v in {"vram": budget, "format": fmt, "mode": mode, "stage": stage}.items() if v is not None}
     results = []
     code = EXIT_OK
-    out = None if as_json else console()
+    out = None if as_json or quiet else console()   # rich is imported only to print tables
     for path in specs:
         c = _compile(path, sets, batch=batch, context=context, frames=frames, format=fmt, recompute=recompute,
                      budget=over or None)
         rc = spec_exit_code(c)
         code = max(code, rc)
+        results.append({"file": path, "ok": rc == EXIT_OK, "exit_code": rc,
+                        "report": c.report if rc != EXIT_INVALID else None,
+                        "diagnostics": [d.to_json() for d in c.diagnostics]})
         if as_json:
-            results.append({"file": path, "ok": rc == EXIT_OK, "exit_code": rc,
-                            "report": c.report if rc != EXIT_INVALID else None,
-                            "diagnostics": [d.to_json() for d in c.diagnostics]})
             continue
-        if len(specs) > 1 and not quiet:
+        if len(specs) > 1 and out is not None:
             out.rule(path)
         echo_diagnostics(c.diagnostics, verbose, quiet)
         if rc == EXIT_INVALID:
             n = len(c.errors)
             click.echo(f"{path}: invalid spec ({n} error{'s' if n != 1 else ''})", err=True)
             continue
-        _print_verdicts(out, c, path, budget, quiet)
-    if as_json:
-        click.echo(dump_json(results))
+        _print_verdicts(out, c, budget, quiet)
+    if doc_fmt != "text":
+        text = document(results, doc_fmt, dump_json)
+        if doc_out:
+            tmp = f"{doc_out}.tmp-{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, doc_out)
+        else:
+            click.echo(text, nl=False)
     sys.exit(code)
 
 
-def _print_verdicts(out, c, path: str, budget_text: Optional[str], quiet: bool) -> None:
+def _print_verdicts(out, c, budget_text: Optional[str], quiet: bool) -> None:
     from .tables import budget_line, check_tables, expect_line
     rep = c.report
-    if not quiet:
+    if out is not None:
         for t in check_tables(rep):
             out.print(t)
     for e in rep.get("expect") or []:
@@ -297,32 +326,35 @@ def build(spec, target, out_dir, weights, seed, sets, verbose):
 @click.option("-o", "--out", "out_file", required=True, type=click.Path(dir_okay=False),
               help="Spec file to write.")
 def import_hf(config, out_file):
-    """Write a spec for a Hugging Face transformers CONFIG.json (compiler.importers.hf)."""
+    """Write a spec for a transformers CONFIG.json (llama, gemma3, lfm2, qwen2_moe, mixtral, ...), then check it."""
     try:
         from .importers import hf
     except ModuleNotFoundError as e:
         if e.name and e.name.startswith("compiler.importers"):
             raise UserError("import-hf is not available in this installation (no compiler.importers.hf)")
         raise
-    convert = getattr(hf, "import_config", None)
-    if convert is None:
-        raise UserError("compiler.importers.hf has no import_config(path) -> spec dict")
     try:
-        spec = convert(config)
-    except (ValueError, KeyError) as e:
-        raise UserError(f"{config}: cannot import: {e}")
-    text = json.dumps(spec, indent=2, ensure_ascii=False) + "\n"
+        with open(config, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{config}: cannot read the config: {e}")
+    if not isinstance(cfg, dict):
+        raise UserError(f"{config}: a config.json is a JSON object")
+    try:
+        spec = hf.spec_from_hf_config(cfg)
+    except ValueError as e:
+        raise UserError(f"{config}: {e}")
     tmp = f"{out_file}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+        f.write(json.dumps(spec, indent=2, ensure_ascii=False) + "\n")
     os.replace(tmp, out_file)
     from . import compile
     c = compile(out_file)
     echo_diagnostics(c.diagnostics)
-    if not c.ok:
+    if not c.ok or c.report is None:
         click.echo(f"wrote {out_file}, which does not compile (see above)", err=True)
         sys.exit(EXIT_INVALID)
-    click.echo(f"wrote {out_file}: {spec.get('name', '?')}, {c.report['params']['total']:,} parameters")
+    click.echo(f"wrote {out_file}: {c.report['name']}, {c.report['params']['total']:,} parameters")
 
 
 # --- entry point -----------------------------------------------------------------------------------------------------

@@ -287,3 +287,17 @@ def test_build_invalid_spec_exits_2(tmp_path, fake_target):
     r = run("build", write(tmp_path, {"name": "x", "layers": [{"type": "Nope"}]}), "--target", "torch",
             "-o", tmp_path / "o")
     assert r.exit_code == 2 and fake_target == [] and not (tmp_path / "o").exists()
+
+
+# --- import-hf -----------------------------------------------------------------------------------------------------------
+def test_import_hf(tmp_path):
+    pytest.importorskip("compiler.importers.hf")
+    cfg = {"model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "intermediate_size": 128,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": True}
+    out = tmp_path / "spec.json"
+    r = run("import-hf", write(tmp_path, cfg, "config.json"), "-o", out)
+    assert r.exit_code == 0, r.output
+    # embedding + 2 x (q, k, v, o + SwiGLU + 2 norms) + final norm, tied head (hand count)
+    assert compile(str(out)).report["params"]["total"] == 64000 + 2 * (2 * 4096 + 2 * 2048 + 3 * 8192 + 128) + 64
+    r = run("import-hf", write(tmp_path, {"model_type": "no-such-model"}, "bad.json"), "-o", tmp_path / "x.json")
+    assert r.exit_code == 2 and "unsupported model_type" in r.output and not (tmp_path / "x.json").exists()
