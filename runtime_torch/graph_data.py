@@ -10,8 +10,8 @@ This is what generated code holds (`runtime_torch/emit.py` writes it with repr, 
      "outputs": [["lm_head", "out"]]}
 
 Reading it back trusts nothing: each params dict is validated again by its op's Params model (strict, unknown keys
-refused), each input must name an earlier node's output, and each node's recorded output types must be those its
-op's shape rule gives.
+refused) and must be a fixed point of the op's `resolve` on its inputs (no contradiction reported), each input must
+name an earlier node's output, and each node's recorded output types must be those its op's shape rule gives.
 """
 from __future__ import annotations
 
@@ -73,7 +73,13 @@ def from_data(data: dict[str, Any]) -> Graph:
                 raise ValueError(f"{where}: input {src}.{out} is not the output of an earlier node")
             g.connect(node, src, out)
         node.outputs = {o: _type(t) for o, t in d["outputs"].items()}
-        rule = op.shape(params, g.input_types(node))
+        ins = g.input_types(node)
+        errors: list[str] = []
+        if d["op"] != "Input" and op.resolve(params, ins, lambda f, m, h=None: errors.append(m)) != params:
+            errors.append("the params are not those the compiler resolves from the inputs")
+        if errors:
+            raise ValueError(f"{where}: " + "; ".join(errors))
+        rule = op.shape(params, ins)
         if rule != node.outputs:
             raise ValueError(f"{where}: recorded outputs {node.outputs} are not what {d['op']} gives: {rule}")
     for n, o in data["outputs"]:

@@ -3,9 +3,11 @@
 The scheme (the same in every runtime, so a seed names one set of weights):
   * every declared tensor that owns its storage (tied ones are skipped: they share their owner's) is visited in
     sorted full-name order;
-  * each draws from its own CPU `torch.Generator` seeded with `(seed << 32) | crc32(full name as UTF-8)`, so its
-    values depend on the seed and its name only: not on construction order, on the other tensors, on the device or
-    on the dtype (values are drawn in float32, then cast and copied);
+  * each draws from its own CPU `torch.Generator` seeded with `(seed * 0x9E3779B1 + crc32(full name)) mod 2**32`
+    (crc32 of the UTF-8 name; 32 bits because torch's CPU generator, an mt19937, keeps only the low 32 bits of a
+    seed; the odd multiplier makes distinct seeds give distinct generators for a name), so its values depend on the
+    seed and its name only: not on construction order, on the other tensors, on the device or on the dtype (values
+    are drawn in float32 on the CPU, then cast and copied);
   * the declaration's `W.init_rule` says what to draw: "normal" = N(0, 0.02), "zeros", "ones", "const:<v>".
 `seed` is an integer in [0, 2**32).
 """
@@ -21,7 +23,7 @@ STD = 0.02
 def tensor_seed(seed: int, name: str) -> int:
     if not 0 <= seed < 2 ** 32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
-    return (seed << 32) | zlib.crc32(name.encode("utf-8"))
+    return (seed * 0x9E3779B1 + zlib.crc32(name.encode("utf-8"))) % 2 ** 32
 
 
 def draw(rule: str, shape: tuple[int, ...], seed: int, name: str) -> torch.Tensor:
@@ -49,5 +51,5 @@ def initialise(model, seed: int = 0) -> None:
         w = model.weight_decls[name]
         if w.tied_to:
             continue
-        p = model.get_parameter(name)
+        p = model.param(name)
         p.copy_(draw(w.init_rule, tuple(w.shape), seed, name))
