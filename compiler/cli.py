@@ -158,9 +158,9 @@ def cli() -> None:
 @click.option("--output-format", "doc_fmt", type=click.Choice(["text", "markdown", "junit", "json"]),
               help="A document for CI (docs/ci-gate.md): markdown (a pull-request comment), junit (XML, one "
                    "testcase per spec) or json; on stdout, or into --output.")
-@click.option("--output", "doc_out", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Write the --output-format document to FILE (format from .md / .xml / .json if not given); "
-                   "stdout keeps the usual tables and verdicts.")
+@click.option("--output", "doc_out", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the document to FILE instead of stdout, which keeps the usual tables and verdicts; "
+                   "repeatable; without --output-format the format follows the extension (.md, .xml, .json).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and verdicts (no tables, no warnings).")
 @click.option("-v", "--verbose", is_flag=True, help="Also print notes (e.g. every inferred input).")
 def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, sets, as_json, doc_fmt, doc_out, quiet,
@@ -171,14 +171,14 @@ def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, se
     JSON files without "layers"). Exit 0 when all pass, 1 when a budget or expectation is not met, 2 when a spec is
     invalid.
     """
-    from .ci_outputs import document, find_specs, format_for
+    from .ci_outputs import document, find_specs, plan_outputs, write_text
     if as_json and doc_fmt not in (None, "json"):
         raise click.BadParameter("--json is --output-format json", param_hint="--output-format")
     try:
-        doc_fmt = format_for(doc_out, "json" if as_json else doc_fmt)
+        docs = plan_outputs(doc_out, "json" if as_json else doc_fmt)    # [(file or None for stdout, format)]
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--output")
-    as_json = doc_fmt != "text" and not doc_out    # the document replaces the tables on stdout
+    as_json = any(f is None for f, _ in docs)    # a document on stdout replaces the tables
     specs, skipped = find_specs(specs)
     if skipped and not quiet:
         click.echo(f"skipped {len(skipped)} JSON file(s) without \"layers\": {', '.join(skipped)}", err=True)
@@ -206,13 +206,10 @@ def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, se
             click.echo(f"{path}: invalid spec ({n} error{'s' if n != 1 else ''})", err=True)
             continue
         _print_verdicts(out, c, budget, quiet)
-    if doc_fmt != "text":
-        text = document(results, doc_fmt, dump_json)
-        if doc_out:
-            tmp = f"{doc_out}.tmp-{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, doc_out)
+    for file, kind in docs:
+        text = document(results, kind, dump_json)
+        if file:
+            write_text(file, text)
         else:
             click.echo(text, nl=False)
     sys.exit(code)
