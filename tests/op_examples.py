@@ -127,3 +127,17 @@ OP_EXAMPLES.update({
              [image(3, 12, 8)]),
     ],
 })
+
+# --- VisionEncoder (compiler/ops/encoder.py): one tiny encoder per family ----------------------------------------------
+def _vit(family: str, **kw) -> dict:
+    return layer("VisionEncoder", {"family": family, "patch_size": 2, "hidden": 8, "layers": 2, "heads": 2,
+                                   "ff_dim": 16, **kw}, id="vision")
+
+
+OP_EXAMPLES["VisionEncoder"] = [
+    spec([_vit("siglip", image_size=6, pooling_head=True)], [image(3, 8, 8)]),    # 3x3 table resized to 4x4
+    spec([_vit("siglip2", image_size=4)], [image(3, 6, 8)]),                        # Linear patches, 2x2 -> 3x4
+    spec([_vit("dinov2", image_size=6)], [image(3, 8, 4)]),                         # CLS row + bicubic 3x3 -> 4x2
+    spec([_vit("dinov3", registers=1, mlp="swiglu")], [image(3, 8, 6)]),            # 2-D RoPE, LayerScale
+    spec([_vit("nanovlm")], [image(3, 8, 8)]),                                      # fused qkv
+]
