@@ -1,61 +1,60 @@
 """Deterministic initialisation of an OmnicModel's parameters from a seed: the scheme of `runtime_torch/init.py`,
 so a seed names one set of weights in both runtimes.
 
-  * every declared tensor that owns its storage (tied ones share their owner's) is visited in sorted full-name
-    order;
-  * its values depend on the seed and its name only: "normal" draws N(0, 0.02) from a CPU `torch.Generator` seeded
-    with `(seed << 32) | crc32(name)` (the same draw as the torch runtime: torch is the definition of the stream),
-    "zeros", "ones", "const:<v>" are what they say; values are drawn in float32 in torch layout, then converted to
-    the MLX layout (`layout.py`) and cast to the parameter's dtype.
-Without torch installed, "normal" falls back to `mx.random.normal` keyed by the same 64-bit seed: deterministic, but
+The scheme has one definition, `runtime_torch/init.py` (which needs only torch): its `draw(rule, shape, seed, name)`
+gives each declared tensor's float32 values in torch layout from the seed and the tensor's full name alone. This
+module loads that file by itself (not the `runtime_torch` package), converts each tensor to the MLX layout
+(`layout.py`) and casts it to the parameter's dtype; tied tensors are skipped (they share their owner's).
+Without torch installed, "normal" tensors fall back to `mx.random.normal` keyed by the name: deterministic, but
 not the torch runtime's values (`exact_across_runtimes()` says which applies).
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 import zlib
+from functools import lru_cache
 
 import mlx.core as mx
-import numpy as np
 
 from . import layout
 
 STD = 0.02
 
 
-def tensor_seed(seed: int, name: str) -> int:
-    if not 0 <= seed < 2 ** 32:
-        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
-    return (seed << 32) | zlib.crc32(name.encode("utf-8"))
-
-
-def exact_across_runtimes() -> bool:
+@lru_cache(maxsize=1)
+def _torch_init():
+    """runtime_torch/init.py as a standalone module, or None without torch."""
     try:
         import torch  # noqa: F401
     except ImportError:
-        return False
-    return True
+        return None
+    spec = importlib.util.find_spec("runtime_torch")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "init.py")
+    mspec = importlib.util.spec_from_file_location("runtime_mlx._torch_init", path)
+    mod = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(mod)
+    return mod
+
+
+def exact_across_runtimes() -> bool:
+    return _torch_init() is not None
 
 
 def draw(rule: str, shape: tuple[int, ...], seed: int, name: str) -> mx.array:
     """The float32 values of tensor `name` under `rule`, in torch layout."""
+    ti = _torch_init()
+    if ti is not None:
+        return mx.array(ti.draw(rule, tuple(shape), seed, name).numpy())
     if rule == "normal":
-        try:
-            import torch
-        except ImportError:
-            key = mx.random.key(tensor_seed(seed, name) & (2 ** 63 - 1))
-            return mx.random.normal(shape, key=key) * STD
-        g = torch.Generator().manual_seed(tensor_seed(seed, name))
-        return mx.array(torch.empty(shape).normal_(0.0, STD, generator=g).numpy())
+        key = mx.random.key((seed * 0x9E3779B1 + zlib.crc32(name.encode("utf-8"))) % 2 ** 32)
+        return mx.random.normal(tuple(shape), key=key) * STD
     if rule == "zeros":
         return mx.zeros(shape)
     if rule == "ones":
         return mx.ones(shape)
     if rule.startswith("const:"):
-        try:
-            v = float(rule[len("const:"):])
-        except ValueError:
-            raise ValueError(f"{name}: bad init rule {rule!r}; write const:<number>") from None
-        return mx.full(shape, v, dtype=mx.float32)
+        return mx.full(shape, float(rule[len("const:"):]), dtype=mx.float32)
     raise ValueError(f"{name}: unknown init rule {rule!r} (normal, zeros, ones, const:<v>)")
 
 

@@ -64,7 +64,7 @@ def _convert(x, torch_shape: Sequence[int], perm: Optional[Perm], to: str, sourc
     if to == "torch":
         src_shape, dst_shape, p = dst_shape, src_shape, inverse(perm)
     have = tuple(x.shape)
-    if src_shape == dst_shape:                       # the shape cannot tell: the caller must
+    if src_shape == dst_shape and have == src_shape:     # the shape cannot tell: the caller must
         if source is None:
             raise ValueError(f"{name}: shape {have} is the same in torch and MLX layout; say source='torch' or "
                              f"'mlx'")

@@ -1,0 +1,80 @@
+"""MLX implementation of GQA_MoE_Layer (compiler/ops/moe.py); mirror of `runtime_torch/ops/moe.py`.
+
+Routing as transformers 5.x Qwen2-MoE / Mixtral: softmax over the E router logits in float32, the top_k largest,
+renormalised to sum 1 if norm_topk_prob, cast to the compute dtype. Dispatch with `mx.gather_mm` (as mlx-lm's
+SwitchGLU): each (token, choice) pair multiplies by its expert's matrices without materialising them per token;
+pairs are sorted by expert first when there are many (contiguous expert runs), then restored.
+Shapes: N tokens (B*T), D width, E experts, k = top_k, F expert width, S shared-expert width.
+"""
+from __future__ import annotations
+
+import mlx.core as mx
+from mlx import nn
+
+from compiler.ops.naming import name_of
+
+from ..registry import implements
+from .basic import gelu, gelu_tanh
+from .transformer import Lin, TransformerBlock, _ref, place
+
+SORT_FROM = 64   # sort (token, choice) pairs by expert from this many on
+
+
+def route(h, router_w, top_k: int, renorm: bool):
+    """(weights (N, k) in h's dtype, expert ids (N, k)) of tokens h (N, D); the order of the k choices is free."""
+    probs = mx.softmax((h @ router_w.T).astype(mx.float32), axis=-1)          # (N, E)
+    idx = mx.argpartition(-probs, kth=top_k - 1, axis=-1)[:, :top_k]          # (N, k)
+    w = mx.take_along_axis(probs, idx, axis=-1)                               # (N, k)
+    if renorm:
+        w = w / w.sum(axis=-1, keepdims=True)
+    return w.astype(h.dtype), idx
+
+
+def experts(h, idx, w, gate_up, down, act):
+    """sum_k w[:, k] * down_e(act(gate_e h) * up_e h) with e = idx[:, k]; h (N, D), gate_up (E, 2F, D), down (E, D, F)."""
+    N, k = idx.shape
+    x = h[:, None, None, :]                                                   # (N, 1, 1, D)
+    flat = idx.reshape(-1)                                                    # (N*k,)
+    do_sort = flat.size >= SORT_FROM
+    if do_sort:
+        order = mx.argsort(flat)
+        inv = mx.argsort(order)
+        x = x.reshape(N, -1)[order // k][:, None, :]                          # (N*k, 1, D), grouped by expert
+        ids = flat[order]
+    else:
+        ids = idx
+    gu = mx.gather_mm(x, gate_up.swapaxes(-1, -2), rhs_indices=ids, sorted_indices=do_sort)   # (.., 1, 2F)
+    g, u = mx.split(gu, 2, axis=-1)
+    y = mx.gather_mm(act(g) * u, down.swapaxes(-1, -2), rhs_indices=ids, sorted_indices=do_sort)  # (.., 1, D)
+    y = y[inv].reshape(N, k, -1) if do_sort else y.reshape(N, k, -1)          # (N, k, D)
+    return (y * w[..., None]).sum(axis=1)                                     # (N, D)
+
+
+@implements("GQA_MoE_Layer")
+class GQAMoELayer(TransformerBlock):
+    def _init_ffn(self, p, n):
+        D, E, Fw = p.D, p.num_experts, p.expert_dim
+        _ref(self, act={"swiglu": nn.silu, "geglu": gelu, "geglu_tanh": gelu_tanh}[p.mlp])
+        self.top_k, self.renorm = p.top_k, p.norm_topk_prob
+        _ref(self, router=place(self, n("router"), Lin(E, D, False)),
+             gate_up=place(self, n("experts_gate_up"), param=(E, 2 * Fw, D)),     # (module, key)
+             down_w=place(self, n("experts_down"), param=(E, D, Fw)))
+        if p.shared_expert_dim:
+            S = p.shared_expert_dim
+            _ref(self, shared=(place(self, n("shared_gate"), Lin(S, D, False)),
+                               place(self, n("shared_up"), Lin(S, D, False)),
+                               place(self, n("shared_down"), Lin(D, S, False))),
+                 shared_router=place(self, n("shared_router"), Lin(1, D, False)))
+        else:
+            _ref(self, shared=None)
+
+    def ffn(self, h):
+        shape = h.shape
+        h = h.reshape(-1, shape[-1])                                              # (N, D)
+        w, idx = route(h, self.router.weight, self.top_k, self.renorm)
+        (gm, gk), (dm, dk) = self.gate_up, self.down_w
+        y = experts(h, idx, w, gm[gk], dm[dk], self.act)
+        if self.shared is not None:
+            g, u, d = self.shared
+            y = y + mx.sigmoid(self.shared_router(h)) * d(self.act(g(h)) * u(h))
+        return y.reshape(shape)

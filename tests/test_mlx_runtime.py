@@ -1,0 +1,282 @@
+"""The MLX runtime against the compiler and the torch runtime, over the whole registry (tests/op_examples.py).
+
+For every example spec: the MLX build has exactly the declared tensors (names, MLX-layout shapes, count = the
+compiler's), a seed gives the torch runtime's values, weights saved by either runtime load into the other (one
+safetensors file, torch layout), and the outputs agree within 1e-4 (fp32). Plus the layout table, strict loading,
+emitted code, and the OpenBLAS preload.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import runtime_mlx  # noqa: F401  (first: the OpenBLAS preload precedes `import mlx`)
+import mlx.core as mx
+import torch
+
+import runtime_torch
+from compiler import compile, registry
+from compiler.registry import W
+from runtime_mlx import layout
+from runtime_mlx import registry as mlx_registry
+from runtime_mlx import weights as mlx_weights
+from runtime_torch import registry as torch_registry
+from runtime_torch import weights as torch_weights
+
+sys.path.insert(0, os.path.dirname(__file__))
+from op_examples import ENV, OP_EXAMPLES, ids_high  # noqa: E402
+
+ATOL = 1e-4
+CASES = [(op, i, s) for op, specs in OP_EXAMPLES.items()
+         for i, s in enumerate(specs if isinstance(specs, list) else [specs])]
+IDS = [f"{op}-{i}" for op, i, _ in CASES]
+
+
+def make_inputs(compiled, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for a compiled example at B=2, T=5, F=3: ids below the consumers' vocabulary, scalars in
+    [0, 1), everything else standard normal."""
+    g, rng = compiled.graph, np.random.RandomState(seed)
+    out = {}
+    for n in g.nodes():
+        if n.op != "Input":
+            continue
+        shape = [int(d.eval(ENV)) for d in n.out.shape]
+        if n.out.dtype == "int":
+            out[n.name] = rng.randint(0, ids_high([g[c].params for c in g.consumers(n.name)]), size=shape)
+        elif n.out.kind == "scalar":
+            out[n.name] = rng.rand(*shape).astype(np.float32)
+        else:
+            out[n.name] = rng.randn(*shape).astype(np.float32)
+    return out
+
+
+def run_torch(model, inputs):
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def run_mlx(model, inputs):
+    out = model(**{k: mx.array(v) for k, v in inputs.items()})
+    mx.eval(out)
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def assert_close(a: dict, b: dict, what: str):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].shape == b[k].shape, f"{what} {k}: {a[k].shape} vs {b[k].shape}"
+        err = float(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)).max()) if a[k].size else 0.0
+        assert err <= ATOL, f"{what} {k}: max |diff| {err:.3g} > {ATOL}"
+
+
+@pytest.fixture(scope="module")
+def compiled_cases():
+    return {}
+
+
+def get_compiled(spec):
+    return compile(spec, batch=ENV["B"], context=ENV["T"], frames=ENV["F"]).raise_for_errors()
+
+
+# --- the registry ---------------------------------------------------------------------------------------------------
+def test_every_torch_op_has_an_mlx_implementation():
+    missing = sorted(set(torch_registry.all_impls()) - set(mlx_registry.all_impls()))
+    assert not missing, f"ops with a torch implementation but none in runtime_mlx/ops: {missing}"
+
+
+def test_mlx_implements_only_compiler_ops():
+    assert set(mlx_registry.all_impls()) <= set(registry.all_ops())
+
+
+def test_every_implemented_op_has_an_example():
+    assert set(mlx_registry.all_impls()) - {"Input"} <= set(OP_EXAMPLES)
+
+
+def test_duplicate_registration_is_refused():
+    from mlx import nn
+    with pytest.raises(ValueError, match="two MLX implementations"):
+        mlx_registry.implements("Linear")(type("Again", (nn.Module,), {}))
+
+
+# --- every example ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("op,i,spec", CASES, ids=IDS)
+def test_names_shapes_and_count(op, i, spec):
+    c = get_compiled(spec)
+    m = runtime_mlx.build(c, init=False)
+    have = {k: tuple(v.shape) for k, v in m.named_parameters().items()}
+    want = {k: layout.mlx_shape(w.shape, m.perms[k]) for k, w in m.weight_decls.items() if not w.tied_to}
+    assert have == want
+    assert sum(int(np.prod(s)) for s in have.values()) == c.report["params"]["total"]
+    t = runtime_torch.build(c, device="meta")
+    assert set(have) == set(t.state_dict()) - set(t.ties)
+
+
+@pytest.mark.parametrize("op,i,spec", CASES, ids=IDS)
+def test_torch_weights_into_mlx_and_back(op, i, spec, tmp_path):
+    c = get_compiled(spec)
+    inputs = make_inputs(c)
+    tm = runtime_torch.build(c, seed=1).eval()
+    mm = runtime_mlx.build(c, seed=1)
+    # the same seed gives the same values
+    for name, x in mlx_weights.torch_layout_weights(mm).items():
+        np.testing.assert_array_equal(np.array(x), tm.state_dict()[name].numpy(), err_msg=name)
+    # torch -> file -> MLX (an MLX model built from another seed)
+    torch_weights.save_weights(tm, tmp_path / "t.safetensors")
+    m2 = runtime_mlx.build(c, seed=2)
+    mlx_weights.load_weights(m2, tmp_path / "t.safetensors")
+    ref = run_torch(tm, inputs)
+    assert_close(ref, run_mlx(m2, inputs), "torch weights in MLX")
+    # MLX -> file -> torch; the two files are byte-identical
+    mlx_weights.save_weights(m2, tmp_path / "m.safetensors")
+    assert (tmp_path / "m.safetensors").read_bytes() == (tmp_path / "t.safetensors").read_bytes()
+    m3 = runtime_mlx.build(c, seed=3)
+    t3 = runtime_torch.build(c, seed=3).eval()
+    mlx_weights.save_weights(m3, tmp_path / "m3.safetensors")
+    t4 = runtime_torch.build(c, seed=4).eval()
+    torch_weights.load_weights(t4, tmp_path / "m3.safetensors")
+    assert_close(run_torch(t4, inputs), run_mlx(m3, inputs), "MLX weights in torch")
+    assert_close(run_torch(t3, inputs), run_mlx(m3, inputs), "same seed")
+
+
+# --- layout ----------------------------------------------------------------------------------------------------------
+def test_layout_conversion_is_idempotent_and_invertible():
+    w = W((8, 3, 2, 5), "conv")
+    p = layout.perm_of("Conv2d", "weight", w)
+    assert p == (0, 2, 3, 1) and layout.mlx_shape(w.shape, p) == (8, 2, 5, 3)
+    x = mx.arange(8 * 3 * 2 * 5).reshape(8, 3, 2, 5)
+    y = layout.to_mlx(x, w.shape, p)
+    assert y.shape == (8, 2, 5, 3)
+    assert mx.array_equal(layout.to_mlx(y, w.shape, p), y)               # already MLX: unchanged
+    assert mx.array_equal(layout.to_torch(y, w.shape, p), x)
+    assert mx.array_equal(layout.to_torch(x, w.shape, p), x)             # already torch: unchanged
+    assert layout.perm_of("Linear", "weight", W((4, 8))) is None
+    dw = W((16, 1, 3), "conv")                                           # LFM2's depthwise Conv1d
+    assert layout.mlx_shape(dw.shape, layout.perm_of("TransformerBlock", "conv.conv.weight", dw)) == (16, 3, 1)
+
+
+def test_layout_ambiguous_shape_needs_a_source():
+    w = W((4, 3, 3, 3), "conv")                                           # the same shape in both layouts
+    p = layout.perm_of("Conv2d", "weight", w)
+    x = mx.random.normal((4, 3, 3, 3))
+    with pytest.raises(ValueError, match="same in torch and MLX"):
+        layout.to_mlx(x, w.shape, p)
+    assert mx.array_equal(layout.to_mlx(x, w.shape, p, source="mlx"), x)
+    assert mx.array_equal(layout.to_mlx(x, w.shape, p, source="torch"), x.transpose(0, 2, 3, 1))
+    with pytest.raises(ValueError, match="neither"):
+        layout.to_mlx(mx.zeros((4, 9)), w.shape, p)
+
+
+# --- weights ---------------------------------------------------------------------------------------------------------
+def _tied_lm():
+    return get_compiled(OP_EXAMPLES["Linear"][2])
+
+
+def test_load_reports_every_problem_at_once(tmp_path):
+    from safetensors.numpy import save_file
+    c = get_compiled(OP_EXAMPLES["Conv2d"][0])                             # weight (4, 3, 3, 3) and bias (4,)
+    m = runtime_mlx.build(c)
+    save_file({"layers.0.weight": np.zeros((4, 3, 3, 2), np.float32), "extra": np.zeros(1, np.float32)},
+              tmp_path / "bad.safetensors")
+    with pytest.raises(runtime_mlx.WeightsMismatch) as e:
+        mlx_weights.load_weights(m, tmp_path / "bad.safetensors")
+    assert e.value.missing == ["layers.0.bias (4,)"]
+    assert e.value.unexpected == ["extra"]
+    assert len(e.value.shapes) == 1 and "layers.0.weight" in e.value.shapes[0]
+    save_file({"layers.0.weight": np.zeros((4, 3, 3, 3), np.float16), "layers.0.bias": np.zeros(4, np.float32)},
+              tmp_path / "f16.safetensors")
+    with pytest.raises(runtime_mlx.WeightsMismatch, match="wrong dtype"):
+        mlx_weights.load_weights(m, tmp_path / "f16.safetensors")
+    mlx_weights.load_weights(m, tmp_path / "f16.safetensors", cast=True)
+    assert m.param("layers.0.weight").dtype == mx.float32
+    r = mlx_weights.load_weights(m, tmp_path / "bad.safetensors", strict=False) if False else None
+    assert r is None
+
+
+def test_tied_weights_are_shared(tmp_path):
+    c = _tied_lm()
+    m = runtime_mlx.build(c, seed=5)
+    assert "lm_head.weight" not in m.named_parameters()
+    assert m.ties == {"lm_head.weight": "emb.weight"}
+    new = mx.random.normal(m.param("emb.weight").shape)
+    m.load_weights([("emb.weight", new)])
+    ids = mx.array([[1, 2]])
+    logits = m(input_ids=ids)["lm_head"]
+    assert mx.allclose(logits, new[ids] @ new.T, atol=1e-5).item()
+    # a file holding both names loads if they agree, and is refused if they differ
+    from safetensors.numpy import save_file
+    w = np.array(new)
+    save_file({"emb.weight": w, "lm_head.weight": w}, tmp_path / "both.safetensors")
+    mlx_weights.load_weights(m, tmp_path / "both.safetensors")
+    save_file({"emb.weight": w, "lm_head.weight": w + 1}, tmp_path / "differ.safetensors")
+    with pytest.raises(runtime_mlx.WeightsMismatch, match="differ"):
+        mlx_weights.load_weights(m, tmp_path / "differ.safetensors")
+    save_file({"lm_head.weight": w}, tmp_path / "alias.safetensors")          # the alias alone suffices
+    mlx_weights.load_weights(m, tmp_path / "alias.safetensors")
+
+
+def test_mapped_checkpoint_names():
+    c = _tied_lm()
+    m = runtime_mlx.build(c)
+    t = {"model.embed.weight": np.ones((11, 8), np.float32), "model.rotary.inv_freq": np.ones(4, np.float32)}
+    mlx_weights.load_state_dict_mapped(m, t, [(r"^model\.embed\.", "emb."), (r"inv_freq$", None)])
+    assert float(m.param("emb.weight").sum()) == 88.0
+
+
+def test_bfloat16_round_trip(tmp_path):
+    c = get_compiled(OP_EXAMPLES["Linear"][0])
+    m = runtime_mlx.build(c, dtype="bfloat16", seed=3)
+    mlx_weights.save_weights(m, tmp_path / "b.safetensors")
+    t = runtime_torch.build(c, dtype="bfloat16", seed=3)
+    torch_weights.save_weights(t, tmp_path / "t.safetensors")
+    assert (tmp_path / "b.safetensors").read_bytes() == (tmp_path / "t.safetensors").read_bytes()
+
+
+# --- generated code --------------------------------------------------------------------------------------------------
+def test_emitted_module_is_deterministic_and_runs(tmp_path):
+    from runtime_mlx import emit
+    c = _tied_lm()
+    emit.write(c, tmp_path / "a", weights=True, seed=3)
+    emit.write(c, tmp_path / "b", weights=True, seed=3)
+    for f in ("model.py", "report.json", "model.safetensors"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+    text = (tmp_path / "a" / "model.py").read_text()
+    assert "import runtime_mlx" in text and "torch" not in text
+    spec = importlib.util.spec_from_file_location("gen_mlx_model", tmp_path / "a" / "model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    m = mod.build(init=False)
+    runtime_mlx.load_weights(m, tmp_path / "a" / "model.safetensors")
+    ids = mx.array([[1, 2, 3]])
+    assert mx.array_equal(mod.forward(m, {"input_ids": ids})["lm_head"], m(input_ids=ids)["lm_head"]).item()
+    # the weights file is the torch runtime's for the same seed
+    from runtime_torch import emit as torch_emit
+    torch_emit.write(c, tmp_path / "t", weights=True, seed=3)
+    assert (tmp_path / "t" / "model.safetensors").read_bytes() == (tmp_path / "a" / "model.safetensors").read_bytes()
+
+
+def test_spec_strings_never_become_code(tmp_path):
+    from runtime_mlx import emit
+    evil = {"name": "x\"\"\"; import os; os.system('echo pwned') #", "inputs": [
+        {"name": "x", "kind": "tokens", "shape": ["B", "T", 8]}],
+        "layers": [{"id": "a", "type": "Linear", "params": {"out_features": 4,
+                                                                           "note": "\"\"\"\nimport os\n"}}]}
+    c = compile(evil).raise_for_errors()
+    text = emit.source(c)
+    import ast
+    tree = ast.parse(text)
+    imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert [a.name for n in imports for a in n.names] == ["runtime_mlx"]
+
+
+# --- BLAS ------------------------------------------------------------------------------------------------------------
+def test_openblas_preload_state():
+    from runtime_mlx import BLAS
+    assert BLAS["reason"]
+    if os.path.exists("/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0") and \
+            os.environ.get("OMNIC_MLX_OPENBLAS", "1") != "0" and sys.platform == "linux":
+        assert BLAS["loaded"], BLAS
