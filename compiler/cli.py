@@ -35,7 +35,7 @@ def parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
     for item in values:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE (e.g. lm.num_layers=2)", param_hint="--set")
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE (e.g. lm.layers=2)", param_hint="--set")
         try:
             value = json.loads(raw)
         except ValueError:
@@ -69,7 +69,7 @@ def _size_option(ctx, param, value: Optional[str]) -> Optional[str]:
 
 
 set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                          help="Override a spec value before compiling, e.g. --set lm.num_layers=2 or "
+                          help="Override a spec value before compiling, e.g. --set lm.layers=2 or "
                                "--set 'layers[4].params.num_experts=4' (VALUE is JSON, else a string).")
 size_options = [
     click.option("--batch", type=click.IntRange(min=1), help="Batch size B (default: the spec's)."),

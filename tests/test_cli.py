@@ -301,3 +301,33 @@ def test_import_hf(tmp_path):
     assert compile(str(out)).report["params"]["total"] == 64000 + 2 * (2 * 4096 + 2 * 2048 + 3 * 8192 + 128) + 64
     r = run("import-hf", write(tmp_path, {"model_type": "no-such-model"}, "bad.json"), "-o", tmp_path / "x.json")
     assert r.exit_code == 2 and "unsupported model_type" in r.output and not (tmp_path / "x.json").exists()
+
+
+# --- the README's example --------------------------------------------------------------------------------------------
+def test_readme_example(tmp_path):
+    import pathlib
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## A first spec\n\n```json\n(.*?)```", readme, re.S).group(1)
+    spec = write(tmp_path, block, "tiny.json")
+    r = run("check", spec)
+    assert r.exit_code == 0, r.output
+    assert "memory.inference[bf16] = " in r.stdout and "<= 256MiB: pass" in r.stdout
+    # 32000 x 256 embedding (tied head) + 4 x (4 x 256^2 attention + 3 x 256 x 1024 SwiGLU + 2 x 256 norms) + 256
+    assert compile(spec).report["params"]["total"] == 32000 * 256 + 4 * (4 * 256**2 + 3 * 256 * 1024 + 512) + 256
+    assert "blocks (x4)" in run("summary", spec).stdout
+
+
+def test_docs_cli_names_every_command_and_option():
+    import pathlib
+    import click as _click
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "cli.md").read_text(encoding="utf-8")
+    missing = []
+    for name, cmd in cli.commands.items():
+        if f"## `omnic {name}" not in doc:
+            missing.append(f"section for `omnic {name}`")
+        for p in cmd.params:
+            if isinstance(p, _click.Option):
+                for opt in p.opts:
+                    if opt.startswith("--") and not re.search(re.escape(opt) + r"(?![\w-])", doc):
+                        missing.append(f"omnic {name} {opt}")
+    assert not missing, f"docs/cli.md does not document: {missing}"
