@@ -201,3 +201,100 @@ def test_backbone_counts(name, head):
         if cls is transformers.DINOv3ViTModel:
             theirs = {k.replace("model.layer.", "layer.", 1): s for k, s in theirs.items()}
         assert {k: theirs[v] for k, v in rename(theirs, hf_key_map(m.config.model_type)).items()} == ours
+
+
+# --- nanoVLM, resampling, and the compiler's rules -------------------------------------------------------------------
+def _build(layers: list, inputs: list, outputs: list | None = None):
+    c = compiler.compile({"name": "t", "inputs": inputs, "layers": layers, **({"outputs": outputs} if outputs else {})})
+    assert c.ok, [d.render() for d in c.errors]
+    return build(c).eval(), c
+
+
+def _img(c, h, w):
+    return [{"name": "image", "kind": "image", "shape": ["B", c, h, w]}]
+
+
+def nanovlm_pixel_shuffle(x, s):
+    """nanoVLM's ModalityProjector.pixel_shuffle, verbatim in its order (seed-systems.md)."""
+    bsz, seq, embed_dim = x.size()
+    seq_root = int(seq ** 0.5)
+    x = x.view(bsz, seq_root, seq_root, embed_dim)
+    h_out = w_out = seq_root // s
+    x = x.reshape(bsz, h_out, s, w_out, s, embed_dim)
+    x = x.permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(bsz, h_out * w_out, embed_dim * s * s)
+
+
+@pytest.mark.parametrize("s", [2, 4])
+def test_pixel_shuffle_is_nanovlms(s):
+    m, c = _build([{"id": "vit", "type": "VisionEncoder", "params": {"family": "nanovlm", "patch_size": 2,
+                                                                       "hidden": 8, "layers": 1, "heads": 2}},
+                   {"id": "mp", "type": "PixelShuffle", "params": {"factor": s}}], _img(3, 16, 16), ["vit", "mp"])
+    assert str(c.graph["mp"].out) == f"(B, {(8 // s) ** 2}, {8 * s * s})" and c.graph["mp"].out.grid == (8 // s,) * 2
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        out = m(image=x)
+    assert torch.equal(out["mp"], nanovlm_pixel_shuffle(out["vit.layer_norm"], s))
+
+
+def test_nanovlm_names():
+    """The published nanoVLM vision encoder's state-dict names (seed-systems.md)."""
+    m, _ = _build([{"id": "vision_encoder", "type": "VisionEncoder",
+                    "params": {"family": "nanovlm", "patch_size": 4, "hidden": 8, "layers": 2, "heads": 2}}],
+                  _img(3, 8, 8))
+    names = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert names["vision_encoder.patch_embedding.conv.weight"] == (8, 3, 4, 4)
+    assert names["vision_encoder.patch_embedding.position_embedding"] == (1, 4, 8)
+    assert names["vision_encoder.blocks.1.attn.qkv_proj.weight"] == (24, 8)
+    assert {"vision_encoder.blocks.0.ln1.bias", "vision_encoder.blocks.0.attn.out_proj.bias",
+            "vision_encoder.blocks.0.mlp.fc2.weight", "vision_encoder.layer_norm.weight"} <= set(names)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "area"])
+def test_grid_resample(mode):
+    """24x24 -> 14x14 as Oculus resamples SigLIP2; CLS/register tokens pass through."""
+    m, c = _build([{"id": "embed", "type": "PatchEmbed", "params": {"embed_dim": 4, "patch_size": 1,
+                                                                      "cls_token": True, "registers": 2}},
+                   {"id": "rs", "type": "GridResample", "params": {"size": [14, 14], "mode": mode}}],
+                  _img(3, 24, 24), ["embed", "rs"])
+    t = c.graph["rs"].out
+    assert (str(t), t.grid, t.prefix) == ("(B, 199, 4)", (14, 14), 3)
+    with torch.no_grad():
+        out = m(image=torch.randn(2, 3, 24, 24))
+    x = out["embed"]
+    grid = x[:, 3:].transpose(1, 2).reshape(2, 4, 24, 24)
+    ref = (torch.nn.functional.adaptive_avg_pool2d(grid, 14) if mode == "area" else
+           torch.nn.functional.interpolate(grid, size=(14, 14), mode="bilinear", align_corners=False))
+    assert torch.equal(out["rs"][:, :3], x[:, :3])
+    assert torch.allclose(out["rs"][:, 3:], ref.flatten(2).transpose(1, 2), atol=1e-6)
+
+
+@pytest.mark.parametrize("layer,inputs,needle", [
+    ({"type": "VisionEncoder", "params": {"family": "dinov2", "patch_size": 2, "hidden": 8, "layers": 1,
+                                          "heads": 2, "pooling_head": True}}, _img(3, 4, 4), "no attention-pooling"),
+    ({"type": "VisionEncoder", "params": {"family": "siglip", "patch_size": 2, "hidden": 8, "layers": 1,
+                                          "heads": 2, "positions": "rope2d"}}, _img(3, 4, 4), "2-D RoPE"),
+    ({"type": "VisionEncoder", "params": {"family": "dinov3", "patch_size": 2, "hidden": 12, "layers": 1,
+                                          "heads": 2}}, _img(3, 4, 4), "divisible by 4"),
+    ({"type": "PatchEmbed", "params": {"embed_dim": 8, "patch_size": 3, "kind": "linear"}}, _img(3, 8, 8),
+     "not a multiple"),
+    ({"type": "PatchEmbed", "params": {"embed_dim": 8, "patch_size": 2, "cls_token": True, "names": "siglip"}},
+     _img(3, 8, 8), "no cls"),
+    ({"type": "PixelShuffle", "params": {"factor": 2}}, [{"name": "x", "kind": "tokens", "shape": ["B", 16, 8]}],
+     "no patch grid"),
+])
+def test_vision_diagnostics(layer, inputs, needle):
+    c = compiler.compile({"name": "t", "inputs": inputs, "layers": [layer]})
+    assert not c.ok and any(needle in d.message for d in c.errors), [d.message for d in c.errors]
+
+
+def test_pixel_shuffle_refuses_prefix_tokens():
+    c = compiler.compile({"name": "t", "inputs": _img(3, 8, 8), "layers": [
+        {"type": "PatchEmbed", "params": {"embed_dim": 8, "patch_size": 2, "cls_token": True}},
+        {"type": "PixelShuffle", "params": {"factor": 2}}]})
+    assert not c.ok and "Select" in c.errors[0].hint
+    c = compiler.compile({"name": "t", "inputs": _img(3, 8, 8), "layers": [
+        {"type": "PatchEmbed", "params": {"embed_dim": 8, "patch_size": 2, "cls_token": True, "registers": 4}},
+        {"type": "Select", "params": {"tokens": "patches"}},
+        {"type": "PixelShuffle", "params": {"factor": 2}}]})
+    assert c.ok and str(c.graph.nodes()[-1].out) == "(B, 4, 32)"

@@ -125,8 +125,8 @@ class VisionEncoder(Op):
                 n = p.image_size // p.patch_size
                 embed["pos_grid"] = [n, n]
         block = {"depth": p.layers, "embed_dim": D, "num_heads": p.heads, "ff_dim": ff, "mlp": p.get("mlp"),
-                 "mlp_bias": p.mlp_bias, "norm": "layernorm", "norm_eps": eps, "attn_bias": p.get("attn_bias"), "causal": False,
-                 "names": pre["block_names"]}
+                 "mlp_bias": p.mlp_bias, "norm": "layernorm", "norm_eps": eps, "attn_bias": p.get("attn_bias"),
+                 "causal": False, "names": pre["block_names"]}
         if pre.get("fused_qkv"):
             block["fused_qkv"] = True
         if p.get("layer_scale") is not None:
