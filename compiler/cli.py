@@ -288,6 +288,40 @@ def graph(spec, out_file, depth, sets, verbose):
 
 
 @cli.command()
+@click.argument("spec_a", metavar="A", type=click.Path(dir_okay=False))
+@click.argument("spec_b", metavar="B", type=click.Path(dir_okay=False))
+@click.option("--budget", callback=_size_option, metavar="SIZE", help="Memory limit applied to both sides.")
+@set_option
+@click.option("--set-a", "sets_a", multiple=True, metavar="KEY=VALUE", help="Override in A only.")
+@click.option("--set-b", "sets_b", multiple=True, metavar="KEY=VALUE", help="Override in B only.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (docs/ci-gate.md).")
+@click.option("-v", "--verbose", is_flag=True, help="Also print warnings and notes of both specs.")
+def diff(spec_a, spec_b, budget, sets, sets_a, sets_b, as_json, verbose):
+    """What changed from spec A to spec B: layers added / removed / changed (parameter by parameter, repeated
+    blocks as one row), parameters, FLOPs, memory and budget verdicts, with deltas (compiler.diff).
+
+    Exit 0 whatever changed; 2 when a spec is invalid. `omnic diff m.json m.json --set-b lm.layers=32` compares a
+    spec with a variant of itself.
+    """
+    from .diff import diff as do_diff, tables
+    over = {"vram": budget} if budget else None
+    sides = [_compile(p, sets + extra, budget=over) for p, extra in ((spec_a, sets_a), (spec_b, sets_b))]
+    for path, c in zip((spec_a, spec_b), sides):
+        echo_diagnostics(c.diagnostics, verbose, quiet=not verbose)
+        if not c.ok or c.report is None:
+            click.echo(f"{path}: invalid spec ({len(c.errors)} errors), nothing compared", err=True)
+    if not all(c.ok and c.report is not None for c in sides):
+        sys.exit(EXIT_INVALID)
+    d = do_diff(*sides, files=(spec_a, spec_b))
+    if as_json:
+        click.echo(dump_json(d))
+        return
+    out = console()
+    for t in tables(d):
+        out.print(t)
+
+
+@cli.command()
 def schema():
     """Print the JSON Schema of specs (committed as specs/schema.json: `omnic schema > specs/schema.json`)."""
     from .schema import schema_text
