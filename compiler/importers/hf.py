@@ -9,8 +9,9 @@ Missing config keys take the defaults of transformers 5.x's config classes (DEFA
 them. What omnic cannot run (rope scaling, logit soft-capping, dense layers among MoE layers) is refused with a
 ValueError that names the key.
 
-Extension point (vision encoders): write `def _siglip(cfg: dict) -> dict` returning a spec and add
-`"siglip": _siglip` to IMPORTERS (and its renames to KEY_MAPS); nothing else changes.
+Vision encoders (siglip_vision_model, siglip2_vision_model, dinov2, dinov3_vit; full siglip / siglip2 configs give
+their vision tower) become one `VisionEncoder` layer (id "vision", compiler/ops/encoder.py) over a pixel_values
+image of the config's training size; their key maps read the names `save_pretrained` writes (the hub's).
 """
 from __future__ import annotations
 

@@ -47,7 +47,8 @@ PRESETS: dict[str, dict] = {
                     registers=0, mask_token=False, mlp="gelu_tanh", norm_eps=1e-6, layer_scale=None,
                     attn_bias=["q", "k", "v", "o"], rope_theta=None, fused_qkv=True),
 }
-PRESETS["siglip2"] = dict(PRESETS["siglip"], patch_kind="linear", interpolate="bilinear", antialias=True)
+PRESETS["siglip2"] = dict(PRESETS["siglip"], embed_names="siglip2", patch_kind="linear", interpolate="bilinear",
+                          antialias=True)
 FAMILY = Literal["siglip", "siglip2", "dinov2", "dinov3", "nanovlm"]
 
 

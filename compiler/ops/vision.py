@@ -35,6 +35,7 @@ EMBED_NAMES: dict[str, dict] = {
     "omnic": dict(proj="proj", pos="pos_embed", pos_layout="batched", cls="cls_token", registers="register_tokens",
                   mask="mask_token", mask_layout="batched"),
     "siglip": dict(proj="patch_embedding", pos="position_embedding.weight", pos_layout="rows"),
+    "siglip2": dict(proj="patch_embedding", pos="position_embedding.weight", pos_layout="rows"),   # a Linear proj
     "dinov2": dict(proj="patch_embeddings.projection", pos="position_embeddings", pos_layout="batched",
                    cls="cls_token", mask="mask_token", mask_layout="flat"),
     "dinov3": dict(proj="patch_embeddings", cls="cls_token", registers="register_tokens", mask="mask_token",
