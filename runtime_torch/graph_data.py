@@ -5,7 +5,7 @@ This is what generated code holds (`runtime_torch/emit.py` writes it with repr, 
 
     {"omnic_graph": 1,
      "nodes": [{"name": "lm_head", "op": "Linear", "params": {...resolved params...},
-                "inputs": [["layers.1", "out"]], "outputs": {"out": {"shape": ["B", "T", 11], "kind": "tokens", ...}},
+                "inputs": [["layers.1", "out"]], "outputs": {"out": {"shape": ["B", "T", 11], "kind": "tokens"}},
                 "frozen": False}, ...],            # in graph order (topological)
      "outputs": [["lm_head", "out"]]}
 
@@ -16,9 +16,11 @@ name an earlier node's output, and each node's recorded output types must be tho
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from typing import Any
 
 from compiler import registry
+from compiler.dims import Dim
 from compiler.ir import Graph, Node, TensorType
 
 VERSION = 1
@@ -30,7 +32,7 @@ def to_data(graph: Graph) -> dict[str, Any]:
         "op": n.op,
         "params": n.params.model_dump(mode="json"),
         "inputs": [[src, out] for src, out in n.inputs],
-        "outputs": {k: t.to_json() for k, t in n.outputs.items()},
+        "outputs": {k: _type_data(t) for k, t in n.outputs.items()},
         "frozen": n.frozen,
     } for n in graph.nodes()]
     data = {"omnic_graph": VERSION, "nodes": nodes, "outputs": [[n, o] for n, o in graph.outputs]}
@@ -55,8 +57,19 @@ def _check_plain(x: Any, where: str) -> None:
         raise TypeError(f"{where}: {type(x).__name__} is not plain data")
 
 
+def _type_data(t: TensorType) -> dict[str, Any]:
+    """Every field of the type (kind always, the others when not at their defaults), tuples as lists, dims as int or "T+64"."""
+    out: dict[str, Any] = {"shape": [d.const if d.is_const else str(d) for d in t.shape]}
+    for f in fields(TensorType)[1:]:
+        v = getattr(t, f.name)
+        if v != f.default or f.name == "kind":
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
 def _type(d: dict) -> TensorType:
-    return TensorType.make(d["shape"], d["kind"], d.get("dtype", "float"), d.get("grid"), d.get("prefix", 0))
+    rest = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "shape"}
+    return TensorType(tuple(Dim.of(x) for x in d["shape"]), **rest)
 
 
 def from_data(data: dict[str, Any]) -> Graph:
