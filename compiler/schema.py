@@ -154,9 +154,7 @@ def build_schema() -> dict[str, Any]:
                   for c in clauses],
     }
 
-    doc["properties"]["layers"] = {**doc["properties"]["layers"], "items": {"$ref": "#/$defs/Layer"}}
-    doc["properties"]["layers"].pop("type", None)
-    doc["properties"]["layers"]["type"] = "array"
+    doc["properties"]["layers"] = {**doc["properties"]["layers"], "type": "array", "items": {"$ref": "#/$defs/Layer"}}
     out = {"$schema": DIALECT, "title": "omnic spec",
            "description": (SpecDoc.__doc__ or "").strip(), **{k: v for k, v in doc.items() if k != "title"}}
     out["$defs"] = dict(sorted(defs.items()))
