@@ -3,6 +3,7 @@ byte-stable DOT and Mermaid, a clear exit 2 when Graphviz is missing. A tiny VLM
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 import shutil
 
@@ -10,9 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 import compiler
+from compiler.ci_outputs import find_specs
 from compiler.cli import cli
 from compiler.picture import INFERRED, picture, to_dot, to_mermaid
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 VLM = {
     "name": "tiny-vlm",
     "inputs": [{"name": "pixels", "kind": "image", "shape": ["B", 3, 32, 32]},
@@ -123,3 +126,18 @@ def test_bad_extension_and_invalid_spec_exit_2(spec, tmp_path):
     bad.write_text(json.dumps({**VLM, "layers": VLM["layers"] + [{"type": "Nope", "params": {}}]}))
     r = run("graph", bad, "-o", tmp_path / "g.dot")
     assert r.exit_code == 2 and "nothing drawn" in r.output and not (tmp_path / "g.dot").exists()
+
+
+SHIPPED = [str(pathlib.Path(p).relative_to(ROOT)) for p in find_specs([str(ROOT / "specs")])[0]]
+
+
+@pytest.mark.parametrize("path", SHIPPED)
+def test_every_shipped_spec_draws(path):
+    c = compiler.compile(str(ROOT / path))
+    if not c.ok:
+        pytest.skip(f"{path} does not compile (test_core / the spec's owner report it)")
+    pic = picture(c)
+    assert any(b.kind == "input" for b in pic.boxes) and any(b.kind == "output" for b in pic.boxes)
+    keys = {b.key for b in pic.boxes}
+    assert all(a.src in keys and a.dst in keys for a in pic.arrows)
+    assert to_dot(pic).count(" -> ") == len(pic.arrows)
