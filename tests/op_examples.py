@@ -238,3 +238,10 @@ OP_EXAMPLES.update({
        spec([layer("DecoderLM", dict(_TINY_MOE, family="mixtral"), id="lm")], [ids()]),
        spec([layer("DecoderLM", dict(_TINY_LM, family="nanovlm_lm"), id="lm")], [ids()])],
 })
+
+# MergeImageTokens: the test draws ids below the smallest vocabulary among their consumers, so with a 1-row
+# embedding every position is the placeholder (id 0) and the image tokens (B, T, D) fill all of them
+OP_EXAMPLES["MergeImageTokens"] = spec(
+    [layer("Embedding", {"num_embeddings": 1, "embedding_dim": 8}, id="emb"),
+     layer("MergeImageTokens", {"image_token_id": 0}, inputs=["emb", "img", "input_ids"])],
+    [ids(), tokens(8, name="img")])

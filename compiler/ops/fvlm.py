@@ -33,7 +33,7 @@ decode state is the LLM's KV cache over F + T positions; the per-layer DINO K/V 
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,6 +49,7 @@ _sub = ConfigDict(strict=True, extra="forbid", frozen=True)
 class DinoConfig(BaseModel):
     """DINOv2 (transformers Dinov2Config); defaults are DINOv2-small."""
     model_config = _sub
+    note: Optional[str] = Field(None, description="Free text (e.g. the checkpoint).")
     hidden: int = Field(384, ge=1, le=100_000)
     layers: int = Field(12, ge=1, le=1024)
     heads: int = Field(6, ge=1, le=1024)
@@ -62,6 +63,7 @@ class DinoConfig(BaseModel):
 class LlmConfig(BaseModel):
     """Llama (transformers LlamaConfig); defaults are SmolLM2-135M."""
     model_config = _sub
+    note: Optional[str] = Field(None, description="Free text (e.g. the checkpoint).")
     vocab_size: int = Field(49152, ge=1, le=10_000_000)
     hidden: int = Field(576, ge=1, le=100_000)
     layers: int = Field(30, ge=1, le=1024)

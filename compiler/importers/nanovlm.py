@@ -1,0 +1,90 @@
+"""Import nanoVLM models: a VLMConfig (the hub's config.json) -> an omnic spec, and the key map of its checkpoints.
+
+nanoVLM (huggingface/nanoVLM, `models/config.py`, `models/vision_language_model.py`) names its modules
+`vision_encoder.*` (SigLIP ViT: patch_embedding.{conv, position_embedding}, blocks.{i}.{ln1, attn.qkv_proj,
+attn.out_proj, ln2, mlp.fc1, mlp.fc2}, layer_norm), `MP.proj` (Linear without bias after the pixel shuffle) and
+`decoder.*` (Llama: token_embedding, blocks.{i}.{norm1, attn.{q,k,v,out}_proj, norm2, mlp.{gate,up,down}_proj},
+norm, head tied to token_embedding). The specs in specs/nanovlm/ use exactly these names, so a checkpoint loads
+with the identity map; `nanovlm_key_map()` only drops what is not a parameter of the published modules and checks
+nothing else (runtime_torch.load_state_dict_mapped reports every missing / unexpected / mis-shaped tensor). The tied
+head may be present (torch.save) or absent (safetensors); either loads.
+The vocabulary is lm_base_vocab_size + extra_token_amount (17) rounded up to a multiple of 128; the image
+placeholder `<|image|>` is the first added token, id = lm_base_vocab_size (its embedding rows are overwritten, in
+order, by the projected image tokens: MergeImageTokens).
+`spec_from_nanovlm_config(cfg)` covers the SigLIP + Llama architectures (original_small, default); the DINOv3 +
+Gemma-3 preset is specs/nanovlm/dinov3_gemma.json (its ViT and decoder keep transformers' names under
+`vision_encoder.` / `decoder.`; hf_key_map("dinov3_vit") / ("gemma3_text") renames give its backbones).
+Torch-free.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+PREFIXES = ("vision_encoder.", "MP.", "decoder.")
+
+
+def round_up(x: int, n: int = 128) -> int:
+    return (x + n - 1) // n * n
+
+
+def vocab_size(base: int, extra: int = 17) -> int:
+    """nanoVLM's embedding rows: base vocabulary + extra tokens, rounded up to a multiple of 128."""
+    return round_up(base + extra)
+
+
+def nanovlm_key_map() -> list[tuple[str, Optional[str]]]:
+    """(regex, replacement) renames from a nanoVLM state dict to the spec's names: identity on the three modules,
+    everything else (e.g. a saved rotary `inv_freq` buffer) dropped."""
+    return [(r"^(?!vision_encoder\.|MP\.|decoder\.)", None)]
+
+
+# VLMConfig defaults (nanoVLM models/config.py) for the keys read below
+DEFAULTS: dict[str, Any] = dict(
+    vit_architecture="siglip", vit_hidden_dim=768, vit_inter_dim=3072, vit_patch_size=16, vit_img_size=512,
+    vit_n_heads=12, vit_n_blocks=12, vit_ln_eps=1e-6, vit_cls_flag=False, lm_architecture="llama",
+    lm_hidden_dim=960, lm_inter_dim=2560, lm_rms_eps=1e-5, lm_re_base=100000, lm_base_vocab_size=49152,
+    extra_token_amount=17, lm_n_heads=15, lm_n_kv_heads=5, lm_n_blocks=32, lm_tie_weights=True,
+    mp_pixel_shuffle_factor=4)
+
+
+def spec_from_nanovlm_config(cfg: dict[str, Any], name: str = "nanoVLM") -> dict[str, Any]:
+    """The spec of a SigLIP + Llama nanoVLM (explicit ids = nanoVLM's module names; inputs image and input_ids)."""
+    c = {**DEFAULTS, **cfg}
+    if c["vit_architecture"] != "siglip" or c["lm_architecture"] != "llama":
+        raise ValueError(f"nanoVLM config: vit_architecture={c['vit_architecture']!r}, "
+                         f"lm_architecture={c['lm_architecture']!r}: only siglip + llama are imported "
+                         "(see specs/nanovlm/dinov3_gemma.json for DINOv3 + Gemma-3)")
+    if c["vit_cls_flag"]:
+        raise ValueError("nanoVLM config: vit_cls_flag=True is not supported (SigLIP has no CLS token)")
+    V = vocab_size(c["lm_base_vocab_size"], c["extra_token_amount"])
+    H, s, S = c["lm_hidden_dim"], c["mp_pixel_shuffle_factor"], c["vit_img_size"]
+    return {
+        "$schema": "../schema.json", "name": name,
+        "inputs": [{"name": "image", "kind": "image", "shape": ["B", 3, S, S]},
+                   {"name": "input_ids", "kind": "ids", "shape": ["B", "T"],
+                    "note": f"{(S // c['vit_patch_size'] // s) ** 2} image placeholders (id {c['lm_base_vocab_size']}) "
+                            "per example"}],
+        "layers": [
+            {"id": "vision_encoder", "type": "VisionEncoder", "inputs": ["image"],
+             "params": {"family": "nanovlm", "patch_size": c["vit_patch_size"], "hidden": c["vit_hidden_dim"],
+                        "layers": c["vit_n_blocks"], "heads": c["vit_n_heads"], "ff_dim": c["vit_inter_dim"],
+                        "image_size": S, "norm_eps": c["vit_ln_eps"]}},
+            {"id": "MP.pixel_shuffle", "type": "PixelShuffle", "inputs": ["vision_encoder"], "params": {"factor": s}},
+            {"id": "MP.proj", "type": "Linear", "inputs": ["MP.pixel_shuffle"],
+             "params": {"out_features": H, "bias": False}},
+            {"id": "decoder.token_embedding", "type": "Embedding", "inputs": ["input_ids"],
+             "params": {"num_embeddings": V, "embedding_dim": H}},
+            {"id": "merge", "type": "MergeImageTokens", "inputs": ["decoder.token_embedding", "MP.proj", "input_ids"],
+             "params": {"image_token_id": c["lm_base_vocab_size"]}},
+            {"id": "decoder.blocks", "type": "TransformerBlock", "inputs": ["merge"],
+             "params": {"depth": c["lm_n_blocks"], "hidden_dim": H, "num_heads": c["lm_n_heads"],
+                        "num_kv_heads": c["lm_n_kv_heads"], "ff_dim": c["lm_inter_dim"], "mlp": "swiglu",
+                        "mlp_bias": False, "norm": "rmsnorm", "norm_eps": c["lm_rms_eps"], "attn_bias": [],
+                        "causal": True, "rope": "1d", "rope_theta": float(c["lm_re_base"]), "names": "nanovlm_lm"}},
+            {"id": "decoder.norm", "type": "RMSNorm", "inputs": ["decoder.blocks"], "params": {"eps": c["lm_rms_eps"]}},
+            {"id": "decoder.head", "type": "Linear", "inputs": ["decoder.norm"],
+             "params": {"out_features": V, "bias": False,
+                        **({"tie": "decoder.token_embedding"} if c["lm_tie_weights"] else {"role": "head"})}},
+        ],
+        "outputs": ["decoder.head"],
+    }

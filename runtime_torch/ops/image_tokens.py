@@ -1,0 +1,25 @@
+"""Torch implementation of `compiler/ops/image_tokens.py`: MergeImageTokens (nanoVLM's placeholder overwrite)."""
+from __future__ import annotations
+
+from torch import nn
+
+from ..registry import implements
+
+
+@implements("MergeImageTokens")
+class MergeImageTokens(nn.Module):
+    def __init__(self, p, in_types):
+        super().__init__()
+        self.token = p.image_token_id
+
+    def forward(self, text, image, ids):
+        mask = ids == self.token                                                # (B, T)
+        n, want = int(mask.sum()), image.shape[0] * image.shape[1]
+        if n != want:
+            raise ValueError(f"MergeImageTokens: {n} placeholder tokens (id {self.token}) for {want} image tokens")
+        out = text.clone()
+        out[mask] = image.reshape(-1, image.shape[-1]).to(text.dtype)           # row-major placeholder order
+        return out                                                              # (B, T, D)
+
+    def extra_repr(self) -> str:
+        return f"image_token_id={self.token}"
