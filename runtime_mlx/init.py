@@ -69,5 +69,5 @@ def initialise(model, seed: int = 0) -> None:
         x = layout.to_mlx(draw(w.init_rule, tuple(w.shape), seed, name), w.shape, model.perms[name], source="torch",
                           name=name)
         new.append((name, x.astype(cur.dtype)))
-    model.load_weights(new, strict=False)
+    model.assign(new)
     mx.eval(model.parameters())

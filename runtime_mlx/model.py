@@ -109,6 +109,16 @@ class OmnicModel(nn.Module):
         mod, _, attr = name.rpartition(".")
         return self.module_at(mod)[attr]
 
+    def assign(self, pairs) -> None:
+        """Set owned tensors by full name: [(name, array in MLX layout)], each replacing an array of its shape."""
+        for name, x in pairs:
+            mod, _, attr = name.rpartition(".")
+            parent = self.module_at(mod)
+            cur = parent[attr]
+            if not isinstance(cur, mx.array) or tuple(cur.shape) != tuple(x.shape):
+                raise ValueError(f"{name}: cannot assign {tuple(x.shape)} to {getattr(cur, 'shape', cur)}")
+            parent[attr] = x
+
     def named_parameters(self) -> dict[str, mx.array]:
         """{full name: array} of every owned tensor (tied ones once, at their owner), in MLX layout."""
         return dict(tree_flatten(self.parameters()))
@@ -191,13 +201,19 @@ class OmnicModel(nn.Module):
         return {k: env[i] for k, i in self._outputs}
 
 
+def _is_box(m) -> bool:
+    """A module that only holds others on a dotted path (a node-name Container, or an op's Box)."""
+    from .ops.transformer import Box
+    return type(m) in (Container, Box)
+
+
 def _listify(mod: nn.Module) -> None:
-    """Containers whose children are exactly "0".."n-1" become lists, as mlx-lm holds its layers: the flattened names
+    """Path holders whose children are exactly "0".."n-1" become lists, as mlx-lm holds its layers: the flattened names
     are the same, and `tree_unflatten` (hence `Module.update` / `load_weights`) gives lists for numeric keys."""
     for k, v in list(mod.items()):
         if isinstance(v, nn.Module):
             _listify(v)
-            if type(v) is Container and v and sorted(v.keys()) == sorted(str(i) for i in range(len(v))):
+            if _is_box(v) and v and sorted(v.keys()) == sorted(str(i) for i in range(len(v))):
                 mod[k] = [v[str(i)] for i in range(len(v))]
         elif isinstance(v, list):
             for x in v:

@@ -173,6 +173,6 @@ def _assign(model, entries: dict[str, tuple[mx.array, str]], strict: bool, cast:
         w, cur = decls[owner], model.param(owner)
         x = layout.to_mlx(entries[fname][0], w.shape, model.perms[owner], source="torch", name=owner)
         new.append((owner, x.astype(cur.dtype) if x.dtype != cur.dtype else x))
-    model.load_weights(new, strict=False)
+    model.assign(new)
     mx.eval(model.parameters())
     return LoadResult(missing, unexpected)

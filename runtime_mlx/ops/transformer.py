@@ -146,8 +146,6 @@ def grid_angles(grid, rd: int, theta: float) -> mx.array:
 # --- the block -----------------------------------------------------------------------------------------------------
 @implements("TransformerBlock")
 class TransformerBlock(nn.Module):
-    stateful = True        # the model runner passes `cache=` when decoding
-
     def __init__(self, p, in_types):
         super().__init__()
         n = lambda role: name_of(p.names, role)  # noqa: E731

@@ -1,0 +1,145 @@
+"""MLX implementation of `compiler/ops/fvlm.py` (mirror of `runtime_torch/ops/fvlm.py`): FoveatedVLM, the three
+modes of the published fVLM code.
+
+The parts are the runtime's own modules, installed at the checkpoint's names: the DINOv2 embeddings are a
+PatchEmbed (`encoder.dino.embeddings`), the DINOv2 and Llama layers are TransformerBlocks
+(`encoder.dino.encoder.layer.{i}`, `llm.model.layers.{i}`). The deep query reuses each DINO layer's norm1 / query /
+output / LayerScale / MLP on one token against that layer's cached K, V.
+
+    __call__(frames, ids, mode=None) -> logits (B, F + T, V)            mode defaults to the spec's `mode`
+    generate(frames, ids, max_new_tokens, mode=None) -> ids (B, max_new_tokens), greedy, with the LLM KV cache
+Shapes: B batch, F frames, n = 1 + g*g DINO tokens per frame, D DINO width, Q query width, H LLM width, T text.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import mlx.core as mx
+from mlx import nn
+
+from compiler.ir import IMAGE, TOKENS, TensorType
+from compiler.ops.fvlm import MODES, dino_block, dino_embed, llm_block
+
+from .. import registry as impls
+from ..registry import implements
+from .transformer import LayerCache, Lin, Norm, _ref, place
+
+
+@implements("FoveatedVLM")
+class FoveatedVLM(nn.Module):
+    def __init__(self, p, in_types):
+        super().__init__()
+        d, m, D, H, Q = p.dino, p.llm, p.dino.hidden, p.llm.hidden, p.query_dim
+        g, S = p.grid, p.grid * d.patch_size
+        self.mode, self.scale, self.tie = p.mode, p.visual_scale, m.tie
+        self.heads, self.hs = d.heads, D // d.heads
+        image = TensorType.make(["B", 3, S, S], IMAGE)
+        dino_tokens = TensorType.make(["B", 1 + g * g, D], TOKENS, grid=(g, g), prefix=1)
+        text = TensorType.make(["B", "T", H], TOKENS)
+        Block = impls.get("TransformerBlock")
+        place(self, "encoder.dino.embeddings", impls.get("PatchEmbed")(dino_embed(p), [image]))
+        self["encoder"]["dino"]["encoder"] = nn.Module()
+        self["encoder"]["dino"]["encoder"]["layer"] = [Block(dino_block(p), [dino_tokens]) for _ in range(d.layers)]
+        place(self, "encoder.dino.layernorm", Norm(D, "layernorm", d.norm_eps))
+        place(self, "encoder.query_input_proj", Lin(D, Q, False))
+        place(self, "encoder.output_proj", Lin(D, D, True))
+        place(self, "llm.model.embed_tokens.weight", param=(m.vocab_size, H))
+        self["llm"]["model"]["layers"] = [Block(llm_block(p), [text]) for _ in range(m.layers)]
+        place(self, "llm.model.norm", Norm(H, "rmsnorm", m.norm_eps))
+        if not m.tie:
+            place(self, "llm.lm_head", Lin(m.vocab_size, H, False))
+        self.dino_to_llm, self.llm_to_query = Lin(H, D, True), Lin(Q, H, True)
+        self.q_static, self.q_init = mx.zeros((1, Q)), mx.zeros((1, Q))
+        dino = self["encoder"]["dino"]
+        _ref(self, dino=dino, dino_layers=dino["encoder"]["layer"], llm_layers=self["llm"]["model"]["layers"])
+
+    # --- the encoder ------------------------------------------------------------------------------------------------
+    def _attend(self, layer, x, h, k, v):
+        """One DINO layer for tokens x (N, s, D) whose normed form is h, attending to k, v (N, n, D)."""
+        N, s, D = x.shape
+        heads = lambda t: t.reshape(N, t.shape[1], self.heads, self.hs).transpose(0, 2, 1, 3)   # noqa: E731
+        y = mx.fast.scaled_dot_product_attention(heads(layer.q(h)), heads(k), heads(v), scale=self.hs ** -0.5)
+        (m1, k1), (m2, k2) = layer.ls
+        x = x + m1[k1] * layer.o(y.transpose(0, 2, 1, 3).reshape(N, s, D))
+        return x + m2[k2] * layer.ffn(layer.norm2(x))                                # (N, s, D)
+
+    def encode_frames(self, images):
+        """(N, 3, S, S) -> per DINO layer (K, V) of norm1 of its input, each (N, n, D)."""
+        x = self.dino["embeddings"](images)                                     # (N, n, D)
+        cache = []
+        for layer in self.dino_layers:
+            h = layer.norm1(x)
+            k, v = layer.k(h), layer.v(h)
+            cache.append((k, v))
+            x = self._attend(layer, x, h, k, v)
+        return cache
+
+    def query_attend(self, query, cache):
+        """query (N, Q) -> one token per frame (N, D) through every layer's cached K, V (deep query)."""
+        enc = self["encoder"]
+        x = enc["query_input_proj"](query)[:, None]                            # (N, 1, D)
+        for layer, (k, v) in zip(self.dino_layers, cache):
+            x = self._attend(layer, x, layer.norm1(x), k, v)
+        return enc["output_proj"](self.dino["layernorm"](x)[:, 0])             # (N, D)
+
+    # --- the language model -----------------------------------------------------------------------------------------
+    def embed(self, ids):
+        return self["llm"]["model"]["embed_tokens"]["weight"][ids]             # (B, T, H)
+
+    def visual(self, z):
+        return self.dino_to_llm(z) * self.scale                                 # (..., H)
+
+    def hidden(self, x, caches: Optional[list] = None):
+        for i, layer in enumerate(self.llm_layers):
+            x = layer(x, caches[i] if caches is not None else None)
+        return self["llm"]["model"]["norm"](x)                                  # (B, s, H)
+
+    def logits(self, h):
+        llm = self["llm"]
+        w = llm["model"]["embed_tokens"]["weight"] if self.tie else llm["lm_head"]["weight"]
+        return h @ w.T                                                          # (B, s, V)
+
+    # --- modes ------------------------------------------------------------------------------------------------------
+    def _prefill(self, frames, ids, mode: str, caches: Optional[list]):
+        """Hidden states (B, F + T, H) of [visual tokens, text]; fills `caches` with the LLM's K, V."""
+        if mode not in MODES:
+            raise ValueError(f"unknown fVLM mode {mode!r}; modes: {', '.join(MODES)}")
+        B, Fr = frames.shape[:2]
+        kv = self.encode_frames(frames.reshape(B * Fr, *frames.shape[2:]))     # per layer (B*F, n, D)
+        text = self.embed(ids)                                                  # (B, T, H)
+        if mode == "autoregressive":
+            caches = caches if caches is not None else self.new_caches()
+            per_frame = [(k.reshape(B, Fr, *k.shape[1:]), v.reshape(B, Fr, *v.shape[1:])) for k, v in kv]
+            q, hs = mx.broadcast_to(self.q_init, (B, self.q_init.shape[1])), []
+            for t in range(Fr):
+                z = self.query_attend(q, [(k[:, t], v[:, t]) for k, v in per_frame])   # (B, D)
+                h = self.hidden(self.visual(z)[:, None], caches)                       # (B, 1, H)
+                hs.append(h)
+                q = self.llm_to_query(h[:, -1])                                         # (B, Q)
+            return mx.concatenate(hs + [self.hidden(text, caches)], axis=1)
+        q = mx.broadcast_to(self.q_static, (B * Fr, self.q_static.shape[1]))   # (B*F, Q)
+        z = self.query_attend(q, kv).reshape(B, Fr, -1)                         # (B, F, D)
+        if mode == "coarse_fine":
+            queries = self.llm_to_query(self.hidden(self.visual(z)))            # (B, F, Q): coarse pass, visual only
+            first = mx.broadcast_to(self.q_init[None], (B, 1, self.q_init.shape[1]))
+            shifted = mx.concatenate([first, queries[:, :-1]], axis=1)          # frame t <- frame t-1
+            z = self.query_attend(shifted.reshape(B * Fr, -1), kv).reshape(B, Fr, -1)
+        return self.hidden(mx.concatenate([self.visual(z), text], axis=1), caches)   # (B, F+T, H)
+
+    def new_caches(self) -> list:
+        return [LayerCache() for _ in self.llm_layers]
+
+    def __call__(self, frames, ids, mode: Optional[str] = None):
+        return self.logits(self._prefill(frames, ids, mode or self.mode, None))   # (B, F+T, V)
+
+    def generate(self, frames, ids, max_new_tokens: int, mode: Optional[str] = None):
+        """Greedy decoding after [frames, ids]: (B, max_new_tokens) token ids."""
+        caches = self.new_caches()
+        h = self._prefill(frames, ids, mode or self.mode, caches)
+        out = []
+        for _ in range(max_new_tokens):
+            nxt = mx.argmax(self.logits(h[:, -1:]), axis=-1)                    # (B, 1)
+            mx.eval(nxt)
+            out.append(nxt)
+            h = self.hidden(self.embed(nxt), caches)
+        return mx.concatenate(out, axis=1)
