@@ -12,6 +12,7 @@ This is what generated code holds (`runtime_torch/emit.py` writes it with repr, 
 Reading it back trusts nothing: each params dict is validated again by its op's Params model (strict, unknown keys
 refused) and must be a fixed point of the op's `resolve` on its inputs (no contradiction reported), each input must
 name an earlier node's output, and each node's recorded output types must be those its op's shape rule gives.
+This file imports only `compiler` (no torch, no relative imports): runtime_mlx loads it on its own.
 """
 from __future__ import annotations
 

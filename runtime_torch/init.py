@@ -9,7 +9,8 @@ The scheme (the same in every runtime, so a seed names one set of weights):
     seed and its name only: not on construction order, on the other tensors, on the device or on the dtype (values
     are drawn in float32 on the CPU, then cast and copied);
   * the declaration's `W.init_rule` says what to draw: "normal" = N(0, 0.02), "zeros", "ones", "const:<v>".
-`seed` is an integer in [0, 2**32).
+`seed` is an integer in [0, 2**32). This file imports only torch (no relative imports): runtime_mlx loads it on its
+own to draw the same values.
 """
 from __future__ import annotations
 

@@ -136,10 +136,22 @@ def test_node_named_like_a_module_attribute():
 
 
 def test_node_under_another_node():
-    m = rt.build(compiled(spec([layer("Linear", {"out_features": 8}, id="enc"),
-                                layer("Linear", {"out_features": 4}, id="enc.proj")], [tokens(8)])))
-    assert isinstance(m.enc, torch.nn.Module) and m.module_at("enc.proj") is m.node("enc.proj")
-    assert {"enc.weight", "enc.proj.weight"} <= set(m.state_dict())
+    enc, proj = layer("Linear", {"out_features": 8}, id="enc"), layer("Linear", {"out_features": 8}, id="enc.proj")
+    for layers in ([enc, proj], [proj, enc]):                                  # the parent node first, or last
+        m = rt.build(compiled(spec(layers, [tokens(8)])))
+        assert m.module_at("enc") is m.node("enc") and m.module_at("enc.proj") is m.node("enc.proj")
+        assert set(m.state_dict()) == {"enc.weight", "enc.bias", "enc.proj.weight", "enc.proj.bias"}
+
+
+def test_standalone_modules_import_no_package():
+    """runtime_mlx loads graph_data.py (compiler only, no torch) and init.py (torch only) as lone files."""
+    for f, banned in (("graph_data.py", ("torch", "runtime_torch")), ("init.py", ("compiler", "runtime_torch"))):
+        tree = ast.parse(open(rt.__path__[0] + "/" + f).read())
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom):
+                assert n.level == 0 and n.module.split(".")[0] not in banned, (f, n.module)
+            elif isinstance(n, ast.Import):
+                assert all(a.name.split(".")[0] not in banned for a in n.names), f
 
 
 def test_plan_frees_intermediates_and_skips_dead_nodes():
@@ -196,6 +208,8 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(y, ref)
     y.sum().backward()
     assert m.emb.weight.grad is not None
+    x = torch.randint(0, 11, (3, 7))                                           # a new shape: dynamic recompile
+    torch.testing.assert_close(cm(input_ids=x)["lm_head"], m(input_ids=x)["lm_head"])
 
 
 # --- op semantics ----------------------------------------------------------------------------------------------------
