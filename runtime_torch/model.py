@@ -15,7 +15,7 @@ released at their last use). It returns {output name: tensor}, named `node` or `
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import torch
 from torch import nn
@@ -26,19 +26,25 @@ from compiler.registry import W
 
 from . import registry as impls
 
+if TYPE_CHECKING:
+    from compiler import Compiled
+
 
 class Container(nn.Module):
     """A plain module holding the nodes (and containers) under one dotted prefix."""
 
 
 def _child(parent: nn.Module, key: str, mod: nn.Module, where: str) -> None:
-    if key in parent._parameters or key in parent._buffers:
-        raise ValueError(f"node {where!r} collides with a tensor of the same name in its parent module")
-    parent._modules[key] = mod          # replaces a Container in place (same position), see `_install`
+    """Attach `mod` as `parent.<key>`; only a Container may be replaced (in place: same position)."""
+    old = parent._modules.get(key)
+    if key in parent._parameters or key in parent._buffers or (old is not None and not isinstance(old, Container)):
+        raise ValueError(f"node {where!r} collides with a tensor or module of the same name inside "
+                         f"{type(parent).__name__}")
+    parent._modules[key] = mod
 
 
 class OmnicModel(nn.Module):
-    def __init__(self, graph: Union[Graph, "Compiled"]):  # noqa: F821
+    def __init__(self, graph: Union[Graph, "Compiled"]):
         super().__init__()
         if not isinstance(graph, Graph):
             graph = graph.raise_for_errors().graph
@@ -72,7 +78,7 @@ class OmnicModel(nn.Module):
                 _child(parent, part, child, ".".join(path[:i + 1]))
             parent = child
         old = parent._modules.get(last)
-        if old is not None:             # a container made for deeper nodes: they become children of `mod`
+        if isinstance(old, Container):  # made for deeper nodes, which become children of `mod`
             for k, v in old._modules.items():
                 _child(mod, k, v, f"{name}.{k}")
         _child(parent, last, mod, name)

@@ -141,6 +141,9 @@ def test_node_under_another_node():
         m = rt.build(compiled(spec(layers, [tokens(8)])))
         assert m.module_at("enc") is m.node("enc") and m.module_at("enc.proj") is m.node("enc.proj")
         assert set(m.state_dict()) == {"enc.weight", "enc.bias", "enc.proj.weight", "enc.proj.bias"}
+    clash = spec([layer("LayerNorm", id="a"), layer("Linear", {"out_features": 4}, id="a.weight")], [tokens(4)])
+    with pytest.raises(ValueError, match="collides"):
+        rt.build(compiled(clash))
 
 
 def test_standalone_modules_import_no_package():
