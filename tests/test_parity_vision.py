@@ -75,18 +75,17 @@ SIGLIP_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, nu
                    patch_size=8, attn_implementation="eager")
 
 
-@pytest.mark.parametrize("head", [True, False])
-def test_siglip(tmp_path, head):
+@pytest.mark.parametrize("head,hw", [(True, (32, 32)), (False, (32, 32)), (True, (24, 40))])
+def test_siglip(tmp_path, head, hw):
+    """(24, 40): the 4x4 table resized to 3x5, as transformers' interpolate_pos_encoding=True (bicubic)."""
     m = hf_model(transformers.SiglipVisionModel, transformers.SiglipVisionConfig(**SIGLIP_TINY, vision_use_head=head))
-    om, _ = omnic_from(m, tmp_path)
-    x = torch.randn(2, 3, 32, 32)
+    om, _ = omnic_from(m, tmp_path, hw)
+    x = torch.randn(2, 3, *hw)
     with torch.no_grad():
-        ref, out = m(pixel_values=x), om(pixel_values=x)
+        ref, out = m(pixel_values=x, interpolate_pos_encoding=hw != (32, 32)), om(pixel_values=x)
+    assert max_diff(out["vision.vision_model.post_layernorm"], ref.last_hidden_state) < ATOL
     if head:
-        assert max_diff(out["vision.vision_model.post_layernorm"], ref.last_hidden_state) < ATOL
         assert max_diff(out["vision.vision_model.head"], ref.pooler_output) < ATOL
-    else:
-        assert max_diff(out["vision.vision_model.post_layernorm"], ref.last_hidden_state) < ATOL
 
 
 @pytest.mark.parametrize("hw", [(32, 32), (24, 40)])
