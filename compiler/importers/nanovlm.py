@@ -5,23 +5,20 @@ nanoVLM (huggingface/nanoVLM, `models/config.py`, `models/vision_language_model.
 attn.out_proj, ln2, mlp.fc1, mlp.fc2}, layer_norm), `MP.proj` (Linear without bias after the pixel shuffle) and
 `decoder.*` (Llama: token_embedding, blocks.{i}.{norm1, attn.{q,k,v,out}_proj, norm2, mlp.{gate,up,down}_proj},
 norm, head tied to token_embedding). The specs in specs/nanovlm/ use exactly these names, so a checkpoint loads
-with the identity map; `nanovlm_key_map()` only drops what is not a parameter of the published modules and checks
-nothing else (runtime_torch.load_state_dict_mapped reports every missing / unexpected / mis-shaped tensor). The tied
-head may be present (torch.save) or absent (safetensors); either loads.
+with the identity map; `nanovlm_key_map()` drops only what is not a parameter of the published modules (its
+persistent rotary buffer `decoder.rotary_embd.inv_freq`); runtime_torch.load_state_dict_mapped reports every
+missing / unexpected / mis-shaped tensor. The tied head may be present (torch.save) or absent (safetensors).
 The vocabulary is lm_base_vocab_size + extra_token_amount (17) rounded up to a multiple of 128; the image
 placeholder `<|image|>` is the first added token, id = lm_base_vocab_size (its embedding rows are overwritten, in
 order, by the projected image tokens: MergeImageTokens).
 `spec_from_nanovlm_config(cfg)` covers the SigLIP + Llama architectures (original_small, default); the DINOv3 +
-Gemma-3 preset is specs/nanovlm/dinov3_gemma.json (its ViT and decoder keep transformers' names under
-`vision_encoder.` / `decoder.`; hf_key_map("dinov3_vit") / ("gemma3_text") renames give its backbones).
+Gemma-3 preset is specs/nanovlm/dinov3_gemma.json (its ViT and decoder keep transformers' names, so their
+pretrained checkpoints load with the prefixes `vision_encoder.` and `decoder.`).
 Torch-free.
 """
 from __future__ import annotations
 
 from typing import Any, Optional
-
-PREFIXES = ("vision_encoder.", "MP.", "decoder.")
-
 
 def round_up(x: int, n: int = 128) -> int:
     return (x + n - 1) // n * n
@@ -33,9 +30,9 @@ def vocab_size(base: int, extra: int = 17) -> int:
 
 
 def nanovlm_key_map() -> list[tuple[str, Optional[str]]]:
-    """(regex, replacement) renames from a nanoVLM state dict to the spec's names: identity on the three modules,
-    everything else (e.g. a saved rotary `inv_freq` buffer) dropped."""
-    return [(r"^(?!vision_encoder\.|MP\.|decoder\.)", None)]
+    """(regex, replacement) renames from a nanoVLM state dict to the spec's names: identity on the three modules;
+    anything else, and the rotary `inv_freq` buffer nanoVLM registers as persistent, is dropped."""
+    return [(r"^(?!vision_encoder\.|MP\.|decoder\.)", None), (r"(^|\.)inv_freq$", None)]
 
 
 # VLMConfig defaults (nanoVLM models/config.py) for the keys read below
