@@ -136,6 +136,19 @@ def test_dinov3(tmp_path, gated, hw):
     assert max_diff(out["vision.norm"], ref.last_hidden_state) < ATOL
 
 
+def test_dinov3_without_registers_keeps_the_empty_table(tmp_path):
+    """transformers declares (and saves) register_tokens (1, 0, D) even without registers."""
+    cfg = transformers.DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, image_size=32, patch_size=8, num_register_tokens=0,
+                                       attn_implementation="eager")
+    m = hf_model(transformers.DINOv3ViTModel, cfg)
+    om, _ = omnic_from(m, tmp_path)
+    assert tuple(om.state_dict()["vision.embeddings.register_tokens"].shape) == (1, 0, 32)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert max_diff(om(pixel_values=x)["vision.norm"], m(pixel_values=x).last_hidden_state) < ATOL
+
+
 def test_full_siglip_config_imports_its_vision_tower():
     vis = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
                patch_size=8)
