@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 ERROR, WARNING, NOTE = "error", "warning", "note"
+MAX_ERRORS = 100       # past this a collector stops the pass: a hostile spec must not make millions of messages
 _ORDER = {ERROR: 0, WARNING: 1, NOTE: 2}
 
 
@@ -60,6 +61,7 @@ class Diagnostics:
     locate: Optional[object] = None    # callable(path tuple) -> (line, col) | None
     items: list[Diagnostic] = field(default_factory=list)
     _seen: set = field(default_factory=set, repr=False)
+    _errors: int = field(default=0, repr=False)
 
     def add(self, severity: str, path: tuple | str, message: str, hint: str | None = None, code: str = "") -> None:
         ptuple = path if isinstance(path, tuple) else ()
@@ -74,6 +76,12 @@ class Diagnostics:
             return
         self._seen.add(d)
         self.items.append(d)
+        if severity == ERROR:
+            self._errors += 1
+            if self._errors >= MAX_ERRORS:
+                self.items.append(Diagnostic(ERROR, f"{MAX_ERRORS} errors; stopping here", "", self.file, line, col,
+                                             "fix these and run again", "limit"))
+                raise SpecError(self.items)
 
     def error(self, path, message, hint=None, code=""):
         self.add(ERROR, path, message, hint, code)

@@ -388,6 +388,8 @@ def _visit(low: Lowering) -> None:
     order = list(nx.lexicographical_topological_sort(g.g, key=lambda n: (index[n], n)))
     streams: list[Stream] = [Stream(n, "out", g[n].out) for n in g.order if g[n].op == "Input" and g[n].outputs]
     new_order = [n for n in g.order if g[n].op == "Input"]
+    by_key: dict[tuple[str, str], list[Stream]] = {}
+    n_indexed = 0
     for name in order:
         if name not in pend:
             continue
@@ -410,8 +412,11 @@ def _visit(low: Lowering) -> None:
             infer_node(g, node, low.diag)
         if getattr(node.params, "tie", None):
             _tie(low, node)        # after inference: the shape check needs the resolved in_features
-        for s in streams:
-            if any(s.node == src and s.out == out for src, out in node.inputs):
+        for s in streams[n_indexed:]:      # index new streams: marking by scanning them all is quadratic
+            by_key.setdefault((s.node, s.out), []).append(s)
+        n_indexed = len(streams)
+        for src, out in node.inputs:
+            for s in by_key.get((src, out), ()):
                 s.consumed = True
         for out, t in node.outputs.items():
             streams.append(Stream(name, out, t))
@@ -503,11 +508,10 @@ def _infer_inputs(low: Lowering, pd: Pending, op, streams: list[Stream], order: 
         low.diag.note(path, f"inferred input: {ids[-1].node} -> {node.name}", code="inferred-edge")
         return
 
-    cands = [s for s in streams if fits(s, slot.kinds)]
-    if cands:
-        best = cands[-1]
+    best = next((s for s in reversed(streams) if fits(s, slot.kinds)), None)   # the most recent; usually the last
+    if best is not None:
         if TOKENS in slot.kinds and getattr(op, "joins_streams", False):
-            loose = [s for s in cands if not s.consumed and s.type.kind == TOKENS]
+            loose = [s for s in streams if not s.consumed and s.type.kind == TOKENS and fits(s, slot.kinds)]
             if len(loose) > 1:
                 joined = _implicit_concat(low, node, loose, streams, order)
                 wire(joined)

@@ -16,14 +16,15 @@ from .diagnostics import Diagnostic, SpecError, ERROR
 
 MAX_BYTES = 4 * 1024 * 1024        # a spec is a few KiB; 4 MiB leaves room for generated specs
 MAX_DEPTH = 64                     # nesting of objects and arrays
+MAX_TOKENS = 500_000               # 20,000 layers written out; bounds the parse's time and memory below MAX_BYTES
 
-_TOKEN = re.compile(r"""
-    (?P<ws>[ \t\n\r]+)
-  | (?P<punct>[{}\[\]:,])
+_TOKEN = re.compile(r"""[ \t\n\r]*(?:
+    (?P<punct>[{}\[\]:,])
   | (?P<string>"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*")
   | (?P<number>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)
   | (?P<word>true|false|null)
-""", re.VERBOSE)
+  | (?P<bad>[^ \t\n\r]))
+""", re.VERBOSE)   # every non-blank character starts a match, so the matches cover the text but for blanks
 
 
 @dataclass
@@ -67,12 +68,18 @@ class _Parser:
         raise SpecError([Diagnostic(ERROR, message, "", self.file, line, col, hint, "json")])
 
     def tokenize(self) -> None:
-        text, n, off = self.text, len(self.text), 0
+        text, n = self.text, len(self.text)
         toks = self.tokens
-        match = _TOKEN.match
-        while off < n:
-            m = match(text, off)
-            if m is None:
+        append = toks.append
+        for m in _TOKEN.finditer(text):          # one match per token: 4 MiB in seconds, not tens of seconds
+            kind = m.lastgroup
+            if kind != "bad":
+                append((kind, m.group(kind), m.start(kind)))
+                if len(toks) > MAX_TOKENS:
+                    self.fail(m.start(kind), f"spec has more than {MAX_TOKENS:,} JSON tokens",
+                              "a spec describes an architecture; use 'repeat' rather than writing layers out")
+            else:
+                off = m.start(kind)
                 bad = text[off:off + 12].split("\n")[0]
                 hint = None
                 if bad.startswith(("NaN", "Infinity", "-Infinity")):
@@ -84,10 +91,6 @@ class _Parser:
                 elif bad.startswith('"'):
                     hint = "a string must close on the same line; control characters must be escaped"
                 self.fail(off, f"invalid JSON at {bad!r}", hint)
-            kind = m.lastgroup
-            if kind != "ws":
-                toks.append((kind, m.group(), off))
-            off = m.end()
         toks.append(("eof", "", n))
 
     def next(self):
@@ -101,17 +104,27 @@ class _Parser:
             got = "end of file" if kind == "eof" else repr(text)
             self.fail(off, f"expected '{value}' but found {got}")
 
+    def string(self, text: str, off: int) -> str:
+        s = json.loads(text)
+        if "\\u" in text:
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError:                      # a lone surrogate escape cannot be printed or saved
+                self.fail(off, f"string {text[:20]}... holds an unpaired surrogate escape",
+                          "\\ud800-\\udfff escapes must come in pairs")
+        return s
+
     def value(self, path: tuple, depth: int):
         kind, text, off = self.next()
         if depth > MAX_DEPTH:
             self.fail(off, f"JSON nested deeper than {MAX_DEPTH} levels")
         self.locs[path] = self.pos(off)
         if kind == "string":
-            return json.loads(text)
+            return text[1:-1] if "\\" not in text else self.string(text, off)
         if kind == "number":
             if len(text) > 100:                 # int() refuses > 4300 digits; no dimension needs 100
                 self.fail(off, f"number {text[:20]}... has {len(text):,} characters", "use a number of sensible size")
-            v = json.loads(text)
+            v = float(text) if "." in text or "e" in text or "E" in text else int(text)
             if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
                 self.fail(off, f"number {text} is out of range", "use a finite number")
             return v
@@ -128,7 +141,7 @@ class _Parser:
                     got = "end of file" if kkind == "eof" else repr(ktext)
                     self.fail(koff, f"expected a quoted key but found {got}",
                               "a trailing comma is not allowed in JSON" if ktext == "}" else None)
-                key = json.loads(ktext)
+                key = ktext[1:-1] if "\\" not in ktext else self.string(ktext, koff)
                 if key in obj:
                     first = self.key_locs.get(path + (key,))
                     where = f" (first at line {first[0]}, column {first[1]})" if first else ""
