@@ -102,7 +102,7 @@ def echo_diagnostics(diags, verbose: bool = False, quiet: bool = False) -> None:
 def console():
     from rich.console import Console
     return Console(markup=False, highlight=False, emoji=False, soft_wrap=False,
-                   width=None if sys.stdout.isatty() else 160)
+                   width=None if sys.stdout.isatty() else 220)
 
 
 def _finite(x: Any) -> Any:

@@ -83,57 +83,66 @@ def expect_line(e: dict) -> str:
 
 
 # --- check tables ----------------------------------------------------------------------------------------------------
-def _table(title: str, *cols: str, **kw):
-    """A table whose heading is printed above it (a rich title would wrap to the table's width)."""
+def table(title: str, cols: list[str], rows: list[list[str]], text_cols: int = 1, footer: list[str] | None = None):
+    """A bold heading over a table (a rich title would wrap to the table's width). The first `text_cols` columns
+    hold names and shapes (left-aligned, folded when the terminal is narrow); the others hold figures
+    (right-aligned, never cut: their minimum width is their widest cell). `footer` is a last row after a rule."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
-    t = Table(header_style="bold", **kw)
+    t = Table(header_style="bold")
+    every = rows + ([footer] if footer else [])
     for i, c in enumerate(cols):
-        t.add_column(c, justify="left" if i == 0 else "right", no_wrap=True)
-    return t, Group(Text(title, style="bold"), t)
+        if i < text_cols:
+            t.add_column(c, justify="left", overflow="fold")
+        else:
+            t.add_column(c, justify="right", no_wrap=True, min_width=max([len(c)] + [len(r[i]) for r in every]))
+    for r in rows:
+        t.add_row(*r)
+    if footer:
+        t.add_section()
+        t.add_row(*footer, style="bold")
+    return Group(Text(title, style="bold"), t)
 
 
 def check_tables(rep: dict) -> list:
-    """The tables `omnic check` prints for one report: counts and FLOPs, memory by format, training."""
+    """The tables `omnic check` prints for one report: counts and FLOPs, memory by format, training,
+    expectations."""
     s = rep["settings"]
     p, f, m = rep["params"], rep["flops"], rep["memory"]
-    at = f"batch {s['batch']}, context {s['context']}" + (f", frames {s['frames']}" if rep.get("inputs") and any(
-        i.get("kind") == "video" for i in rep["inputs"].values()) else "")
-    t, tg = _table(f"{rep['name']}  ({at})", "", "value")
-    t.add_row("params total", fmt_count(p["total"]))
-    t.add_row("params trainable", fmt_count(p["trainable"]))
-    t.add_row("params active (per token)", fmt_count(p["active"]))
+    video = any(i.get("kind") == "video" for i in (rep.get("inputs") or {}).values())
+    at = f"batch {s['batch']}, context {s['context']}" + (f", frames {s['frames']}" if video else "")
+    counts = [["params total", fmt_count(p["total"])],
+              ["params trainable", fmt_count(p["trainable"])],
+              ["params active (per token)", fmt_count(p["active"])]]
     if p["frozen"]:
-        t.add_row("params frozen", fmt_count(p["frozen"]))
-    t.add_row("FLOPs prefill", fmt_flops(f["prefill"]))
-    t.add_row("FLOPs per decoded token", fmt_flops(f["decode_per_token"]))
-    t.add_row("FLOPs train step", fmt_flops(f["train_step"]))
+        counts.append(["params frozen", fmt_count(p["frozen"])])
+    counts += [["FLOPs prefill", fmt_flops(f["prefill"])],
+               ["FLOPs per decoded token", fmt_flops(f["decode_per_token"])],
+               ["FLOPs train step", fmt_flops(f["train_step"])]]
+    out = [table(f"{rep['name']}  ({at})", ["", "value"], counts)]
 
-    mt, mg = _table("memory by storage format (* the format in force; inference = weights + decode state + "
-                    "activation peak)",
-                "format", "weights", "decode state", "activation peak", "inference")
-    for fmt in m["weights"]:
-        mark = " *" if fmt == s["format"] else ""
-        mt.add_row(fmt + mark, fmt_bytes(m["weights"][fmt]), fmt_bytes(m["decode_state"][fmt]),
-                   fmt_bytes(m["activation_peak"][fmt]), fmt_bytes(m["inference"][fmt]))
+    out.append(table(
+        "memory by storage format (* the format in force; inference = weights + decode state + activation peak)",
+        ["format", "weights", "decode state", "activation peak", "inference"],
+        [[fmt + (" *" if fmt == s["format"] else ""), fmt_bytes(m["weights"][fmt]), fmt_bytes(m["decode_state"][fmt]),
+          fmt_bytes(m["activation_peak"][fmt]), fmt_bytes(m["inference"][fmt])] for fmt in m["weights"]]))
 
-    tt, tg2 = _table(f"training memory (AdamW, frozen weights in {s['format']}"
-                + (", recomputation" if s.get("recompute") else "") + ")",
-                "stage", "trainable", "weights+grads+optimizer", "frozen weights", "activations", "total",
-                "FLOPs/step")
-    for stage, parts in m["training"].items():
-        tt.add_row(stage, fmt_count(parts["trainable_params"]), fmt_bytes(parts["weights_grads_optimizer"]),
-                   fmt_bytes(parts["frozen_weights"]), fmt_bytes(parts["activations"]), fmt_bytes(parts["total"]),
-                   fmt_flops(parts["flops_step"]))
-    out = [tg, mg, tg2]
+    out.append(table(
+        f"training memory (AdamW, frozen weights in {s['format']}" + (", recomputation" if s.get("recompute") else "")
+        + ")",
+        ["stage", "trainable", "weights+grads+optimizer", "frozen weights", "activations", "total", "FLOPs/step"],
+        [[stage, fmt_count(q["trainable_params"]), fmt_bytes(q["weights_grads_optimizer"]),
+          fmt_bytes(q["frozen_weights"]), fmt_bytes(q["activations"]), fmt_bytes(q["total"]),
+          fmt_flops(q["flops_step"])] for stage, q in m["training"].items()]))
+
     if rep.get("expect"):
-        et, eg = _table("expectations (claimed in the spec vs computed)", "figure", "claimed", "computed", "difference", "tolerance", "")
-        for e in rep["expect"]:
-            k = e["key"]
-            et.add_row(k, fmt_figure(k, e["claimed"]), fmt_figure(k, e["computed"]),
-                       f"{e['relative_difference']:+.1%}", f"{e['tolerance']:.0%}", "ok" if e["ok"] else "FAIL")
-        out.append(eg)
+        out.append(table(
+            "expectations (claimed in the spec vs computed)",
+            ["figure", "claimed", "computed", "difference", "tolerance", "verdict"],
+            [[e["key"], fmt_figure(e["key"], e["claimed"]), fmt_figure(e["key"], e["computed"]),
+              f"{e['relative_difference']:+.1%}", f"{e['tolerance']:.0%}", "ok" if e["ok"] else "FAIL"]
+             for e in rep["expect"]]))
     return out
 
 
@@ -210,20 +219,20 @@ def summary_total(rep: dict, rows: list[Row]) -> Row:
 
 def summary_table(rep: dict, rows: list[Row]):
     s = rep["settings"]
-    t, group = _table(f"{rep['name']}  (batch {s['batch']}, context {s['context']}; output memory in the compute "
-                      "dtype; repeated layers collapsed)",
-               "layer", "type", "output shape", "params", "active", "FLOPs prefill", "output memory")
-    t.columns[1].justify = t.columns[2].justify = "left"
-    for r in rows:
-        shapes = "; ".join((fmt_shape(v) if k == "out" else f"{k}: {fmt_shape(v)}") for k, v in r.outputs.items())
-        t.add_row(r.label, r.type, shapes, fmt_count(r.params) if r.params else "-",
-                  fmt_count(r.active) if r.active else "-", fmt_flops(r.flops_prefill) if r.flops_prefill else "-",
-                  fmt_bytes(r.out_bytes))
+
+    def cells(r: Row, shapes: str = "") -> list[str]:
+        return [r.label, r.type, shapes, fmt_count(r.params) if r.params else "-",
+                fmt_count(r.active) if r.active else "-", fmt_flops(r.flops_prefill) if r.flops_prefill else "-",
+                fmt_bytes(r.out_bytes)]
+
+    body = [cells(r, "; ".join(fmt_shape(v) if k == "out" else f"{k}: {fmt_shape(v)}" for k, v in r.outputs.items()))
+            for r in rows]
     tot = summary_total(rep, rows)
-    t.add_section()
-    t.add_row("total", "", "", fmt_count(tot.params), fmt_count(tot.active), fmt_flops(tot.flops_prefill),
-              fmt_bytes(tot.out_bytes), style="bold")
-    return group
+    foot = ["total", "", "", fmt_count(tot.params), fmt_count(tot.active), fmt_flops(tot.flops_prefill),
+            fmt_bytes(tot.out_bytes)]
+    return table(f"{rep['name']}  (batch {s['batch']}, context {s['context']})",
+                 ["layer", "type", "output shape", "params", "active", "FLOPs prefill", "output memory"], body,
+                 text_cols=3, footer=foot)
 
 
 def summary_json(rep: dict, rows: list[Row]) -> dict[str, Any]:
