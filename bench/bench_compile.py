@@ -57,7 +57,7 @@ peers = json.loads(sys.argv[1])
 
 
 def largest_spec() -> pathlib.Path:
-    files = [p for p in (ROOT / "specs").glob("*.json") if p.name != "schema.json"]
+    files = [p for p in (ROOT / "specs").rglob("*.json") if p.name != "schema.json" and "components" not in p.parts]
     if not files:
         sys.exit("no spec under specs/: pass --spec PATH")
     return max(files, key=lambda p: p.stat().st_size)
