@@ -268,7 +268,7 @@ class TransformerBlock(nn.Module):
         if W is None and not self.causal:
             return None, False
         if self.causal and (W is None or W >= S) and (T == 1 or n_cached == 0):
-            return None, T > 1                                               # plain causal (or one query)
+            return None, n_cached == 0     # plain causal; one query after a cache sees every key (no symbolic T test)
         q = torch.arange(pos, pos + T, device=device)[:, None]               # (T, 1)
         k = torch.arange(pos - n_cached, pos - n_cached + S, device=device)[None, :]   # (1, S)
         if self.causal:
@@ -281,7 +281,7 @@ class TransformerBlock(nn.Module):
 
     def _conv(self, h, cache):
         """LFM2 ShortConv: in_proj -> B, C, x; B*x; depthwise causal conv (no bias by default); C*; out_proj."""
-        T, K = h.shape[1], self.conv.weight.shape[-1]
+        K = self.conv.weight.shape[-1]
         Bg, Cg, xg = self.conv_in(h).transpose(-1, -2).chunk(3, dim=-2)      # 3 x (B, D, T)
         u = Bg * xg                                                          # (B, D, T)
         if cache is None or cache.conv is None:
