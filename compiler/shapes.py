@@ -15,6 +15,7 @@ def infer_node(g: Graph, node: Node, diag: Diagnostics) -> bool:
     ins = [g[src].outputs[out] for src, out in node.inputs]
     base = node.path + ("params",) if node.op not in ("Flatten", "Concat") or node.params.note else node.path
     errors = []
+    edge: list[str] = []     # set while resolving: a contradiction there is about an edge, so name both ends
 
     def report(field: str, msg: str, hint: str | None = None, severity: str = "error") -> None:
         path = base + tuple(f for f in field.split(".") if f) if field else node.path
@@ -22,6 +23,7 @@ def infer_node(g: Graph, node: Node, diag: Diagnostics) -> bool:
             diag.add(severity, path, msg, hint, code="default")   # identical warnings of a stack are kept once
             return
         errors.append(msg)
+        msg += edge[0] if edge else ""
         diag.error(path, f"{node.name}: {msg}" if node.group else msg, hint, code="shape")
 
     # slot arity and kinds
@@ -39,6 +41,8 @@ def infer_node(g: Graph, node: Node, diag: Diagnostics) -> bool:
             report("", f"input {i} ('{s.name}') must be {' or '.join(s.kinds)}, but {src} gives {t.kind} {t}",
                    "wire a layer of the right kind, or insert Flatten / Reshape / Select")
             return False
+    edge.append(" (edge: " + ", ".join(f"{src}{'' if out == 'out' else '.' + out} {t}" for (src, out), t in
+                                       zip(node.inputs, ins)) + f" -> {node.name})" if ins else "")
     try:
         p = op.resolve(node.params, ins, report)
         if errors:

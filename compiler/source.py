@@ -169,7 +169,8 @@ class _Parser:
                     got = "end of file" if kind2 == "eof" else repr(text2)
                     self.fail(off2, f"expected ',' or ']' but found {got}")
         got = "end of file" if kind == "eof" else repr(text)
-        self.fail(off, f"expected a JSON value but found {got}")
+        self.fail(off, f"expected a JSON value but found {got}",
+                  "a trailing comma is not allowed in JSON" if text == "]" and kind == "punct" else None)
 
 
 def parse_text(text: str, file: str | None = None) -> Source:
@@ -211,7 +212,7 @@ def read_file(path: str) -> Source:
         size = os.path.getsize(path)
         if size > MAX_BYTES:
             raise SpecError([Diagnostic(ERROR, f"spec is {size:,} bytes; the limit is {MAX_BYTES:,}", "", path,
-                                        None, None, "a spec describes an architecture", "limit")])
+                                        1, 1, "a spec describes an architecture", "limit")])
         with open(path, "rb") as f:
             raw = f.read(MAX_BYTES + 1)
     except OSError as e:
