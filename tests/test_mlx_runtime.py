@@ -163,6 +163,17 @@ def test_merge_image_tokens_matches_torch(tmp_path):
         run_mlx(runtime_mlx.build(c), inputs)
 
 
+@pytest.mark.parametrize("i", range(len(OP_EXAMPLES["VQVAEDecoder"])))
+def test_vqvae_banded_convolution_and_code_search(i, monkeypatch):
+    """The memory-bounded paths (row bands, position chunks) compute the same as the torch runtime."""
+    from runtime_mlx.ops import generative
+    monkeypatch.setattr(generative, "BAND_BYTES", 256)
+    c = get_compiled(OP_EXAMPLES["VQVAEDecoder"][i])
+    inputs = make_inputs(c)
+    assert_close(run_torch(runtime_torch.build(c, seed=1), inputs), run_mlx(runtime_mlx.build(c, seed=1), inputs),
+                 "banded")
+
+
 # --- layout ----------------------------------------------------------------------------------------------------------
 def test_layout_conversion_is_idempotent_and_invertible():
     w = W((8, 3, 2, 5), "conv")

@@ -1,0 +1,181 @@
+"""The MLX runtime against its peer and against the compiler's memory figures, measured in one run.
+
+1. Speed: forward time of omnic-MLX vs mlx-lm (`mlx_lm.models.llama`) on a SmolLM2-135M-size Llama (random weights,
+   the same in both, batch 1 x 256 tokens, fp32), interleaved repetitions, median; the logits are checked equal.
+2. Memory: for every shipped spec under specs/ (shrunk through overrides: stacks to 2 layers, batch 1, a short
+   context), the compiler's predicted inference peak (report, fp32) vs `mx.get_peak_memory()` over a real forward
+   (`runtime_mlx.memory`). A forward holds no decode state, so the prediction compared is weights + activation peak
+   (`memory.inference.fp32 - memory.decode_state.fp32`); decoder-only graphs run a prefill that keeps its KV cache
+   and are compared with the full `memory.inference.fp32`. Specs that fail to compile, build or run are listed as
+   skipped with the reason.
+Usage: python bench/bench_mlx.py [--tokens 256] [--reps 5] [--context 128] [--skip-speed] [--skip-memory]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import time
+
+import runtime_mlx  # noqa: F401  (first: the OpenBLAS preload precedes `import mlx`)
+import mlx.core as mx
+import numpy as np
+
+from compiler import compile
+from runtime_mlx import memory
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOLLM2_135M = dict(family="llama", vocab_size=49152, hidden=576, layers=30, heads=9, kv_heads=3, ff_dim=1536,
+                    rope_theta=100000.0, norm_eps=1e-5, tie=True)
+STACK_KEYS = ("depth", "repeat", "layers")      # params that count stacked layers, shrunk to SHRINK_TO
+SHRINK_TO = 2
+
+
+# --- 1. speed ---------------------------------------------------------------------------------------------------------
+def smollm_pair():
+    from mlx_lm.models import llama
+    p = SMOLLM2_135M
+    spec = {"name": "SmolLM2-135M-size", "inputs": [{"name": "input_ids", "kind": "ids", "shape": ["B", "T"]}],
+            "layers": [{"id": "lm", "type": "DecoderLM", "params": p}]}
+    ours = runtime_mlx.build(compile(spec).raise_for_errors(), seed=0)
+    args = llama.ModelArgs(model_type="llama", hidden_size=p["hidden"], num_hidden_layers=p["layers"],
+                           intermediate_size=p["ff_dim"], num_attention_heads=p["heads"],
+                           num_key_value_heads=p["kv_heads"], rms_norm_eps=p["norm_eps"], vocab_size=p["vocab_size"],
+                           rope_theta=p["rope_theta"], tie_word_embeddings=True)
+    peer = llama.Model(args)
+    peer.load_weights([(k.removeprefix("lm."), v) for k, v in ours.named_parameters().items()], strict=True)
+    mx.eval(peer.parameters())
+    return ours, peer
+
+
+def bench_speed(tokens: int, reps: int) -> None:
+    ours, peer = smollm_pair()
+    ids = mx.array(np.random.RandomState(0).randint(0, SMOLLM2_135M["vocab_size"], (1, tokens)))
+    run = {"omnic-MLX": lambda: ours(input_ids=ids)["lm.lm_head"], "mlx-lm": lambda: peer(ids)}
+    a, b = run["omnic-MLX"](), run["mlx-lm"]()
+    diff = mx.abs(a - b).max().item()
+    for f in run.values():                                   # warm-up
+        mx.eval(f())
+    times = {k: [] for k in run}
+    for _ in range(reps):
+        for k, f in run.items():
+            t = time.perf_counter()
+            mx.eval(f())
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n1. Forward, SmolLM2-135M-size Llama, 1 x {tokens} tokens, fp32, median of {reps} "
+          f"(BLAS: {runtime_mlx.BLAS['path'] or runtime_mlx.BLAS['reason']})")
+    print(f"{'runtime':<12} {'ms':>9} {'tokens/s':>10}")
+    for k, v in med.items():
+        print(f"{k:<12} {v * 1e3:9.1f} {tokens / v:10.0f}")
+    print(f"ratio omnic-MLX / mlx-lm: {med['omnic-MLX'] / med['mlx-lm']:.3f}   max |logit diff| {diff:.2e}")
+
+
+# --- 2. memory --------------------------------------------------------------------------------------------------------
+def shrink_overrides(path: str) -> dict:
+    """Overrides that cut every stack in the spec (and in its includes) to SHRINK_TO layers."""
+    data = json.load(open(path))
+    out = {}
+    for i, layer in enumerate(data.get("layers", [])):
+        params = dict(layer.get("params", {}))
+        if "include" in layer:
+            comp = json.load(open(os.path.join(os.path.dirname(path), layer["include"])))
+            params = {**comp.get("params", {}), **params}
+        for key, v in params.items():
+            base = f"layers[{i}].params.{key}"
+            if key in STACK_KEYS and isinstance(v, int) and v > SHRINK_TO:
+                out[base] = SHRINK_TO
+            elif key == "layer_types" and isinstance(v, list) and len(v) > SHRINK_TO:
+                out[base] = v[:SHRINK_TO]
+            elif isinstance(v, dict):                        # nested configs (FoveatedVLM's dino / llm)
+                for k2, v2 in v.items():
+                    if k2 in STACK_KEYS and isinstance(v2, int) and v2 > SHRINK_TO:
+                        out[f"{base}.{k2}"] = SHRINK_TO
+    return out
+
+
+def make_inputs(c, seed: int = 0) -> dict:
+    """Random inputs at the compiled sizes; ids hold exactly the placeholders every MergeImageTokens needs."""
+    g, rng, s = c.graph, np.random.RandomState(seed), c.settings
+    env = {"B": s["batch"], "T": s["context"], "F": s["frames"]}
+    out = {}
+    for n in g.nodes():
+        if n.op != "Input":
+            continue
+        shape = [int(d.eval(env)) for d in n.out.shape]
+        if n.out.dtype == "int":
+            vocab = min([getattr(g[u].params, a) for u in g.consumers(n.name) for a in ("num_embeddings", "vocab_size")
+                         if isinstance(getattr(g[u].params, a, None), int)] or [2])
+            ids = rng.randint(0, vocab, size=shape)
+            for u in g.consumers(n.name):
+                if g[u].op == "MergeImageTokens":
+                    tok = g[u].params.image_token_id
+                    ids[ids == tok] = (tok + 1) % vocab
+                    k = int(g.input_types(g[u])[1].shape[1].eval(env))
+                    ids[:, :k] = tok
+            out[n.name] = mx.array(ids)
+        elif n.out.kind == "scalar":
+            out[n.name] = mx.array(rng.rand(*shape).astype(np.float32))
+        else:
+            out[n.name] = mx.array(rng.randn(*shape).astype(np.float32))
+    return out
+
+
+def bench_memory(context: int) -> None:
+    from runtime_mlx.generate import DecodeSession
+    paths = sorted(p for p in glob.glob(os.path.join(ROOT, "specs", "**", "*.json"), recursive=True)
+                   if os.path.basename(p) != "schema.json" and os.sep + "components" + os.sep not in p)
+    rows, skipped = [], []
+    for path in paths:
+        name = os.path.relpath(path, os.path.join(ROOT, "specs"))
+        try:
+            c = compile(path, shrink_overrides(path), batch=1, context=context, frames=2, format="fp32")
+            if not c.ok:
+                raise ValueError("; ".join(d.message for d in c.errors)[:120])
+            model = runtime_mlx.build(c, seed=0)
+            rep = c.report["memory"]
+            try:
+                DecodeSession(model)
+                mode = "prefill+KV"
+            except ValueError:
+                mode = "forward"
+            inputs = make_inputs(c)
+            if mode == "forward":
+                res = memory.measure_forward_peak(model, inputs)
+                predicted = rep["inference"]["fp32"] - rep["decode_state"]["fp32"]
+            else:
+                res = memory.measure_prefill(model, next(iter(inputs.values())))
+                predicted = rep["inference"]["fp32"]
+            rows.append((name, mode, rep["weights"]["fp32"], res["weights"], predicted, res["peak"]))
+            del model, res
+        except Exception as e:                                 # a bench reports, it does not stop
+            skipped.append((name, f"{type(e).__name__}: {e}"[:140]))
+    print(f"\n2. Memory, shipped specs shrunk to {SHRINK_TO} layers per stack, batch 1, context {context}, frames 2, "
+          f"fp32 (MB = 1e6 bytes)")
+    print(f"{'spec':<28} {'mode':<11} {'weights rep':>11} {'weights MLX':>11} {'predicted':>10} {'measured':>10} "
+          f"{'meas/pred':>9}")
+    for name, mode, wr, wm, pred, peak in rows:
+        print(f"{name:<28} {mode:<11} {wr / 1e6:11.1f} {wm / 1e6:11.1f} {pred / 1e6:10.1f} {peak / 1e6:10.1f} "
+              f"{peak / pred:9.3f}")
+    for name, why in skipped:
+        print(f"{name:<28} skipped: {why}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--context", type=int, default=128)
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
+    a = ap.parse_args()
+    if not a.skip_speed:
+        bench_speed(a.tokens, a.reps)
+    if not a.skip_memory:
+        bench_memory(a.context)
+
+
+if __name__ == "__main__":
+    main()
