@@ -163,5 +163,6 @@ def test_moe_active_params_and_flops():
     ffn = D * E + k * 3 * D * Fw + 3 * D * S + D           # router, top_k experts, shared expert and its gate
     assert node["flops_decode"] == 2 * (attn_proj + ffn) + 4 * 10 * D   # one token over the context (10 keys)
     names = set(compiler.cost.node_weights(c.graph[node["name"]]))
-    assert {f"{node['name']}.{k}" for k in ("mlp.gate.weight", "mlp.experts.gate_up_proj", "mlp.experts.down_proj",
-                                            "mlp.shared_expert.up_proj.weight", "mlp.shared_expert_gate.weight")} <= names
+    want = ("mlp.gate.weight", "mlp.experts.gate_up_proj", "mlp.experts.down_proj", "mlp.shared_expert.up_proj.weight",
+            "mlp.shared_expert_gate.weight")
+    assert {f"{node['name']}.{k}" for k in want} <= names

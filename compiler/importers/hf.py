@@ -111,7 +111,7 @@ def lm_spec(name: str, params: dict) -> dict:
             "layers": [{"id": LM_ID, "type": "DecoderLM", "params": params}]}
 
 
-# --- one function per model_type ---------------------------------------------------------------------------------------
+# --- one function per model_type -------------------------------------------------------------------------------------
 def _llama(cfg: dict) -> dict:
     c = _Cfg(cfg, "llama")
     p = dict(family="llama", vocab_size=c["vocab_size"], **_attention(c), ff_dim=c["intermediate_size"],
@@ -343,7 +343,8 @@ IMPORTERS: dict[str, Callable[[dict], dict]] = {
 # model_type -> renames of checkpoint names to the spec's weight names: (regex, replacement) pairs applied in order
 # with re.sub (a replacement of None drops the names it matches), the form runtime_torch.load_state_dict_mapped takes
 KEY_MAPS: dict[str, list[tuple[str, str | None]]] = {
-    **{t: [(r"^", LM_ID + ".")] for t in ("llama", "gemma3_text", "lfm2", "qwen2_moe", "mixtral")},
+    **{t: [(r"^", LM_ID + ".")] for t in ("llama", "gemma3_text", "lfm2", "qwen2_moe")},
+    "mixtral": [(r"\.block_sparse_moe\.", ".mlp."), (r"^", LM_ID + ".")],          # hub checkpoints' module name
     # Gemma3ForConditionalGeneration: the text model's keys; the vision tower and projector are dropped
     "gemma3": [(r"^model\.(vision_tower|multi_modal_projector)\.", None),
                (r"^model\.language_model\.", LM_ID + ".model."), (r"^lm_head\.", LM_ID + ".lm_head.")],
@@ -355,6 +356,24 @@ KEY_MAPS: dict[str, list[tuple[str, str | None]]] = {
     "siglip2": [(r"^(?!vision_model\.)", None), (r"^vision_model\.", VISION_ID + ".vision_model.")],
     "dinov2": [(r"^", VISION_ID + ".")],
     "dinov3_vit": [(r"^", VISION_ID + ".")],
+}
+
+
+# model_type -> how hub checkpoints that store one tensor per expert are stacked into transformers 5.x's layout
+# (E, 2F, D) gate|up and (E, D, F) down: (regex with groups prefix, expert index, part; target; parts in order).
+# Applied by runtime_torch.ops.moe.merge_experts before the key map; names already stacked pass unchanged.
+EXPERT_MERGES: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
+    "mixtral": [
+        (r"^(.*)\.(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w3)\.weight$", r"\1.mlp.experts.gate_up_proj",
+         ("w1", "w3")),
+        (r"^(.*)\.(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w2)\.weight$", r"\1.mlp.experts.down_proj",
+         ("w2",)),
+    ],
+    "qwen2_moe": [
+        (r"^(.*)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj)\.weight$", r"\1.mlp.experts.gate_up_proj",
+         ("gate_proj", "up_proj")),
+        (r"^(.*)\.mlp\.experts\.(\d+)\.(down_proj)\.weight$", r"\1.mlp.experts.down_proj", ("down_proj",)),
+    ],
 }
 
 
@@ -372,6 +391,11 @@ def hf_key_map(model_type: str) -> list[tuple[str, str | None]]:
     if model_type not in KEY_MAPS:
         raise ValueError(f"no key map for model_type {model_type!r}; known: {', '.join(sorted(KEY_MAPS))}")
     return list(KEY_MAPS[model_type])
+
+
+def hf_expert_merges(model_type: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    """The per-expert -> stacked merges of `model_type` (empty when its checkpoints need none)."""
+    return list(EXPERT_MERGES.get(model_type, []))
 
 
 def import_hf(config_path: str, out_path: str) -> dict:

@@ -45,7 +45,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # defaults shared by every family unless its preset says otherwise
 BASE = dict(mlp_bias=False, attn_bias=[], norm_offset=0.0, post_norms=False, qk_norm=False, scale_embeddings=False,
             query_pre_attn_scalar=None, attn_scale=None, rope_theta_local=None, rope_dim=None, head_dim=None,
-            layer_types=None, sliding_window=None, sliding_window_pattern=None, conv_kernel=3, conv_bias=False, norm_topk_prob=True)
+            layer_types=None, sliding_window=None, sliding_window_pattern=None, conv_kernel=3, conv_bias=False,
+            norm_topk_prob=True)
 
 
 class DecoderLMParams(Params):

@@ -31,7 +31,8 @@ class MoEParams(BlockParams):
     norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
     mlp: MLPKind = Field("swiglu", description="Expert MLP: swiglu | geglu | geglu_tanh (gated kinds only).")
     mlp_bias: bool = Field(False, description="Biases in the experts (not supported: must stay false).")
-    attn_bias: list[Literal["q", "k", "v", "o"]] = Field([], description="Projections with a bias (Qwen2-MoE: q, k, v).")
+    attn_bias: list[Literal["q", "k", "v", "o"]] = Field([], description="Projections with a bias "
+                                                                       "(Qwen2-MoE: q, k, v).")
     # experts
     num_experts: int = Field(ge=1, le=4096, description="Routed experts E.")
     top_k: int = Field(ge=1, le=4096, description="Experts active per token.")
