@@ -44,9 +44,11 @@ def _keep(obj, **kw) -> None:
 
 
 def _child(parent: nn.Module, key: str, mod: nn.Module, where: str) -> None:
+    """Attach `mod` as `parent[key]`; only a Container may be replaced (by the node whose prefix it held)."""
     old = parent.get(key)
-    if old is not None and not isinstance(old, nn.Module):
-        raise ValueError(f"node {where!r} collides with a tensor of the same name in its parent module")
+    if old is not None and type(old) is not Container:
+        raise ValueError(f"node {where!r} collides with a tensor or module of the same name inside "
+                         f"{type(parent).__name__}")
     parent[key] = mod
 
 
@@ -87,7 +89,7 @@ class OmnicModel(nn.Module):
                 _child(parent, part, child, ".".join(path[:i + 1]))
             parent = child
         old = parent.get(last)
-        if isinstance(old, Container):      # made for deeper nodes: they become children of `mod`
+        if type(old) is Container:          # made for deeper nodes: they become children of `mod`
             for k, v in old.items():
                 _child(mod, k, v, f"{name}.{k}")
         _child(parent, last, mod, name)

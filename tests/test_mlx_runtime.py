@@ -107,6 +107,74 @@ def test_duplicate_registration_is_refused():
         mlx_registry.implements("Linear")(type("Again", (nn.Module,), {}))
 
 
+def _spec(layers, inputs, outputs=None):
+    s = {"name": "t", "inputs": inputs, "layers": layers}
+    if outputs:
+        s["outputs"] = outputs
+    return s
+
+
+def _tok(d=8):
+    return [{"name": "x", "kind": "tokens", "shape": ["B", "T", d]}]
+
+
+def test_nesting_lists_and_inputs():
+    lin = {"type": "Linear", "params": {"out_features": 8, "bias": False}}
+    c = compile(_spec([dict(lin, id="lm.model.layers", repeat=2),
+                       {"type": "Linear", "params": {"out_features": 4}, "id": "lm.model.head"}], _tok()))
+    m = runtime_mlx.build(c.raise_for_errors())
+    assert set(m.named_parameters()) == {"lm.model.layers.0.weight", "lm.model.layers.1.weight",
+                                         "lm.model.head.weight", "lm.model.head.bias"}
+    assert isinstance(m["lm"]["model"]["layers"], list)          # as mlx-lm holds its layers
+    m.update(m.parameters())                                      # MLX's own tree functions work on it
+    with pytest.raises(TypeError, match="missing"):
+        m()
+    with pytest.raises(TypeError, match="unexpected"):
+        m(x=mx.zeros((1, 2, 8)), y=mx.zeros((1,)))
+
+
+def test_node_named_like_a_module_method():
+    c = compile(_spec([{"type": "Linear", "params": {"out_features": 4}, "id": "update"},
+                       {"type": "Linear", "params": {"out_features": 4}, "id": "parameters.train"}], _tok()))
+    m = runtime_mlx.build(c.raise_for_errors())
+    assert callable(m.update) and callable(m.parameters)
+    assert {"update.weight", "parameters.train.weight"} <= set(m.named_parameters())
+    assert m(x=mx.zeros((2, 3, 8)))["parameters.train"].shape == (2, 3, 4)
+
+
+def test_node_under_another_node():
+    enc = {"type": "Linear", "params": {"out_features": 8}, "id": "enc"}
+    proj = {"type": "Linear", "params": {"out_features": 8}, "id": "enc.proj"}
+    for layers in ([enc, proj], [proj, enc]):
+        m = runtime_mlx.build(compile(_spec(layers, _tok())).raise_for_errors())
+        assert m.module_at("enc") is m.node("enc") and m.module_at("enc.proj") is m.node("enc.proj")
+        assert set(m.named_parameters()) == {"enc.weight", "enc.bias", "enc.proj.weight", "enc.proj.bias"}
+    clash = _spec([{"type": "LayerNorm", "id": "a"}, {"type": "Linear", "params": {"out_features": 4},
+                                                       "id": "a.weight"}], _tok(4))
+    with pytest.raises(ValueError, match="collides"):
+        runtime_mlx.build(compile(clash).raise_for_errors())
+
+
+def test_plan_frees_intermediates_and_skips_dead_nodes():
+    lin = lambda i, **kw: {"type": "Linear", "params": {"out_features": 8}, "id": i, **kw}  # noqa: E731
+    c = compile(_spec([lin("a"), lin("b"), lin("dead", inputs=["a"])], _tok(), outputs=["b"]))
+    m = runtime_mlx.build(c.raise_for_errors())
+    assert [step[0] for step in m._plan] == ["a", "b"]
+    freed = {i for step in m._plan for i in step[3]}
+    assert freed == set(range(m._n_slots)) - {i for _, i in m._outputs}
+
+
+def test_graph_data_round_trip_and_validation():
+    c = _tied_lm()
+    m = runtime_mlx.from_graph_data(runtime_mlx.to_data(c.graph), seed=3)
+    ids = mx.array([[1, 2, 3]])
+    assert mx.array_equal(m(input_ids=ids)["lm_head"], runtime_mlx.build(c, seed=3)(input_ids=ids)["lm_head"]).item()
+    data = runtime_mlx.to_data(c.graph)
+    data["nodes"][1]["params"]["surprise"] = 1
+    with pytest.raises(ValueError):
+        runtime_mlx.from_graph_data(data)
+
+
 # --- every example ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("op,i,spec", CASES, ids=IDS)
 def test_names_shapes_and_count(op, i, spec):
@@ -305,9 +373,23 @@ def test_spec_strings_never_become_code(tmp_path):
 
 
 # --- BLAS ------------------------------------------------------------------------------------------------------------
-def test_openblas_preload_state():
-    from runtime_mlx import BLAS
-    assert BLAS["reason"]
-    if os.path.exists("/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0") and \
-            os.environ.get("OMNIC_MLX_OPENBLAS", "1") != "0" and sys.platform == "linux":
-        assert BLAS["loaded"], BLAS
+OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
+CHILD = ("import json, runtime_mlx, mlx.core as mx; mx.eval(mx.ones((4, 4)) @ mx.ones((4, 4))); "
+         "maps = open('/proc/self/maps').read(); "
+         "print(json.dumps(dict(runtime_mlx.BLAS, mapped='libopenblas' in maps)))")
+
+
+def _child_blas(**env):
+    import json
+    import subprocess
+    out = subprocess.run([sys.executable, "-c", CHILD], env={**os.environ, **env}, capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(sys.platform != "linux" or not os.path.exists(OPENBLAS), reason="needs Debian's OpenBLAS")
+def test_openblas_is_preloaded_on_import_and_can_be_disabled():
+    on = _child_blas(OMNIC_MLX_OPENBLAS="1")
+    assert on["loaded"] and on["mapped"] and on["path"] == OPENBLAS
+    off = _child_blas(OMNIC_MLX_OPENBLAS="0")
+    assert not off["loaded"] and "OMNIC_MLX_OPENBLAS=0" in off["reason"]
