@@ -105,6 +105,22 @@ def test_cached_decoding_equals_full_recompute(pair):
     assert mx.array_equal(mx.argmax(full[:, 6:], axis=-1), seq[:, 7:]).item()
 
 
+def test_sampling_is_seeded_and_top1_is_greedy(pair):
+    family, _, m, _ = pair
+    if family != "llama":
+        pytest.skip("one family suffices")
+    ids = mx.array(PROMPT)
+    a = mlx_generate.generate(m, ids, 6, do_sample=True, temperature=0.8, top_k=5, seed=1)
+    b = mlx_generate.generate(m, ids, 6, do_sample=True, temperature=0.8, top_k=5, seed=1)
+    assert mx.array_equal(a, b).item()
+    top1 = mlx_generate.generate(m, ids, 6, do_sample=True, top_k=1, seed=3)
+    assert mx.array_equal(top1, mlx_generate.generate(m, ids, 6)).item()
+    greedy = mlx_generate.generate(m, ids, 6)
+    eos = greedy[0, 8].item()                                   # the second generated token
+    stopped = mlx_generate.generate(m, ids, 6, eos_token_id=eos)
+    assert stopped.shape[1] <= 9 and stopped[0, -1].item() == eos
+
+
 # --- mlx-lm --------------------------------------------------------------------------------------------------------
 def mlx_lm_model(family: str, ours):
     """The mlx-lm model of the same config, holding our weights (names minus the node prefix `lm.`)."""
