@@ -1,8 +1,8 @@
 """The one table of layout differences between torch (the canonical, on-disk layout) and MLX.
 
 MLX convolutions are channels-last: a kernel is (out, *kernel, in / groups) where torch's is (out, in / groups,
-*kernel) (as mlx-lm's `sanitize` functions transpose them for Mamba, Mixtral-free conv layers, Whisper, ...). Every
-other tensor has the same layout in both runtimes. A conversion is a permutation of axes, looked up
+*kernel) (mlx-lm's `sanitize` functions transpose them the same way for Mamba, Whisper, ...). Every other tensor
+has the same layout in both runtimes. A conversion is a permutation of axes, looked up
 
   1. by (op, weight name) in `BY_NAME` (exceptions, e.g. a transposed convolution), else
   2. by (role, rank) in `BY_ROLE`: every tensor an op declares with role "conv" is a convolution kernel,

@@ -11,7 +11,8 @@ of `runtime_torch/weights.py`).
                                                checkpoint name; a replacement of None drops the names it matches
 Loading checks everything before it assigns anything, and reports every problem at once in a `WeightsMismatch`
 (a ValueError): missing, unexpected, mis-shaped and (unless `cast=True`) mis-typed tensors, and names that collide
-after renaming. Shapes must be the declared torch shapes exactly (a file in MLX layout is refused: files are torch's).
+after renaming. Shapes must be the declared torch shapes exactly: a file in MLX layout is refused (files are torch's),
+except for kernels whose two layouts have the same shape (a 3x3 kernel on 3 channels), which cannot be told apart.
 With `strict=False` missing and unexpected tensors are returned instead of raised; wrong shapes and dtypes always
 raise. A tie group (an owner and the tensors tied to it) needs one of its names in the file; if several are there
 they must be equal.
