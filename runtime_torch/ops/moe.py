@@ -33,6 +33,8 @@ def _aligned(*ts) -> bool:
 
 def experts(h, idx, w, gate_up, down, act, grouped: bool = True):
     """sum_k w[:, k] * down_e(act(gate_e h) * up_e h) with e = idx[:, k]; h (N, D), gate_up (E, 2F, D), down (E, D, F)."""
+    if torch.compiler.is_exporting():      # torch.export (ONNX): no data-dependent group sizes
+        return experts_dense(h, idx, w, gate_up, down, act)
     N, k = idx.shape
     E, F2, _ = gate_up.shape
     flat = idx.reshape(-1)                                                     # (N*k,)
@@ -55,6 +57,15 @@ def experts(h, idx, w, gate_up, down, act, grouped: bool = True):
     out = torch.empty_like(ys)
     out[order] = ys                                                            # back to (token, choice) order
     return (out.view(N, k, -1) * w[..., None]).sum(dim=1)                      # (N, D)
+
+
+def experts_dense(h, idx, w, gate_up, down, act):
+    """The same sum with every expert run on every token, weighted by its routing weight (0 where not chosen):
+    static shapes for torch.export, E / k times the expert FLOPs."""
+    weight = torch.zeros(h.shape[0], gate_up.shape[0], dtype=w.dtype, device=h.device).scatter(1, idx, w)   # (N, E)
+    g, u = torch.einsum("nd,efd->nef", h, gate_up).chunk(2, dim=-1)           # (N, E, F) each
+    ys = torch.einsum("nef,edf->ned", act(g) * u, down)                        # (N, E, D)
+    return (ys * weight[..., None]).sum(dim=1)                                 # (N, D)
 
 
 @implements("GQA_MoE_Layer")
