@@ -255,15 +255,17 @@ def _layer(low: Lowering, layer: Any, path: tuple, prefix: str, include_stack: t
         low.err(path + ("inputs",), "inputs must be a list of layer ids (strings)")
         refs = None
     first_name = None
+    # a stack is numbered (`vit.0`) whenever it is one, also of depth 1: checkpoints name `layers.0`
+    numbered = repeat > 1 or "repeat" in layer or any(getattr(p, f, None) is not None for f in ("depth", "repeat"))
     for r in range(repeat):
-        nm = f"{name}.{r}" if repeat > 1 else name
-        node = Node(nm, op.name, op.unroll(p, r, repeat), path, frozen=frozen, group=name if repeat > 1 else None,
+        nm = f"{name}.{r}" if numbered else name
+        node = Node(nm, op.name, op.unroll(p, r, repeat), path, frozen=frozen, group=name if numbered else None,
                     label=p.note or "")
         low.graph.add(node)
-        low.pending.append(Pending(node, len(low.pending), refs if r == 0 else [f"{name}.{r - 1}"]
-                                   if repeat > 1 else refs, path + ("inputs",), lid))
+        low.pending.append(Pending(node, len(low.pending), refs if r == 0 else [f"{name}.{r - 1}"],
+                                   path + ("inputs",), lid))
         first_name = first_name or nm
-    low.ids[name] = f"{name}.{repeat - 1}" if repeat > 1 else name
+    low.ids[name] = f"{name}.{repeat - 1}" if numbered else name
     low.first[name] = first_name
 
 

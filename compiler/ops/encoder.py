@@ -101,10 +101,6 @@ class VisionEncoder(Op):
             diag("image_size", f"image_size {p.image_size} is smaller than the patch {p.patch_size}")
         if p.pooling_head and pre["pool_names"] is None:
             diag("pooling_head", f"family '{p.family}' has no attention-pooling head", "use siglip or siglip2")
-        if p.layers == 1:
-            diag("layers", f"a stack of one block is not numbered: its tensors are '{pre['blocks']}.*', where "
-                           f"checkpoints say '{pre['blocks']}.0.*'", "a checkpoint of a 1-layer model loads only "
-                           "with a rename", severity="warning")
         if p.get("positions") == "rope2d" and p.family != "dinov3":
             diag("positions", f"2-D RoPE uses DINOv3's block names; family '{p.family}' has none", "use dinov3")
 
