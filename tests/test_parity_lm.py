@@ -20,8 +20,8 @@ from safetensors.torch import save_model
 
 import compiler
 import runtime_torch as rt
-from compiler.importers import hf_key_map, spec_from_hf_config
-from runtime_torch.ops.moe import experts, route
+from compiler.importers import hf_expert_merges, hf_key_map, spec_from_hf_config
+from runtime_torch.ops.moe import experts, merge_experts, route
 from runtime_torch.weights import map_names
 
 warnings.filterwarnings("ignore", message=".*causal_conv1d.*")
@@ -89,6 +89,46 @@ def test_logits_match_transformers(family, tmp_path):
     diff = (got - want).abs().max().item()
     print(f"{family}: max |logits diff| = {diff:.2e} (logits up to {want.abs().max().item():.1f})")
     assert diff < 1e-4
+
+
+def hub_layout(state: dict, model_type: str) -> dict:
+    """transformers' stacked experts split back into the per-expert tensors of hub checkpoints."""
+    parts = {"mixtral": ("block_sparse_moe", "w1", "w3", "w2"),
+             "qwen2_moe": ("mlp", "gate_proj", "up_proj", "down_proj")}[model_type]
+    mod, gate, up, down = parts
+    out = {}
+    for k, t in state.items():
+        if k.endswith(".mlp.experts.gate_up_proj"):
+            base = k[:-len(".mlp.experts.gate_up_proj")] + f".{mod}.experts"
+            g, u = t.chunk(2, dim=1)
+            for e in range(t.shape[0]):
+                out[f"{base}.{e}.{gate}.weight"], out[f"{base}.{e}.{up}.weight"] = g[e].clone(), u[e].clone()
+        elif k.endswith(".mlp.experts.down_proj"):
+            base = k[:-len(".mlp.experts.down_proj")] + f".{mod}.experts"
+            for e in range(t.shape[0]):
+                out[f"{base}.{e}.{down}.weight"] = t[e].clone()
+        else:
+            out[k.replace(".mlp.gate.", f".{mod}.gate.")] = t
+    return out
+
+
+@pytest.mark.parametrize("family", ["qwen2_moe", "mixtral"])
+def test_per_expert_hub_checkpoints_load(family):
+    hf = hf_model(family)
+    state = hf.state_dict()
+    hub = hub_layout(state, family)
+    assert not any("gate_up_proj" in k for k in hub)
+    merged = merge_experts(hub, hf_expert_merges(family))
+    assert merge_experts(merged, hf_expert_merges(family)).keys() == merged.keys()      # idempotent
+    c = compiler.compile(spec_from_hf_config(hf.config.to_dict()))
+    model = rt.build(c, init=False)
+    rt.load_state_dict_mapped(model, merged, hf_key_map(family), strict=True)
+    ids = torch.randint(0, 128, (1, 7), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert (model(input_ids=ids)["lm.lm_head"] - hf(input_ids=ids).logits).abs().max().item() < 1e-4
+    del hub[next(k for k in hub if ".experts.1." in k)]
+    with pytest.raises(ValueError, match="lacks experts"):
+        merge_experts(hub, hf_expert_merges(family))
 
 
 def test_moe_dispatch_paths_agree():
