@@ -46,6 +46,10 @@ def build(compiled, device: Union[None, str, torch.device] = None, dtype: Union[
         model.to(dtype=dt)
     if init and (dev is None or dev.type != "meta"):
         initialise(model, seed)
+    for node in model.graph.nodes():           # the spec's frozen parts get no gradients
+        if node.frozen and node.op != "Input":
+            for p in model.node(node.name).parameters():
+                p.requires_grad_(False)
     return model
 
 

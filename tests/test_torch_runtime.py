@@ -405,3 +405,15 @@ def test_graph_data_is_validated_again():
     data["nodes"][3]["params"]["surprise"] = 1
     with pytest.raises(ValueError):
         rt.from_graph_data(data)
+
+
+def test_frozen_layers_get_no_gradients():
+    import compiler
+    import runtime_torch as rt
+    spec = {"name": "f", "inputs": [{"name": "x", "kind": "tokens", "shape": ["B", 3, 8]}], "layers": [
+        {"id": "a", "type": "Linear", "params": {"out_features": 8}, "frozen": True},
+        {"id": "b", "type": "Linear", "params": {"out_features": 4}}]}
+    c = compiler.compile(spec)
+    m = rt.build(c)
+    trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
+    assert trainable == c.report["params"]["trainable"] == 36
