@@ -194,7 +194,7 @@ def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, se
         rc = spec_exit_code(c)
         code = max(code, rc)
         results.append({"file": path, "ok": rc == EXIT_OK, "exit_code": rc,
-                        "report": c.report if rc != EXIT_INVALID else None,
+                        "report": c.report,     # an invalid spec's report is partial ("partial": true)
                         "diagnostics": [d.to_json() for d in c.diagnostics]})
         if as_json:
             continue
@@ -203,6 +203,12 @@ def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, se
         echo_diagnostics(c.diagnostics, verbose, quiet)
         if rc == EXIT_INVALID:
             n = len(c.errors)
+            if c.report is not None and out is not None:
+                from .tables import check_tables
+                out.print(f"partial report: the parts that could not be wired are counted by their weights only "
+                          f"({', '.join(c.report.get('unaccounted') or []) or 'none'} without shapes or FLOPs)")
+                for t in check_tables(c.report):
+                    out.print(t)
             click.echo(f"{path}: invalid spec ({n} error{'s' if n != 1 else ''})", err=True)
             continue
         _print_verdicts(out, c, budget, quiet)

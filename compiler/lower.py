@@ -422,7 +422,8 @@ def _visit(low: Lowering) -> None:
                 s.consumed = True
         for out, t in node.outputs.items():
             streams.append(Stream(name, out, t))
-    g.order = new_order
+    seen = set(new_order)     # inputs that wiring inference implied were added to the graph after new_order began
+    g.order = [n for n in g.g if n not in seen and g[n].op == "Input"] + new_order
     _lint(low)
 
 
@@ -431,7 +432,8 @@ def _lint(low: Lowering) -> None:
     g = low.graph
     embs = {(n.params.num_embeddings, n.params.embedding_dim): n for n in g.nodes() if n.op == "Embedding"}
     for n in g.nodes():
-        if n.op == "Linear" and n.params.tied_name is None and n.params.in_features is not None:
+        if n.op == "Linear" and n.params.tied_name is None and n.params.in_features is not None \
+                and "tie" not in n.params.model_fields_set:      # "tie": null says untied on purpose
             e = embs.get((n.params.out_features, n.params.in_features))
             if e is not None:
                 # an output embedding: quantisers keep it in 16-bit like the input embedding

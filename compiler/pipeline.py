@@ -139,8 +139,9 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
         graph = lower(doc, src, diag)
     except SpecError:
         return Compiled(None, None, None, Diagnostics(src.file, src.locate, diag.items).sorted(), src)
-    if diag.has_errors:     # an erroneous graph has unresolved dimensions: accounting it would crash or mislead
-        return Compiled(doc, graph, None, diag.sorted(), src)
+    # an erroneous graph is still accounted, as far as it goes: nodes that could not be wired or resolved count
+    # the weights their params fix and nothing else; the report says `partial` and names them
+    partial = diag.has_errors
     b = doc.budget
     settings = {
         "batch": batch or (b.batch if b and b.batch else doc.batch),
@@ -175,8 +176,25 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
         diag.error(("budget",), f"invalid budget: {e}", code="value")
     if len(diag.items) > n_diags:
         return Compiled(doc, graph, None, diag.sorted(), src, settings)
-    report = account(graph, doc, with_nodes=with_nodes, fmt=settings["format"], batch=settings["batch"],
-                     context=settings["context"], frames=settings["frames"], recompute=recompute)
+    for key, e in (doc.expect or {}).items():
+        if e.scope:
+            if not key.startswith("params."):
+                diag.error(("expect", key, "scope"), f"scope applies to params.* figures, not {key}")
+            for k, i in enumerate(e.scope):
+                if not any(n.name == i or n.name.startswith(i + ".") for n in graph.nodes()):
+                    diag.error(("expect", key, "scope", k), f"scope names no layer: {i!r}")
+    if diag.has_errors and not partial:
+        return Compiled(doc, graph, None, diag.sorted(), src, settings)
+    try:
+        report = account(graph, doc, with_nodes=with_nodes, fmt=settings["format"], batch=settings["batch"],
+                         context=settings["context"], frames=settings["frames"], recompute=recompute)
+    except Exception:          # noqa: BLE001 - a partial graph may defeat a rule; the diagnostics say why
+        if not partial:
+            raise
+        return Compiled(doc, graph, None, diag.sorted(), src, settings)
+    if partial:
+        report["partial"] = True
+        report["unaccounted"] = [n.name for n in graph.nodes() if n.op != "Input" and not n.outputs]
     if budget:
         report["budget"] = check_budget(report, doc, eff) if eff else None
     if report["params"]["total"] > MAX_PARAMS:

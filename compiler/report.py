@@ -83,7 +83,7 @@ def account(g: Graph, doc: SpecDoc, *, batch: int, context: int, frames: int, fm
         "inferred_edges": [{"from": u, "to": v, "output": o} for u, v, o in g.inferred_edges()],
         "conventions": cost.__doc__.split("Conventions (printed with every report):\n", 1)[1].strip(),
     }
-    rep["expect"] = check_expectations(rep, doc, fmt)
+    rep["expect"] = check_expectations(rep, doc, fmt, costs)
     rep["budget"] = check_budget(rep, doc)
     if with_nodes:
         rep["nodes"] = [{
@@ -112,14 +112,26 @@ def figure(rep: dict, key: str, fmt: str) -> float:
     raise KeyError(key)
 
 
-def check_expectations(rep: dict, doc: SpecDoc, fmt: str) -> list[dict]:
+def in_scope(name: str, ids: list[str]) -> bool:
+    return any(name == i or name.startswith(i + ".") for i in ids)
+
+
+def scoped_params(costs, key: str, ids: list[str]) -> float:
+    field = {"params.total": "params", "params.active": "active", "params.trainable": "trainable"}[key]
+    return round(sum(getattr(c, field) for c in costs if in_scope(c.name, ids)))
+
+
+def check_expectations(rep: dict, doc: SpecDoc, fmt: str, costs=None) -> list[dict]:
     out = []
     for key, e in (doc.expect or {}).items():
         claimed = parse_size(e.value)
-        got = figure(rep, key, fmt)
+        got = scoped_params(costs, key, e.scope) if e.scope and costs is not None else figure(rep, key, fmt)
         diff = (got - claimed) / claimed if claimed else float("inf")
-        out.append({"key": key, "claimed": claimed, "computed": got, "relative_difference": round(diff, 6),
-                    "tolerance": e.tolerance, "ok": abs(diff) <= e.tolerance, "meaning": EXPECT_KEYS[key]})
+        row = {"key": key, "claimed": claimed, "computed": got, "relative_difference": round(diff, 6),
+               "tolerance": e.tolerance, "ok": abs(diff) <= e.tolerance, "meaning": EXPECT_KEYS[key]}
+        if e.scope:
+            row["scope"] = list(e.scope)
+        out.append(row)
     return out
 
 

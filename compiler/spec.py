@@ -73,6 +73,8 @@ class Expectation(BaseModel):
     model_config = _strict
     value: Union[int, float, str] = Field(description="Claimed figure: a number or '480M', '2.5B', '10GB'.")
     tolerance: float = Field(0.05, ge=0, le=10, description="Allowed relative difference (0.05 = 5%).")
+    scope: Optional[list[str]] = Field(None, description="params.* only: count just these layer ids (and their "
+                                                        "parts), e.g. a backbone's claimed size.")
     note: Optional[str] = None
 
     @field_validator("value")
