@@ -3,9 +3,9 @@
 
 Module nesting follows the dotted node names: node `lm.model.layers.0` is the module at `lm -> model -> layers -> 0`
 (plain `Container`s for the intermediate parts; a container of nodes "0".."n-1" is a list, as mlx-lm's `layers`),
-so a weight it declares as `self_attn.q_proj.weight` has the
-flattened parameter name `lm.model.layers.0.self_attn.q_proj.weight`: the torch state-dict key, the name the
-compiler counts and checkpoints use. Children are dict entries (an MLX Module is a dict), so a node may be called
+so a weight it declares as `self_attn.q_proj.weight` has the flattened parameter name
+`lm.model.layers.0.self_attn.q_proj.weight`: the torch state-dict key, the name the compiler counts and checkpoints
+use. Children are dict entries (an MLX Module is a dict), so a node may be called
 `train` or `update` without shadowing a method; bookkeeping lives in plain attributes, outside the parameter tree.
 
 Each node's module must own exactly the tensors its op declares, in MLX layout (`layout.py`), checked as it is
