@@ -252,6 +252,8 @@ def test_build_writes_and_replaces_atomically(tiny, tmp_path, fake_target):
     assert r.exit_code == 0, r.output
     assert fake_target == [("tiny", True, 7)]
     assert sorted(p.name for p in out.iterdir()) == [build_mod.MARKER, "model.py"]
+    (tmp_path / "plain").mkdir()
+    assert out.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777   # not mkdtemp's 0700
     (out / "stale.txt").write_text("old")
     assert run("build", tiny, "--target", "torch", "-o", out).exit_code == 0
     assert not (out / "stale.txt").exists()                      # replaced, not merged

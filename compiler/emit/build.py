@@ -14,8 +14,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 
 WRITERS = {"torch": "runtime_torch.emit", "mlx": "runtime_mlx.emit", "onnx": "compiler.emit.onnx"}
 # modules whose absence means "the optional dependencies of this target are not installed"
@@ -60,7 +60,7 @@ def build(compiled, target: str, out: str, *, weights: bool = False, seed: int =
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     base = os.path.basename(os.path.abspath(out))
-    tmp = tempfile.mkdtemp(prefix=f".{base}.new-", dir=parent)
+    tmp = _fresh_dir(parent, f".{base}.new-")
     try:
         write(compiled, tmp, weights=weights, seed=seed)
         with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
@@ -74,11 +74,22 @@ def build(compiled, target: str, out: str, *, weights: bool = False, seed: int =
     return files
 
 
+def _fresh_dir(parent: str, prefix: str) -> str:
+    """A new empty directory (mode from the umask, unlike tempfile.mkdtemp's 0700: it becomes the output)."""
+    while True:
+        path = os.path.join(parent, prefix + secrets.token_hex(4))
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+
+
 def _swap(new: str, out: str, parent: str, base: str) -> None:
     if not os.path.isdir(out):
         os.rename(new, out)
         return
-    old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+    old = _fresh_dir(parent, f".{base}.old-")
     os.rename(out, old)          # onto an empty directory: atomic replace on POSIX
     try:
         os.rename(new, out)
