@@ -3,12 +3,15 @@
 Routing as transformers 5.x Qwen2-MoE / Mixtral: softmax over the E router logits in float32, the top_k largest,
 renormalised to sum 1 if norm_topk_prob, cast to the compute dtype. Dispatch with `mx.gather_mm` (as mlx-lm's
 SwitchGLU): each (token, choice) pair multiplies by its expert's matrices without materialising them per token;
-pairs are sorted by expert first when there are many (contiguous expert runs), then restored.
+pairs are sorted by expert first when there are many (contiguous expert runs), then restored. `gather_mm` runs
+float32 only on the CPU; other dtypes take one matrix product per expert that received tokens (the group sizes are
+read back, as the torch runtime's fallback does).
 Shapes: N tokens (B*T), D width, E experts, k = top_k, F expert width, S shared-expert width.
 """
 from __future__ import annotations
 
 import mlx.core as mx
+import numpy as np
 from mlx import nn
 
 from compiler.ops.naming import name_of
@@ -30,8 +33,27 @@ def route(h, router_w, top_k: int, renorm: bool):
     return w.astype(h.dtype), idx
 
 
+def experts_grouped(h, idx, w, gate_up, down, act):
+    """`experts` as one matrix product per expert over its tokens (any dtype)."""
+    N, k = idx.shape
+    flat = idx.reshape(-1)                                                    # (N*k,)
+    order = mx.argsort(flat)
+    counts = np.bincount(np.array(flat), minlength=gate_up.shape[0])         # group sizes (read back)
+    xs = h[order // k]                                                        # (N*k, D), grouped by expert
+    ys, start = [], 0
+    for e, c in enumerate(counts.tolist()):
+        if c:
+            g, u = mx.split(xs[start:start + c] @ gate_up[e].T, 2, axis=-1)   # (c, F) each
+            ys.append((act(g) * u) @ down[e].T)                               # (c, D)
+            start += c
+    y = mx.concatenate(ys)[mx.argsort(order)].reshape(N, k, -1)               # (N, k, D)
+    return (y * w[..., None]).sum(axis=1)                                     # (N, D)
+
+
 def experts(h, idx, w, gate_up, down, act):
     """sum_k w[:, k] * down_e(act(gate_e h) * up_e h) with e = idx[:, k]; h (N, D), gate_up (E, 2F, D), down (E, D, F)."""
+    if h.dtype != mx.float32:
+        return experts_grouped(h, idx, w, gate_up, down, act)
     N, k = idx.shape
     x = h[:, None, None, :]                                                   # (N, 1, 1, D)
     flat = idx.reshape(-1)                                                    # (N*k,)
