@@ -95,13 +95,17 @@ def _dtype(dtype: Union[None, str, mx.Dtype]) -> Optional[mx.Dtype]:
 
 def build(compiled, dtype: Union[None, str, mx.Dtype] = None, seed: int = 0, init: bool = True) -> OmnicModel:
     """An OmnicModel of a `Compiled` (errors raise SpecError) or of its graph, floating tensors cast to `dtype`
-    (default float32) and, if `init`, filled from `seed` (the same values as `runtime_torch.build(seed=...)`)."""
+    (default float32) and, if `init`, filled from `seed` (the same values as `runtime_torch.build(seed=...)`);
+    frozen nodes are frozen (`trainable_parameters()` counts the report's trainable parameters)."""
     model = OmnicModel(compiled)
     dt = _dtype(dtype)
     if dt is not None:
         model.set_dtype(dt)
     if init:
         initialise(model, seed)
+    for node in model.graph.nodes():           # the spec's frozen parts are left out of trainable_parameters()
+        if node.frozen and node.op != "Input":
+            model.node(node.name).freeze()
     return model
 
 

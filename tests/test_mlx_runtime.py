@@ -155,6 +155,16 @@ def test_node_under_another_node():
         runtime_mlx.build(compile(clash).raise_for_errors())
 
 
+def test_frozen_layers_are_not_trainable():
+    from mlx.utils import tree_flatten
+    c = compile(_spec([{"type": "Linear", "params": {"out_features": 8}, "id": "a", "frozen": True},
+                       {"type": "Linear", "params": {"out_features": 4}, "id": "b"}], _tok())).raise_for_errors()
+    m = runtime_mlx.build(c)
+    trainable = sum(v.size for _, v in tree_flatten(m.trainable_parameters()))
+    assert trainable == c.report["params"]["trainable"] == 8 * 4 + 4
+    assert c.report["params"]["frozen"] == 8 * 8 + 8
+
+
 def test_plan_frees_intermediates_and_skips_dead_nodes():
     lin = lambda i, **kw: {"type": "Linear", "params": {"out_features": 8}, "id": i, **kw}  # noqa: E731
     c = compile(_spec([lin("a"), lin("b"), lin("dead", inputs=["a"])], _tok(), outputs=["b"]))
