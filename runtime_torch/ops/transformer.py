@@ -141,7 +141,7 @@ class TransformerBlock(nn.Module):
         self._keep("norm1", n("norm1"), norm())
         if self.kind == "conv":
             self._keep("conv_in", n("conv_in"), Lin(3 * D, D, p.conv_bias))
-            self._keep("conv", n("conv"), DepthwiseConv(D, p.conv_kernel, p.conv_bias))
+            self._keep("dwconv", n("conv"), DepthwiseConv(D, p.conv_kernel, p.conv_bias))
             self._keep("conv_out", n("conv_out"), Lin(D, D, p.conv_bias))
         else:
             self._init_attention(p, n)
@@ -281,7 +281,7 @@ class TransformerBlock(nn.Module):
 
     def _conv(self, h, cache):
         """LFM2 ShortConv: in_proj -> B, C, x; B*x; depthwise causal conv (no bias by default); C*; out_proj."""
-        K = self.conv.weight.shape[-1]
+        K = self.dwconv.weight.shape[-1]
         Bg, Cg, xg = self.conv_in(h).transpose(-1, -2).chunk(3, dim=-2)      # 3 x (B, D, T)
         u = Bg * xg                                                          # (B, D, T)
         if cache is None or cache.conv is None:
@@ -291,5 +291,5 @@ class TransformerBlock(nn.Module):
         full = torch.cat((past, u), dim=-1)                                  # (B, D, K-1+T)
         if cache is not None:
             cache.conv = full[..., full.shape[-1] - (K - 1):]
-        y = F.conv1d(full, self.conv.weight, self.conv.bias, groups=u.shape[1])   # (B, D, T)
+        y = F.conv1d(full, self.dwconv.weight, self.dwconv.bias, groups=u.shape[1])   # (B, D, T)
         return self.conv_out((Cg * y).transpose(-1, -2))                     # (B, T, D)
