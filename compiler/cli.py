@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from typing import Any, Optional
 
 import click
@@ -396,7 +398,10 @@ def import_hf(config, out_file):
 
 # --- entry point -----------------------------------------------------------------------------------------------------
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point: click handles usage errors (exit 2); anything unexpected is an internal error (3)."""
+    """Console entry point: click handles usage errors (exit 2); anything unexpected is an internal error (3).
+    SIGTERM unwinds like Ctrl-C, so `omnic build` removes its temporary directory."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         cli.main(args=argv, prog_name="omnic")
     except KeyboardInterrupt:

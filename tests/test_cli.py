@@ -334,3 +334,29 @@ def test_docs_cli_names_every_command_and_option():
                     if opt.startswith("--") and not re.search(re.escape(opt) + r"(?![\w-])", doc):
                         missing.append(f"omnic {name} {opt}")
     assert not missing, f"docs/cli.md does not document: {missing}"
+
+
+def test_build_killed_midway_leaves_nothing(tiny, tmp_path):
+    """SIGTERM during the writer: the temporary directory is removed and DIR never appears."""
+    import signal
+    import subprocess
+    import time
+    code = f"""
+import os, sys, time, types
+def write(compiled, out, **kw):
+    open(os.path.join(out, "part"), "w").close()
+    open({str(tmp_path / "ready")!r}, "w").close()
+    time.sleep(60)
+sys.modules["slow_writer"] = types.SimpleNamespace(write=write)
+from compiler.emit import build
+build.WRITERS["torch"] = "slow_writer"
+from compiler.cli import main
+main(["build", {tiny!r}, "--target", "torch", "-o", {str(tmp_path / "out")!r}])
+"""
+    p = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (tmp_path / "ready").exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) == 128 + signal.SIGTERM, p.stderr.read()
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["ready", "spec.json"]
