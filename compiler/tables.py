@@ -76,9 +76,14 @@ def budget_line(b: dict, rep: dict, limit_text: Optional[str] = None) -> str:
     return f"{budget_key(b)} = {fmt_bytes(b['figure'])} {rel} {limit}: {'pass' if ok else 'FAIL'} ({room}; {at})"
 
 
+def expect_name(e: dict) -> str:
+    """'params.total', or 'params.total of lm, vision' for a claim about part of the model."""
+    return e["key"] + (f" of {', '.join(e['scope'])}" if e.get("scope") else "")
+
+
 def expect_line(e: dict) -> str:
     k = e["key"]
-    return (f"{k}: claimed {fmt_figure(k, e['claimed'])}, computed {fmt_figure(k, e['computed'])} "
+    return (f"{expect_name(e)}: claimed {fmt_figure(k, e['claimed'])}, computed {fmt_figure(k, e['computed'])} "
             f"({e['relative_difference']:+.1%}, tolerance {e['tolerance']:.0%}): {'ok' if e['ok'] else 'FAIL'}")
 
 
@@ -140,7 +145,7 @@ def check_tables(rep: dict) -> list:
         out.append(table(
             "expectations (claimed in the spec vs computed)",
             ["figure", "claimed", "computed", "difference", "tolerance", "verdict"],
-            [[e["key"], fmt_figure(e["key"], e["claimed"]), fmt_figure(e["key"], e["computed"]),
+            [[expect_name(e), fmt_figure(e["key"], e["claimed"]), fmt_figure(e["key"], e["computed"]),
               f"{e['relative_difference']:+.1%}", f"{e['tolerance']:.0%}", "ok" if e["ok"] else "FAIL"]
              for e in rep["expect"]]))
     return out

@@ -76,6 +76,10 @@ def test_unmet_expectation_exits_1(tmp_path):
     r = run("check", write(tmp_path, doc))
     assert r.exit_code == 1
     assert "params.total: claimed 1.00 M, computed 1.82 K" in r.stdout and "FAIL" in r.stdout
+    doc = {**TINY, "expect": {"params.total": {"value": 900, "scope": ["embed", "mlp"]}}}
+    r = run("check", write(tmp_path, doc), "-q")
+    assert r.exit_code == 1
+    assert "params.total of embed, mlp: claimed 900, computed 1.02 K" in r.stdout
 
 
 def test_invalid_spec_exits_2_with_location_and_no_traceback(tmp_path):
@@ -152,7 +156,8 @@ def test_json_fields_are_documented():
     """Every key the JSON output has appears in docs/report-format.md."""
     import pathlib
     doc = (pathlib.Path(__file__).parent.parent / "docs" / "report-format.md").read_text()
-    rep = compile(TINY, with_nodes=True).report
+    scoped = {**TINY, "expect": {"params.total": {"value": 800, "scope": ["embed"]}}}
+    rep = compile(scoped, with_nodes=True).report
     keys = {"file", "ok", "exit_code", "report", "diagnostics", "severity", "code", "message", "path", "line",
             "column", "hint", "rows", "total", "label", "copies", "output_bytes"}
 
