@@ -7,6 +7,7 @@ The prompt runs once (prefill), then one token per step; every causal Transforme
 a `LayerCache` (K, V trimmed to its window, or the conv state; see runtime_torch/ops/transformer.py), and every
 other node must be position-wise (embedding, linear, norm, activation), so running it on the new token alone is
 exact. Greedy decoding equals transformers' `generate(do_sample=False)` token for token on the same weights.
+A batch holds prompts of one length (no padding: positions are 0..T-1 in every row).
 `DecodeSession` is the step-by-step form (prefill, then `step(ids)`), for callers that drive decoding themselves.
 """
 from __future__ import annotations
