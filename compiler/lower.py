@@ -254,6 +254,10 @@ def _layer(low: Lowering, layer: Any, path: tuple, prefix: str, include_stack: t
     if refs is not None and (not isinstance(refs, list) or not all(isinstance(r, str) for r in refs)):
         low.err(path + ("inputs",), "inputs must be a list of layer ids (strings)")
         refs = None
+    elif refs == [] and op.slots and not op.slots[0].optional:   # else the node stays unwired, with no error
+        low.err(path + ("inputs",), f"inputs is empty, but {op.name} reads {len(op.slots)} input(s)",
+                "name the layers it reads, or leave 'inputs' out to wire it by inference", code="dangling")
+        return
     first_name = None
     # a stack is numbered (`vit.0`) whenever it is one, also of depth 1: checkpoints name `layers.0`
     numbered = repeat > 1 or "repeat" in layer or any(getattr(p, f, None) is not None for f in ("depth", "repeat"))
