@@ -62,7 +62,8 @@ class Conv2d(nn.Module):
         self.stride, self.padding, self.groups = p.stride, p.padding, p.groups
 
     def __call__(self, x):
-        y = mx.conv2d(x.transpose(0, 2, 3, 1), self.weight, self.stride, self.padding, 1, self.groups)  # (B, H', W', C')
+        x = x.transpose(0, 2, 3, 1)                                               # (B, H, W, C)
+        y = mx.conv2d(x, self.weight, self.stride, self.padding, 1, self.groups)  # (B, H', W', C')
         if "bias" in self:
             y = y + self.bias
         return y.transpose(0, 3, 1, 2)                    # (B, C', H', W')

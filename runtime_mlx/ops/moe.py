@@ -14,7 +14,6 @@ import mlx.core as mx
 import numpy as np
 from mlx import nn
 
-from compiler.ops.naming import name_of
 
 from ..registry import implements
 from .basic import gelu, gelu_tanh
@@ -51,7 +50,8 @@ def experts_grouped(h, idx, w, gate_up, down, act):
 
 
 def experts(h, idx, w, gate_up, down, act):
-    """sum_k w[:, k] * down_e(act(gate_e h) * up_e h) with e = idx[:, k]; h (N, D), gate_up (E, 2F, D), down (E, D, F)."""
+    """sum_k w[:, k] * down_e(act(gate_e h) * up_e h) with e = idx[:, k];
+    h (N, D), gate_up (E, 2F, D), down (E, D, F)."""
     if h.dtype != mx.float32:
         return experts_grouped(h, idx, w, gate_up, down, act)
     N, k = idx.shape
