@@ -14,7 +14,6 @@ import mlx.core as mx
 import numpy as np
 from mlx import nn
 
-
 from ..registry import implements
 from .basic import gelu, gelu_tanh
 from .transformer import Lin, TransformerBlock, _ref, place
