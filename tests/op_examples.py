@@ -155,7 +155,7 @@ OP_EXAMPLES.update({
     "FlowMatchingHead": [
         spec([layer("FlowMatchingHead", {"out_dim": 8, "hidden_dim": 12, "freq_dim": 8}, inputs=["x", "time"])],
              [tokens(8), _SCALAR_T]),
-        spec([layer("FlowMatchingHead", {"out_dim": 8, "freq_dim": 8, "conditioning": "add", "depth": 1,
+        spec([layer("FlowMatchingHead", {"out_dim": 8, "freq_dim": 8, "conditioning": "add", "num_blocks": 1,
                                          "grid": [2, 2]}, inputs=["x", "time"])], [tokens(8, 4), _SCALAR_T]),
     ],
     "VQVAEDecoder": [
@@ -165,8 +165,9 @@ OP_EXAMPLES.update({
     ],
     "PerceiverResampler": [
         spec([layer("TransformerBlock", {"type": "PerceiverResampler", "num_latents": 3, "embed_dim": 16,
-                                         "depth": 2, "num_heads": 2, "head_dim": 4, "ff_dim": 12})], [tokens(8)]),
-        spec([layer("PerceiverResampler", {"num_latents": 2, "embed_dim": 8, "depth": 1, "num_heads": 2,
+                                         "num_layers": 2, "num_heads": 2, "head_dim": 4, "ff_dim": 12})],
+             [tokens(8)]),
+        spec([layer("PerceiverResampler", {"num_latents": 2, "embed_dim": 8, "num_layers": 1, "num_heads": 2,
                                            "head_dim": 4, "ff_dim": 16})], [tokens(8, 3)]),
     ],
     "FoveatedVLM": [
@@ -191,60 +192,6 @@ OP_EXAMPLES["VisionEncoder"] = [
     spec([_vit("dinov3", registers=1, mlp="swiglu")], [image(3, 8, 6)]),            # 2-D RoPE, LayerScale
     spec([_vit("nanovlm")], [image(3, 8, 8)]),                                      # fused qkv
 ]
-
-# --- language-model ops (TransformerBlock variants, GQA_MoE_Layer, DecoderLM) ----------------------------------------
-_LLAMA_BLOCK = {"depth": 2, "num_heads": 4, "num_kv_heads": 2, "ff_dim": 24, "mlp": "swiglu", "mlp_bias": False,
-                "norm": "rmsnorm", "attn_bias": [], "causal": True, "rope": "1d", "names": "llama"}
-_CLS_GRID = [layer("PatchEmbed", {"embed_dim": 8, "patch_size": 2, "cls_token": True}, id="embed")]
-_TINY_LM = {"vocab_size": 16, "hidden": 16, "layers": 2, "heads": 4, "kv_heads": 2, "ff_dim": 24}
-_TINY_MOE = {"vocab_size": 16, "hidden": 16, "layers": 2, "heads": 4, "kv_heads": 2, "num_experts": 4, "top_k": 2,
-             "expert_dim": 8}
-OP_EXAMPLES.update({
-    "TransformerBlock": [
-        spec([layer("TransformerBlock", _LLAMA_BLOCK)], [tokens(16)]),
-        spec([layer("TransformerBlock", dict(_LLAMA_BLOCK, head_dim=8, rope_dim=4, names="omnic"))], [tokens(16)]),
-        spec([layer("TransformerBlock", dict(_LLAMA_BLOCK, mlp="geglu_tanh", norm_offset=1.0, qk_norm=True,
-                                              post_norms=True, attn_scale=0.3, sliding_window=2, rope_theta_local=1e4,
-                                              layer_types=["sliding_attention", "full_attention"], names="gemma3"))],
-             [tokens(16)]),
-        spec([layer("TransformerBlock", dict(_LLAMA_BLOCK, qk_norm=True, layer_types=["conv", "full_attention"],
-                                              names="lfm2"))], [tokens(16)]),
-        spec([layer("TransformerBlock", {"num_heads": 2, "ff_dim": 12, "mlp": "gelu_tanh", "names": "siglip"})],
-             [tokens(8)]),
-        spec([layer("TransformerBlock", {"num_heads": 2, "ff_dim": 12, "layer_scale": 1.0, "names": "dinov2"})],
-             [tokens(8)]),
-        spec(_CLS_GRID + [layer("TransformerBlock", {"num_heads": 2, "ff_dim": 12, "mlp": "swiglu", "rope": "2d",
-                                                        "rope_theta": 100.0, "attn_bias": ["q", "v", "o"],
-                                                        "layer_scale": 1e-5, "names": "dinov3"})], [image(3, 8, 6)]),
-        spec([layer("TransformerBlock", {"num_heads": 2, "ff_dim": 12, "mlp": "relu", "fused_qkv": True,
-                                         "names": "nanovlm_vit"})], [tokens(8)]),
-        spec([layer("TransformerBlock", {"num_heads": 2, "ff_dim": 12, "mlp": "geglu", "sliding_window": 2,
-                                         "layer_type": "sliding_attention", "norm": "rmsnorm"})], [tokens(8)]),
-    ],
-    "GQA_MoE_Layer": [
-        spec([layer("TransformerBlock", {"type": "GQA_MoE_Layer", "hidden_dim": 16, "num_experts": 4, "top_k": 2,
-                                         "num_heads": 4, "num_kv_heads": 2, "rope_dim": 4, "expert_dim": 8,
-                                         "repeat": 2})], [tokens(16)]),
-        spec([layer("GQA_MoE_Layer", {"num_experts": 3, "top_k": 1, "num_heads": 2, "expert_dim": 6, "mlp": "geglu",
-                                      "shared_expert_dim": 10, "attn_bias": ["q", "k", "v"], "norm_topk_prob": False,
-                                      "names": "qwen2_moe"})], [tokens(8)]),
-    ],
-    "DecoderLM": [spec([layer("DecoderLM", dict(_TINY_LM, family="llama", tie=True), id="lm")], [ids()])]
-    + [spec([layer("DecoderLM", dict(_TINY_LM, family="gemma3", head_dim=4, sliding_window=2,
-                                     sliding_window_pattern=2), id="lm")], [ids()]),
-       spec([layer("DecoderLM", dict(_TINY_LM, family="lfm2", layer_types=["conv", "full_attention"]), id="lm")],
-            [ids()]),
-       spec([layer("DecoderLM", dict(_TINY_MOE, family="qwen2_moe", shared_expert_dim=12), id="lm")], [ids()]),
-       spec([layer("DecoderLM", dict(_TINY_MOE, family="mixtral"), id="lm")], [ids()]),
-       spec([layer("DecoderLM", dict(_TINY_LM, family="nanovlm_lm"), id="lm")], [ids()])],
-})
-
-# MergeImageTokens: the test draws ids below the smallest vocabulary among their consumers, so with a 1-row
-# embedding every position is the placeholder (id 0) and the image tokens (B, T, D) fill all of them
-OP_EXAMPLES["MergeImageTokens"] = spec(
-    [layer("Embedding", {"num_embeddings": 1, "embedding_dim": 8}, id="emb"),
-     layer("MergeImageTokens", {"image_token_id": 0}, inputs=["emb", "img", "input_ids"])],
-    [ids(), tokens(8, name="img")])
 
 # --- language-model ops (TransformerBlock variants, GQA_MoE_Layer, DecoderLM) ----------------------------------------
 _LLAMA_BLOCK = {"depth": 2, "num_heads": 4, "num_kv_heads": 2, "ff_dim": 24, "mlp": "swiglu", "mlp_bias": False,

@@ -43,7 +43,7 @@ _TABLE: dict[str, dict[str, dict[str, Any]]] = {
     "specs/omni_lite.json": {
         "top": {"inputs[0].shape": ["B", 3, 32, 32]},
         "vision": {"patch_size": 8, "hidden": 16, "layers": 2, "heads": 2, "ff_dim": 32, "image_size": 32},
-        "resampler": {"num_latents": 4, "embed_dim": 16, "depth": 1, "num_heads": 2, "head_dim": 8, "ff_dim": 32},
+        "resampler": {"num_latents": 4, "embed_dim": 16, "num_layers": 1, "num_heads": 2, "head_dim": 8, "ff_dim": 32},
         "embed": {"num_embeddings": 64, "embedding_dim": 16},
         "backbone": {"repeat": 2, "num_experts": 4, "top_k": 2, "hidden_dim": 16, "num_heads": 4, "num_kv_heads": 2,
                      "rope_dim": 4, "expert_dim": 8},

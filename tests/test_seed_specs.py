@@ -250,7 +250,7 @@ def test_oculus_language_model_is_the_lfm2_component():
 
 # --- properties of the generative ops --------------------------------------------------------------------------------
 def test_resampler_ignores_media_order_and_reads_the_media():
-    c = compiler.compile(spec([layer("PerceiverResampler", {"num_latents": 3, "embed_dim": 8, "depth": 2,
+    c = compiler.compile(spec([layer("PerceiverResampler", {"num_latents": 3, "embed_dim": 8, "num_layers": 2,
                                                             "num_heads": 2, "head_dim": 4, "ff_dim": 16})],
                               [tokens(6, 5)]))
     m = rt.build(c, seed=0)

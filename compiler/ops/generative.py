@@ -6,7 +6,7 @@ that turns each token into `out_dim` latent values (the shape of MAR's `SimpleML
     e    = sinusoid(t * time_scale)                           (B, freq_dim)   cos | sin halves, max period 10^4
     c    = time_embed.fc2(silu(time_embed.fc1(e)))            (B, F)
     h    = in_proj(x)                                         (B, N, F)
-  conditioning "adaln", per block i (`depth` blocks):
+  conditioning "adaln", per block i (`num_blocks` blocks):
     shift, scale, gate = blocks.i.ada(silu(c)).chunk(3)       (B, 1, F) each
     h    = h + gate * blocks.i.mlp.fc2(silu(blocks.i.mlp.fc1(LN(h) * (1 + scale) + shift)))
     shift, scale = final_ada(silu(c)).chunk(2);  y = out_proj(LN(h) * (1 + scale) + shift)        (B, N, out_dim)
@@ -39,7 +39,7 @@ class FlowParams(Params):
     in_dim: Optional[int] = Field(None, ge=1, le=1_000_000, description="Token width D; inferred from the input.")
     hidden_dim: Optional[int] = Field(None, ge=1, le=1_000_000, description="MLP width F; default D.")
     out_dim: int = Field(ge=1, le=1_000_000, description="Latent values per token (4 channels x 8 x 8 = 256).")
-    depth: int = Field(2, ge=0, le=64, description="Residual MLP blocks.")
+    num_blocks: int = Field(2, ge=0, le=64, description="Residual MLP blocks.")
     conditioning: Literal["adaln", "add"] = Field(
         "adaln", description="adaln: the time embedding sets shift/scale/gate of every block and the output; add: "
                              "it is added to the projected tokens.")
@@ -95,7 +95,7 @@ class FlowMatchingHead(Op):
         w = {"time_embed.fc1.weight": W((F_, p.freq_dim)), "time_embed.fc1.bias": W((F_,), "bias"),
              "time_embed.fc2.weight": W((F_, F_)), "time_embed.fc2.bias": W((F_,), "bias"),
              "in_proj.weight": W((F_, D)), "in_proj.bias": W((F_,), "bias")}
-        for i in range(p.depth):
+        for i in range(p.num_blocks):
             b = f"blocks.{i}."
             w.update({b + "mlp.fc1.weight": W((F_, F_)), b + "mlp.fc1.bias": W((F_,), "bias"),
                       b + "mlp.fc2.weight": W((F_, F_)), b + "mlp.fc2.bias": W((F_,), "bias")})
@@ -113,8 +113,8 @@ class FlowMatchingHead(Op):
         F_ = p.hidden_dim
         per_example = linear_flops(b, p.freq_dim, F_) + linear_flops(b, F_, F_)
         if p.conditioning == "adaln":
-            per_example += linear_flops(b, F_, 3 * F_) * p.depth + linear_flops(b, F_, 2 * F_)
-        per_token = linear_flops(rows, p.in_dim, F_) + 2 * p.depth * linear_flops(rows, F_, F_) + \
+            per_example += linear_flops(b, F_, 3 * F_) * p.num_blocks + linear_flops(b, F_, 2 * F_)
+        per_token = linear_flops(rows, p.in_dim, F_) + 2 * p.num_blocks * linear_flops(rows, F_, F_) + \
             linear_flops(rows, F_, p.out_dim)
         return per_example + per_token
 

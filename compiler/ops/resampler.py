@@ -6,14 +6,15 @@ Source: Alayrac et al. 2022 (Flamingo), section 2.1 and appendix A.1.1; open_fla
 
     x   = media_proj(media)                           (B, N, D)   only when the media width kv_dim != D
     lat = latents                                     (B, L, D)   learned, shared by every example
-    per layer i (`depth` layers):
+    per layer i (`num_layers` layers):
         kv  = concat(norm_media(x), norm_latents(lat))            (B, N + L, D)   latents attend to media + latents
         lat = lat + o_proj(attn(q_proj(norm_latents(lat)), k_proj(kv), v_proj(kv)))
         lat = lat + mlp.fc2(gelu(mlp.fc1(ff_norm(lat))))
     out = norm(lat)                                   (B, L, D)
 Attention is bidirectional with `num_heads` x `head_dim` (inner width need not be D, as in Flamingo); projections
 and the MLP have no biases (Flamingo's), LayerNorms have weight and bias (eps 1e-5). Unspecified depth, heads and
-MLP width take Flamingo's values with a warning: depth 6, 8 heads of 64, ff_dim 4 D.
+MLP width take Flamingo's values with a warning: num_layers 6, 8 heads of 64, ff_dim 4 D. (The depth is
+`num_layers`, not `depth`: a `depth` param makes the lowering number the node as a stack, `resampler.0`.)
 Decode state: none. The L output tokens enter the language model's context, whose KV cache holds them.
 """
 from __future__ import annotations
@@ -33,7 +34,8 @@ class ResamplerParams(Params):
     num_latents: int = Field(ge=1, le=65536, description="Output tokens L (learned latents).")
     embed_dim: int = Field(ge=1, le=1_000_000, description="Latent width D (the output width).")
     kv_dim: Optional[int] = Field(None, ge=1, le=1_000_000, description="Media width; inferred from the input.")
-    depth: Optional[int] = Field(None, ge=1, le=256, description=f"Layers; default {DEFAULT_DEPTH} (Flamingo), warned.")
+    num_layers: Optional[int] = Field(None, ge=1, le=256, description=f"Layers (depth); default {DEFAULT_DEPTH} "
+                                                                      "(Flamingo), warned.")
     num_heads: Optional[int] = Field(None, ge=1, le=4096, description=f"Heads; default {DEFAULT_HEADS}, warned.")
     head_dim: Optional[int] = Field(None, ge=1, le=4096, description=f"Head size; default {DEFAULT_HEAD_DIM}.")
     ff_dim: Optional[int] = Field(None, ge=1, le=10_000_000, description="MLP width; default 4 D, warned.")
@@ -66,9 +68,9 @@ class PerceiverResampler(Op):
             diag("kv_dim", f"kv_dim is {p.kv_dim} but the media tokens are {x.width} wide ({x})",
                  f"drop kv_dim (it is inferred) or set it to {x.width}")
             return p
-        if p.depth is None:
-            up["depth"] = DEFAULT_DEPTH
-            diag("depth", f"depth not given: using {DEFAULT_DEPTH} layers (Flamingo)", "state depth",
+        if p.num_layers is None:
+            up["num_layers"] = DEFAULT_DEPTH
+            diag("num_layers", f"num_layers not given: using {DEFAULT_DEPTH} layers (Flamingo)", "state num_layers",
                  severity="warning")
         if p.num_heads is None:
             up["num_heads"] = DEFAULT_HEADS
@@ -92,7 +94,7 @@ class PerceiverResampler(Op):
         if p.kv_dim != D:
             w["media_proj.weight"] = W((D, p.kv_dim))
             w["media_proj.bias"] = W((D,), "bias")
-        for i in range(p.depth):
+        for i in range(p.num_layers):
             b = f"layers.{i}."
             for n in ("norm_media", "norm_latents", "ff_norm"):
                 w[b + n + ".weight"] = W((D,), "norm")
@@ -115,7 +117,7 @@ class PerceiverResampler(Op):
         per_layer = (linear_flops(b * L, D, I) + 2 * linear_flops(b * (n + L), D, I)   # q; k, v over media + latents
                      + 4 * b * L * (n + L) * I                                       # scores and weighted sum
                      + linear_flops(b * L, I, D) + 2 * linear_flops(b * L, D, p.ff_dim))
-        return total + p.depth * per_layer
+        return total + p.num_layers * per_layer
 
     @classmethod
     def workspace(cls, p, ins, outs, ctx):

@@ -51,7 +51,7 @@ class PerceiverResampler(nn.Module):
         super().__init__()
         self.latents = nn.Parameter(torch.empty(p.num_latents, p.embed_dim))
         self.media_proj = Lin(p.embed_dim, p.kv_dim, True) if p.kv_dim != p.embed_dim else None
-        self.layers = nn.ModuleList(_Layer(p) for _ in range(p.depth))
+        self.layers = nn.ModuleList(_Layer(p) for _ in range(p.num_layers))
         self.norm = _LayerNorm(p.embed_dim, p.norm_eps)
 
     def forward(self, media):
