@@ -289,6 +289,9 @@ def _include(low: Lowering, ref: Any, path: tuple, stack: tuple):
     if "://" in ref or ref.startswith(("http:", "https:", "file:", "//")):
         low.err(path, f"includes are files inside the spec's folder, not URLs: {ref!r}", code="include")
         return None
+    if "\x00" in ref:                                    # the OS refuses such a name (a ValueError, not an OSError)
+        low.err(path, "include names a file with a NUL character", code="include")
+        return None
     if os.path.isabs(ref):
         low.err(path, f"include must be a relative path, got {ref!r}", code="include")
         return None

@@ -215,7 +215,8 @@ def read_file(path: str) -> Source:
                                         1, 1, "a spec describes an architecture", "limit")])
         with open(path, "rb") as f:
             raw = f.read(MAX_BYTES + 1)
-    except OSError as e:
-        raise SpecError([Diagnostic(ERROR, f"cannot read spec: {e.strerror}", "", path, None, None, None, "io")]) \
+    except (OSError, ValueError) as e:                   # ValueError: a NUL in the path
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise SpecError([Diagnostic(ERROR, f"cannot read spec: {why}", "", path, None, None, None, "io")]) \
             from None
     return parse_bytes(raw, path)
