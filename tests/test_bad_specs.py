@@ -137,6 +137,7 @@ CASES: dict[str, tuple[str | None, str, str | None]] = {
     "include_not_json.json": ("include", "is not valid JSON", "5:19"),
     "include_not_a_layer.json": ("include", "must be an object with 'type' and 'params'", "5:19"),
     "include_not_a_string.json": (None, "include must be a relative file path", "5:19"),
+    "include_nul_character.json": ("include", "NUL character", "5:19"),
     # --- limits: refused before anything is allocated ---------------------------------------------------------------
     "limit_repeat_huge.json": (None, "repeat must be an integer from 1 to 4096, got 1000000000000", "5:24"),
     "limit_repeat_zero.json": (None, "repeat must be an integer from 1 to 4096, got 0", "5:24"),
@@ -275,6 +276,12 @@ def test_deep_python_dict_is_a_diagnostic_not_a_recursion_error():
 def test_dict_spec_with_non_json_values_is_a_diagnostic(value):
     c = compiler.compile({"name": "x", "layers": [{"type": "LayerNorm", "params": {"eps": value}}]})
     assert not c.ok and c.errors[0].code == "json"
+
+
+@pytest.mark.parametrize("path", ["spec\x00.json", "x" * 5000, "no/such/dir/spec.json"])
+def test_unreadable_paths_are_diagnostics(path):
+    c = compiler.compile(path)
+    assert not c.ok and c.errors[0].code == "io" and c.errors[0].file == path
 
 
 def test_utf8_bom_before_a_valid_spec_is_accepted(tmp_path):
