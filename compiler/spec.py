@@ -57,8 +57,9 @@ class Budget(BaseModel):
     format: str = Field("bf16", description="Storage format of the weights (see `omnic check --help`).")
     mode: Literal["inference", "training"] = "inference"
     stage: Optional[str] = Field(None, description="Training stage whose frozen set applies (mode training).")
-    batch: int = Field(1, ge=1)
-    context: Optional[int] = Field(None, ge=1, description="Text tokens; defaults to the spec's `context`.")
+    batch: int = Field(1, ge=1, le=1_000_000)                    # the bounds of the spec's own batch and context
+    context: Optional[int] = Field(None, ge=1, le=10_000_000,
+                                   description="Text tokens; defaults to the spec's `context`.")
     note: Optional[str] = None
 
     @field_validator("vram")
