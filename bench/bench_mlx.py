@@ -70,7 +70,9 @@ def bench_speed(tokens: int, reps: int) -> None:
     print(f"{'runtime':<12} {'ms':>9} {'tokens/s':>10}")
     for k, v in med.items():
         print(f"{k:<12} {v * 1e3:9.1f} {tokens / v:10.0f}")
-    print(f"ratio omnic-MLX / mlx-lm: {med['omnic-MLX'] / med['mlx-lm']:.3f}   max |logit diff| {diff:.2e}")
+    print(f"ratio omnic-MLX / mlx-lm: {med['omnic-MLX'] / med['mlx-lm']:.3f}   max |logit diff| {diff:.2e}   "
+          f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: absolute times scale with it, the "
+          f"interleaved ratio much less)")
 
 
 # --- 2. memory --------------------------------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ def main() -> None:
     print(f"{'variant':<24} {'ms':>9} {'GFLOP/s':>9}  blas")
     for name, r in rows:
         print(f"{name:<24} {r['seconds'] * 1e3:9.1f} {r['gflops']:9.1f}  {r['blas']['path'] or r['blas']['reason']}")
-    print(f"speed-up: {rows[1][1]['gflops'] / rows[0][1]['gflops']:.1f}x")
+    print(f"speed-up: {rows[1][1]['gflops'] / rows[0][1]['gflops']:.1f}x   (load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":
