@@ -440,7 +440,7 @@ def _lint(low: Lowering) -> None:
     embs = {(n.params.num_embeddings, n.params.embedding_dim): n for n in g.nodes() if n.op == "Embedding"}
     for n in g.nodes():
         if n.op == "Linear" and n.params.tied_name is None and n.params.in_features is not None \
-                and "tie" not in n.params.model_fields_set:      # "tie": null says untied on purpose
+                and not {"tie", "role"} & n.params.model_fields_set:   # "tie": null / "role": "head": untied on purpose
             e = embs.get((n.params.out_features, n.params.in_features))
             if e is not None:
                 # an output embedding: quantisers keep it in 16-bit like the input embedding

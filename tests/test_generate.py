@@ -92,3 +92,18 @@ def test_refuses_non_decoder_graphs():
                           "layers": [{"type": "TransformerBlock", "params": {"num_heads": 2, "ff_dim": 8}}]})
     with pytest.raises(ValueError, match="token-id input"):
         generate(rt.build(c), torch.zeros(1, 2, dtype=torch.long), 1)
+
+
+def test_cache_bytes_equal_the_reports_decode_state(pair):
+    """The compiler's decode state at (batch 2, context 9) equals the bytes the runtime's caches really hold."""
+    family, _, model = pair
+    s = DecodeSession(model)
+    s.step(torch.zeros(2, 9, dtype=torch.long))
+    held = sum(t.numel() * t.element_size() for c in s.caches.values() for t in (c.k, c.v, c.conv) if t is not None)
+    report = compiler.compile(_spec_of(family), batch=2, context=9).report
+    assert held == report["memory"]["decode_state"]["fp32"], family
+
+
+def _spec_of(family):
+    from compiler.importers import spec_from_hf_config
+    return spec_from_hf_config(hf_model(family).config.to_dict())

@@ -305,7 +305,8 @@ class Block(Op):
             return 0                                                # encoders cache nothing
         n = ctx.full(x.shape[1])
         if p.layer_type == "sliding_attention" and p.sliding_window:
-            n = min(n, p.sliding_window)
+            # a token sees the window including itself: between steps the cache keeps window - 1 positions
+            n = min(n, p.sliding_window - 1)
         return 2 * b * p.kv * p.head_dim * n                        # K and V: (B, kv, N, hs) each
 
     @classmethod
