@@ -79,6 +79,7 @@ CASES: dict[str, tuple[str | None, str, str | None]] = {
     "doc_budget_bad_size.json": ("value", "cannot read size '6 GiGs'", "4:14"),
     "doc_budget_infinite.json": ("value", "out of range", "4:14"),
     "doc_budget_unknown_format.json": (None, "unknown storage format 'bf61'", "4:30"),
+    "doc_budget_batch_huge.json": ("value", "less than or equal to 1000000", "4:30"),
     "doc_expect_unknown_key.json": ("value", "did you mean 'params.total'?", "4:3"),
     "doc_input_unknown_kind.json": ("enum", "did you mean 'image'?", "3:28"),
     "doc_input_unknown_symbol.json": (None, "unknown size symbol 'L'", "3:61"),
@@ -260,6 +261,23 @@ def test_too_many_tokens_is_refused_early(tmp_path):
     assert_refused(c, p)
     assert "JSON tokens" in c.errors[0].message
     assert seconds < LIMIT_S
+
+
+def test_nesting_limit_is_checked_before_the_stack_grows():
+    """The parser recurses once per level and stops at MAX_DEPTH, so even a small recursion limit is enough."""
+    from compiler.source import MAX_DEPTH, parse_text
+    from compiler.diagnostics import SpecError
+    ok = "[" * MAX_DEPTH + "]" * MAX_DEPTH
+    assert parse_text(ok).data is not None
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(MAX_DEPTH + 60)
+    try:
+        with pytest.raises(SpecError, match="nested deeper than"):
+            parse_text("[" * (2 * MAX_DEPTH) + "]" * (2 * MAX_DEPTH))
+        with pytest.raises(SpecError, match="nested deeper than"):
+            parse_text('{"a":' * 10_000 + "1" + "}" * 10_000)
+    finally:
+        sys.setrecursionlimit(old)
 
 
 def test_deep_python_dict_is_a_diagnostic_not_a_recursion_error():
