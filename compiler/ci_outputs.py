@@ -90,13 +90,13 @@ def _diagnostic(d: dict) -> Diagnostic:
 
 
 def status(r: dict) -> str:
-    return INVALID if r["report"] is None else PASS if r["ok"] else FAIL
+    return INVALID if r["exit_code"] == 2 else PASS if r["ok"] else FAIL
 
 
 def deciding(r: dict) -> list[str]:
     """The lines that decided the verdict: the budget line (pass or fail), each unmet expectation; for an invalid
     spec its errors."""
-    if r["report"] is None:
+    if status(r) == INVALID:
         return [_diagnostic(d).render().splitlines()[0] for d in r["diagnostics"] if d["severity"] == "error"] \
             or ["invalid spec"]
     rep = r["report"]
