@@ -119,7 +119,8 @@ class FoveatedVLM(nn.Module):
         z = self.query_attend(q, kv).unflatten(0, (B, Fr))                      # (B, F, D)
         if mode == "coarse_fine":
             queries = self.llm_to_query(self.hidden(self.visual(z)))            # (B, F, Q): coarse pass, visual only
-            shifted = torch.cat([self.q_init.expand(B, 1, -1), queries[:, :-1]], dim=1)  # frame t <- frame t-1
+            # frame t takes frame t-1's query (q_init for frame 0); slicing F of F + 1 keeps no F-1 sized dim
+            shifted = torch.cat([self.q_init.expand(B, 1, -1), queries], dim=1)[:, :Fr]      # (B, F, Q)
             z = self.query_attend(shifted.flatten(0, 1), kv).unflatten(0, (B, Fr))
         return self.hidden(torch.cat([self.visual(z), text], dim=1), caches)   # (B, F+T, H)
 
