@@ -7,6 +7,8 @@ PatchEmbed (`encoder.dino.embeddings`), the DINOv2 and Llama layers are Transfor
 each DINO layer's norm1 / query / output / LayerScale / MLP on one token against that layer's cached K, V.
 
     forward(frames, ids, mode=None) -> logits (B, F + T, V)             mode defaults to the spec's `mode`
+Inside an OmnicModel the node runs its `mode` attribute (the spec's): set `model.node("fvlm").mode`, or call the
+node itself with `mode=` to choose per call.
     generate(frames, ids, max_new_tokens, mode=None) -> ids (B, max_new_tokens), greedy, with the LLM KV cache
 Shapes: B batch, F frames, n = 1 + g*g DINO tokens per frame, D DINO width, Q query width, H LLM width, T text.
 """
