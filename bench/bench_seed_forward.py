@@ -9,7 +9,9 @@ Peers measured in the same run (timing peers with the same shapes and sizes, not
 SiglipVisionModel + LlamaForCausalLM for nanoVLM (vision, then the LM over embeddings of the same length), and
 Dinov2Model + LlamaForCausalLM driven as fVLM's release code drives them (coarse_fine: DINO once, two query
 passes, the LM over the 8 visual tokens, then over 8 + T). Ratios are omnic / transformers (below 1 = faster).
-Times are medians of --repeat runs after one warm-up, float32, torch's default CPU threads.
+Times are medians of --repeat runs after one warm-up, float32, torch's default CPU threads: wall time and the
+process's CPU time (all threads). On a busy machine wall times stretch with the load average (printed); the ratios,
+measured back to back in one process, are the figures to compare.
 Run: python bench/bench_seed_forward.py [--prompt 32] [--new 8] [--repeat 3] [--no-peers]
 """
 from __future__ import annotations
@@ -31,14 +33,21 @@ import compiler  # noqa: E402
 import runtime_torch as rt  # noqa: E402
 
 
+CPU: dict[float, float] = {}     # wall median -> CPU median of the same figure, for printing
+
+
 def timed(fn, repeat: int) -> tuple[float, object]:
+    """Median wall seconds of `repeat` runs after a warm-up (the CPU median is kept in CPU for `row`)."""
     out = fn()                                              # warm-up
-    times = []
+    walls, cpus = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    wall = statistics.median(walls)
+    CPU[wall] = statistics.median(cpus)
+    return wall, out
 
 
 def build(path: str):
@@ -49,7 +58,9 @@ def build(path: str):
 
 
 def row(what: str, seconds: float, extra: str = "") -> None:
-    print(f"  {what:<44} {seconds * 1000:>10.1f} ms  {extra}")
+    cpu = CPU.get(seconds)
+    cpu_text = f"{cpu * 1000:>10.1f} ms CPU" if cpu is not None else " " * 17
+    print(f"  {what:<50} {seconds * 1000:>10.1f} ms wall {cpu_text}  {extra}")
 
 
 # --- nanoVLM --------------------------------------------------------------------------------------------------------------
@@ -157,9 +168,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per figure (median)")
     ap.add_argument("--no-peers", action="store_true", help="skip the transformers peers")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, float32, random weights")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, float32, random weights "
+          f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     bench_nanovlm(args)
     bench_fvlm(args)
+    print(f"(load average at the end {os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":

@@ -289,3 +289,41 @@ def test_vqvae_decoder_snaps_to_codes_straight_through():
     zq.sum().backward()
     assert torch.equal(z.grad, torch.ones_like(z))                       # straight-through
     assert m(z=z.detach())["layers.0"].shape == (1, 3, 4, 4)
+
+
+# --- FLOP rules against torch's counter (on the operations it counts: linear, conv, matmul) ----------------------------
+FLOP_OPS = ["SegmentationHead", "ClassificationHead", "DetectionHead", "OCRHead", "FlowMatchingHead", "VQVAEDecoder",
+            "PerceiverResampler"]
+
+
+@pytest.mark.parametrize("op", FLOP_OPS)
+def test_flop_rule_matches_torch_counter(op):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tests.op_examples import ENV as OP_ENV
+    from tests.op_examples import OP_EXAMPLES
+    from tests.test_torch_runtime import make_inputs as op_inputs
+    examples = OP_EXAMPLES[op] if isinstance(OP_EXAMPLES[op], list) else [OP_EXAMPLES[op]]
+    for s in examples:
+        c = compiler.compile(s, batch=OP_ENV["B"], context=OP_ENV["T"], frames=OP_ENV["F"], with_nodes=True)
+        node = next(n for n in c.graph.nodes() if n.op == op)
+        want = next(n["flops_prefill"] for n in c.report["nodes"] if n["name"] == node.name)
+        if op == "PerceiverResampler":               # CPU scaled_dot_product_attention counts 0 in FlopCounterMode
+            p, x = node.params, c.graph.input_types(node)[0]
+            n_media = x.shape[1].eval(OP_ENV)
+            want -= p.num_layers * 4 * OP_ENV["B"] * p.num_latents * (n_media + p.num_latents) * p.inner
+        model = rt.build(c, seed=0)
+        env, mod = {}, model.node(node.name)
+        inputs = {k: v for k, v in op_inputs(c.graph).items()}
+        with torch.no_grad():
+            for n in c.graph.nodes():                # run up to the node, then count the node alone
+                if n.op == "Input":
+                    env[n.name] = inputs[n.name]
+                    continue
+                args = [env[src] if o == "out" else env[src][o] for src, o in n.inputs]
+                if n.name == node.name:
+                    with torch.enable_grad(), FlopCounterMode(display=False) as fc:   # its module hooks need grad
+                        mod(*args)
+                    break
+                env[n.name] = model.node(n.name)(*args)
+        assert fc.get_total_flops() == want, (s["layers"], fc.get_total_flops(), want)
