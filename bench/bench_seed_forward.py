@@ -63,7 +63,7 @@ def row(what: str, seconds: float, extra: str = "") -> None:
     print(f"  {what:<50} {seconds * 1000:>10.1f} ms wall {cpu_text}  {extra}")
 
 
-# --- nanoVLM --------------------------------------------------------------------------------------------------------------
+# --- nanoVLM ----------------------------------------------------------------------------------------------------
 def bench_nanovlm(args) -> None:
     c, model, t_build = build("specs/nanovlm/original_small.json")
     n_params = sum(p.numel() for p in model.parameters())

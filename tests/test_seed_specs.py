@@ -291,7 +291,7 @@ def test_vqvae_decoder_snaps_to_codes_straight_through():
     assert m(z=z.detach())["layers.0"].shape == (1, 3, 4, 4)
 
 
-# --- FLOP rules against torch's counter (on the operations it counts: linear, conv, matmul) ----------------------------
+# --- FLOP rules against torch's counter (on the operations it counts: linear, conv, matmul) --------------------------
 FLOP_OPS = ["SegmentationHead", "ClassificationHead", "DetectionHead", "OCRHead", "FlowMatchingHead", "VQVAEDecoder",
             "PerceiverResampler"]
 
