@@ -5,8 +5,8 @@
 2. Memory: for every shipped spec under specs/ (shrunk through overrides: stacks to 2 layers, batch 1, a short
    context), the compiler's predicted inference peak (report, fp32) vs `mx.get_peak_memory()` over a real forward
    (`runtime_mlx.memory`). A forward holds no decode state, so the prediction compared is weights + activation peak
-   (`memory.inference.fp32 - memory.decode_state.fp32`); decoder-only graphs run a prefill that keeps its KV cache
-   and are compared with the full `memory.inference.fp32`. Specs that fail to compile, build or run are listed as
+   (`memory.inference.fp32 - memory.decode_state.fp32`); graphs that `generate` can decode (decoders and VLMs) run
+   a prefill that keeps its KV / conv caches and are compared with the full `memory.inference.fp32`. Specs that fail to compile, build or run are listed as
    skipped with the reason.
 Usage: python bench/bench_mlx.py [--tokens 256] [--reps 5] [--context 128] [--skip-speed] [--skip-memory]
 """
@@ -125,42 +125,52 @@ def make_inputs(c, seed: int = 0) -> dict:
     return out
 
 
-def bench_memory(context: int) -> None:
+def measure_spec(path: str, context: int) -> tuple:
+    """(mode, report weights, MLX weights, predicted, measured, other live bytes) for one shrunk spec."""
     from runtime_mlx.generate import DecodeSession
+    c = compile(path, shrink_overrides(path), batch=1, context=context, frames=2, format="fp32")
+    if not c.ok:
+        raise ValueError("; ".join(d.message for d in c.errors)[:120])
+    model = runtime_mlx.build(c, seed=0)
+    rep = c.report["memory"]
+    inputs = make_inputs(c)
+    try:
+        session = DecodeSession(model)
+    except ValueError:
+        session = None
+    if session is None:
+        res = memory.measure_forward_peak(model, inputs)
+        mode, predicted = "forward", rep["inference"]["fp32"] - rep["decode_state"]["fp32"]
+    else:
+        ids = inputs.pop(session.input)
+        res = memory.measure_prefill(model, ids, session.logits, **inputs)
+        inputs[session.input] = ids
+        mode, predicted = "prefill+KV", rep["inference"]["fp32"]
+    # what was alive before the forward besides this model's weights and inputs (should be ~0)
+    other = res["before"] - res["weights"] - sum(v.nbytes for v in inputs.values())
+    return mode, rep["weights"]["fp32"], res["weights"], predicted, res["peak"], other
+
+
+def bench_memory(context: int) -> None:
+    import gc
     paths = sorted(p for p in glob.glob(os.path.join(ROOT, "specs", "**", "*.json"), recursive=True)
                    if os.path.basename(p) != "schema.json" and os.sep + "components" + os.sep not in p)
     rows, skipped = [], []
     for path in paths:
         name = os.path.relpath(path, os.path.join(ROOT, "specs"))
+        gc.collect()
+        mx.clear_cache()
         try:
-            c = compile(path, shrink_overrides(path), batch=1, context=context, frames=2, format="fp32")
-            if not c.ok:
-                raise ValueError("; ".join(d.message for d in c.errors)[:120])
-            model = runtime_mlx.build(c, seed=0)
-            rep = c.report["memory"]
-            try:
-                DecodeSession(model)
-                mode = "prefill+KV"
-            except ValueError:
-                mode = "forward"
-            inputs = make_inputs(c)
-            if mode == "forward":
-                res = memory.measure_forward_peak(model, inputs)
-                predicted = rep["inference"]["fp32"] - rep["decode_state"]["fp32"]
-            else:
-                res = memory.measure_prefill(model, next(iter(inputs.values())))
-                predicted = rep["inference"]["fp32"]
-            rows.append((name, mode, rep["weights"]["fp32"], res["weights"], predicted, res["peak"]))
-            del model, res
+            rows.append((name,) + measure_spec(path, context))
         except Exception as e:                                 # a bench reports, it does not stop
             skipped.append((name, f"{type(e).__name__}: {e}"[:140]))
     print(f"\n2. Memory, shipped specs shrunk to {SHRINK_TO} layers per stack, batch 1, context {context}, frames 2, "
-          f"fp32 (MB = 1e6 bytes)")
+          f"fp32 (MB = 1e6 bytes; 'other' = bytes alive before the run besides its weights and inputs)")
     print(f"{'spec':<28} {'mode':<11} {'weights rep':>11} {'weights MLX':>11} {'predicted':>10} {'measured':>10} "
-          f"{'meas/pred':>9}")
-    for name, mode, wr, wm, pred, peak in rows:
+          f"{'meas/pred':>9} {'other':>6}")
+    for name, mode, wr, wm, pred, peak, other in rows:
         print(f"{name:<28} {mode:<11} {wr / 1e6:11.1f} {wm / 1e6:11.1f} {pred / 1e6:10.1f} {peak / 1e6:10.1f} "
-              f"{peak / pred:9.3f}")
+              f"{peak / pred:9.3f} {other / 1e6:6.1f}")
     for name, why in skipped:
         print(f"{name:<28} skipped: {why}")
 

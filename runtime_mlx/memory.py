@@ -2,7 +2,7 @@
 
   weight_bytes(model)                  bytes of the owned tensors (tied ones once): compare `memory.weights[fmt]`
   measure_forward_peak(model, inputs)  one forward under `mx.reset_peak_memory()` / `mx.get_peak_memory()`
-  measure_prefill(model, ids)          the same for a prefill through `generate.DecodeSession`, which keeps the KV
+  measure_prefill(model, ids, **other)  the same for a prefill through `generate.DecodeSession`, which keeps the KV
                                        and conv caches: their bytes compare `memory.decode_state[fmt]` exactly
 
 The allocator's peak counts everything alive at once: the weights, the inputs, every intermediate MLX keeps until
@@ -44,14 +44,16 @@ def measure_forward_peak(model, inputs: dict) -> dict:
     return res
 
 
-def measure_prefill(model, ids, logits=None) -> dict:
-    """{"peak", "before", "weights", "cache", "session"} for a prefill of `ids` (B, T) with caches kept."""
+def measure_prefill(model, ids, logits=None, **inputs) -> dict:
+    """{"peak", "before", "weights", "cache", "session"} for a prefill of `ids` (B, T) with caches kept; `inputs`
+    are the model's other inputs (images of a VLM)."""
     from .generate import DecodeSession
     ids = ids if isinstance(ids, mx.array) else mx.array(ids)
+    inputs = {k: v if isinstance(v, mx.array) else mx.array(v) for k, v in inputs.items()}
     session = DecodeSession(model, logits)
-    mx.eval(model.parameters(), ids)
+    mx.eval(model.parameters(), ids, inputs)
     before = _start()
-    out = session.step(ids)
+    out = session.step(ids, **inputs)
     mx.eval(out, session.cache_arrays())
     peak = mx.get_peak_memory()
     del out

@@ -60,7 +60,7 @@ class FlowMatchingHead(nn.Module):
         self.time_embed.fc1, self.time_embed.fc2 = Lin(Fw, p.freq_dim, True), Lin(Fw, Fw, True)
         self.in_proj = Lin(Fw, D, True)
         self.blocks = []
-        for _ in range(p.depth):
+        for _ in range(p.num_blocks):
             b = Box()
             b.mlp = Box()
             b.mlp.fc1, b.mlp.fc2 = Lin(Fw, Fw, True), Lin(Fw, Fw, True)

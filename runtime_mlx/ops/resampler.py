@@ -43,7 +43,7 @@ class PerceiverResampler(nn.Module):
         self.latents = mx.zeros((p.num_latents, p.embed_dim))
         if p.kv_dim != p.embed_dim:
             self.media_proj = Lin(p.embed_dim, p.kv_dim, True)
-        self.layers = [_Layer(p) for _ in range(p.depth)]
+        self.layers = [_Layer(p) for _ in range(p.num_layers)]
         self.norm = Norm(p.embed_dim, "layernorm", p.norm_eps)
 
     def __call__(self, media):
