@@ -33,10 +33,10 @@ from compiler.ops.naming import name_of
 from compiler.ops.transformer import GATED
 
 from ..registry import implements
-from .basic import gelu, gelu_tanh, rms_norm
+from .basic import gelu, gelu_tanh, rms_norm, silu
 
-ACT = {"gelu": gelu, "gelu_tanh": gelu_tanh, "relu": lambda x: mx.maximum(x, 0), "silu": nn.silu,
-       "swiglu": nn.silu, "geglu": gelu, "geglu_tanh": gelu_tanh}
+ACT = {"gelu": gelu, "gelu_tanh": gelu_tanh, "relu": lambda x: mx.maximum(x, 0), "silu": silu,
+       "swiglu": silu, "geglu": gelu, "geglu_tanh": gelu_tanh}
 
 
 @dataclass
