@@ -522,7 +522,9 @@ def _infer_inputs(low: Lowering, pd: Pending, op, streams: list[Stream], order: 
     best = next((s for s in reversed(streams) if fits(s, slot.kinds)), None)   # the most recent; usually the last
     if best is not None:
         if TOKENS in slot.kinds and getattr(op, "joins_streams", False):
-            loose = [s for s in streams if not s.consumed and s.type.kind == TOKENS and fits(s, slot.kinds)]
+            # "of its width": a block that leaves its width to inference joins only streams as wide as `best`
+            loose = [s for s in streams if not s.consumed and s.type.kind == TOKENS and fits(s, slot.kinds)
+                     and s.type.width == best.type.width]
             if len(loose) > 1:
                 joined = _implicit_concat(low, node, loose, streams, order)
                 wire(joined)
@@ -618,9 +620,9 @@ def _implicit_concat(low: Lowering, node: Node, parts: list[Stream], streams, or
     for s in parts:
         g.connect(cat, s.node, s.out, inferred=True)
         s.consumed = True
-    infer_node(g, cat, low.diag)
     order.append(name)
-    streams.append(Stream(name, "out", cat.out, consumed=True))
+    if infer_node(g, cat, low.diag):       # else the join's error is reported and the consumer stays unresolved
+        streams.append(Stream(name, "out", cat.out, consumed=True))
     return name
 
 
