@@ -207,9 +207,6 @@ def test_same_logits_and_tokens_as_mlx_lm(family, pair):
 @pytest.mark.parametrize("batch,context", [(1, 7), (2, 3)])
 def test_weight_and_kv_bytes_equal_the_report(pair, batch, context):
     family, _, _, _ = pair
-    if family == "gemma3" and context >= FAMILIES["gemma3"]["sliding_window"]:
-        pytest.xfail("sliding layers: both runtimes (and transformers) keep window - 1 positions, the compiler's "
-                     "state rule counts min(context, window)")
     c = compile(lm_spec(family), batch=batch, context=context, format="fp32").raise_for_errors()
     m = runtime_mlx.build(c, seed=0)
     rep = c.report["memory"]
@@ -221,7 +218,7 @@ def test_weight_and_kv_bytes_equal_the_report(pair, batch, context):
 
 
 def test_sliding_cache_holds_window_minus_one(pair):
-    """What the runtimes keep for a sliding layer, for the record against the compiler's rule (see the xfail)."""
+    """A sliding layer keeps window - 1 positions between steps (as transformers; the compiler's state rule too)."""
     family, _, m, _ = pair
     if family != "gemma3":
         pytest.skip("gemma3 only")
