@@ -513,6 +513,9 @@ def _infer_inputs(low: Lowering, pd: Pending, op, streams: list[Stream], order: 
         if not ids:
             inp = _implicit_input(low, "input_ids", "ids", ["B", "T"], path,
                                   "no token-id input is declared: assuming input_ids of shape (B, T)")
+            if not g[inp].outputs:          # the name is taken by an input or a layer that has no shape
+                low.err(path, f"no token ids to wire into {node.name}: {inp!r} has no valid shape", code="no-input")
+                return
             streams.append(Stream(inp, "out", g[inp].out))
             ids = [streams[-1]]
         wire(ids[-1].node, ids[-1].out)
@@ -564,6 +567,9 @@ def _infer_inputs(low: Lowering, pd: Pending, op, streams: list[Stream], order: 
         ch = want_w or 3
         inp = _implicit_input(low, "image", "image", ["B", ch, 224, 224], path,
                               f"no image input is declared: assuming image of shape (B, {ch}, 224, 224)")
+        if not g[inp].outputs:
+            low.err(path, f"no image to wire into {node.name}: {inp!r} has no valid shape", code="no-input")
+            return
         streams.append(Stream(inp, "out", g[inp].out))
         wire(inp)
         return
