@@ -5,8 +5,11 @@
     python tests/fuzz_compile.py --hypothesis                    # no atheris: the property tests, 100x the examples
 
 Each input is the bytes of a spec file. The corpus (out/fuzz/corpus, git-ignored) is seeded with the shipped specs,
-the bad-spec corpus and random valid specs from tests/strategies.py; libFuzzer's mutations are steered by a
-dictionary of JSON punctuation, spec keys, op names and parameter names from the registry. For every input:
+the bad-spec corpus and random valid specs from tests/strategies.py. Half the mutations are libFuzzer's byte
+mutations, steered by a dictionary of JSON punctuation, spec keys, op names and parameter names from the registry;
+the other half parse the input and change its structure (a value replaced by a bound, a wrong type, a symbol, an op
+name or an id of the spec; a key deleted or added; an item copied or swapped), which reaches lowering, shape
+inference and accounting far more often than flipped bytes do. For every input:
   - `compile()` returns (an exception is a finding; atheris saves the input as out/fuzz/crash-*);
   - every error diagnostic names the file and a line/col, or a JSON path;
   - one input in 16 (chosen by its hash, so a replay repeats it) also runs `omnic check`, which must exit 0, 1 or 2
@@ -81,6 +84,90 @@ def write_dictionary(path: str) -> None:
             f.write(f"w{i}={json.dumps(w)}\n")
 
 
+def interesting_values(doc) -> list:
+    """Values worth trying anywhere: bounds, wrong types, symbols, op names, and the ids the spec already has."""
+    from compiler import registry
+    vals = [0, -1, 1, 2, 3, 7, 8, 16, 64, 4096, 4097, 10_000_000, 10_000_001, 10**12, 10**99, 0.5, -0.0, 1e308,
+            True, False, None, "", "B", "T", "F", "T+1", "B*T", "2*T", "T-T", "image", "tokens", "ids", "vector",
+            "swiglu", "rmsnorm", "1d", "2d", "sequence", "channels", "6GiB", "1B", [], {}, [1, 2], {"a": 1}]
+    vals += list(registry.all_ops())
+    if isinstance(doc, dict) and isinstance(doc.get("layers"), list):
+        ids = [l.get("id") for l in doc["layers"] if isinstance(l, dict) and isinstance(l.get("id"), str)]
+        vals += ids + [[i] for i in ids] + [ids[::-1]] + [i + ".out" for i in ids]
+    return vals
+
+
+def known_keys() -> list[str]:
+    from compiler import registry
+    from compiler.spec import LAYER_KEYS, SpecDoc
+    keys = set(SpecDoc.model_fields) | set(LAYER_KEYS)
+    for op in registry.all_ops().values():
+        keys |= set(op.Params.model_fields)
+    return sorted(keys)
+
+
+def mutate_doc(doc, rng):
+    """One structural change to a parsed spec: a value replaced, a key deleted or added, an item copied or swapped."""
+    spots = []                                                   # (container, key or index) of every value
+
+    def walk(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                spots.append((x, k))
+                walk(v)
+        elif isinstance(x, list):
+            for i, v in enumerate(x):
+                spots.append((x, i))
+                walk(v)
+    walk(doc)
+    containers = [c for c, _ in spots] + [doc]
+    action = rng.choice(["replace", "replace", "replace", "delete", "add", "copy", "swap"])
+    if action == "replace" and spots:
+        c, k = rng.choice(spots)
+        c[k] = json.loads(json.dumps(rng.choice(interesting_values(doc))))
+    elif action == "delete" and spots:
+        c, k = rng.choice(spots)
+        del c[k]
+    elif action == "add":
+        c = rng.choice(containers)
+        v = json.loads(json.dumps(rng.choice(interesting_values(doc))))
+        if isinstance(c, dict):
+            c[rng.choice(known_keys())] = v
+        elif isinstance(c, list):
+            c.insert(rng.randint(0, len(c)), v)
+    elif action in ("copy", "swap"):
+        lists = [c for c in containers if isinstance(c, list) and c]
+        if lists:
+            c = rng.choice(lists)
+            i, j = rng.randrange(len(c)), rng.randrange(len(c))
+            if action == "copy":
+                c.insert(j, json.loads(json.dumps(c[i])))
+            else:
+                c[i], c[j] = c[j], c[i]
+    return doc
+
+
+def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
+    """Half of the time libFuzzer's byte mutations; else, if the input is JSON, 1-3 structural changes."""
+    import random
+
+    import atheris
+    rng = random.Random(seed)
+    if rng.random() < 0.5:
+        return atheris.Mutate(data, max_size)
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        return atheris.Mutate(data, max_size)
+    for _ in range(rng.randint(1, 3)):
+        doc = mutate_doc(doc, rng)
+    try:
+        out = json.dumps(doc, indent=rng.choice([None, 1])).encode("utf-8", "surrogatepass")
+    except (ValueError, RecursionError):
+        return atheris.Mutate(data, max_size)
+    return out[:max_size]
+
+
 def run_atheris(argv: list[str]) -> None:
     import atheris
     with atheris.instrument_imports(include=["compiler"]):
@@ -112,7 +199,7 @@ def run_atheris(argv: list[str]) -> None:
         flags.append("-max_len=8192")
     if not any(f.startswith("-timeout=") for f in flags):
         flags.append("-timeout=60")     # seconds per input: a slower one is a hang (20,000 nodes take seconds)
-    atheris.Setup([argv[0], *flags, *files], target)
+    atheris.Setup([argv[0], *flags, *files], target, custom_mutator=custom_mutator)
     atheris.Fuzz()
 
 
