@@ -12,7 +12,7 @@ passes, the LM over the 8 visual tokens, then over 8 + T). Ratios are omnic / tr
 Times are medians of --repeat runs after one warm-up, float32, torch's default CPU threads: wall time and the
 process's CPU time (all threads). On a busy machine wall times stretch with the load average (printed); the ratios,
 measured back to back in one process, are the figures to compare.
-Run: python bench/bench_seed_forward.py [--prompt 32] [--new 8] [--repeat 3] [--no-peers]
+Run: python bench/bench_seed_forward.py [--prompt 32] [--new 8] [--repeat 3] [--no-peers] [--only fvlm] [--threads 1]
 """
 from __future__ import annotations
 
@@ -167,11 +167,18 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=8, help="tokens to generate")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per figure (median)")
     ap.add_argument("--no-peers", action="store_true", help="skip the transformers peers")
+    ap.add_argument("--only", choices=("nanovlm", "fvlm"), help="run one of the two models")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (on a loaded machine, 1 avoids waiting for "
+                                                "the other threads' time slices on every small op)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, float32, random weights "
           f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
-    bench_nanovlm(args)
-    bench_fvlm(args)
+    if args.only != "fvlm":
+        bench_nanovlm(args)
+    if args.only != "nanovlm":
+        bench_fvlm(args)
     print(f"(load average at the end {os.getloadavg()[0]:.1f})")
 
 
