@@ -104,6 +104,12 @@ def _inputs(low: Lowering) -> None:
         if len(inp.shape) != want:
             low.err(path + ("shape",), f"a {inp.kind} input has {want} dimensions, got {len(inp.shape)}")
             ok = False
+        else:      # the width (channels C, features D) sizes weights: a number, never a symbol
+            w = {"image": 1, "video": 2, "tokens": 2, "vector": 1}.get(inp.kind)
+            if w is not None and ok and not Dim.of(inp.shape[w]).is_const:
+                low.err(path + ("shape", w), f"the {'channels' if inp.kind in ('image', 'video') else 'width'} "
+                                             f"of a {inp.kind} input must be a number, got {inp.shape[w]!r}")
+                ok = False
         if inp.name in low.ids:
             low.err(path + ("name",), f"input name {inp.name!r} is used twice")
             continue
