@@ -88,6 +88,7 @@ CASES: dict[str, tuple[str | None, str, str | None]] = {
     "doc_input_zero_dim.json": (None, "dimension must be positive, got 0", "3:66"),
     "doc_input_huge_dim.json": ("limit", "out of range", "3:61"),
     "doc_input_symbol_power.json": ("limit", "out of range", "3:61"),
+    "doc_input_symbolic_width.json": (None, "the width of a tokens input must be a number, got 'T'", "3:66"),
     "doc_input_dim_expression_too_long.json": (None, "write at most 64", "3:61"),
     # --- layers ------------------------------------------------------------------------------------------------------
     "layer_not_an_object.json": ("type", "expected an object, got the string 'Linear'", "5:5"),
