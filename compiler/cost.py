@@ -126,14 +126,7 @@ def activation_peak(g: Graph, costs: list[NodeCost], nbytes: int = 1) -> int:
 
 def grad_path(g: Graph, trainable: set[str]) -> set[str]:
     """Nodes through which gradients flow: trainable ones and everything downstream of one."""
-    import networkx as nx
-    on = set()
-    for n in trainable:
-        if n in on:
-            continue
-        on.add(n)
-        on |= nx.descendants(g.g, n)
-    return on
+    return set(trainable) | g.descendants(trainable)
 
 
 def training_activations(g: Graph, costs: list[NodeCost], trainable: set[str], nbytes: int,

@@ -10,8 +10,6 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Optional
 
-import networkx as nx
-
 from .dims import Dim, shape_str
 
 # Kinds of tensors, used by wiring inference to decide what a layer can consume.
@@ -104,39 +102,140 @@ class Node:
 
 
 class Graph:
-    """Nodes in insertion order (a valid topological order by construction) over a networkx.DiGraph."""
+    """Nodes in insertion order with their edges; `g` is the same graph as a networkx.DiGraph.
+
+    The passes use the small adjacency kept here (fast, and importing networkx costs a tenth of a second that a
+    command-line check should not pay); `g` is built on first use and rebuilt after a change, for callers who want
+    networkx's algorithms. Node attribute `node` holds the Node; edge attributes `out` and `inferred`.
+    """
 
     def __init__(self) -> None:
-        self.g = nx.DiGraph()
+        self._nodes: dict[str, Node] = {}
+        self._succ: dict[str, dict[str, dict]] = {}
+        self._pred: dict[str, dict[str, dict]] = {}
+        self._nx = None
         self.order: list[str] = []
         self.outputs: list[tuple[str, str]] = []   # model outputs (node, output name)
 
+    # --- building -----------------------------------------------------------------------------------------------
     def add(self, node: Node) -> Node:
-        if node.name in self.g:
+        if node.name in self._nodes:
             raise KeyError(f"duplicate node name {node.name}")
-        self.g.add_node(node.name, node=node)
+        self._nodes[node.name] = node
+        self._succ[node.name], self._pred[node.name] = {}, {}
         self.order.append(node.name)
+        self._nx = None
         return node
+
+    def add_edge(self, src: str, dst: str, out: str = "out", inferred: bool = False) -> None:
+        data = {"out": out, "inferred": inferred}
+        self._succ[src][dst] = data
+        self._pred[dst][src] = data
+        self._nx = None
 
     def connect(self, node: Node, src: str, out: str = "out", inferred: bool = False) -> None:
         node.inputs.append((src, out))
         node.inferred.append(inferred)
-        self.g.add_edge(src, node.name, out=out, inferred=inferred)
+        self.add_edge(src, node.name, out, inferred)
+
+    # --- reading ------------------------------------------------------------------------------------------------
+    @property
+    def g(self):
+        """The graph as a networkx.DiGraph (built on demand)."""
+        if self._nx is None:
+            import networkx as nx
+            g = nx.DiGraph()
+            for name, node in self._nodes.items():
+                g.add_node(name, node=node)
+            for u, succ in self._succ.items():
+                for v, d in succ.items():
+                    g.add_edge(u, v, **d)
+            self._nx = g
+        return self._nx
 
     def __getitem__(self, name: str) -> Node:
-        return self.g.nodes[name]["node"]
+        return self._nodes[name]
 
     def __contains__(self, name: str) -> bool:
-        return name in self.g
+        return name in self._nodes
+
+    def names(self) -> list[str]:
+        """Node names in insertion order."""
+        return list(self._nodes)
 
     def nodes(self) -> list[Node]:
-        return [self.g.nodes[n]["node"] for n in self.order]
+        return [self._nodes[n] for n in self.order]
 
     def input_types(self, node: Node) -> list[TensorType]:
         return [self[src].outputs[o] for src, o in node.inputs]
 
     def consumers(self, name: str) -> list[str]:
-        return list(self.g.successors(name))
+        return list(self._succ[name])
+
+    def producers(self, name: str) -> list[str]:
+        return list(self._pred[name])
 
     def inferred_edges(self) -> list[tuple[str, str, str]]:
-        return [(u, v, d["out"]) for u, v, d in self.g.edges(data=True) if d.get("inferred")]
+        return [(u, v, d["out"]) for u in self._nodes for v, d in self._succ[u].items() if d.get("inferred")]
+
+    # --- algorithms ---------------------------------------------------------------------------------------------
+    def descendants(self, sources) -> set[str]:
+        """Every node reachable from any of `sources` (the sources excluded unless reachable)."""
+        seen: set[str] = set()
+        stack = [v for s in sources for v in self._succ[s]]
+        while stack:
+            n = stack.pop()
+            if n not in seen:
+                seen.add(n)
+                stack.extend(self._succ[n])
+        return seen
+
+    def ancestors(self, name: str) -> set[str]:
+        seen: set[str] = set()
+        stack = list(self._pred[name])
+        while stack:
+            n = stack.pop()
+            if n not in seen:
+                seen.add(n)
+                stack.extend(self._pred[n])
+        return seen
+
+    def find_cycle(self) -> Optional[list[str]]:
+        """One cycle as [a, b, ..., a], or None."""
+        color: dict[str, int] = {}
+        for root in self._nodes:
+            if root in color:
+                continue
+            path, stack = [], [(root, iter(self._succ[root]))]
+            color[root] = 1
+            path.append(root)
+            while stack:
+                node, it = stack[-1]
+                nxt = next(it, None)
+                if nxt is None:
+                    color[node] = 2
+                    stack.pop()
+                    path.pop()
+                elif color.get(nxt) == 1:
+                    return path[path.index(nxt):] + [nxt]
+                elif nxt not in color:
+                    color[nxt] = 1
+                    path.append(nxt)
+                    stack.append((nxt, iter(self._succ[nxt])))
+        return None
+
+    def topo_order(self, key) -> list[str]:
+        """A topological order; among ready nodes the smallest `key(name)` first."""
+        import heapq
+        indeg = {n: len(p) for n, p in self._pred.items()}
+        ready = [(key(n), n) for n, d in indeg.items() if d == 0]
+        heapq.heapify(ready)
+        out = []
+        while ready:
+            _, n = heapq.heappop(ready)
+            out.append(n)
+            for v in self._succ[n]:
+                indeg[v] -= 1
+                if indeg[v] == 0:
+                    heapq.heappush(ready, (key(v), v))
+        return out

@@ -15,7 +15,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import networkx as nx
 from pydantic import ValidationError
 
 from . import registry
@@ -371,12 +370,11 @@ def _connect_explicit(low: Lowering) -> None:
         pd.refs_resolved = resolved
         if resolved:
             for src, out in resolved:
-                low.graph.g.add_edge(src, pd.node.name, out=out, inferred=False)
-    try:
-        cyc = nx.find_cycle(low.graph.g)
-    except nx.NetworkXNoCycle:
+                low.graph.add_edge(src, pd.node.name, out, False)
+    names = low.graph.find_cycle()
+    if names is None:
         return
-    names = [u for u, v in cyc] + [cyc[0][0]]
+    cyc = list(zip(names, names[1:]))
     pd = next((p for p in low.pending if p.node.name == cyc[0][1]), None)
     low.err(pd.ref_path if pd else (), "the wiring has a cycle: " + " -> ".join(names),
             "a layer cannot depend on its own output", code="cycle")
@@ -400,7 +398,7 @@ def _visit(low: Lowering) -> None:
     pend = {pd.node.name: pd for pd in low.pending}
     for n in g.order:
         index.setdefault(n, -1)
-    order = list(nx.lexicographical_topological_sort(g.g, key=lambda n: (index[n], n)))
+    order = g.topo_order(key=lambda n: (index[n], n))
     streams: list[Stream] = [Stream(n, "out", g[n].out) for n in g.order if g[n].op == "Input" and g[n].outputs]
     new_order = [n for n in g.order if g[n].op == "Input"]
     by_key: dict[tuple[str, str], list[Stream]] = {}
@@ -436,7 +434,7 @@ def _visit(low: Lowering) -> None:
         for out, t in node.outputs.items():
             streams.append(Stream(name, out, t))
     seen = set(new_order)     # inputs that wiring inference implied were added to the graph after new_order began
-    g.order = [n for n in g.g if n not in seen and g[n].op == "Input"] + new_order
+    g.order = [n for n in g.names() if n not in seen and g[n].op == "Input"] + new_order
     _lint(low)
 
 
