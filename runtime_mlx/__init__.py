@@ -74,7 +74,8 @@ from typing import Any, Optional, Union  # noqa: E402
 
 import mlx.core as mx  # noqa: E402
 
-from .graph_data import from_data, to_data  # noqa: E402
+from compiler.graph_data import from_data, to_data  # noqa: E402
+
 from .init import initialise  # noqa: E402
 from .model import OmnicModel  # noqa: E402
 from .registry import all_impls, get, implements  # noqa: E402

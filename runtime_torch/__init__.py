@@ -7,7 +7,7 @@
 nothing initialised), casts floating tensors to `dtype`, then, if `init`, fills every declared tensor from `seed`
 by the name-keyed scheme of `runtime_torch/init.py` (the same values whatever the construction order, device or
 dtype). Parts: `registry.py` (op -> module class), `ops/` (the implementations), `model.py` (OmnicModel),
-`weights.py` (safetensors), `graph_data.py` (the graph as plain data), `emit.py` (generated model.py).
+`weights.py` (safetensors), `compiler/graph_data.py` (the graph as plain data), `emit.py` (generated model.py).
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .graph_data import from_data, to_data
+from compiler.graph_data import from_data, to_data
+
 from .init import initialise
 from .model import OmnicModel
 from .registry import all_impls, get, implements

@@ -1,7 +1,8 @@
 """A compiled graph as plain Python data (dicts, lists, strings, numbers) and back.
 
-This is what generated code holds (`runtime_torch/emit.py` writes it with repr, so it is a literal that
-`ast.literal_eval` reads) and what `runtime_torch.from_graph_data` rebuilds a model from:
+This is what generated code holds (`runtime_torch/emit.py` and `runtime_mlx/emit.py` write it with repr, so it is a
+literal that `ast.literal_eval` reads) and what `runtime_torch.from_graph_data` / `runtime_mlx.from_graph_data`
+rebuild a model from:
 
     {"omnic_graph": 1,
      "nodes": [{"name": "lm_head", "op": "Linear", "params": {...resolved params...},
@@ -12,7 +13,7 @@ This is what generated code holds (`runtime_torch/emit.py` writes it with repr, 
 Reading it back trusts nothing: each params dict is validated again by its op's Params model (strict, unknown keys
 refused) and must be a fixed point of the op's `resolve` on its inputs (no contradiction reported), each input must
 name an earlier node's output, and each node's recorded output types must be those its op's shape rule gives.
-This file imports only `compiler` (no torch, no relative imports): runtime_mlx loads it on its own.
+Part of the compiler core: it imports neither torch nor mlx, so a generated MLX module needs no torch.
 """
 from __future__ import annotations
 
