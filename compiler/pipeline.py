@@ -70,6 +70,7 @@ def load_source(spec: Union[str, os.PathLike, dict]) -> Source:
 
 
 MAX_PARAMS = 10**14        # 100T: far beyond any model; larger totals are typos
+MAX_MEMORY = 2**80         # bytes at inference (a yobibyte): also what a runaway size (a grid, a range) implies
 
 _SEG = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
@@ -200,4 +201,9 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
     if report["params"]["total"] > MAX_PARAMS:
         diag.error(("layers",), f"the model has {report['params']['total']:.3g} parameters; the limit is "
                                 f"{MAX_PARAMS:.0e}", "a dimension is probably mistyped (an extra zero?)", code="limit")
+    mem = report["memory"]["inference"].get(settings["format"], 0)
+    if mem > MAX_MEMORY:
+        approx = f"{mem:.3g}" if mem < 1e300 else f"10^{len(str(int(mem))) - 1}"    # :g of a huge int overflows
+        diag.error(("layers",), f"inference needs {approx} bytes; the limit is {MAX_MEMORY:.3g}",
+                   "a size is probably mistyped (a grid, a range, the batch or the context)", code="limit")
     return Compiled(doc, graph, report, diag.sorted(), src, settings)
