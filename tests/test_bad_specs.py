@@ -149,6 +149,7 @@ CASES: dict[str, tuple[str | None, str, str | None]] = {
     "limit_too_many_nodes.json": ("limit", "more than 20,000 nodes", "9:5"),
     "limit_absurd_params.json": ("limit", "parameters; the limit is", "4:3"),
     "limit_absurd_params_repeated.json": ("limit", "5.12e+14 parameters", "4:3"),
+    "limit_absurd_memory.json": ("limit", "inference needs 8e+44 bytes", "4:3"),
     "limit_too_many_errors.json": ("limit", "100 errors; stopping here", None),
 }
 
