@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from hypothesis import HealthCheck, settings
@@ -52,7 +52,8 @@ class Ty:
     kind: str                                   # ids | tokens | image | vector
     width: Optional[int] = None                 # D, or channels C of an image
     hw: Optional[tuple[int, int]] = None        # image height, width
-    seq: str = "T"                              # how the sequence length reads (for Concat), informational
+    grid: Optional[tuple[int, int]] = None      # tokens on a patch grid (h, w), after `prefix` CLS/register tokens
+    prefix: int = 0
 
 
 @dataclass
@@ -85,7 +86,7 @@ def linear(draw, t: Ty):
         p["in_features"] = t.width
     if draw(st.booleans()):
         p["bias"] = draw(st.booleans())
-    return "Linear", _note(draw, p), Ty(t.kind, out, seq=t.seq)
+    return "Linear", _note(draw, p), replace(t, width=out)
 
 
 def norm(draw, t: Ty):
@@ -144,6 +145,26 @@ def classification(draw, t: Ty):
     return "ClassificationHead", _note(draw, {"num_classes": n}), Ty("vector", n)
 
 
+def select_patches(draw, t: Ty):
+    return "Select", {"tokens": "patches"}, replace(t, prefix=0)
+
+
+def pixel_shuffle(draw, t: Ty):
+    h, w = t.grid
+    s = draw(st.sampled_from([f for f in (1, 2, 3, 4) if h % f == 0 and w % f == 0]))
+    return "PixelShuffle", {"factor": s}, Ty("tokens", t.width * s * s, grid=(h // s, w // s))
+
+
+def grid_resample(draw, t: Ty):
+    size = (draw(st.integers(1, 6)), draw(st.integers(1, 6)))
+    p = {"size": list(size), "mode": draw(st.sampled_from(["bilinear", "area"]))}
+    return "GridResample", p, replace(t, grid=size)
+
+
+def reshape_map(draw, t: Ty):
+    return "Reshape", {"to": "map"}, Ty("image", t.width, t.grid)
+
+
 def embedding(draw, t: Ty):
     V, D = draw(st.integers(1, 100)), draw(widths)
     return "Embedding", _note(draw, {"num_embeddings": V, "embedding_dim": D}), Ty("tokens", D)
@@ -178,11 +199,18 @@ def patch_embed(draw, t: Ty):
     p: dict[str, Any] = {"embed_dim": D, "patch_size": P}
     if draw(st.booleans()):
         p["in_channels"] = C
-    return "PatchEmbed", p, Ty("tokens", D)
+    prefix = 0
+    if draw(st.booleans()):
+        p["cls_token"] = True
+        prefix = 1
+        if draw(st.booleans()):
+            p["registers"] = draw(st.integers(1, 4))
+            prefix += p["registers"]
+    return "PatchEmbed", p, Ty("tokens", D, grid=(H // P, W // P), prefix=prefix)
 
 
 def flatten(draw, t: Ty):
-    return "Flatten", {}, Ty("tokens", t.width)
+    return "Flatten", {}, Ty("tokens", t.width, grid=t.hw)
 
 
 def choices(t: Ty) -> list:
@@ -201,6 +229,13 @@ def choices(t: Ty) -> list:
             out += [moe] * 2
     if has("ClassificationHead") and t.kind == "tokens":
         out.append(classification)                  # rarely: after it the walk stays on vectors
+    if t.grid is not None:                          # tokens from a patch grid: weighted up, grids are rarer
+        if t.prefix and has("Select"):
+            out += [select_patches] * 3
+        if has("GridResample"):
+            out += [grid_resample] * 2
+        if not t.prefix:
+            out += [f for f, op in ((pixel_shuffle, "PixelShuffle"), (reshape_map, "Reshape")) if has(op)] * 3
     return out
 
 

@@ -132,6 +132,8 @@ def test_valid_specs_compile_without_errors_and_shapes_agree(drawn: Drawn):
             assert out.width == ty.width, (lid, out, ty)
         if ty.hw is not None:
             assert tuple(d.const for d in out.shape[2:]) == ty.hw, (lid, out, ty)
+        if ty.kind == "tokens":
+            assert (out.grid, out.prefix) == (ty.grid, ty.prefix), (lid, out.grid, out.prefix, ty)
 
 
 @fast(15)
