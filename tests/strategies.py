@@ -46,7 +46,7 @@ def has(*ops: str) -> bool:
     return all(o in OPS for o in ops)
 
 
-# --- the type a generated layer must produce ---------------------------------------------------------------------------
+# --- the type a generated layer must produce --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Ty:
     kind: str                                   # ids | tokens | image | vector
@@ -71,7 +71,7 @@ widths = st.integers(1, 48)
 notes = st.one_of(st.none(), st.text(max_size=12))
 
 
-# --- one layer per op: params drawn consistent with the input type ---------------------------------------------------
+# --- one layer per op: params drawn consistent with the input type ----------------------------------------------------
 def _note(draw, params: dict) -> dict:
     n = draw(notes)
     if n is not None:
@@ -130,7 +130,8 @@ def moe(draw, t: Ty):
     D = t.width
     heads = draw(st.sampled_from([h for h in divisors(D) if (D // h) % 2 == 0] or [1]))
     hd = D // heads
-    p: dict[str, Any] = {"type": "GQA_MoE_Layer", "num_heads": heads, "num_kv_heads": draw(st.sampled_from(divisors(heads))),
+    p: dict[str, Any] = {"type": "GQA_MoE_Layer", "num_heads": heads,
+                         "num_kv_heads": draw(st.sampled_from(divisors(heads))),
                          "num_experts": draw(st.integers(1, 4)), "expert_dim": draw(st.integers(1, 32))}
     p["top_k"] = draw(st.integers(1, p["num_experts"]))
     if hd % 2:
@@ -325,7 +326,7 @@ def specs(draw, max_layers: int = 8) -> Drawn:
     return drawn
 
 
-# --- JSON values -------------------------------------------------------------------------------------------------------
+# --- JSON values ------------------------------------------------------------------------------------------------------
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-10**30, 10**30),
     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
@@ -340,7 +341,7 @@ dumps_options = st.fixed_dictionaries({
 })
 
 
-# --- mutations ---------------------------------------------------------------------------------------------------------
+# --- mutations --------------------------------------------------------------------------------------------------------
 GARBAGE = ["", ",", "}", "]", "{", "[", ":", "\"", "'", "//", "/*", "NaN", "-Infinity", "1e999", "null", "\\",
            "\x00", "\ufeff", "\ud800", "tru", "\"type\": 1", "{\"a\":", "[[[[[[", "0x10", "01", "-", "1.", ".5"]
 

@@ -188,13 +188,13 @@ def assert_refused(c: compiler.Compiled, path: str | os.PathLike) -> None:
         assert (d.line is not None and d.col is not None) or d.path, f"{path}: unlocated error: {d.render()}"
 
 
-# --- the table and the folder agree ------------------------------------------------------------------------------------
+# --- the table and the folder agree -----------------------------------------------------------------------------------
 def test_every_corpus_file_has_an_expectation():
     assert set(corpus_files()) == set(CASES), "tests/bad_specs/*.json and CASES differ"
     assert len(CASES) >= 90
 
 
-# --- each file ---------------------------------------------------------------------------------------------------------
+# --- each file --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_spec_is_refused_with_a_located_error(name, monkeypatch):
     monkeypatch.chdir(CORPUS)         # relative file names, as a person runs `omnic check`
@@ -236,7 +236,7 @@ def test_whole_corpus_through_the_real_entry_point_in_bounded_memory():
     assert codes == {n: 2 for n in CASES}
 
 
-# --- generated: too big to commit --------------------------------------------------------------------------------------
+# --- generated: too big to commit -------------------------------------------------------------------------------------
 def test_file_of_tens_of_megabytes_is_refused_unread(tmp_path):
     big = tmp_path / "huge.json"
     layer = '{"type": "Linear", "params": {"out_features": 8}},\n'

@@ -31,7 +31,7 @@ from strategies import Drawn, dumps_options, fast, json_values, mutated, specs
 DECODER = json.JSONDecoder()
 
 
-# --- helpers -------------------------------------------------------------------------------------------------------------
+# --- helpers ----------------------------------------------------------------------------------------------------------
 def same_json(a, b, ordered: bool = True) -> bool:
     """Equality that tells true from 1 and 1 from 1.0 (Python's == does not), and keys' order if `ordered`."""
     if type(a) is not type(b):
@@ -99,7 +99,7 @@ def cli_check(path: str):
     return r
 
 
-# --- valid specs ---------------------------------------------------------------------------------------------------------
+# --- valid specs ------------------------------------------------------------------------------------------------------
 @fast(40)
 @given(specs())
 def test_valid_specs_compile_without_errors_and_shapes_agree(drawn: Drawn):
@@ -152,7 +152,7 @@ def test_dict_text_and_file_compile_to_the_same_report(drawn: Drawn):
     assert dump(a) == dump(b) == dump(c) == dump(again)
 
 
-# --- JSON ---------------------------------------------------------------------------------------------------------------
+# --- JSON -------------------------------------------------------------------------------------------------------------
 @fast(60)
 @given(json_values, dumps_options)
 def test_dumps_then_parse_is_identity_with_exact_locations(value, opts):
@@ -165,7 +165,7 @@ def test_spec_text_parses_back_with_exact_locations(drawn: Drawn, opts):
     check_locations(json.dumps(drawn.spec, **opts), drawn.spec)
 
 
-# --- mutations -----------------------------------------------------------------------------------------------------------
+# --- mutations --------------------------------------------------------------------------------------------------------
 def compile_bytes_everywhere(raw: bytes) -> compiler.Compiled:
     with tempfile.TemporaryDirectory() as d:
         p = os.path.join(d, "spec.json")
@@ -210,7 +210,7 @@ def test_spec_shaped_json_never_crashes(doc):
     compile_bytes_everywhere(json.dumps(doc).encode())
 
 
-# --- overrides -----------------------------------------------------------------------------------------------------------
+# --- overrides --------------------------------------------------------------------------------------------------------
 @fast(25)
 @given(specs())
 def test_shrinking_overrides_keep_specs_valid(drawn: Drawn):
