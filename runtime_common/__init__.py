@@ -1,5 +1,6 @@
 """What omnic's two runtimes share: the framework-free half of `runtime_torch` and `runtime_mlx`, written once.
 
 Plain Python that imports only `compiler` (never torch, mlx or numpy); each runtime passes in what differs (its
-name, a few callables) and keeps only its framework's code. Parts: `emit.py` (the generated model.py).
+name, a few callables) and keeps only its framework's code. Parts: `emit.py` (the generated model.py),
+`registry.py` (the table of op implementations).
 """

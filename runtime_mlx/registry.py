@@ -12,56 +12,21 @@ The contract (the MLX half of `compiler/registry.py`; the mirror of `runtime_tor
     set those with `object.__setattr__` or compute them in `__call__`);
   * `__call__(*inputs)` takes the input arrays positionally, in slot order, in the graph's logical layouts (images
     (B, C, H, W) as in torch) and returns an array (ops with the single output "out") or a dict {output: array}.
-Implementation modules are imported from `runtime_mlx/ops/*.py` on first use; one registration per op.
+Implementation modules are imported from `runtime_mlx/ops/*.py` on first use; one registration per op (the table:
+`runtime_common/registry.py`).
 """
 from __future__ import annotations
-
-import importlib
-import pkgutil
 
 import mlx.core as mx
 from mlx import nn
 
-_IMPLS: dict[str, type[nn.Module]] = {}
-_loaded = False
+from runtime_common.registry import Implementations
 
-
-def implements(op_name: str):
-    """Class decorator: register `cls` as the MLX implementation of compiler op `op_name` (once)."""
-    def deco(cls: type[nn.Module]) -> type[nn.Module]:
-        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise TypeError(f"@implements({op_name!r}) decorates an mlx.nn.Module subclass, not {cls!r}")
-        if op_name in _IMPLS:
-            raise ValueError(f"op {op_name} has two MLX implementations: {_IMPLS[op_name].__qualname__} and "
-                             f"{cls.__qualname__}")
-        _IMPLS[op_name] = cls
-        cls.op_name = op_name
-        return cls
-    return deco
-
-
-def _load() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from . import ops
-        for m in sorted(pkgutil.iter_modules(ops.__path__), key=lambda m: m.name):
-            importlib.import_module(f"{ops.__name__}.{m.name}")
-
-
-def get(name: str) -> type[nn.Module]:
-    """The implementation of op `name`; a KeyError that says where to add one if there is none."""
-    _load()
-    try:
-        return _IMPLS[name]
-    except KeyError:
-        raise KeyError(f"op {name!r} has no MLX implementation: add a class decorated "
-                       f"@implements({name!r}) in a file under runtime_mlx/ops/") from None
-
-
-def all_impls() -> dict[str, type[nn.Module]]:
-    _load()
-    return dict(sorted(_IMPLS.items()))
+_REGISTRY = Implementations("MLX", nn.Module, "mlx.nn.Module", "runtime_mlx.ops")
+_IMPLS = _REGISTRY.impls
+implements = _REGISTRY.implements   # class decorator: @implements("Linear")
+get = _REGISTRY.get                 # op name -> implementation class
+all_impls = _REGISTRY.all           # {op name: implementation class}, sorted
 
 
 # --- tied tensors --------------------------------------------------------------------------------------------------
