@@ -12,10 +12,10 @@ Each node's module must own exactly the tensors its op declares, in MLX layout (
 built. A tensor declared `tied_to` another is not in the tree (`parameters()` lists it once, at its owner); the
 module reads the owner's current array through `registry.tied`, so loading or updating the owner updates both.
 
-`__call__(**inputs)` runs a plan precomputed at construction: for each live node (one a model output depends on),
-its module, the slots of its inputs, where its outputs go, and which slots die after it. It returns
-{output name: array}, named `node` or `node.output` as in the report. Arrays are lazy: nothing is computed until
-`mx.eval`.
+`__call__(**inputs)` runs a plan precomputed at construction (`runtime_common/plan.py`): for each live node (one a
+model output depends on), its module, the slots of its inputs, where its outputs go, and which slots die after it.
+It returns {output name: array}, named `node` or `node.output` as in the report. Arrays are lazy: nothing is
+computed until `mx.eval`.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from mlx.utils import tree_flatten
 from compiler import registry as ops
 from compiler.ir import Graph
 from compiler.registry import W
+from runtime_common import plan
 
 from . import layout
 from . import registry as impls
@@ -127,80 +128,22 @@ class OmnicModel(nn.Module):
 
     # --- ties --------------------------------------------------------------------------------------------------------
     def _resolve_ties(self) -> None:
-        for name, w in self.weight_decls.items():
-            if not w.tied_to:
-                continue
-            owner, seen = w.tied_to, {name}
-            while owner in self.weight_decls and self.weight_decls[owner].tied_to and owner not in seen:
-                seen.add(owner)
-                owner = self.weight_decls[owner].tied_to
-            if owner not in self.weight_decls or self.weight_decls[owner].tied_to:
-                raise ValueError(f"{name} is tied to {w.tied_to!r}, which is not a tensor of this model")
-            if tuple(self.weight_decls[owner].shape) != tuple(w.shape):
-                raise ValueError(f"{name} {tuple(w.shape)} is tied to {owner} of another shape "
-                                 f"{tuple(self.weight_decls[owner].shape)}")
+        def same_layout(name: str, owner: str) -> None:
             if self.perms[owner] != self.perms[name]:
                 raise ValueError(f"{name} and its owner {owner} have different MLX layouts")
-            self.ties[name] = owner
+        self.ties.update(plan.resolve_ties(self.weight_decls, same_layout))
+        for name, owner in self.ties.items():
             mod, _, attr = name.rpartition(".")
             omod, _, oattr = owner.rpartition(".")
             impls.tie(self.module_at(mod), attr, self.module_at(omod), oattr)
 
     # --- running -----------------------------------------------------------------------------------------------------
     def _make_plan(self) -> None:
-        g = self.graph
-        want = list(g.outputs)
-        live: set[str] = set()
-        stack = [n for n, _ in want]
-        while stack:
-            n = stack.pop()
-            if n not in live:
-                live.add(n)
-                stack.extend(src for src, _ in g[n].inputs)
-        order = [n for n in g.order if n in live]
-        pos = {n: i for i, n in enumerate(order)}
-        needed = set(want) | {e for n in order for e in g[n].inputs}
-        slot: dict[tuple[str, str], int] = {}
-        for key in sorted(needed, key=lambda e: (pos[e[0]], e[1])):
-            slot[key] = len(slot)
-        outputs = tuple((k, slot[e]) for k, e in zip(self.output_names, want))
-        steps = [n for n in order if g[n].op != "Input"]
-        last: dict[int, int] = {}
-        for i, n in enumerate(steps):
-            for e in g[n].inputs:
-                last[slot[e]] = i
-        keep = {i for _, i in outputs}
-        plan = []
-        for i, n in enumerate(steps):
-            node = g[n]
-            if list(node.outputs) == ["out"]:
-                out = slot[(n, "out")]
-            else:
-                out = tuple((o, slot[(n, o)]) for o in node.outputs if (n, o) in slot)
-            free = tuple(sorted({s for s, j in last.items() if j == i and s not in keep}))
-            plan.append((n, tuple(slot[e] for e in node.inputs), out, free))
-        _keep(self, _n_slots=len(slot), _outputs=outputs, _plan=tuple(plan), _input_set=frozenset(self.input_names),
-              _input_slots=tuple((n, slot[(n, "out")]) for n in self.input_names if (n, "out") in slot))
+        schedule = plan.make_plan(self.graph, self.input_names, self.output_names)
+        _keep(self, _schedule=schedule, _plan=schedule.steps)
 
     def __call__(self, **inputs: mx.array) -> dict[str, mx.array]:
-        if inputs.keys() != self._input_set:
-            missing = sorted(self._input_set - inputs.keys())
-            extra = sorted(inputs.keys() - self._input_set)
-            raise TypeError(f"model inputs are {sorted(self._input_set)}; missing {missing}, unexpected {extra}")
-        env: list = [None] * self._n_slots
-        for name, i in self._input_slots:
-            env[i] = inputs[name]
-        nodes = self._nodes
-        for n, ins, out, free in self._plan:
-            y = nodes[n](*[env[i] for i in ins])
-            if type(out) is int:
-                env[out] = y
-            else:
-                for k, i in out:
-                    env[i] = y[k]
-            for i in free:
-                env[i] = None
-        return {k: env[i] for k, i in self._outputs}
+        return plan.run(self._schedule, self._plan, inputs, self._nodes)
 
 
 def _is_box(m) -> bool:
@@ -226,14 +169,6 @@ def _listify(mod: nn.Module) -> None:
 def _check_declared(node, mod: nn.Module, decl: dict[str, W], perms: dict) -> None:
     """The module's parameters must be exactly the op's declared (untied) tensors, with the declared shapes in MLX
     layout."""
-    have = {k: tuple(v.shape) for k, v in tree_flatten(mod.parameters())}
-    want = {k: layout.mlx_shape(w.shape, perms[k]) for k, w in decl.items() if not w.tied_to}
-    if have == want:
-        return
-    lines = [f"  missing {k} {s}" for k, s in want.items() if k not in have]
-    lines += [f"  undeclared {k} {s}" + (" (declared tied: read it with registry.tied)" if k in decl else "")
-              for k, s in have.items() if k not in want]
-    lines += [f"  {k}: declared {want[k]} (MLX layout), built {s}" for k, s in have.items()
-              if k in want and want[k] != s]
-    raise ValueError(f"node {node.name}: the MLX implementation {type(mod).__qualname__} of {node.op} does not "
-                     f"build the tensors its op declares:\n" + "\n".join(lines))
+    plan.check_declared(node, mod, decl, {k: tuple(v.shape) for k, v in tree_flatten(mod.parameters())},
+                        {k: layout.mlx_shape(w.shape, perms[k]) for k, w in decl.items() if not w.tied_to}, "MLX",
+                        "read it with registry.tied", " (MLX layout)")

@@ -9,9 +9,10 @@ Each node's module must own exactly the tensors its op declares (checked as it i
 `tied_to` another is the owner's Parameter object itself (counted once by `named_parameters()`); ties are restored
 after every `.to()` / `_apply`.
 
-`forward(**inputs)` runs a plan precomputed at construction: for each live node (one that a model output depends
-on), its module, the slots of its inputs, where its outputs go, and which slots die after it (intermediates are
-released at their last use). It returns {output name: tensor}, named `node` or `node.output` as in the report.
+`forward(**inputs)` runs a plan precomputed at construction (`runtime_common/plan.py`): for each live node (one that
+a model output depends on), its module, the slots of its inputs, where its outputs go, and which slots die after it
+(intermediates are released at their last use). It returns {output name: tensor}, named `node` or `node.output` as
+in the report.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from torch import nn
 from compiler import registry as ops
 from compiler.ir import Graph
 from compiler.registry import W
+from runtime_common import plan
 
 from . import registry as impls
 
@@ -100,19 +102,7 @@ class OmnicModel(nn.Module):
 
     # --- ties --------------------------------------------------------------------------------------------------------
     def _resolve_ties(self) -> None:
-        for name, w in self.weight_decls.items():
-            if not w.tied_to:
-                continue
-            owner, seen = w.tied_to, {name}
-            while owner in self.weight_decls and self.weight_decls[owner].tied_to and owner not in seen:
-                seen.add(owner)
-                owner = self.weight_decls[owner].tied_to
-            if owner not in self.weight_decls or self.weight_decls[owner].tied_to:
-                raise ValueError(f"{name} is tied to {w.tied_to!r}, which is not a tensor of this model")
-            if tuple(self.weight_decls[owner].shape) != tuple(w.shape):
-                raise ValueError(f"{name} {tuple(w.shape)} is tied to {owner} of another shape "
-                                 f"{tuple(self.weight_decls[owner].shape)}")
-            self.ties[name] = owner
+        self.ties.update(plan.resolve_ties(self.weight_decls))
 
     def _tie(self) -> None:
         for name, owner in self.ties.items():
@@ -126,71 +116,15 @@ class OmnicModel(nn.Module):
 
     # --- running -----------------------------------------------------------------------------------------------------
     def _make_plan(self) -> None:
-        g = self.graph
-        want = list(g.outputs)
-        live: set[str] = set()
-        stack = [n for n, _ in want]
-        while stack:
-            n = stack.pop()
-            if n not in live:
-                live.add(n)
-                stack.extend(src for src, _ in g[n].inputs)
-        order = [n for n in g.order if n in live]
-        pos = {n: i for i, n in enumerate(order)}
-        needed = set(want) | {e for n in order for e in g[n].inputs}
-        slot: dict[tuple[str, str], int] = {}
-        for key in sorted(needed, key=lambda e: (pos[e[0]], e[1])):
-            slot[key] = len(slot)
-        self._n_slots = len(slot)
-        self._input_slots = tuple((n, slot[(n, "out")]) for n in self.input_names if (n, "out") in slot)
-        self._outputs = tuple((k, slot[e]) for k, e in zip(self.output_names, want))
-        steps = [n for n in order if g[n].op != "Input"]
-        last: dict[int, int] = {}
-        for i, n in enumerate(steps):
-            for e in g[n].inputs:
-                last[slot[e]] = i
-        keep = {i for _, i in self._outputs}
-        plan = []
-        for i, n in enumerate(steps):
-            node = g[n]
-            if list(node.outputs) == ["out"]:
-                out = slot[(n, "out")]
-            else:
-                out = tuple((o, slot[(n, o)]) for o in node.outputs if (n, o) in slot)
-            free = tuple(sorted({s for s, j in last.items() if j == i and s not in keep}))
-            plan.append((self._nodes[n], tuple(slot[e] for e in node.inputs), out, free))
-        self._plan = tuple(plan)
-        self._input_set = frozenset(self.input_names)
+        self._schedule = plan.make_plan(self.graph, self.input_names, self.output_names)
+        self._plan = tuple((self._nodes[n], *rest) for n, *rest in self._schedule.steps)
 
     def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        if inputs.keys() != self._input_set:
-            missing = sorted(self._input_set - inputs.keys())
-            extra = sorted(inputs.keys() - self._input_set)
-            raise TypeError(f"model inputs are {sorted(self._input_set)}; missing {missing}, unexpected {extra}")
-        env: list = [None] * self._n_slots
-        for name, i in self._input_slots:
-            env[i] = inputs[name]
-        for mod, ins, out, free in self._plan:
-            y = mod(*[env[i] for i in ins])
-            if type(out) is int:
-                env[out] = y
-            else:
-                for k, i in out:
-                    env[i] = y[k]
-            for i in free:
-                env[i] = None
-        return {k: env[i] for k, i in self._outputs}
+        return plan.run(self._schedule, self._plan, inputs)
 
 
 def _check_declared(node, mod: nn.Module, decl: dict[str, W]) -> None:
     """The module's state dict must be exactly the op's declared (untied) tensors, with the declared shapes."""
-    have = {k: tuple(v.shape) for k, v in mod.state_dict().items()}
-    want = {k: tuple(w.shape) for k, w in decl.items() if not w.tied_to}
-    if have == want:
-        return
-    lines = [f"  missing {k} {s}" for k, s in want.items() if k not in have]
-    lines += [f"  undeclared {k} {s}" + (" (declared tied: register_parameter(name, None))" if k in decl else "")
-              for k, s in have.items() if k not in want]
-    lines += [f"  {k}: declared {want[k]}, built {s}" for k, s in have.items() if k in want and want[k] != s]
-    raise ValueError(f"node {node.name}: the torch implementation {type(mod).__qualname__} of {node.op} does not "
-                     f"build the tensors its op declares:\n" + "\n".join(lines))
+    plan.check_declared(node, mod, decl, {k: tuple(v.shape) for k, v in mod.state_dict().items()},
+                        {k: tuple(w.shape) for k, w in decl.items() if not w.tied_to}, "torch",
+                        "register_parameter(name, None)")

@@ -171,7 +171,7 @@ def test_plan_frees_intermediates_and_skips_dead_nodes():
     m = runtime_mlx.build(c.raise_for_errors())
     assert [step[0] for step in m._plan] == ["a", "b"]
     freed = {i for step in m._plan for i in step[3]}
-    assert freed == set(range(m._n_slots)) - {i for _, i in m._outputs}
+    assert freed == set(range(m._schedule.n_slots)) - {i for _, i in m._schedule.outputs}
 
 
 def test_graph_data_round_trip_and_validation():

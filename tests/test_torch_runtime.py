@@ -168,7 +168,7 @@ def test_plan_frees_intermediates_and_skips_dead_nodes():
     m = rt.build(c)
     assert [step[0] for step in m._plan] == [m.a, m.b]
     freed = {i for step in m._plan for i in step[3]}
-    assert freed == set(range(m._n_slots)) - {i for _, i in m._outputs}
+    assert freed == set(range(m._schedule.n_slots)) - {i for _, i in m._schedule.outputs}
 
 
 def test_multi_output_op():
