@@ -16,42 +16,20 @@ except for kernels whose two layouts have the same shape (a 3x3 kernel on 3 chan
 With `strict=False` missing and unexpected tensors are returned instead of raised; wrong shapes and dtypes always
 raise. A tie group (an owner and the tensors tied to it) needs one of its names in the file; if several are there
 they must be equal.
+The framework-free parts (`WeightsMismatch`, `LoadResult`, `map_names`) are `runtime_common/weights.py`.
 """
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import mlx.core as mx
 import numpy as np
 from safetensors import TensorSpec, serialize_file
 
+from runtime_common.weights import LoadResult, WeightsMismatch, label, map_names
+
 from . import layout
-
-
-class WeightsMismatch(ValueError):
-    """Every reason a set of tensors does not fit a model, one line per tensor."""
-
-    def __init__(self, source: str, missing: list[str], unexpected: list[str], shapes: list[str],
-                 dtypes: list[str], other: list[str]):
-        self.missing, self.unexpected, self.shapes, self.dtypes, self.other = missing, unexpected, shapes, dtypes, other
-        n = sum(map(len, (missing, unexpected, shapes, dtypes, other)))
-        lines = [f"cannot load {source}: {n} problem{'s' if n != 1 else ''}"]
-        for title, items in (("missing from the checkpoint", missing), ("unexpected (not in the model)", unexpected),
-                             ("wrong shape", shapes), ("wrong dtype (pass cast=True to convert)", dtypes),
-                             ("other", other)):
-            if items:
-                lines.append(f"  {title} ({len(items)}):")
-                lines += [f"    {s}" for s in items]
-        super().__init__("\n".join(lines))
-
-
-@dataclass
-class LoadResult:
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
 
 
 def torch_layout_weights(model) -> dict[str, mx.array]:
@@ -96,29 +74,6 @@ def load_weights(model, path: str | os.PathLike, strict: bool = True, cast: bool
     return _assign(model, {n: (t, n) for n, t in tensors.items()}, strict, cast, path, [])
 
 
-def map_names(names: Iterable[str], mapping: Sequence[tuple[str, Optional[str]]]) -> tuple[dict[str, str], list[str]]:
-    """Rename checkpoint names by `mapping`: ({model name: checkpoint name}, [collision messages])."""
-    rules = [(re.compile(p), r) for p, r in mapping]
-    out: dict[str, str] = {}
-    clashes: list[str] = []
-    for name in names:
-        new: Optional[str] = name
-        for pat, repl in rules:
-            if repl is None:
-                if pat.search(new):
-                    new = None
-                    break
-            else:
-                new = pat.sub(repl, new)
-        if new is None:
-            continue
-        if new in out:
-            clashes.append(f"{out[new]} and {name} both map to {new}")
-            continue
-        out[new] = name
-    return out, clashes
-
-
 def load_state_dict_mapped(model, tensors: Mapping[str, mx.array], mapping: Sequence[tuple[str, Optional[str]]],
                            strict: bool = True, cast: bool = False) -> LoadResult:
     """Load a checkpoint's arrays (torch layout) under names rewritten by `mapping` (see the module docstring)."""
@@ -129,10 +84,6 @@ def load_state_dict_mapped(model, tensors: Mapping[str, mx.array], mapping: Sequ
 
 def _array(t) -> mx.array:
     return t if isinstance(t, mx.array) else mx.array(t)
-
-
-def _label(name: str, origin: str) -> str:
-    return name if origin == name else f"{name} (checkpoint {origin})"
 
 
 def _dt(d: mx.Dtype) -> str:
@@ -158,15 +109,15 @@ def _assign(model, entries: dict[str, tuple[mx.array, str]], strict: bool, cast:
         for n in present:
             t, origin = entries[n]
             if tuple(t.shape) != want:
-                shapes.append(f"{_label(n, origin)}: checkpoint {tuple(t.shape)}, model {want} (torch layout)")
+                shapes.append(f"{label(n, origin)}: checkpoint {tuple(t.shape)}, model {want} (torch layout)")
             elif t.dtype != cur.dtype and not cast:
-                dtypes.append(f"{_label(n, origin)}: checkpoint {_dt(t.dtype)}, model {_dt(cur.dtype)}")
+                dtypes.append(f"{label(n, origin)}: checkpoint {_dt(t.dtype)}, model {_dt(cur.dtype)}")
         if len(present) > 1 and not shapes:
             first = entries[present[0]][0]
             other += [f"tied tensors {present[0]} and {n} differ in the checkpoint"
                       for n in present[1:] if not mx.array_equal(entries[n][0], first).item()]
         plan.append((owner, present[0]))
-    unexpected = sorted(_label(n, o) for n, (_, o) in entries.items() if n not in decls)
+    unexpected = sorted(label(n, o) for n, (_, o) in entries.items() if n not in decls)
     if shapes or dtypes or other or (strict and (missing or unexpected)):
         raise WeightsMismatch(source, missing if strict else [], unexpected if strict else [], shapes, dtypes, other)
     new = []

@@ -12,41 +12,20 @@ after renaming. Shapes must match exactly (nothing is broadcast or truncated). W
 unexpected tensors are returned instead of raised; wrong shapes and dtypes always raise. A tie group (an owner and
 the tensors tied to it) needs one of its names in the file; if several are there they must be equal. A model built
 on the meta device gets the loaded tensors themselves (no second copy).
+The framework-free parts (`WeightsMismatch`, `LoadResult`, `map_names`) are `runtime_common/weights.py`.
 """
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-
-class WeightsMismatch(ValueError):
-    """Every reason a set of tensors does not fit a model, one line per tensor."""
-
-    def __init__(self, source: str, missing: list[str], unexpected: list[str], shapes: list[str],
-                 dtypes: list[str], other: list[str]):
-        self.missing, self.unexpected, self.shapes, self.dtypes, self.other = missing, unexpected, shapes, dtypes, other
-        n = sum(map(len, (missing, unexpected, shapes, dtypes, other)))
-        lines = [f"cannot load {source}: {n} problem{'s' if n != 1 else ''}"]
-        for title, items in (("missing from the checkpoint", missing), ("unexpected (not in the model)", unexpected),
-                             ("wrong shape", shapes), ("wrong dtype (pass cast=True to convert)", dtypes),
-                             ("other", other)):
-            if items:
-                lines.append(f"  {title} ({len(items)}):")
-                lines += [f"    {s}" for s in items]
-        super().__init__("\n".join(lines))
-
-
-@dataclass
-class LoadResult:
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
+from runtime_common.weights import LoadResult, WeightsMismatch, label, map_names
 
 
 @dataclass
@@ -91,29 +70,6 @@ _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF
            "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
 
-def map_names(names: Iterable[str], mapping: Sequence[tuple[str, Optional[str]]]) -> tuple[dict[str, str], list[str]]:
-    """Rename checkpoint names by `mapping`: ({model name: checkpoint name}, [collision messages])."""
-    rules = [(re.compile(p), r) for p, r in mapping]
-    out: dict[str, str] = {}
-    clashes: list[str] = []
-    for name in names:
-        new: Optional[str] = name
-        for pat, repl in rules:
-            if repl is None:
-                if pat.search(new):
-                    new = None
-                    break
-            else:
-                new = pat.sub(repl, new)
-        if new is None:
-            continue
-        if new in out:
-            clashes.append(f"{out[new]} and {name} both map to {new}")
-            continue
-        out[new] = name
-    return out, clashes
-
-
 def load_state_dict_mapped(model: nn.Module, tensors: Mapping[str, torch.Tensor],
                            mapping: Sequence[tuple[str, Optional[str]]], strict: bool = True,
                            cast: bool = False) -> LoadResult:
@@ -122,10 +78,6 @@ def load_state_dict_mapped(model: nn.Module, tensors: Mapping[str, torch.Tensor]
     entries = {new: _Entry(tuple(tensors[old].shape), tensors[old].dtype, (lambda o=old: tensors[o]), old)
                for new, old in renamed.items()}
     return _assign(model, entries, strict, cast, "the mapped checkpoint", clashes)
-
-
-def _label(name: str, e: _Entry) -> str:
-    return name if e.origin == name else f"{name} (checkpoint {e.origin})"
 
 
 def _assign(model: nn.Module, entries: dict[str, _Entry], strict: bool, cast: bool, source: str,
@@ -147,11 +99,11 @@ def _assign(model: nn.Module, entries: dict[str, _Entry], strict: bool, cast: bo
         for n in present:
             e = entries[n]
             if e.shape != tuple(want.shape):
-                shapes.append(f"{_label(n, e)}: checkpoint {e.shape}, model {tuple(want.shape)}")
+                shapes.append(f"{label(n, e.origin)}: checkpoint {e.shape}, model {tuple(want.shape)}")
             elif e.dtype != want.dtype and not cast:
-                dtypes.append(f"{_label(n, e)}: checkpoint {_dt(e.dtype)}, model {_dt(want.dtype)}")
+                dtypes.append(f"{label(n, e.origin)}: checkpoint {_dt(e.dtype)}, model {_dt(want.dtype)}")
         plan.append((members, present))
-    unexpected = sorted(_label(n, e) for n, e in entries.items() if n not in state)
+    unexpected = sorted(label(n, e.origin) for n, e in entries.items() if n not in state)
     if shapes or dtypes or other or (strict and (missing or unexpected)):
         raise WeightsMismatch(source, missing if strict else [], unexpected if strict else [], shapes, dtypes, other)
     for members, present in plan:
