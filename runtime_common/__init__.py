@@ -3,5 +3,6 @@
 Plain Python that imports only `compiler` (never torch, mlx or numpy); each runtime passes in what differs (its
 name, a few callables) and keeps only its framework's code. Parts: `emit.py` (the generated model.py),
 `registry.py` (the table of op implementations), `plan.py` (how an OmnicModel runs its graph; ties; the check of
-each node's declared tensors), `weights.py` (load errors, checkpoint renaming).
+each node's declared tensors), `weights.py` (load errors, checkpoint renaming),
+`decode.py` (DecodeSession: the prefill and decode plans of token-by-token generation).
 """

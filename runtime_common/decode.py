@@ -1,0 +1,98 @@
+"""Token-by-token decoding of an OmnicModel of a decoder graph, for either runtime: which nodes run in the prefill
+and which at each new token, and the caches between calls (`DecodeSession`). `runtime_torch/generate.py` and
+`runtime_mlx/generate.py` subclass it with their TransformerBlock and LayerCache, and write their own `generate`
+(sampling is framework code).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+POSITIONWISE = {"Embedding", "Linear", "RMSNorm", "LayerNorm", "Activation"}
+# joins of the text stream with a fixed one (image tokens): when decoding, the new tokens are text only
+TEXT_PASSTHROUGH = {"Concat", "MergeImageTokens"}
+
+
+class DecodeSession:
+    """Runs `model` on (B, T) token ids, keeping per-layer caches between calls (a runtime subclasses it, naming its
+    `block` and `cache` classes).
+
+    The first `step` is the prefill: the whole graph the logits depend on runs, other inputs (images) included,
+    and every causal block on the text path fills its cache with the full sequence (image tokens too). Later steps
+    run only the text path: nodes that depend on the token ids. There, a sequence Concat or a MergeImageTokens
+    passes the new text tokens through (the image part is already in the caches), position-wise nodes run on the
+    new tokens, and causal blocks continue their caches. Anything else on the text path is refused.
+    """
+
+    block: type    # the runtime's TransformerBlock: a causal (or conv) one on the text path keeps a cache
+    cache: type    # the runtime's LayerCache
+
+    def __init__(self, model, logits: Optional[str] = None):
+        import networkx as nx
+        g = model.graph
+        ids_inputs = [n for n in model.input_names if g[n].out.kind == "ids"]
+        if len(ids_inputs) != 1:
+            raise ValueError(f"generate needs a model with one token-id input; this one has {model.input_names}")
+        self.input = ids_inputs[0]
+        self.others = [n for n in model.input_names if n != self.input]
+        node_of = lambda o: o if o in g else o.rsplit(".", 1)[0]          # noqa: E731 - "node" or "node.output"
+        if logits is None:
+            text_outs = [o for o in model.output_names if self.input in nx.ancestors(g.g, node_of(o))]
+            if len(text_outs) != 1:
+                raise ValueError(f"the model has outputs {model.output_names}: name the logits with logits=...")
+            logits = text_outs[0]
+        self.logits = logits
+        head = node_of(logits)
+        needed = nx.ancestors(g.g, head) | {head}
+        text = nx.descendants(g.g, self.input) | {self.input}
+        if head not in text:
+            raise ValueError(f"{logits} does not depend on the token ids {self.input}")
+        self.prefill, self.decode = [], []     # (node name, module, input keys, cached?)
+        for node in g.nodes():
+            if node.op == "Input" or node.name not in needed:
+                continue
+            mod = model.node(node.name)
+            keys = [f"{s}.{o}" if o != "out" else s for s, o in node.inputs]
+            on_text = node.name in text
+            cached = on_text and isinstance(mod, self.block) and (mod.kind == "conv" or mod.causal)
+            self.prefill.append((node.name, mod, keys, cached))
+            if not on_text:
+                continue
+            if list(node.outputs) != ["out"]:
+                raise ValueError(f"node {node.name} has several outputs; decoding runs single-output text nodes")
+            if node.op in TEXT_PASSTHROUGH:
+                tk = [k for (s, _), k in zip(node.inputs, keys) if s in text and g[s].out.kind != "ids"]
+                if len(tk) != 1 or (node.op == "Concat" and node.params.axis != "sequence"):
+                    raise ValueError(f"node {node.name} ({node.op}) does not join one text stream along the "
+                                     f"sequence; it cannot be decoded token by token")
+                self.decode.append((node.name, None, tk, False))
+            elif cached or node.op in POSITIONWISE:
+                self.decode.append((node.name, mod, keys, cached))
+            else:
+                raise ValueError(f"generate decodes token by token; node {node.name} ({node.op}) on the text path "
+                                 f"is neither a causal block, position-wise, nor a join with a fixed stream")
+        self.plan = self.decode
+        self.reset()
+
+    def reset(self) -> None:
+        self.caches = {name: self.cache() for name, _, _, cached in self.prefill if cached}
+        self.started = False
+
+    @property
+    def seen(self) -> int:
+        return next(iter(self.caches.values())).seen if self.caches else 0
+
+    def step(self, ids, **inputs):
+        """Logits (B, T, V) of the new token ids (B, T), continuing the cached sequence. The first call (the
+        prefill) also takes the model's other inputs by name (e.g. image=...)."""
+        if not self.started:
+            missing = [n for n in self.others if n not in inputs]
+            if missing:
+                raise ValueError(f"the prefill needs the inputs {missing}")
+            plan, env = self.prefill, {self.input: ids, **inputs}
+            self.started = True
+        else:
+            plan, env = self.decode, {self.input: ids}
+        for name, mod, ins, cached in plan:
+            xs = [env[k] for k in ins]
+            env[name] = xs[0] if mod is None else mod(*xs, cache=self.caches[name]) if cached else mod(*xs)
+        return env[self.logits]
