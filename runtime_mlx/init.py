@@ -1,61 +1,47 @@
-"""Deterministic initialisation of an OmnicModel's parameters from a seed: the scheme of `runtime_torch/init.py`,
+"""Deterministic initialisation of an OmnicModel's parameters from a seed: the scheme of `runtime_common/init.py`,
 so a seed names one set of weights in both runtimes.
 
-The scheme has one definition, `runtime_torch/init.py` (which needs only torch): its `draw(rule, shape, seed, name)`
-gives each declared tensor's float32 values in torch layout from the seed and the tensor's full name alone. This
-module loads that file by itself (not the `runtime_torch` package), converts each tensor to the MLX layout
+The scheme's `draw(rule, shape, seed, name)` (which needs torch) gives each declared tensor's float32 values in torch
+layout from the seed and the tensor's full name alone; this module converts each tensor to the MLX layout
 (`layout.py`) and casts it to the parameter's dtype; tied tensors are skipped (they share their owner's).
-Without torch installed, "normal" tensors fall back to `mx.random.normal` keyed by the name: deterministic, but
-not the torch runtime's values (`exact_across_runtimes()` says which applies).
+Without torch installed, "normal" tensors fall back to `mx.random.normal` keyed by the same per-tensor seed:
+deterministic, but not the torch runtime's values (`exact_across_runtimes()` says which applies).
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import zlib
 from functools import lru_cache
 
 import mlx.core as mx
 
-from . import layout
+from runtime_common import init as scheme
 
-STD = 0.02
+from . import layout
 
 
 @lru_cache(maxsize=1)
-def _torch_init():
-    """runtime_torch/init.py as a standalone module, or None without torch."""
+def exact_across_runtimes() -> bool:
+    """Whether torch is installed, so that `draw` gives the torch runtime's values."""
     try:
         import torch  # noqa: F401
     except ImportError:
-        return None
-    spec = importlib.util.find_spec("runtime_torch")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "init.py")
-    mspec = importlib.util.spec_from_file_location("runtime_mlx._torch_init", path)
-    mod = importlib.util.module_from_spec(mspec)
-    mspec.loader.exec_module(mod)
-    return mod
-
-
-def exact_across_runtimes() -> bool:
-    return _torch_init() is not None
+        return False
+    return True
 
 
 def draw(rule: str, shape: tuple[int, ...], seed: int, name: str) -> mx.array:
     """The float32 values of tensor `name` under `rule`, in torch layout."""
-    ti = _torch_init()
-    if ti is not None:
-        return mx.array(ti.draw(rule, tuple(shape), seed, name).numpy())
+    if exact_across_runtimes():
+        return mx.array(scheme.draw(rule, tuple(shape), seed, name).numpy())
     if rule == "normal":
-        key = mx.random.key((seed * 0x9E3779B1 + zlib.crc32(name.encode("utf-8"))) % 2 ** 32)
-        return mx.random.normal(tuple(shape), key=key) * STD
+        key = mx.random.key(scheme.tensor_seed(seed, name))
+        return mx.random.normal(tuple(shape), key=key) * scheme.STD
     if rule == "zeros":
         return mx.zeros(shape)
     if rule == "ones":
         return mx.ones(shape)
     if rule.startswith("const:"):
-        return mx.full(shape, float(rule[len("const:"):]), dtype=mx.float32)
-    raise ValueError(f"{name}: unknown init rule {rule!r} (normal, zeros, ones, const:<v>)")
+        return mx.full(shape, scheme.const_value(rule, name), dtype=mx.float32)
+    raise scheme.unknown_rule(rule, name)
 
 
 def initialise(model, seed: int = 0) -> None:

@@ -5,7 +5,7 @@
 
 `build` constructs every node's module under `torch.device(device)` (with device="meta" nothing is allocated and
 nothing initialised), casts floating tensors to `dtype`, then, if `init`, fills every declared tensor from `seed`
-by the name-keyed scheme of `runtime_torch/init.py` (the same values whatever the construction order, device or
+by the name-keyed scheme of `runtime_common/init.py` (the same values whatever the construction order, device or
 dtype). Parts: `registry.py` (op -> module class), `ops/` (the implementations), `model.py` (OmnicModel),
 `weights.py` (safetensors), `compiler/graph_data.py` (the graph as plain data), `emit.py` (generated model.py).
 """
