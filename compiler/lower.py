@@ -557,11 +557,12 @@ def _infer_inputs(low: Lowering, pd: Pending, op, streams: list[Stream], order: 
             g.add(fl)
             g.connect(fl, src.node, src.out, inferred=True)
             from .shapes import infer_node
-            infer_node(g, fl, low.diag)
             order.append(fname)
             src.consumed = True
-            streams.append(Stream(fname, "out", fl.out, consumed=True))
             wire(fname)
+            if not infer_node(g, fl, low.diag):    # its error is reported; the consumer stays unresolved
+                return
+            streams.append(Stream(fname, "out", fl.out, consumed=True))
             low.warn(path, f"inferred input: {src.node} {src.type} flattened to tokens {fl.out} -> {node.name}",
                      code="inferred-edge")
             return
