@@ -126,6 +126,7 @@ CASES: dict[str, tuple[str | None, str, str | None]] = {
     "edge_inputs_not_strings.json": (None, "inputs must be a list of layer ids", "5:35"),
     "edge_inputs_empty.json": ("dangling", "inputs is empty, but LayerNorm reads 1 input(s)", "5:41"),
     "edge_implied_input_name_taken.json": ("no-input", "'input_ids' has no valid shape", "5:5"),
+    "edge_inferred_flatten_fails.json": ("shape", "(edge: pixels (B, 3, T, 8) -> pixels_flatten)", "5:5"),
     "edge_unknown_output.json": (None, "unknown output 'porj'", "4:15"),
     "edge_no_stream_fits.json": ("no-input", "no stream fits LayerNorm 'norm'", "5:5"),
     "edge_tie_not_embedding.json": (None, "tie must name an Embedding layer", "6:69"),
