@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from compiler.graph_data import to_data
 from compiler.ir import Graph
+from runtime_common.progress import status
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,9 @@ def write(compiled, out_dir: str | os.PathLike, target: Target, weights: bool = 
     if weights:
         runtime = importlib.import_module(target.runtime)
         path = os.path.join(out_dir, "model.safetensors")
-        runtime.save_weights(runtime.build(compiled, seed=seed), path)
+        model = runtime.build(compiled, seed=seed)
+        total = compiled.report["params"]["total"]
+        with status(f"writing model.safetensors ({total * 4 / 1e9:.1f} GB)", total):
+            runtime.save_weights(model, path)
         paths.append(path)
     return paths

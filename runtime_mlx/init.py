@@ -14,6 +14,7 @@ from functools import lru_cache
 import mlx.core as mx
 
 from runtime_common import init as scheme
+from runtime_common.progress import sizes_of, track
 
 from . import layout
 
@@ -47,7 +48,8 @@ def draw(rule: str, shape: tuple[int, ...], seed: int, name: str) -> mx.array:
 def initialise(model, seed: int = 0) -> None:
     """Fill every owned declared parameter of `model` (an OmnicModel) from `seed`."""
     new = []
-    for name in sorted(model.weight_decls):
+    names = sorted(model.weight_decls)
+    for name in track(names, "initialising weights", sizes_of(model.weight_decls[n].shape for n in names)):
         w = model.weight_decls[name]
         if w.tied_to:
             continue

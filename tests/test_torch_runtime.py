@@ -423,3 +423,23 @@ def test_frozen_layers_get_no_gradients():
     m = rt.build(c)
     trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
     assert trainable == c.report["params"]["trainable"] == 36
+
+
+def test_progress_is_quiet_off_a_terminal_and_shown_on_one(monkeypatch, capsys):
+    """Long work shows a bar on a terminal only (tests and CI logs stay clean)."""
+    import io
+    from runtime_common import progress
+    items = ["a", "b", "c"]
+    assert list(progress.track(items, "x", [1, 1, 1])) == items           # stderr is not a TTY here: plain
+    assert capsys.readouterr().err == ""
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    fake = Tty()
+    monkeypatch.setattr(progress.sys, "stderr", fake)
+    monkeypatch.setenv("OMNIC_PROGRESS", "1")
+    monkeypatch.setattr(progress, "_console", lambda: __import__("rich.console").console.Console(file=fake,
+                                                                                                  force_terminal=True))
+    assert list(progress.track(items, "initialising weights", [1, 1, 1])) == items
+    assert "initialising weights" in fake.getvalue()
