@@ -13,7 +13,9 @@ from .ir import Graph, Node
 def infer_node(g: Graph, node: Node, diag: Diagnostics) -> bool:
     op = registry.get(node.op)
     ins = [g[src].outputs[out] for src, out in node.inputs]
-    base = node.path + ("params",) if node.op not in ("Flatten", "Concat") or node.params.note else node.path
+    # nodes made by wiring inference (a Flatten, a sequence join) point at the layer that needed them
+    implicit = node.op in ("Flatten", "Concat") and bool(node.inferred) and all(node.inferred)
+    base = node.path if implicit else node.path + ("params",)
     errors = []
     edge: list[str] = []     # set while resolving: a contradiction there is about an edge, so name both ends
 
