@@ -129,9 +129,8 @@ def grad_path(g: Graph, trainable: set[str]) -> set[str]:
     return set(trainable) | g.descendants(trainable)
 
 
-def training_activations(g: Graph, costs: list[NodeCost], trainable: set[str], nbytes: int,
-                         recompute: bool) -> int:
-    path = grad_path(g, trainable)
+def training_activations(costs: list[NodeCost], path: set[str], nbytes: int, recompute: bool) -> int:
+    """Bytes saved for backward by the nodes on the gradient path `path` (see grad_path)."""
     by = {c.name: c for c in costs}
     if not recompute:
         return sum((by[n].out_elems + by[n].saved) * nbytes for n in path if n in by)
@@ -140,8 +139,7 @@ def training_activations(g: Graph, costs: list[NodeCost], trainable: set[str], n
     return sum(by[n].out_elems * nbytes for n in path if n in by) + largest * nbytes
 
 
-def training_flops(g: Graph, costs: list[NodeCost], trainable: set[str]) -> int:
-    path = grad_path(g, trainable)
+def training_flops(costs: list[NodeCost], trainable: set[str], path: set[str]) -> int:
     total = 0
     for c in costs:
         if c.name in trainable:

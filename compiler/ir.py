@@ -22,6 +22,11 @@ SCALAR = "scalar"    # (B,) one number per example (diffusion time)
 KINDS = (IMAGE, VIDEO, IDS, TOKENS, VECTOR, SCALAR)
 
 
+def in_scope(name: str, ids) -> bool:
+    """Whether node `name` is one of the layer ids `ids` or a part of one (`lm` covers `lm.model.layers.3`)."""
+    return any(name == i or name.startswith(i + ".") for i in ids)
+
+
 @dataclass(frozen=True)
 class TensorType:
     shape: tuple[Dim, ...]

@@ -11,7 +11,7 @@ from typing import Any, Optional, Union
 from pydantic import ValidationError
 
 from .diagnostics import ERROR, Diagnostic, Diagnostics, SpecError
-from .ir import Graph
+from .ir import Graph, in_scope
 from .lower import lower
 from .report import account, check_budget
 from .source import Source, parse_text, read_file
@@ -182,7 +182,7 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
             if not key.startswith("params."):
                 diag.error(("expect", key, "scope"), f"scope applies to params.* figures, not {key}")
             for k, i in enumerate(e.scope):
-                if not any(n.name == i or n.name.startswith(i + ".") for n in graph.nodes()):
+                if not any(in_scope(n.name, [i]) for n in graph.nodes()):
                     diag.error(("expect", key, "scope", k), f"scope names no layer: {i!r}")
     if diag.has_errors and not partial:
         return Compiled(doc, graph, None, diag.sorted(), src, settings)

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from . import cost
 from .formats import FORMATS, get_format
-from .ir import Graph
+from .ir import Graph, in_scope
 from .spec import EXPECT_KEYS, SpecDoc, parse_size
 
 REPORT_VERSION = 1
@@ -20,13 +20,9 @@ def stage_trainable(g: Graph, doc: SpecDoc, stage: Optional[str]) -> set[str]:
     if stage is None:
         return base
     st = doc.stages[stage]
-
-    def match(n: str, ids: list[str]) -> bool:
-        return any(n == i or n.startswith(i + ".") for i in ids)
-
     if st.train is not None:
-        return {n for n in names if match(n, st.train)}
-    return {n for n in base if not match(n, st.freeze or [])}
+        return {n for n in names if in_scope(n, st.train)}
+    return {n for n in base if not in_scope(n, st.freeze or [])}
 
 
 def account(g: Graph, doc: SpecDoc, *, batch: int, context: int, frames: int, fmt: str = "bf16",
@@ -53,11 +49,12 @@ def account(g: Graph, doc: SpecDoc, *, batch: int, context: int, frames: int, fm
         n_train = sum(by[n].params for n in tset)
         frozen_names = {c.name for c in costs if c.name not in tset}
         frozen_w = round(cost.weight_bytes(costs, get_format(fmt), frozen_names))
-        acts = cost.training_activations(g, costs, tset, 2, recompute)
+        path = cost.grad_path(g, tset)
+        acts = cost.training_activations(costs, path, 2, recompute)
         parts = {"trainable_params": n_train, "weights_grads_optimizer": n_train * cost.TRAIN_BYTES_PER_PARAM,
                  "frozen_weights": frozen_w, "activations": acts}
         parts["total"] = parts["weights_grads_optimizer"] + frozen_w + acts
-        parts["flops_step"] = cost.training_flops(g, costs, tset)
+        parts["flops_step"] = cost.training_flops(costs, tset, path)
         return parts
 
     train = {"all": training(None)}
@@ -110,10 +107,6 @@ def figure(rep: dict, key: str, fmt: str) -> float:
     if key == "flops.decode":
         return rep["flops"]["decode_per_token"]
     raise KeyError(key)
-
-
-def in_scope(name: str, ids: list[str]) -> bool:
-    return any(name == i or name.startswith(i + ".") for i in ids)
 
 
 def scoped_params(costs, key: str, ids: list[str]) -> float:
