@@ -135,6 +135,15 @@ class Dim:
     def __setattr__(self, *_):
         raise AttributeError("Dim is immutable")
 
+    def __copy__(self) -> "Dim":
+        return self
+
+    def __deepcopy__(self, memo) -> "Dim":      # immutable: a copied model or graph shares it
+        return self
+
+    def __reduce__(self):
+        return (Dim, (dict(self.terms),))
+
     def __repr__(self) -> str:
         return str(self)
 

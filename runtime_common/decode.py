@@ -26,7 +26,7 @@ class DecodeSession:
     block: type    # the runtime's TransformerBlock: a causal (or conv) one on the text path keeps a cache
     cache: type    # the runtime's LayerCache
 
-    def __init__(self, model, logits: Optional[str] = None):
+    def __init__(self, model, logits: Optional[str] = None, reserve: int = 0):
         import networkx as nx
         g = model.graph
         ids_inputs = [n for n in model.input_names if g[n].out.kind == "ids"]
@@ -71,19 +71,31 @@ class DecodeSession:
                 raise ValueError(f"generate decodes token by token; node {node.name} ({node.op}) on the text path "
                                  f"is neither a causal block, position-wise, nor a join with a fixed stream")
         self.plan = self.decode
+        # `step(..., last=True)`: after the last cached block only position-wise nodes run, so they may run on
+        # the last token alone (generation needs no other logits)
+        cached_at = [i for i, (_, _, _, c) in enumerate(self.prefill) if c]
+        tail = self.prefill[cached_at[-1] + 1:] if cached_at else []
+        self.last_block = self.prefill[cached_at[-1]][0] if cached_at and all(
+            g[n].op in POSITIONWISE for n, _, _, _ in tail) else None
+        self.reserve = reserve     # tokens the caches make room for at once (the runtime's cache may ignore it)
         self.reset()
 
     def reset(self) -> None:
         self.caches = {name: self.cache() for name, _, _, cached in self.prefill if cached}
+        if self.reserve:
+            for c in self.caches.values():
+                if hasattr(c, "reserve"):
+                    c.reserve = self.reserve
         self.started = False
 
     @property
     def seen(self) -> int:
         return next(iter(self.caches.values())).seen if self.caches else 0
 
-    def step(self, ids, **inputs):
-        """Logits (B, T, V) of the new token ids (B, T), continuing the cached sequence. The first call (the
-        prefill) also takes the model's other inputs by name (e.g. image=...)."""
+    def step(self, ids, last: bool = False, **inputs):
+        """Logits (B, T, V) of the new token ids (B, T), continuing the cached sequence; with `last`, those of the
+        last token only (B, 1, V), computing no others where the graph allows. The first call (the prefill) also
+        takes the model's other inputs by name (e.g. image=...)."""
         if not self.started:
             missing = [n for n in self.others if n not in inputs]
             if missing:
@@ -95,4 +107,7 @@ class DecodeSession:
         for name, mod, ins, cached in plan:
             xs = [env[k] for k in ins]
             env[name] = xs[0] if mod is None else mod(*xs, cache=self.caches[name]) if cached else mod(*xs)
-        return env[self.logits]
+            if last and name == self.last_block:
+                env[name] = env[name][:, -1:]
+        out = env[self.logits]
+        return out[:, -1:] if last else out

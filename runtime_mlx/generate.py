@@ -34,10 +34,11 @@ class DecodeSession(SharedDecodeSession):
         """Bytes of decode state held: K, V and conv states of every layer."""
         return sum(a.nbytes for a in self.cache_arrays())
 
-    def step(self, ids: mx.array, **inputs: mx.array) -> mx.array:
-        """Logits (B, T, V) of the new token ids (B, T), continuing the cached sequence (lazy: `mx.eval` it). The
-        first call (the prefill) also takes the model's other inputs by name (e.g. image=...)."""
-        return super().step(ids, **inputs)
+    def step(self, ids: mx.array, last: bool = False, **inputs: mx.array) -> mx.array:
+        """Logits (B, T, V) of the new token ids (B, T), continuing the cached sequence (lazy: `mx.eval` it); with
+        `last`, of the last token only (B, 1, V). The first call (the prefill) also takes the model's other inputs
+        by name (e.g. image=...)."""
+        return super().step(ids, last, **inputs)
 
 
 def generate(model, input_ids, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
@@ -57,7 +58,7 @@ def generate(model, input_ids, max_new_tokens: int, do_sample: bool = False, tem
     nxt = input_ids
     inputs = {k: v if isinstance(v, mx.array) else mx.array(v) for k, v in inputs.items()}
     for i in range(max_new_tokens):
-        scores = session.step(nxt, **(inputs if i == 0 else {}))[:, -1].astype(mx.float32)   # (B, V)
+        scores = session.step(nxt, last=True, **(inputs if i == 0 else {}))[:, -1].astype(mx.float32)   # (B, V)
         if do_sample:
             scores = scores / temperature
             if top_k is not None and top_k < scores.shape[-1]:

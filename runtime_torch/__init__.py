@@ -7,7 +7,7 @@
 nothing initialised), casts floating tensors to `dtype`, then, if `init`, fills every declared tensor from `seed`
 by the name-keyed scheme of `runtime_common/init.py` (the same values whatever the construction order, device or
 dtype). Parts: `registry.py` (op -> module class), `ops/` (the implementations), `model.py` (OmnicModel),
-`weights.py` (safetensors), `compiler/graph_data.py` (the graph as plain data), `emit.py` (generated model.py).
+`weights.py` (safetensors), `pack.py` (weight layout for fast decoding), `compiler/graph_data.py` (the graph as plain data), `emit.py` (generated model.py).
 """
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ from compiler.graph_data import from_data, to_data
 
 from .init import initialise
 from .model import OmnicModel
+from .pack import pack, unpack
 from .registry import all_impls, get, implements
 from .weights import WeightsMismatch, load_state_dict_mapped, load_weights, save_weights
 
 __all__ = ["build", "from_graph_data", "OmnicModel", "implements", "get", "all_impls", "save_weights",
-           "load_weights", "load_state_dict_mapped", "WeightsMismatch", "to_data"]
+           "load_weights", "load_state_dict_mapped", "WeightsMismatch", "to_data", "pack", "unpack"]
 
 
 def _dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:

@@ -20,30 +20,38 @@ import torch
 from runtime_common.decode import DecodeSession as SharedDecodeSession
 
 from .ops.transformer import LayerCache, TransformerBlock
+from .pack import pack as pack_model
 
 
 class DecodeSession(SharedDecodeSession):
     """`runtime_common.decode.DecodeSession` with torch's TransformerBlock and LayerCache; steps run without grad."""
     block, cache = TransformerBlock, LayerCache
 
+    def __init__(self, model, logits: Optional[str] = None, reserve: int = 0, pack: bool = True):
+        """`reserve`: tokens (prompt included) the KV caches make room for at once; `pack`: store the model's
+        weights for fast matrix-vector products first (runtime_torch/pack.py; names, shapes and values unchanged)."""
+        if pack and not getattr(model, "_packed", False):
+            pack_model(model)
+        super().__init__(model, logits, reserve)
+
     @torch.no_grad()
-    def step(self, ids: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, V) of the new token ids (B, T), continuing the cached sequence. The first call (the
-        prefill) also takes the model's other inputs by name (e.g. image=...)."""
-        return super().step(ids, **inputs)
+    def step(self, ids: torch.Tensor, last: bool = False, **inputs: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) of the new token ids (B, T), continuing the cached sequence; with `last`, of the last
+        token only (B, 1, V). The first call (the prefill) also takes the model's other inputs by name."""
+        return super().step(ids, last, **inputs)
 
 
 @torch.no_grad()
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
              top_k: Optional[int] = None, seed: Optional[int] = None, eos_token_id: Optional[int] = None,
-             logits: Optional[str] = None, **inputs: torch.Tensor) -> torch.Tensor:
+             logits: Optional[str] = None, pack: bool = True, **inputs: torch.Tensor) -> torch.Tensor:
     """The prompt (B, T) followed by up to max_new_tokens tokens (B, T + n); `inputs` are the model's other inputs
-    (images of a VLM), used by the prefill. Greedy unless do_sample; sampling
+    (images of a VLM), used by the prefill; `pack` as DecodeSession's. Greedy unless do_sample; sampling
     divides the logits by temperature, keeps the top_k largest, and draws from a generator seeded with `seed`.
     With eos_token_id, stops once every row has produced it (finished rows continue with eos_token_id)."""
     if do_sample and temperature <= 0:
         raise ValueError("temperature must be positive when sampling")
-    session = DecodeSession(model, logits)
+    session = DecodeSession(model, logits, reserve=input_ids.shape[1] + max_new_tokens, pack=pack)
     gen = torch.Generator(device=input_ids.device)
     if seed is not None:
         gen.manual_seed(seed)
@@ -51,7 +59,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, do_sample: boo
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     nxt = input_ids
     for i in range(max_new_tokens):
-        scores = session.step(nxt, **(inputs if i == 0 else {}))[:, -1].float()   # (B, V)
+        scores = session.step(nxt, last=True, **(inputs if i == 0 else {}))[:, -1].float()   # (B, V)
         if do_sample:
             scores = scores / temperature
             if top_k is not None and top_k < scores.shape[-1]:

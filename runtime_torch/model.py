@@ -7,7 +7,8 @@ Children are written into `_modules` directly, so a node may be called `train` o
 
 Each node's module must own exactly the tensors its op declares (checked as it is built). A tensor declared
 `tied_to` another is the owner's Parameter object itself (counted once by `named_parameters()`); ties are restored
-after every `.to()` / `_apply`.
+after every `.to()` / `_apply`. `runtime_torch.pack` may store the weights in another layout (same names, shapes
+and values) for fast decoding; a packed model is packed again after `.to()`.
 
 `forward(**inputs)` runs a plan precomputed at construction (`runtime_common/plan.py`): for each live node (one that
 a model output depends on), its module, the slots of its inputs, where its outputs go, and which slots die after it
@@ -112,6 +113,9 @@ class OmnicModel(nn.Module):
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
         self._tie()
+        if getattr(self, "_packed", False):     # `.to()` copies tensors one by one: pack the copies again
+            from .pack import pack
+            pack(self)
         return self
 
     # --- running -----------------------------------------------------------------------------------------------------

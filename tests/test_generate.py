@@ -95,11 +95,15 @@ def test_refuses_non_decoder_graphs():
 
 
 def test_cache_bytes_equal_the_reports_decode_state(pair):
-    """The compiler's decode state at (batch 2, context 9) equals the bytes the runtime's caches really hold."""
+    """The compiler's decode state at (batch 2, context 9) equals the bytes the runtime's caches really hold (their
+    storages: preallocated KV buffers included), with room reserved for the 9 tokens as generate reserves it."""
     family, _, model = pair
-    s = DecodeSession(model)
-    s.step(torch.zeros(2, 9, dtype=torch.long))
-    held = sum(t.numel() * t.element_size() for c in s.caches.values() for t in (c.k, c.v, c.conv) if t is not None)
+    s = DecodeSession(model, reserve=9)
+    s.step(torch.zeros(2, 5, dtype=torch.long))
+    for _ in range(4):
+        s.step(torch.zeros(2, 1, dtype=torch.long))
+    held = sum(t.untyped_storage().nbytes() for c in s.caches.values() for t in (c.kbuf, c.vbuf, c.conv)
+               if t is not None)
     report = compiler.compile(_spec_of(family), batch=2, context=9).report
     assert held == report["memory"]["decode_state"]["fp32"], family
 

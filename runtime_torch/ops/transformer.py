@@ -38,12 +38,49 @@ ACT = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "re
 
 @dataclass
 class LayerCache:
-    """Decode state of one layer (see the module docstring); starts empty."""
+    """Decode state of one layer (see the module docstring); starts empty. K and V of a full-attention layer live
+    in buffers with room for `reserve` tokens (set by the caller that knows the final length, e.g. `generate`),
+    grown by doubling past it; `k`, `v` are views of the filled part."""
 
     seen: int = 0
-    k: Optional[torch.Tensor] = None       # (B, kv, S, hs)
-    v: Optional[torch.Tensor] = None       # (B, kv, S, hs)
     conv: Optional[torch.Tensor] = None    # (B, D, K-1)
+    reserve: int = 0
+    kbuf: Optional[torch.Tensor] = None    # (B, kv, capacity, hs)
+    vbuf: Optional[torch.Tensor] = None
+    n: int = 0                             # filled positions of kbuf / vbuf
+
+    @property
+    def k(self) -> Optional[torch.Tensor]:   # (B, kv, S, hs)
+        return None if self.kbuf is None else self.kbuf[:, :, :self.n]
+
+    @property
+    def v(self) -> Optional[torch.Tensor]:   # (B, kv, S, hs)
+        return None if self.vbuf is None else self.vbuf[:, :, :self.n]
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor, window: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append k, v (B, kv, T, hs); return all keys and values a query of this call sees (B, kv, S, hs). A
+        sliding layer keeps the last window - 1 positions afterwards (all a later query can see)."""
+        if window is not None:
+            if self.kbuf is not None:
+                k, v = torch.cat((self.kbuf, k), dim=2), torch.cat((self.vbuf, v), dim=2)
+            keep = min(k.shape[2], window - 1)
+            trim = (lambda t: t[:, :, t.shape[2] - keep:].clone()) if keep < k.shape[2] else (lambda t: t)
+            self.kbuf, self.vbuf = trim(k), trim(v)        # a copy: the view would hold the whole of k alive
+            self.n = keep
+            return k, v
+        end = self.n + k.shape[2]
+        if self.kbuf is None or end > self.kbuf.shape[2] or self.kbuf.shape[:2] != k.shape[:2]:
+            cap = max(end, self.reserve, 2 * self.kbuf.shape[2] if self.kbuf is not None else 0)
+            kb = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
+            vb = v.new_empty(v.shape[0], v.shape[1], cap, v.shape[3])
+            if self.n:
+                kb[:, :, :self.n] = self.k
+                vb[:, :, :self.n] = self.v
+            self.kbuf, self.vbuf = kb, vb
+        self.kbuf[:, :, self.n:end] = k
+        self.vbuf[:, :, self.n:end] = v
+        self.n = end
+        return self.k, self.v
 
 
 # --- leaves --------------------------------------------------------------------------------------------------------
@@ -73,6 +110,8 @@ class Norm(nn.Module):
     def forward(self, x):
         if self.kind == "layernorm":
             return F.layer_norm(x, self.shape, self.weight, self.bias, self.eps)
+        if self.offset == 0.0 and x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.shape, self.weight, self.eps)   # one kernel, bit-equal to the lines below
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.offset == 0.0:
@@ -104,17 +143,22 @@ def place(root: nn.Module, path: str, mod: Optional[nn.Module] = None, param: Op
     return (m, last)
 
 
-def rotate_half(x):
-    h = x.shape[-1] // 2
-    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
-
-
 def apply_rope(x, cos, sin, rd: int):
-    """Rotate-half RoPE on the first rd dims of the last axis (x (B, H, N, hs); cos, sin (N, rd))."""
+    """Rotate-half RoPE on the first rd dims of the last axis: x * cos + rotate_half(x) * sin, written as
+    x * cos + roll(x, rd/2) * sin with the sign of rotate_half moved into `sin` (its first half negated; exact in
+    floating point). x (B, H, N, hs); cos, sin (N, rd)."""
     if rd == x.shape[-1]:
-        return x * cos + rotate_half(x) * sin
+        return x * cos + x.roll(rd // 2, dims=-1) * sin
     xr, xp = x[..., :rd], x[..., rd:]
-    return torch.cat((xr * cos + rotate_half(xr) * sin, xp), dim=-1)
+    return torch.cat((xr * cos + xr.roll(rd // 2, dims=-1) * sin, xp), dim=-1)
+
+
+def rope_tables(ang: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin (see apply_rope) of angles (N, rd) in float32, cast to the compute dtype (as
+    transformers does)."""
+    h = ang.shape[-1] // 2
+    sin = ang.sin()
+    return ang.cos().to(dtype), torch.cat((-sin[:, :h], sin[:, h:]), dim=-1).to(dtype)
 
 
 def grid_angles(grid, rd: int, theta: float) -> torch.Tensor:
@@ -151,6 +195,8 @@ class TransformerBlock(nn.Module):
         self._init_ffn(p, n)
         self._keep("post_mlp_norm", n("post_mlp_norm") if post else None, norm() if post else None)
         self._keep("ls", None, None)
+        self._groups: dict = {}            # "qkv", "gate_up": runtime_torch.pack.Packed, set by pack()
+        self._rope_tab = None              # (cos, signed sin) of positions 0.., grown as needed (_rope_1d)
         if p.layer_scale is not None:
             self._keep("ls", None, (place(self, n("ls1"), param=(D,)), place(self, n("ls2"), param=(D,))))
 
@@ -199,6 +245,22 @@ class TransformerBlock(nn.Module):
             self._keep("fc1", n("fc1"), Lin(Fw, D, p.mlp_bias))
             self._keep("fc2", n("fc2"), Lin(D, Fw, p.mlp_bias))
 
+    def pack(self) -> list:
+        """Share one column-major buffer among q | k | v and among gate | up (runtime_torch/pack.py); returns the
+        parameters placed."""
+        from ..pack import group
+        self._groups = {}
+        if self.kind != "conv" and self.qkv is None:
+            self._groups["qkv"] = group([self.q, self.k, self.v])
+        if getattr(self, "gate", None) is not None:
+            self._groups["gate_up"] = group([self.gate, self.up])
+        self._groups = {k: g for k, g in self._groups.items() if g is not None}
+        return [t for g in self._groups.values() for m in g.mods for t in (m.weight, m.bias) if t is not None]
+
+    def _fused(self, key: str):
+        g = self._groups.get(key)
+        return g if g is not None and g.usable() else None
+
     # --- forward ---------------------------------------------------------------------------------------------------
     def forward(self, x, cache: Optional[LayerCache] = None):
         h = self.norm1(x)
@@ -219,13 +281,18 @@ class TransformerBlock(nn.Module):
 
     def ffn(self, h):
         if self.gate is not None:
-            return self.down(self.act(self.gate(h)) * self.up(h))           # (B, T, F) -> (B, T, D)
+            fused = self._fused("gate_up") if self._groups else None
+            g, u = fused(h) if fused is not None else (self.gate(h), self.up(h))   # (B, T, F) each
+            return self.down(self.act(g) * u)                                # (B, T, D)
         return self.fc2(self.act(self.fc1(h)))
 
     def _attention(self, h, cache):
         B, T, _ = h.shape
+        fused = self._fused("qkv") if self._groups else None
         if self.qkv is not None:
             q, k, v = self.qkv(h).split(self.H * self.hd, dim=-1)
+        elif fused is not None:
+            q, k, v = fused(h)
         else:
             q, k, v = self.q(h), self.k(h), self.v(h)
         q = q.view(B, T, self.H, self.hd)                                    # (B, T, H, hs)
@@ -236,31 +303,34 @@ class TransformerBlock(nn.Module):
         q, k = q.transpose(1, 2), k.transpose(1, 2)                          # (B, H, T, hs), (B, kv, T, hs)
         pos = cache.seen if cache is not None else 0
         if self.rope == "1d":
-            # tables in float32 whatever the compute dtype, cos/sin cast to it (as transformers)
-            inv = 1.0 / (self.theta ** (torch.arange(0, self.rd, 2, device=h.device, dtype=torch.float) / self.rd))
-            t = torch.arange(pos, pos + T, device=h.device, dtype=torch.float)
-            freqs = t[:, None] * inv[None, :]                                # (T, rd/2)
-            emb = torch.cat((freqs, freqs), dim=-1)                          # (T, rd)
-            cos, sin = emb.cos().to(h.dtype), emb.sin().to(h.dtype)
+            cos, sin = self._rope_1d(pos, T, h)                              # (T, rd) each
             q, k = apply_rope(q, cos, sin, self.rd), apply_rope(k, cos, sin, self.rd)
         elif self.rope == "2d":
-            ang = grid_angles(self.grid, self.rd, self.theta).to(h.device)   # (h*w, rd)
-            cos, sin = ang.cos().to(h.dtype), ang.sin().to(h.dtype)
+            cos, sin = rope_tables(grid_angles(self.grid, self.rd, self.theta).to(h.device), h.dtype)  # (h*w, rd)
             n0 = self.prefix
             q = torch.cat((q[:, :, :n0], apply_rope(q[:, :, n0:], cos, sin, self.rd)), dim=2)
             k = torch.cat((k[:, :, :n0], apply_rope(k[:, :, n0:], cos, sin, self.rd)), dim=2)
         n_cached = 0
         if cache is not None:
-            if cache.k is not None:
-                n_cached = cache.k.shape[2]
-                k = torch.cat((cache.k, k), dim=2)                           # (B, kv, S, hs)
-                v = torch.cat((cache.v, v), dim=2)
-            keep = k.shape[2] if self.window is None else min(k.shape[2], self.window - 1)
-            cache.k, cache.v = k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:]
+            n_cached = cache.n
+            k, v = cache.extend(k, v, self.window)                           # (B, kv, S, hs)
         mask, is_causal = self._mask(T, k.shape[2], pos, n_cached, h.device)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale,
                                            enable_gqa=self.KV != self.H)     # (B, H, T, hs)
         return self.o(y.transpose(1, 2).reshape(B, T, self.H * self.hd))     # (B, T, D)
+
+    def _rope_1d(self, pos: int, T: int, like: torch.Tensor):
+        """cos, signed sin (T, rd) of positions pos..pos+T-1: rows of a table kept by the block, computed with
+        transformers' float32 ops (inverse frequencies, positions x frequencies, cos / sin, cast) and grown by
+        doubling; elementwise ops, so a row does not depend on the table's size."""
+        tab, end = self._rope_tab, pos + T
+        if tab is None or tab[0].shape[0] < end or tab[0].dtype != like.dtype or tab[0].device != like.device:
+            n = max(end, 64, 2 * tab[0].shape[0] if tab is not None else 0)
+            inv = 1.0 / (self.theta ** (torch.arange(0, self.rd, 2, device=like.device, dtype=torch.float) / self.rd))
+            t = torch.arange(0, n, device=like.device, dtype=torch.float)
+            freqs = t[:, None] * inv[None, :]                                # (n, rd/2)
+            tab = self._rope_tab = rope_tables(torch.cat((freqs, freqs), dim=-1), like.dtype)   # (n, rd) each
+        return tab[0][pos:end], tab[1][pos:end]
 
     def _mask(self, T: int, S: int, pos: int, n_cached: int, device):
         """(mask or None, is_causal) for T queries at positions pos.. over S keys at positions pos - n_cached.."""
@@ -290,6 +360,6 @@ class TransformerBlock(nn.Module):
             past = cache.conv
         full = torch.cat((past, u), dim=-1)                                  # (B, D, K-1+T)
         if cache is not None:
-            cache.conv = full[..., full.shape[-1] - (K - 1):]
+            cache.conv = full[..., full.shape[-1] - (K - 1):].clone()   # (B, D, K-1), own storage
         y = F.conv1d(full, self.dwconv.weight, self.dwconv.bias, groups=u.shape[1])   # (B, D, T)
         return self.conv_out((Cg * y).transpose(-1, -2))                     # (B, T, D)
