@@ -1,6 +1,6 @@
 """PyTorch runtime speed against transformers and against this machine's own limits, measured in one run.
 
-    python bench/bench_torch.py [--threads N] [--quick]
+    python bench/bench_torch.py [--threads N] [--quick] [--cases prefill,decode,moe]
 
 1. machine: fp32 GEMM FLOP/s (torch.mm 2048^2) and memory read bandwidth (sum over a 1 GiB tensor);
 2. prefill: SmolLM2-135M size, batch 1 x 512, fp32: omnic vs transformers (same weights), and the fraction of
@@ -73,49 +73,32 @@ def smollm(quick: bool):
     return hf, model.eval(), c
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--quick", action="store_true")
-    a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    n = 3 if a.quick else 5
-    gemm, bw = machine(a.quick)
-    print(f"machine: {torch.get_num_threads()} threads, fp32 GEMM {gemm / 1e9:.1f} GFLOP/s, "
-          f"read bandwidth {bw / 1e9:.1f} GB/s")
-    rows = []
-
-    # --- prefill ------------------------------------------------------------------------------------------------
-    hf, model, c = smollm(a.quick)
-    ids = torch.randint(0, 49152, (1, 512), generator=torch.Generator().manual_seed(0))
+def bench_prefill(hf, model, c, ids, gemm: float, n: int) -> tuple:
     with torch.inference_mode():
         want = hf(input_ids=ids).logits
         got = model(input_ids=ids)["lm.lm_head"]
         assert (want - got).abs().max().item() < 1e-3, "omnic and transformers disagree"
         t_om, t_hf = race(lambda: model(input_ids=ids), lambda: hf(input_ids=ids), n)
     flops = c.report["flops"]["prefill"]
-    rows.append(("prefill 1x512 fp32", f"{t_om * 1e3:.0f} ms", f"{t_hf * 1e3:.0f} ms", f"{t_om / t_hf:.2f}",
-                 f"{flops / t_om / gemm:.0%} of GEMM peak ({flops / 1e9:.0f} GFLOP)"))
+    return ("prefill 1x512 fp32", f"{t_om * 1e3:.0f} ms", f"{t_hf * 1e3:.0f} ms", f"{t_om / t_hf:.2f}",
+            f"{flops / t_om / gemm:.0%} of GEMM peak ({flops / 1e9:.0f} GFLOP)")
 
-    # --- decode -------------------------------------------------------------------------------------------------
-    new = 32 if a.quick else 64
-    prompt = ids[:, :32]
+
+def bench_decode(hf, model, c, prompt, new: int, bw: float, n: int) -> tuple:
+    hf_gen = lambda: hf.generate(prompt, max_new_tokens=new, do_sample=False, eos_token_id=None,  # noqa: E731
+                                 pad_token_id=0)
     with torch.inference_mode():
-        out_om = generate(model, prompt, new)
-        out_hf = hf.generate(prompt, max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
-        same = torch.equal(out_om, out_hf)
-        t_om, t_hf = race(lambda: generate(model, prompt, new),
-                          lambda: hf.generate(prompt, max_new_tokens=new, do_sample=False, eos_token_id=None,
-                                              pad_token_id=0), n)
+        same = torch.equal(generate(model, prompt, new), hf_gen())
+        t_om, t_hf = race(lambda: generate(model, prompt, new), hf_gen, n)
     tok_om, tok_hf = new / t_om, new / t_hf
     wbytes = c.report["memory"]["weights"]["fp32"]
     bound = bw / wbytes
-    rows.append((f"decode {new} tokens (greedy{', same tokens' if same else ', TOKENS DIFFER'})",
-                 f"{tok_om:.1f} tok/s", f"{tok_hf:.1f} tok/s", f"{tok_om / tok_hf:.2f}x faster",
-                 f"{tok_om / bound:.0%} of bandwidth bound ({bound:.0f} tok/s at {wbytes / 1e6:.0f} MB/token)"))
+    return (f"decode {new} tokens (greedy{', same tokens' if same else ', TOKENS DIFFER'})",
+            f"{tok_om:.1f} tok/s", f"{tok_hf:.1f} tok/s", f"{tok_om / tok_hf:.2f}x faster",
+            f"{tok_om / bound:.0%} of bandwidth bound ({bound:.0f} tok/s at {wbytes / 1e6:.0f} MB/token)")
 
-    # --- mixture of experts -------------------------------------------------------------------------------------
+
+def bench_moe(n: int) -> tuple:
     D, F, E, k, T = 1024, 704, 16, 2, 1024
     common = {"num_heads": 16, "num_kv_heads": 4, "causal": True, "rope": "1d", "norm": "rmsnorm",
               "attn_bias": [], "mlp_bias": False}
@@ -130,8 +113,33 @@ def main() -> None:
     x = torch.randn(1, T, D)
     with torch.inference_mode():
         t_moe, t_dense = race(lambda: mm(x=x), lambda: dm(x=x), n)
-    rows.append((f"MoE layer {E} experts top-{k}, {T} tokens", f"{t_moe * 1e3:.1f} ms",
-                 f"dense {t_dense * 1e3:.1f} ms", f"{t_moe / t_dense:.2f}", "same active parameters"))
+    return (f"MoE layer {E} experts top-{k}, {T} tokens", f"{t_moe * 1e3:.1f} ms", f"dense {t_dense * 1e3:.1f} ms",
+            f"{t_moe / t_dense:.2f}", "same active parameters")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--cases", default="prefill,decode,moe", help="comma-separated: prefill, decode, moe")
+    a = ap.parse_args()
+    cases = a.cases.split(",")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    n = 3 if a.quick else 5
+    gemm, bw = machine(a.quick)
+    print(f"machine: {torch.get_num_threads()} threads, fp32 GEMM {gemm / 1e9:.1f} GFLOP/s, "
+          f"read bandwidth {bw / 1e9:.1f} GB/s")
+    rows = []
+    if "prefill" in cases or "decode" in cases:
+        hf, model, c = smollm(a.quick)
+        ids = torch.randint(0, 49152, (1, 512), generator=torch.Generator().manual_seed(0))
+        if "prefill" in cases:
+            rows.append(bench_prefill(hf, model, c, ids, gemm, n))
+        if "decode" in cases:
+            rows.append(bench_decode(hf, model, c, ids[:, :32], 32 if a.quick else 64, bw, n))
+    if "moe" in cases:
+        rows.append(bench_moe(n))
 
     w = [max(len(r[i]) for r in rows) for i in range(5)]
     head = ("case", "omnic", "peer", "ratio", "against the machine")

@@ -13,6 +13,12 @@ out >= in, and slower than row-major when out < in. `pack(model)` therefore chan
 - every other 2-D weight with out >= in that a matrix product reads (linear layers, a head tied to an embedding)
   is stored column-major; embedding tables read only by lookups stay row-major.
 
+With more than one intra-op thread, MKL still runs a matrix-vector product on one (measured: 18 GB/s at 1 or 2
+threads on the head, while a 2-thread read reaches 24). `linear(x, w, b)` therefore splits the product of a few
+rows into P = torch.get_num_threads() blocks of output columns, one batched product (torch.bmm runs batches in
+parallel) over views of the weight, either layout, no copy: 2 threads reach 26 GB/s on the head, 16-20 on the
+block's matrices (`bench/bench_torch.py` prints the model-level figure).
+
 Values are untouched, so `state_dict()`, `save_weights` (which writes contiguous copies) and checkpoints are the
 same. `load_weights` copies in place and keeps the layout; `model.to(...)` re-packs a packed model. Products over
 column-major storage sum in another order than over row-major storage: outputs differ in the last bits (parity
@@ -25,6 +31,30 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+SPLIT_ROWS = 8     # products of at most this many rows are split across threads (more rows: MKL's GEMM threads them)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.linear(x, w, b) (x (..., in), w (out, in)), with the product of at most SPLIT_ROWS rows split into P blocks
+    of output columns run in parallel by one torch.bmm when there are P > 1 threads (module docstring)."""
+    out, d = w.shape
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or x.numel() > SPLIT_ROWS * d:
+        return F.linear(x, w, b)                                               # traced graphs stay plain
+    P = torch.get_num_threads()
+    if P == 1 or out % P or out < 64 * P:
+        return F.linear(x, w, b)
+    if w.stride() == (1, out):                                                 # column-major: w.t() contiguous
+        wv = w.t().view(d, P, out // P).permute(1, 0, 2)                       # (P, in, out/P)
+    elif w.is_contiguous():
+        wv = w.view(P, out // P, d).transpose(1, 2)                            # (P, in, out/P)
+    else:
+        return F.linear(x, w, b)
+    M = x.numel() // d
+    y = torch.bmm(x.reshape(1, M, d).expand(P, M, d), wv)                     # (P, M, out/P)
+    y = y.transpose(0, 1).reshape(*x.shape[:-1], out)                          # (..., out)
+    return y if b is None else y + b
 
 
 class Packed:
@@ -46,22 +76,23 @@ class Packed:
                 m.bias.data = bias[start:start + n]
             start += n
         self.wt, self.bias = buf.t(), bias                                       # (total, in) view for F.linear
+        self.held = tuple((m._parameters, m.weight, m.bias) for m in mods)
         self.ptrs = self._ptrs()
 
     def _ptrs(self) -> tuple:
-        return tuple((m.weight.data_ptr(), m.bias.data_ptr() if m.bias is not None else 0) for m in self.mods)
+        return tuple((w.data_ptr(), b.data_ptr() if b is not None else 0) for _, w, b in self.held)
 
     def usable(self) -> bool:
-        """True when the parameters still live in the buffer (no `.to`, no re-assignment) and a fused product
-        gives what the separate ones would: no gradient wanted, not being traced."""
-        if torch.is_grad_enabled() and any(m.weight.requires_grad for m in self.mods):
+        """True when the parameters are still the ones placed in the buffer (no `.to`, no re-assignment) and a
+        fused product gives what the separate ones would: no gradient wanted, not being traced."""
+        if torch.is_grad_enabled() and any(w.requires_grad for _, w, _ in self.held):
             return False
         if torch.compiler.is_compiling() or torch.compiler.is_exporting():
             return False
-        return self._ptrs() == self.ptrs
+        return all(ps.get("weight") is w and ps.get("bias") is b for ps, w, b in self.held) and self._ptrs() == self.ptrs
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return F.linear(x, self.wt, self.bias).split(self.sizes, dim=-1)          # (..., in) -> (..., out_i) each
+        return linear(x, self.wt, self.bias).split(self.sizes, dim=-1)            # (..., in) -> (..., out_i) each
 
 
 def group(mods: Sequence[Optional[nn.Module]]) -> Optional[Packed]:

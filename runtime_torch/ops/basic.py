@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..pack import linear
 from ..registry import implements
 
 
@@ -30,7 +31,7 @@ class Linear(nn.Module):
         self.bias = _param(p.out_features) if p.bias else None
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias)      # (..., D) -> (..., out)
+        return linear(x, self.weight, self.bias)        # (..., D) -> (..., out); few rows split across threads
 
 
 @implements("Embedding")

@@ -30,6 +30,7 @@ from torch import nn
 from compiler.ops.naming import name_of
 from compiler.ops.transformer import GATED
 
+from ..pack import linear
 from ..registry import implements
 
 ACT = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu, "silu": F.silu,
@@ -51,11 +52,11 @@ class LayerCache:
 
     @property
     def k(self) -> Optional[torch.Tensor]:   # (B, kv, S, hs)
-        return None if self.kbuf is None else self.kbuf[:, :, :self.n]
+        return None if self.kbuf is None else self.kbuf.narrow(2, 0, self.n)
 
     @property
     def v(self) -> Optional[torch.Tensor]:   # (B, kv, S, hs)
-        return None if self.vbuf is None else self.vbuf[:, :, :self.n]
+        return None if self.vbuf is None else self.vbuf.narrow(2, 0, self.n)
 
     def extend(self, k: torch.Tensor, v: torch.Tensor, window: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Append k, v (B, kv, T, hs); return all keys and values a query of this call sees (B, kv, S, hs). A
@@ -74,13 +75,14 @@ class LayerCache:
             kb = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
             vb = v.new_empty(v.shape[0], v.shape[1], cap, v.shape[3])
             if self.n:
-                kb[:, :, :self.n] = self.k
-                vb[:, :, :self.n] = self.v
+                kb.narrow(2, 0, self.n).copy_(self.k)
+                vb.narrow(2, 0, self.n).copy_(self.v)
             self.kbuf, self.vbuf = kb, vb
-        self.kbuf[:, :, self.n:end] = k
-        self.vbuf[:, :, self.n:end] = v
+        T = k.shape[2]
+        self.kbuf.narrow(2, self.n, T).copy_(k)          # narrow, not [:, :, a:b]: decoding runs this per token
+        self.vbuf.narrow(2, self.n, T).copy_(v)
         self.n = end
-        return self.k, self.v
+        return self.kbuf.narrow(2, 0, end), self.vbuf.narrow(2, 0, end)
 
 
 # --- leaves --------------------------------------------------------------------------------------------------------
@@ -95,7 +97,7 @@ class Lin(nn.Module):
         self.bias = nn.Parameter(torch.empty(n_out)) if bias else None
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class Norm(nn.Module):
@@ -108,10 +110,11 @@ class Norm(nn.Module):
         self.kind, self.eps, self.offset, self.shape = kind, eps, offset, (dim,)
 
     def forward(self, x):
+        w = self.weight
         if self.kind == "layernorm":
-            return F.layer_norm(x, self.shape, self.weight, self.bias, self.eps)
-        if self.offset == 0.0 and x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            return F.rms_norm(x, self.shape, self.weight, self.eps)   # one kernel, bit-equal to the lines below
+            return F.layer_norm(x, self.shape, w, self.bias, self.eps)
+        if self.offset == 0.0 and x.dtype == w.dtype == torch.float32:
+            return torch.rms_norm(x, self.shape, w, self.eps)         # one call, bit-equal to the lines below
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.offset == 0.0:
@@ -289,6 +292,9 @@ class TransformerBlock(nn.Module):
     def _attention(self, h, cache):
         B, T, _ = h.shape
         fused = self._fused("qkv") if self._groups else None
+        if (fused is not None and T == 1 and cache is not None and self.q_norm is None and self.rope == "1d"
+                and self.rd == self.hd):
+            return self._attend_one(h, cache, fused)
         if self.qkv is not None:
             q, k, v = self.qkv(h).split(self.H * self.hd, dim=-1)
         elif fused is not None:
@@ -318,6 +324,22 @@ class TransformerBlock(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale,
                                            enable_gqa=self.KV != self.H)     # (B, H, T, hs)
         return self.o(y.transpose(1, 2).reshape(B, T, self.H * self.hd))     # (B, T, D)
+
+    def _attend_one(self, h, cache, fused):
+        """The attention below for one new token per row over a cache, from the packed q|k|v product, in fewer tensor
+        ops (decoding runs them per token and layer): with T = 1, (B, T, heads, hs) and (B, heads, T, hs) are one
+        memory layout, so q|k take one view and one RoPE, and no transposes are needed."""
+        B, H, KV, hd = h.shape[0], self.H, self.KV, self.hd
+        qkv = linear(h, fused.wt, fused.bias)                                # (B, 1, (H + 2kv) hs)
+        cos, sin = self._rope_1d(cache.seen, 1, h)                           # (1, hs) each
+        qk = apply_rope(qkv.narrow(-1, 0, (H + KV) * hd).view(B, H + KV, 1, hd), cos, sin, hd)   # (B, H + kv, 1, hs)
+        n_cached = cache.n
+        k, v = cache.extend(qk.narrow(1, H, KV), qkv.narrow(-1, (H + KV) * hd, KV * hd).view(B, KV, 1, hd),
+                            self.window)                                     # (B, kv, S, hs)
+        mask, is_causal = self._mask(1, k.shape[2], cache.seen, n_cached, h.device)
+        y = F.scaled_dot_product_attention(qk.narrow(1, 0, H), k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale,
+                                           enable_gqa=KV != H)               # (B, H, 1, hs)
+        return self.o(y.reshape(B, 1, H * hd))                               # (B, 1, D)
 
     def _rope_1d(self, pos: int, T: int, like: torch.Tensor):
         """cos, signed sin (T, rd) of positions pos..pos+T-1: rows of a table kept by the block, computed with
