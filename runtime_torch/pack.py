@@ -114,7 +114,13 @@ def column_major(p: torch.Tensor) -> None:
 
 
 def pack(model: nn.Module) -> nn.Module:
-    """Re-lay out `model`'s weights in place (module docstring); returns the model. Idempotent."""
+    """Re-lay out `model`'s weights in place (module docstring); returns the model. Idempotent. The new storage is
+    made outside inference mode (so the model still trains after a `generate` under torch.inference_mode)."""
+    with torch.inference_mode(False):
+        return _pack(model)
+
+
+def _pack(model: nn.Module) -> nn.Module:
     from .ops.basic import Embedding
     grouped: set[int] = set()
     for mod in model.modules():
@@ -131,6 +137,11 @@ def pack(model: nn.Module) -> nn.Module:
 
 def unpack(model: nn.Module) -> nn.Module:
     """Contiguous row-major storage for every parameter, and no fused groups."""
+    with torch.inference_mode(False):
+        return _unpack(model)
+
+
+def _unpack(model: nn.Module) -> nn.Module:
     for mod in model.modules():
         if hasattr(mod, "pack"):
             mod._groups = {}

@@ -136,3 +136,14 @@ def test_last_token_logits_and_generate_without_pack(llama):
     assert last.shape[1] == 1 and torch.allclose(full[:, -1:], last, atol=1e-6)
     assert not getattr(model, "_packed", False)
     assert torch.equal(generate(model, ids((1, 4)), 6, pack=False), generate(fresh(llama), ids((1, 4)), 6))
+
+
+def test_model_trains_after_generate_under_inference_mode(llama):
+    """pack() and the RoPE tables made during an inference-mode generate are normal tensors: training works after."""
+    model = fresh(llama)
+    with torch.inference_mode():
+        generate(model, ids((1, 4)), 3)
+    assert model._packed and not any(p.is_inference() for p in model.parameters())
+    loss = model(input_ids=ids())["lm.lm_head"].square().mean()
+    loss.backward()
+    assert model.param("lm.model.layers.0.self_attn.q_proj.weight").grad is not None

@@ -164,6 +164,49 @@ def rope_tables(ang: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, to
     return ang.cos().to(dtype), torch.cat((-sin[:, :h], sin[:, h:]), dim=-1).to(dtype)
 
 
+class RopeTable:
+    """cos and signed sin (see apply_rope) of positions 0.. for one (theta, rd, dtype, device), shared by every block
+    that uses them: computed with transformers' float32 ops (inverse frequencies, positions x frequencies, cos / sin,
+    cast), elementwise, so a row does not depend on the table's size; grown by doubling. The rows of the last
+    (pos, T) asked for are kept, so the blocks of one decoding step slice the table once."""
+
+    _all: dict = {}
+
+    def __init__(self, theta: float, rd: int, dtype: torch.dtype, device: torch.device):
+        self.theta, self.rd, self.dtype, self.device = theta, rd, dtype, device
+        self.cos = self.sin = torch.empty(0, rd, dtype=dtype, device=device)
+        self.last: tuple = (-1, -1, None)
+
+    @classmethod
+    def rows(cls, theta: float, rd: int, pos: int, T: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():   # symbolic T: no Python-side cache
+            return cls.angles(theta, rd, torch.arange(pos, pos + T, device=like.device, dtype=torch.float), like.dtype)
+        key = (theta, rd, like.dtype, like.device)
+        tab = cls._all.get(key)
+        last = tab.last if tab is not None else None
+        if last is not None and last[0] == pos and last[1] == T:
+            return last[2]
+        with torch.inference_mode(False):          # normal tensors: a later training forward may save them
+            if tab is None:
+                tab = cls._all[key] = cls(theta, rd, like.dtype, like.device)
+            if pos + T > tab.cos.shape[0]:
+                tab._grow(max(pos + T, 64, 2 * tab.cos.shape[0]))
+            out = (tab.cos.narrow(0, pos, T), tab.sin.narrow(0, pos, T))      # (T, rd) each
+        tab.last = (pos, T, out)
+        return out
+
+    def _grow(self, n: int) -> None:
+        self.cos, self.sin = self.angles(self.theta, self.rd, torch.arange(0, n, device=self.device,
+                                                                           dtype=torch.float), self.dtype)
+
+    @staticmethod
+    def angles(theta: float, rd: int, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, signed sin (N, rd) of positions t (N,) in float32."""
+        inv = 1.0 / (theta ** (torch.arange(0, rd, 2, device=t.device, dtype=torch.float) / rd))
+        freqs = t[:, None] * inv[None, :]                                    # (N, rd/2)
+        return rope_tables(torch.cat((freqs, freqs), dim=-1), dtype)         # (N, rd) each
+
+
 def grid_angles(grid, rd: int, theta: float) -> torch.Tensor:
     """DINOv3's 2-D RoPE angles (h*w, rd): patch centres in [-1, 1], layout [y | x | y | x] of rd/4 frequencies."""
     h, w = grid
@@ -199,7 +242,6 @@ class TransformerBlock(nn.Module):
         self._keep("post_mlp_norm", n("post_mlp_norm") if post else None, norm() if post else None)
         self._keep("ls", None, None)
         self._groups: dict = {}            # "qkv", "gate_up": runtime_torch.pack.Packed, set by pack()
-        self._rope_tab = None              # (cos, signed sin) of positions 0.., grown as needed (_rope_1d)
         if p.layer_scale is not None:
             self._keep("ls", None, (place(self, n("ls1"), param=(D,)), place(self, n("ls2"), param=(D,))))
 
@@ -342,17 +384,8 @@ class TransformerBlock(nn.Module):
         return self.o(y.reshape(B, 1, H * hd))                               # (B, 1, D)
 
     def _rope_1d(self, pos: int, T: int, like: torch.Tensor):
-        """cos, signed sin (T, rd) of positions pos..pos+T-1: rows of a table kept by the block, computed with
-        transformers' float32 ops (inverse frequencies, positions x frequencies, cos / sin, cast) and grown by
-        doubling; elementwise ops, so a row does not depend on the table's size."""
-        tab, end = self._rope_tab, pos + T
-        if tab is None or tab[0].shape[0] < end or tab[0].dtype != like.dtype or tab[0].device != like.device:
-            n = max(end, 64, 2 * tab[0].shape[0] if tab is not None else 0)
-            inv = 1.0 / (self.theta ** (torch.arange(0, self.rd, 2, device=like.device, dtype=torch.float) / self.rd))
-            t = torch.arange(0, n, device=like.device, dtype=torch.float)
-            freqs = t[:, None] * inv[None, :]                                # (n, rd/2)
-            tab = self._rope_tab = rope_tables(torch.cat((freqs, freqs), dim=-1), like.dtype)   # (n, rd) each
-        return tab[0][pos:end], tab[1][pos:end]
+        """cos, signed sin (T, rd) of positions pos..pos+T-1 (RopeTable)."""
+        return RopeTable.rows(self.theta, self.rd, pos, T, like)
 
     def _mask(self, T: int, S: int, pos: int, n_cached: int, device):
         """(mask or None, is_causal) for T queries at positions pos.. over S keys at positions pos - n_cached.."""
