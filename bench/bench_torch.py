@@ -10,6 +10,8 @@
 4. mixture of experts: one GQA_MoE_Layer (16 experts, top-2, 1024 tokens) vs a dense block with the same
    active parameters (SwiGLU ff = 2 x expert width).
 Random weights (no downloads). Targets (issue): prefill ratio <= 1.0, decode speed-up >= 1.5, MoE/dense <= 1.3.
+Without --threads, torch's default (one per core); decoding splits its matrix-vector products across them
+(runtime_torch/pack.py), transformers' generate runs them on one MKL thread whatever the setting.
 """
 from __future__ import annotations
 

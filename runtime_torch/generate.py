@@ -8,6 +8,10 @@ a `LayerCache` (K, V trimmed to its window, or the conv state; see runtime_torch
 other node must be position-wise (embedding, linear, norm, activation), so running it on the new token alone is
 exact. Greedy decoding equals transformers' `generate(do_sample=False)` token for token on the same weights.
 A batch holds prompts of one length (no padding: positions are 0..T-1 in every row).
+Speed: the session packs the model's weights for matrix-vector products first (runtime_torch/pack.py: fused
+q|k|v and gate|up, column-major storage, products split across threads; names, shapes and values unchanged;
+`pack=False` leaves the model as it is), KV caches are preallocated for prompt + max_new_tokens, and the prefill
+computes the logits of the last prompt token only.
 `DecodeSession` is the step-by-step form (prefill, then `step(ids)`), for callers that drive decoding themselves;
 its plan is `runtime_common/decode.py`'s.
 """

@@ -38,10 +38,11 @@ SPLIT_ROWS = 8     # products of at most this many rows are split across threads
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
     """F.linear(x, w, b) (x (..., in), w (out, in)), with the product of at most SPLIT_ROWS rows split into P blocks
-    of output columns run in parallel by one torch.bmm when there are P > 1 threads (module docstring)."""
+    of output columns run in parallel by one torch.bmm when there are P > 1 threads, on the CPU (module docstring)."""
     out, d = w.shape
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or x.numel() > SPLIT_ROWS * d:
-        return F.linear(x, w, b)                                               # traced graphs stay plain
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or x.numel() > SPLIT_ROWS * d \
+            or not x.is_cpu:
+        return F.linear(x, w, b)                        # traced graphs stay plain; other devices have their own
     P = torch.get_num_threads()
     if P == 1 or out % P or out < 64 * P:
         return F.linear(x, w, b)
