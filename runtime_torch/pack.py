@@ -40,7 +40,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -
     """F.linear(x, w, b) (x (..., in), w (out, in)), with the product of at most SPLIT_ROWS rows split into P blocks
     of output columns run in parallel by one torch.bmm when there are P > 1 threads, on the CPU (module docstring)."""
     out, d = w.shape
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or x.numel() > SPLIT_ROWS * d \
+    if torch.compiler.is_compiling() or x.numel() > SPLIT_ROWS * d \
             or not x.is_cpu:
         return F.linear(x, w, b)                        # traced graphs stay plain; other devices have their own
     P = torch.get_num_threads()
@@ -88,7 +88,7 @@ class Packed:
         fused product gives what the separate ones would: no gradient wanted, not being traced."""
         if torch.is_grad_enabled() and any(w.requires_grad for _, w, _ in self.held):
             return False
-        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        if torch.compiler.is_compiling():           # torch.compile and torch.export alike
             return False
         return all(ps.get("weight") is w and ps.get("bias") is b for ps, w, b in self.held) and self._ptrs() == self.ptrs
 

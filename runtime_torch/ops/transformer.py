@@ -179,7 +179,7 @@ class RopeTable:
 
     @classmethod
     def rows(cls, theta: float, rd: int, pos: int, T: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if torch.compiler.is_compiling() or torch.compiler.is_exporting():   # symbolic T: no Python-side cache
+        if torch.compiler.is_compiling():          # compile or export, symbolic T: no Python-side cache
             return cls.angles(theta, rd, torch.arange(pos, pos + T, device=like.device, dtype=torch.float), like.dtype)
         key = (theta, rd, like.dtype, like.device)
         tab = cls._all.get(key)
