@@ -7,7 +7,8 @@
 nothing initialised), casts floating tensors to `dtype`, then, if `init`, fills every declared tensor from `seed`
 by the name-keyed scheme of `runtime_common/init.py` (the same values whatever the construction order, device or
 dtype). Parts: `registry.py` (op -> module class), `ops/` (the implementations), `model.py` (OmnicModel),
-`weights.py` (safetensors), `pack.py` (weight layout for fast decoding), `compiler/graph_data.py` (the graph as plain data), `emit.py` (generated model.py).
+`weights.py` (safetensors), `pack.py` (weight layout for fast decoding), `compiler/graph_data.py` (the graph as
+plain data), `emit.py` (generated model.py).
 """
 from __future__ import annotations
 

@@ -90,7 +90,8 @@ class Packed:
             return False
         if torch.compiler.is_compiling():           # torch.compile and torch.export alike
             return False
-        return all(ps.get("weight") is w and ps.get("bias") is b for ps, w, b in self.held) and self._ptrs() == self.ptrs
+        same = all(ps.get("weight") is w and ps.get("bias") is b for ps, w, b in self.held)
+        return same and self._ptrs() == self.ptrs
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return linear(x, self.wt, self.bias).split(self.sizes, dim=-1)            # (..., in) -> (..., out_i) each

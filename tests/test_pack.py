@@ -147,3 +147,35 @@ def test_model_trains_after_generate_under_inference_mode(llama):
     loss = model(input_ids=ids())["lm.lm_head"].square().mean()
     loss.backward()
     assert model.param("lm.model.layers.0.self_attn.q_proj.weight").grad is not None
+
+
+@pytest.mark.parametrize("rope", ["none", "1d"])
+def test_one_token_path_with_biases_and_windows(rope, monkeypatch):
+    """The packed one-token attention (biased q|k|v, a sliding layer, with and without RoPE) gives the logits of the
+    full forward at every step, and generate's tokens equal greedy recomputation."""
+    import compiler
+    from runtime_torch.ops.transformer import TransformerBlock
+    c = compiler.compile({"name": "t", "inputs": [{"name": "ids", "kind": "ids", "shape": ["B", "T"]}], "layers": [
+        {"id": "emb", "type": "Embedding", "params": {"num_embeddings": 64, "embedding_dim": 32}},
+        {"id": "blocks", "type": "TransformerBlock", "params": {
+            "depth": 2, "num_heads": 4, "num_kv_heads": 2, "ff_dim": 48, "mlp": "swiglu", "norm": "rmsnorm",
+            "causal": True, "rope": rope, "sliding_window": 3,
+            "layer_types": ["full_attention", "sliding_attention"]}},
+        {"id": "head", "type": "Linear", "params": {"out_features": 64}}]})
+    assert c.ok, [d.render() for d in c.errors]
+    model = rt.build(c, seed=4).eval()
+    seq = ids((2, 9), seed=5) % 64
+    calls = []
+    one = TransformerBlock._attend_one
+    monkeypatch.setattr(TransformerBlock, "_attend_one", lambda *a: calls.append(1) or one(*a))
+    with torch.no_grad():
+        full = model(ids=seq)["head"]                                          # (2, 9, 64)
+        s = DecodeSession(model)
+        steps = [s.step(seq[:, :3])] + [s.step(seq[:, t:t + 1]) for t in range(3, 9)]
+    assert len(calls) == 6 * 2 and model.node("blocks.0")._groups["qkv"].bias is not None
+    assert (torch.cat(steps, dim=1) - full).abs().max().item() < 1e-5
+    got, want = generate(model, seq[:, :3], 6), seq[:, :3]
+    with torch.no_grad():
+        for _ in range(6):
+            want = torch.cat([want, model(ids=want)["head"][:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert got.tolist() == want.tolist()

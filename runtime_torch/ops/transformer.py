@@ -334,7 +334,7 @@ class TransformerBlock(nn.Module):
     def _attention(self, h, cache):
         B, T, _ = h.shape
         fused = self._fused("qkv") if self._groups else None
-        if (fused is not None and T == 1 and cache is not None and self.q_norm is None and self.rope == "1d"
+        if (fused is not None and T == 1 and cache is not None and self.q_norm is None and self.rope != "2d"
                 and self.rd == self.hd):
             return self._attend_one(h, cache, fused)
         if self.qkv is not None:
@@ -370,17 +370,18 @@ class TransformerBlock(nn.Module):
     def _attend_one(self, h, cache, fused):
         """The attention below for one new token per row over a cache, from the packed q|k|v product, in fewer tensor
         ops (decoding runs them per token and layer): with T = 1, (B, T, heads, hs) and (B, heads, T, hs) are one
-        memory layout, so q|k take one view and one RoPE, and no transposes are needed."""
+        memory layout, so q|k take one view and one RoPE (if any), and no transposes are needed."""
         B, H, KV, hd = h.shape[0], self.H, self.KV, self.hd
         qkv = linear(h, fused.wt, fused.bias)                                # (B, 1, (H + 2kv) hs)
-        cos, sin = self._rope_1d(cache.seen, 1, h)                           # (1, hs) each
-        qk = apply_rope(qkv.narrow(-1, 0, (H + KV) * hd).view(B, H + KV, 1, hd), cos, sin, hd)   # (B, H + kv, 1, hs)
+        qk = qkv.narrow(-1, 0, (H + KV) * hd).view(B, H + KV, 1, hd)          # (B, H + kv, 1, hs)
+        if self.rope == "1d":
+            qk = apply_rope(qk, *self._rope_1d(cache.seen, 1, h), hd)
         n_cached = cache.n
         k, v = cache.extend(qk.narrow(1, H, KV), qkv.narrow(-1, (H + KV) * hd, KV * hd).view(B, KV, 1, hd),
                             self.window)                                     # (B, kv, S, hs)
         mask, is_causal = self._mask(1, k.shape[2], cache.seen, n_cached, h.device)
-        y = F.scaled_dot_product_attention(qk.narrow(1, 0, H), k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale,
-                                           enable_gqa=KV != H)               # (B, H, 1, hs)
+        y = F.scaled_dot_product_attention(qk.narrow(1, 0, H), k, v, attn_mask=mask, is_causal=is_causal,
+                                           scale=self.scale, enable_gqa=KV != H)   # (B, H, 1, hs)
         return self.o(y.reshape(B, 1, H * hd))                               # (B, 1, D)
 
     def _rope_1d(self, pos: int, T: int, like: torch.Tensor):
