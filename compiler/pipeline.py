@@ -121,7 +121,11 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
             batch: Optional[int] = None, context: Optional[int] = None, frames: Optional[int] = None,
             format: Optional[str] = None, recompute: bool = False, with_nodes: bool = False,
             budget: Optional[dict] = None) -> Compiled:
-    """Compile a spec (path, JSON text or dict). Never raises for a bad spec: see `Compiled.diagnostics`."""
+    """Compile a spec (path, JSON text or dict). Never raises for a bad spec: see `Compiled.diagnostics`. Raises
+    ValueError for a bad keyword argument (batch, context, frames: positive integers, as the CLI's options)."""
+    for name, v in (("batch", batch), ("context", context), ("frames", frames)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"compile(): {name} must be a positive integer, got {v!r}")
     try:
         src = load_source(spec)
     except SpecError as e:

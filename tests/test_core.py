@@ -142,3 +142,13 @@ def test_compiler_does_not_import_frameworks():
     out = subprocess.run([sys.executable, "-c", code, json.dumps(llama_spec(30, 576, 9, 3, 1536, 49152))],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "134515008"
+
+
+@pytest.mark.parametrize("kw", [{"batch": 0}, {"context": -5}, {"frames": 2.5}, {"batch": True}, {"context": "512"}])
+def test_compile_rejects_bad_keyword_arguments(kw):
+    """Settings given in Python are range-checked as the CLI's options are (a 0 used to mean "the spec's")."""
+    spec = {"name": "t", "inputs": [{"name": "x", "kind": "tokens", "shape": ["B", "T", 8]}],
+            "layers": [{"type": "Linear", "params": {"out_features": 4}}]}
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        compiler.compile(spec, **kw)
+    assert compiler.compile(spec, batch=2, context=3).ok
