@@ -32,6 +32,10 @@ def test_dims_arithmetic_and_marginal():
     with pytest.raises(ValueError):
         parse_dim("T+1") // 2
     assert parse_dim("B*T").marginal("T", {"B": 3}) == 3
+    import copy
+    import pickle
+    d = parse_dim("2*B*T+64")
+    assert copy.deepcopy(d) is d and pickle.loads(pickle.dumps(d)) == d   # immutable: copies share, pickles rebuild
 
 
 # --- source ------------------------------------------------------------------------------------------------------------

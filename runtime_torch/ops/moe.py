@@ -106,6 +106,7 @@ class GQAMoELayer(TransformerBlock):
         self.act = {"swiglu": F.silu, "geglu": F.gelu,
                     "geglu_tanh": lambda x: F.gelu(x, approximate="tanh")}[p.mlp]
         self.top_k, self.renorm = p.top_k, p.norm_topk_prob
+        self._keep("gate", None, None)      # no dense gate|up: the experts' are stacked tensors
         self._keep("router", n("router"), Lin(E, D, False))
         self._keep("gate_up", None, place(self, n("experts_gate_up"), param=(E, 2 * Fw, D)))   # (module, name)
         self._keep("down", None, place(self, n("experts_down"), param=(E, D, Fw)))

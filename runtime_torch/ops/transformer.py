@@ -297,13 +297,14 @@ class TransformerBlock(nn.Module):
         self._groups = {}
         if self.kind != "conv" and self.qkv is None:
             self._groups["qkv"] = group([self.q, self.k, self.v])
-        if getattr(self, "gate", None) is not None:
+        if self.gate is not None:
             self._groups["gate_up"] = group([self.gate, self.up])
         self._groups = {k: g for k, g in self._groups.items() if g is not None}
         return [t for g in self._groups.values() for m in g.mods for t in (m.weight, m.bias) if t is not None]
 
     def _fused(self, key: str):
-        g = self._groups.get(key)
+        """The packed group `key` when its fused product may run (Packed.usable), else None."""
+        g = self._groups.get(key) if self._groups else None
         return g if g is not None and g.usable() else None
 
     # --- forward ---------------------------------------------------------------------------------------------------
@@ -326,14 +327,14 @@ class TransformerBlock(nn.Module):
 
     def ffn(self, h):
         if self.gate is not None:
-            fused = self._fused("gate_up") if self._groups else None
+            fused = self._fused("gate_up")
             g, u = fused(h) if fused is not None else (self.gate(h), self.up(h))   # (B, T, F) each
             return self.down(self.act(g) * u)                                # (B, T, D)
         return self.fc2(self.act(self.fc1(h)))
 
     def _attention(self, h, cache):
         B, T, _ = h.shape
-        fused = self._fused("qkv") if self._groups else None
+        fused = self._fused("qkv")
         if (fused is not None and T == 1 and cache is not None and self.q_norm is None and self.rope != "2d"
                 and self.rd == self.hd):
             return self._attend_one(h, cache, fused)
@@ -351,7 +352,7 @@ class TransformerBlock(nn.Module):
         q, k = q.transpose(1, 2), k.transpose(1, 2)                          # (B, H, T, hs), (B, kv, T, hs)
         pos = cache.seen if cache is not None else 0
         if self.rope == "1d":
-            cos, sin = self._rope_1d(pos, T, h)                              # (T, rd) each
+            cos, sin = RopeTable.rows(self.theta, self.rd, pos, T, h)        # (T, rd) each
             q, k = apply_rope(q, cos, sin, self.rd), apply_rope(k, cos, sin, self.rd)
         elif self.rope == "2d":
             cos, sin = rope_tables(grid_angles(self.grid, self.rd, self.theta).to(h.device), h.dtype)  # (h*w, rd)
@@ -375,7 +376,7 @@ class TransformerBlock(nn.Module):
         qkv = linear(h, fused.wt, fused.bias)                                # (B, 1, (H + 2kv) hs)
         qk = qkv.narrow(-1, 0, (H + KV) * hd).view(B, H + KV, 1, hd)          # (B, H + kv, 1, hs)
         if self.rope == "1d":
-            qk = apply_rope(qk, *self._rope_1d(cache.seen, 1, h), hd)
+            qk = apply_rope(qk, *RopeTable.rows(self.theta, self.rd, cache.seen, 1, h), hd)
         n_cached = cache.n
         k, v = cache.extend(qk.narrow(1, H, KV), qkv.narrow(-1, (H + KV) * hd, KV * hd).view(B, KV, 1, hd),
                             self.window)                                     # (B, kv, S, hs)
@@ -383,10 +384,6 @@ class TransformerBlock(nn.Module):
         y = F.scaled_dot_product_attention(qk.narrow(1, 0, H), k, v, attn_mask=mask, is_causal=is_causal,
                                            scale=self.scale, enable_gqa=KV != H)   # (B, H, 1, hs)
         return self.o(y.reshape(B, 1, H * hd))                               # (B, 1, D)
-
-    def _rope_1d(self, pos: int, T: int, like: torch.Tensor):
-        """cos, signed sin (T, rd) of positions pos..pos+T-1 (RopeTable)."""
-        return RopeTable.rows(self.theta, self.rd, pos, T, like)
 
     def _mask(self, T: int, S: int, pos: int, n_cached: int, device):
         """(mask or None, is_causal) for T queries at positions pos.. over S keys at positions pos - n_cached.."""
