@@ -122,6 +122,8 @@ def test_kv_buffer_growth_and_reserve():
         assert torch.equal(a, b)
     assert torch.equal(grown.k, torch.cat(ks, dim=2)) and torch.equal(grown.v, torch.cat(ks, dim=2) + 1)
     assert reserved.kbuf.shape[2] == 12 and grown.kbuf.shape[2] >= 12
+    with pytest.raises(ValueError, match="batch"):
+        grown.extend(torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4), None)   # was broadcast or mis-copied
     w = LayerCache()
     for k in ks:
         w.extend(k, k, 4)

@@ -61,6 +61,9 @@ class LayerCache:
     def extend(self, k: torch.Tensor, v: torch.Tensor, window: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Append k, v (B, kv, T, hs); return all keys and values a query of this call sees (B, kv, S, hs). A
         sliding layer keeps the last window - 1 positions afterwards (all a later query can see)."""
+        if self.kbuf is not None and self.kbuf.shape[:2] != k.shape[:2]:
+            raise ValueError(f"this cache holds batch x kv heads {tuple(self.kbuf.shape[:2])}; the new keys are "
+                             f"{tuple(k.shape[:2])} (start a new decode session for another batch)")
         if window is not None:
             if self.kbuf is not None:
                 k, v = torch.cat((self.kbuf, k), dim=2), torch.cat((self.vbuf, v), dim=2)
@@ -70,7 +73,7 @@ class LayerCache:
             self.n = keep
             return k, v
         end = self.n + k.shape[2]
-        if self.kbuf is None or end > self.kbuf.shape[2] or self.kbuf.shape[:2] != k.shape[:2]:
+        if self.kbuf is None or end > self.kbuf.shape[2]:
             cap = max(end, self.reserve, 2 * self.kbuf.shape[2] if self.kbuf is not None else 0)
             kb = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
             vb = v.new_empty(v.shape[0], v.shape[1], cap, v.shape[3])
