@@ -11,7 +11,8 @@ from typing import Any, Optional, Union
 
 from pydantic import ValidationError
 
-from .diagnostics import ERROR, Diagnostic, Diagnostics, SpecError
+from .diagnostics import ERROR, Diagnostic, Diagnostics, SpecError, did_you_mean
+from .formats import FORMATS, get_format
 from .ir import Graph, in_scope
 from .lower import lower
 from .report import account, check_budget
@@ -132,7 +133,11 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
             format: Optional[str] = None, recompute: bool = False, with_nodes: bool = False,
             budget: Optional[dict] = None) -> Compiled:
     """Compile a spec (path, JSON text or dict). Never raises for a bad spec: see `Compiled.diagnostics`. Raises
-    ValueError for a bad keyword argument (batch, context, frames: positive integers, as the CLI's options)."""
+    ValueError for a bad keyword argument (batch, context, frames: positive integers, as the CLI's options).
+
+    A straight line of named passes over one `Run` (each callable alone): parse -> lower -> settle (settings and
+    the budget in force) -> check_expectations -> account -> check_limits. A pass that finds errors ends the line
+    (`run.done`); whatever was built so far is returned with the diagnostics."""
     for name, v in (("batch", batch), ("context", context), ("frames", frames)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"compile(): {name} must be a positive integer, got {v!r}")
@@ -140,84 +145,140 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
         src = load_source(spec)
     except SpecError as e:
         return Compiled(None, None, None, e.diagnostics)
-    diag = Diagnostics(src.file, src.locate)
+    run = Run(src, Diagnostics(src.file, src.locate), overrides or {},
+              dict(batch=batch, context=context, frames=frames, format=format, recompute=recompute,
+                   with_nodes=with_nodes, budget=budget))
+    for step in PASSES:
+        step(run)
+        if run.done:
+            break
+    return run.result()
+
+
+@dataclass
+class Run:
+    """What the passes of one `compile()` share."""
+
+    src: Source
+    diag: Diagnostics
+    overrides: dict[str, Any]
+    options: dict[str, Any]
+    doc: Optional[SpecDoc] = None
+    graph: Optional[Graph] = None
+    report: Optional[dict] = None
+    settings: dict = field(default_factory=dict)
+    budget: dict = field(default_factory=dict)       # the budget in force (empty: none)
+    partial: bool = False                            # the graph has errors but is accounted as far as it goes
+    done: bool = False
+
+    def result(self) -> Compiled:
+        return Compiled(self.doc, self.graph, self.report, self.diag.sorted(), self.src, self.settings)
+
+
+def parse(run: Run) -> None:
+    """Overrides applied, the document validated against the schema."""
+    diag = run.diag
     try:
-        data = apply_overrides(src.data, overrides or {}, diag)
+        data = apply_overrides(run.src.data, run.overrides, diag)
         if not isinstance(data, dict):
             diag.error((), "a spec must be a JSON object with 'name' and 'layers'", code="type")
             raise SpecError(diag.items)
         try:
-            doc = SpecDoc.model_validate(data)
+            run.doc = SpecDoc.model_validate(data)
         except ValidationError as e:
             report_validation(e, (), diag, SpecDoc)
             raise SpecError(diag.items)
-        graph = lower(doc, src, diag)
     except SpecError:
-        return Compiled(None, None, None, Diagnostics(src.file, src.locate, diag.items).sorted(), src)
-    # an erroneous graph is still accounted, as far as it goes: nodes that could not be wired or resolved count
-    # the weights their params fix and nothing else; the report says `partial` and names them
-    partial = diag.has_errors
-    b = doc.budget
-    settings = {
-        "batch": batch or (b.batch if b and b.batch else doc.batch),
-        "context": context or (b.context if b and b.context else doc.context),
-        "frames": frames or doc.frames,
-        "format": format or (b.format if b else "bf16"),
-        "recompute": recompute,
-    }
-    from .formats import get_format
+        run.done = True
+
+
+def lower_graph(run: Run) -> None:
+    """The typed layer graph; an erroneous graph is still accounted as far as it goes (`partial`): nodes that could
+    not be wired or resolved count the weights their params fix and nothing else; the report says which."""
     try:
-        settings["format"] = get_format(settings["format"]).name
+        run.graph = lower(run.doc, run.src, run.diag)
+    except SpecError:
+        run.doc, run.done = None, True
+        return
+    run.partial = run.diag.has_errors
+
+
+def settle(run: Run) -> None:
+    """The settings (the caller's options over the spec's budget and defaults) and the budget in force."""
+    doc, diag, o = run.doc, run.diag, run.options
+    b = doc.budget
+    run.settings = {
+        "batch": o["batch"] or (b.batch if b and b.batch else doc.batch),
+        "context": o["context"] or (b.context if b and b.context else doc.context),
+        "frames": o["frames"] or doc.frames,
+        "format": o["format"] or (b.format if b else "bf16"),
+        "recompute": o["recompute"],
+    }
+    try:
+        run.settings["format"] = get_format(run.settings["format"]).name
     except KeyError:
-        from .formats import FORMATS
-        from .diagnostics import did_you_mean
-        diag.error(("budget", "format"), f"unknown storage format {settings['format']!r}",
-                   did_you_mean(settings["format"], FORMATS) or "formats: " + ", ".join(FORMATS))
-        return Compiled(doc, graph, None, diag.sorted(), src, settings)
-    # the budget in force: the spec's, with the caller's keys over it; options without a limit set no budget
+        diag.error(("budget", "format"), f"unknown storage format {run.settings['format']!r}",
+                   did_you_mean(run.settings["format"], FORMATS) or "formats: " + ", ".join(FORMATS))
+        run.done = True
+        return
     n_diags = len(diag.items)
-    eff = {**(b.model_dump() if b else {}), **(budget or {})}
-    if eff.get("vram") is None:
-        eff = {}
-    stage = eff.get("stage")
+    eff = {**(b.model_dump() if b else {}), **(o["budget"] or {})}     # the caller's keys over the spec's
+    run.budget = eff if eff.get("vram") is not None else {}            # options without a limit set no budget
+    stage = run.budget.get("stage")
     if stage is not None and stage not in (doc.stages or {}):
         diag.error(("budget", "stage"), f"unknown stage {stage!r}",
                    "stages: " + ", ".join(doc.stages) if doc.stages else "the spec declares no 'stages'")
     try:
-        if eff:
-            parse_size(eff["vram"])
-            get_format(eff.get("format") or "bf16")
+        if run.budget:
+            parse_size(run.budget["vram"])
+            get_format(run.budget.get("format") or "bf16")
     except (KeyError, ValueError) as e:
         diag.error(("budget",), f"invalid budget: {e}", code="value")
-    if len(diag.items) > n_diags:
-        return Compiled(doc, graph, None, diag.sorted(), src, settings)
-    for key, e in (doc.expect or {}).items():
+    run.done = len(diag.items) > n_diags
+
+
+def check_expectations(run: Run) -> None:
+    """`expect` scopes name layers of the graph, and apply to params.* figures only."""
+    for key, e in (run.doc.expect or {}).items():
         if e.scope:
             if not key.startswith("params."):
-                diag.error(("expect", key, "scope"), f"scope applies to params.* figures, not {key}")
+                run.diag.error(("expect", key, "scope"), f"scope applies to params.* figures, not {key}")
             for k, i in enumerate(e.scope):
-                if not any(in_scope(n.name, [i]) for n in graph.nodes()):
-                    diag.error(("expect", key, "scope", k), f"scope names no layer: {i!r}")
-    if diag.has_errors and not partial:
-        return Compiled(doc, graph, None, diag.sorted(), src, settings)
+                if not any(in_scope(n.name, [i]) for n in run.graph.nodes()):
+                    run.diag.error(("expect", key, "scope", k), f"scope names no layer: {i!r}")
+    run.done = run.diag.has_errors and not run.partial
+
+
+def account_graph(run: Run) -> None:
+    """The report: counts, FLOPs, memory, the budget check."""
+    s = run.settings
     try:
-        report = account(graph, doc, with_nodes=with_nodes, fmt=settings["format"], batch=settings["batch"],
-                         context=settings["context"], frames=settings["frames"], recompute=recompute)
+        report = account(run.graph, run.doc, with_nodes=run.options["with_nodes"], fmt=s["format"], batch=s["batch"],
+                         context=s["context"], frames=s["frames"], recompute=s["recompute"])
     except Exception:          # noqa: BLE001 - a partial graph may defeat a rule; the diagnostics say why
-        if not partial:
+        if not run.partial:
             raise
-        return Compiled(doc, graph, None, diag.sorted(), src, settings)
-    if partial:
+        run.done = True
+        return
+    if run.partial:
         report["partial"] = True
-        report["unaccounted"] = [n.name for n in graph.nodes() if n.op != "Input" and not n.outputs]
-    if budget:
-        report["budget"] = check_budget(report, doc, eff) if eff else None
+        report["unaccounted"] = [n.name for n in run.graph.nodes() if n.op != "Input" and not n.outputs]
+    if run.options["budget"]:
+        report["budget"] = check_budget(report, run.doc, run.budget) if run.budget else None
+    run.report = report
+
+
+def check_limits(run: Run) -> None:
+    """Totals far beyond any model are typos: an error that says so."""
+    report, diag = run.report, run.diag
     if report["params"]["total"] > MAX_PARAMS:
         diag.error(("layers",), f"the model has {report['params']['total']:.3g} parameters; the limit is "
                                 f"{MAX_PARAMS:.0e}", "a dimension is probably mistyped (an extra zero?)", code="limit")
-    mem = report["memory"]["inference"].get(settings["format"], 0)
+    mem = report["memory"]["inference"].get(run.settings["format"], 0)
     if mem > MAX_MEMORY:
         approx = f"{mem:.3g}" if mem < 1e300 else f"10^{len(str(int(mem))) - 1}"    # :g of a huge int overflows
         diag.error(("layers",), f"inference needs {approx} bytes; the limit is {MAX_MEMORY:.3g}",
                    "a size is probably mistyped (a grid, a range, the batch or the context)", code="limit")
-    return Compiled(doc, graph, report, diag.sorted(), src, settings)
+
+
+PASSES = (parse, lower_graph, settle, check_expectations, account_graph, check_limits)
