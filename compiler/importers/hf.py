@@ -340,41 +340,12 @@ IMPORTERS: dict[str, Callable[[dict], dict]] = {
     "dinov3_vit": _dinov3_vit,
 }
 
-# model_type -> renames of checkpoint names to the spec's weight names: (regex, replacement) pairs applied in order
-# with re.sub (a replacement of None drops the names it matches), the form runtime_torch.load_state_dict_mapped takes
-KEY_MAPS: dict[str, list[tuple[str, str | None]]] = {
-    **{t: [(r"^", LM_ID + ".")] for t in ("llama", "gemma3_text", "lfm2", "qwen2_moe")},
-    "mixtral": [(r"\.block_sparse_moe\.", ".mlp."), (r"^", LM_ID + ".")],          # hub checkpoints' module name
-    # Gemma3ForConditionalGeneration: the text model's keys; the vision tower and projector are dropped
-    "gemma3": [(r"^model\.(vision_tower|multi_modal_projector)\.", None),
-               (r"^model\.language_model\.", LM_ID + ".model."), (r"^lm_head\.", LM_ID + ".lm_head.")],
-    # vision: the names transformers saves (save_pretrained reverses its load-time renames), under VISION_ID
-    "siglip_vision_model": [(r"^", VISION_ID + ".vision_model.")],     # SiglipVisionModel: no vision_model. prefix
-    "siglip2_vision_model": [(r"^", VISION_ID + ".vision_model.")],
-    # SiglipModel: the vision tower's keys (text tower, logit scale and bias dropped)
-    "siglip": [(r"^(?!vision_model\.)", None), (r"^vision_model\.", VISION_ID + ".vision_model.")],
-    "siglip2": [(r"^(?!vision_model\.)", None), (r"^vision_model\.", VISION_ID + ".vision_model.")],
-    "dinov2": [(r"^", VISION_ID + ".")],
-    "dinov3_vit": [(r"^", VISION_ID + ".")],
-}
+# key maps (the names real checkpoints use -> the spec's) are data in compiler/importers/keymaps.py, one per family
+from .keymaps import KEY_MAPS, Merge, key_map  # noqa: E402
 
 
-# model_type -> how hub checkpoints that store one tensor per expert are stacked into transformers 5.x's layout
-# (E, 2F, D) gate|up and (E, D, F) down: (regex with groups prefix, expert index, part; target; parts in order).
-# Applied by runtime_torch.ops.moe.merge_experts before the key map; names already stacked pass unchanged.
-EXPERT_MERGES: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
-    "mixtral": [
-        (r"^(.*)\.(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w3)\.weight$", r"\1.mlp.experts.gate_up_proj",
-         ("w1", "w3")),
-        (r"^(.*)\.(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w2)\.weight$", r"\1.mlp.experts.down_proj",
-         ("w2",)),
-    ],
-    "qwen2_moe": [
-        (r"^(.*)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj)\.weight$", r"\1.mlp.experts.gate_up_proj",
-         ("gate_proj", "up_proj")),
-        (r"^(.*)\.mlp\.experts\.(\d+)\.(down_proj)\.weight$", r"\1.mlp.experts.down_proj", ("down_proj",)),
-    ],
-}
+def _expert_merges(model_type: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [(r.pattern, r.target, r.parts) for r in KEY_MAPS.get(model_type, []) if isinstance(r, Merge) and r.experts]
 
 
 def spec_from_hf_config(config: dict) -> dict:
@@ -385,17 +356,16 @@ def spec_from_hf_config(config: dict) -> dict:
     return IMPORTERS[mt](config)
 
 
-def hf_key_map(model_type: str) -> list[tuple[str, str | None]]:
-    """The renames from a transformers state dict of `model_type` to the imported spec's weight names (a list of
-    (regex, replacement) pairs for `runtime_torch.load_state_dict_mapped`)."""
-    if model_type not in KEY_MAPS:
-        raise ValueError(f"no key map for model_type {model_type!r}; known: {', '.join(sorted(KEY_MAPS))}")
-    return list(KEY_MAPS[model_type])
+def hf_key_map(model_type: str) -> list:
+    """The key map from a transformers checkpoint of `model_type` (any naming generation: compiler/importers/
+    keymaps.py) to the imported spec's weight names, for `load_state_dict_mapped` / `load_checkpoint`."""
+    return key_map(model_type)
 
 
 def hf_expert_merges(model_type: str) -> list[tuple[str, str, tuple[str, ...]]]:
-    """The per-expert -> stacked merges of `model_type` (empty when its checkpoints need none)."""
-    return list(EXPERT_MERGES.get(model_type, []))
+    """The per-expert -> stacked merges of `model_type` as (regex, target, parts) (`runtime_torch.ops.moe.
+    merge_experts`'s form; the key map itself already holds them as Merge rules)."""
+    return _expert_merges(model_type)
 
 
 def import_hf(config_path: str, out_path: str) -> dict:
