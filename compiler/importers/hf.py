@@ -300,13 +300,18 @@ def _siglip_full(cfg: dict) -> dict:
 
 
 def _dinov2(cfg: dict) -> dict:
+    """Dinov2Model; `use_swiglu_ffn` (giant): Dinov2SwiGLUFFN, SiLU-gated, 2/3 of the MLP width rounded up to a
+    multiple of 8, with biases (its files fuse gate|up as `mlp.weights_in`: keymaps.DINOV2_BLOCKS splits it)."""
     c = _Cfg(cfg, "dinov2")
-    if c["use_swiglu_ffn"]:
-        _refuse("dinov2", "use_swiglu_ffn", True, "its checkpoints fuse gate|up as mlp.weights_in")
     D, size = c["hidden_size"], _side(c, "image_size")
+    ff = int(D * c["mlp_ratio"])
+    if c["use_swiglu_ffn"]:
+        mlp, ff = "swiglu", (int(ff * 2 / 3) + 7) // 8 * 8
+    else:
+        mlp = _plain_mlp(c)
     p = dict(family="dinov2", image_size=size, patch_size=_side(c, "patch_size"), channels=c["num_channels"],
              hidden=D, layers=c["num_hidden_layers"], heads=c["num_attention_heads"],
-             ff_dim=int(D * c["mlp_ratio"]), mlp=_plain_mlp(c), norm_eps=float(c["layer_norm_eps"]),
+             ff_dim=ff, mlp=mlp, norm_eps=float(c["layer_norm_eps"]),
              layer_scale=float(c["layerscale_value"]), mask_token=bool(c["use_mask_token"]),
              attn_bias=["q", "k", "v", "o"] if c["qkv_bias"] else ["o"])
     return vision_spec(cfg.get("_name_or_path") or "dinov2", c["num_channels"], size, p)

@@ -1,0 +1,268 @@
+"""Checkpoints as transformers writes them load strictly through the family key maps, in torch and in MLX.
+
+For each family a tiny transformers model (fixed seed, weights perturbed) is written in each naming generation its
+files come in, and loaded with `load_checkpoint(model, folder, hf_key_map(model_type))` (strict):
+  save_pretrained   what transformers 5.x writes (it reverses its load-time renames: the 4.x hub names)
+  state_dict        transformers 5.x in-memory names (DINOv2 `attention.q_proj`, DINOv3 `model.layer.`, stacked
+                    experts), as a script that saves `model.state_dict()` writes them
+  base              the base model's own save_pretrained (no `model.` prefix, no head; tied families only)
+  per_expert        the per-expert tensors of Mixtral / Qwen2-MoE hub checkpoints (w1/w2/w3, experts.N.*_proj)
+  classifier        Dinov2ForImageClassification (`dinov2.` prefix, classifier dropped)
+  sharded           save_pretrained with a small max_shard_size (model.safetensors.index.json)
+The outputs are compared with transformers' in fp32 (1e-4). Also: bf16/fp16 files into fp32/bf16 models, the strict
+report listing every differing name, MLX loading per-expert files without importing torch (a subprocess), and the
+peak memory of a load (a subprocess) against the model's size.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import runtime_mlx  # noqa: F401  (first: the OpenBLAS preload precedes `import mlx`)
+import mlx.core as mx
+import torch
+import transformers as tf
+from safetensors.torch import save_file
+
+import compiler
+import runtime_torch as rt
+from compiler.importers import hf_key_map, spec_from_hf_config
+from runtime_common.weights import WeightsMismatch
+from tests.test_parity_lm import TINY, hf_model as hf_lm, hub_layout
+
+ATOL = 1e-4
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _vision(cls, cfg, seed=0):
+    torch.manual_seed(seed)
+    m = cls(cfg).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return m
+
+
+_VIT = dict(num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8, attn_implementation="eager")
+VISION = {
+    "siglip": lambda: _vision(tf.SiglipVisionModel, tf.SiglipVisionConfig(hidden_size=32, intermediate_size=64,
+                                                                          **_VIT)),
+    "dinov2": lambda: _vision(tf.Dinov2Model, tf.Dinov2Config(hidden_size=32, **_VIT)),
+    "dinov2_swiglu": lambda: _vision(tf.Dinov2Model, tf.Dinov2Config(hidden_size=32, use_swiglu_ffn=True, **_VIT)),
+    "dinov3": lambda: _vision(tf.DINOv3ViTModel, tf.DINOv3ViTConfig(
+        hidden_size=32, intermediate_size=64, num_register_tokens=2, **dict(_VIT, num_attention_heads=2))),
+}
+# output of each vision family's last norm in omnic
+VISION_OUT = {"siglip": "vision.vision_model.post_layernorm", "dinov2": "vision.layernorm",
+              "dinov2_swiglu": "vision.layernorm", "dinov3": "vision.norm"}
+
+
+def _state_dict_file(m, folder):
+    os.makedirs(folder, exist_ok=True)
+    save_file({k: v.detach().clone().contiguous() for k, v in m.state_dict().items()},
+              os.path.join(folder, "model.safetensors"))
+    return folder
+
+
+def write(m, family: str, generation: str, folder: str) -> str:
+    """Write `m`'s weights as files of `generation` come (see the module docstring) into `folder`."""
+    if generation == "save_pretrained":
+        m.save_pretrained(folder)
+    elif generation == "sharded":
+        m.save_pretrained(folder, max_shard_size="40KB")
+        assert os.path.isfile(os.path.join(folder, "model.safetensors.index.json"))
+    elif generation == "state_dict":
+        _state_dict_file(m, folder)
+    elif generation == "base":
+        m.model.save_pretrained(folder)
+    elif generation == "per_expert":
+        os.makedirs(folder)
+        save_file({k: v.contiguous() for k, v in hub_layout(m.state_dict(), family).items()},
+                  os.path.join(folder, "model.safetensors"))
+    elif generation == "classifier":
+        clf = tf.Dinov2ForImageClassification(m.config)
+        clf.dinov2.load_state_dict(m.state_dict())
+        clf.save_pretrained(folder)
+    return folder
+
+
+LM_CASES = [(f, g) for f in TINY for g in ("save_pretrained", "state_dict")] + \
+    [("llama", "base"), ("gemma3", "base"), ("lfm2", "base"), ("llama", "sharded"),
+     ("qwen2_moe", "per_expert"), ("mixtral", "per_expert")]
+VISION_CASES = [(f, g) for f in VISION for g in ("save_pretrained", "state_dict")] + \
+    [("dinov2", "classifier"), ("dinov2_swiglu", "classifier"), ("dinov3", "sharded")]
+
+_MODELS: dict = {}
+
+
+def model_of(family):
+    if family not in _MODELS:
+        _MODELS[family] = hf_lm(family) if family in TINY else VISION[family]()
+    return _MODELS[family]
+
+
+def _compiled(m):
+    c = compiler.compile(spec_from_hf_config(m.config.to_dict()))
+    assert c.ok, [d.render() for d in c.errors]
+    return c
+
+
+@pytest.mark.parametrize("family, generation", LM_CASES + VISION_CASES)
+def test_files_load_strictly_and_match_transformers(family, generation, tmp_path):
+    m = model_of(family)
+    folder = write(m, family, generation, str(tmp_path / generation))
+    c = _compiled(m)
+    keymap = hf_key_map(m.config.model_type)
+    tm = rt.build(c, device="meta", init=False)
+    rt.load_checkpoint(tm, folder, keymap)                       # strict
+    mm = runtime_mlx.build(c, init=False)
+    runtime_mlx.load_checkpoint(mm, folder, keymap)
+    if family in TINY:
+        ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            want = m(input_ids=ids).logits
+            got = tm.eval()(input_ids=ids)["lm.lm_head"]
+        got_mlx = np.asarray(mm(input_ids=mx.array(ids.numpy()))["lm.lm_head"])
+    else:
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            want = m(pixel_values=x).last_hidden_state
+            got = tm.eval()(pixel_values=x)[VISION_OUT[family]]
+        got_mlx = np.asarray(mm(pixel_values=mx.array(x.numpy()))[VISION_OUT[family]])
+    assert (got - want).abs().max().item() < ATOL
+    assert np.abs(got_mlx - want.numpy()).max() < ATOL
+
+
+@pytest.mark.parametrize("file_dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("model_dtype", ["bfloat16", "float16", "float32"])
+def test_any_file_dtype_into_any_model_dtype(file_dtype, model_dtype, tmp_path):
+    m = model_of("llama")
+    src = {k: v.detach().to(file_dtype).clone() for k, v in m.state_dict().items()}
+    save_file(src, str(tmp_path / "model.safetensors"))
+    c = _compiled(m)
+    tm = rt.build(c, device="meta", dtype=model_dtype, init=False)
+    rt.load_checkpoint(tm, tmp_path, hf_key_map("llama"))
+    mm = runtime_mlx.build(c, dtype=model_dtype, init=False)
+    runtime_mlx.load_checkpoint(mm, tmp_path, hf_key_map("llama"))
+    name, ckpt_name = "lm.model.layers.1.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"
+    want = src[ckpt_name].to(getattr(torch, model_dtype))
+    got = tm.state_dict()[name]
+    assert got.dtype == want.dtype and torch.equal(got, want)
+    got_mlx = mm.param(name)
+    assert str(got_mlx.dtype).endswith(model_dtype)
+    assert np.array_equal(np.asarray(got_mlx.astype(mx.float32)), want.float().numpy())
+
+
+def test_report_lists_every_name_that_differs(tmp_path):
+    m = model_of("llama")
+    state = {k: v.detach().clone().contiguous() for k, v in m.state_dict().items()}
+    state["model.layers.0.mlp.up_proj.weight"] = state["model.layers.0.mlp.up_proj.weight"][:-1].contiguous()
+    del state["model.layers.1.self_attn.k_proj.weight"]
+    state["model.layers.1.self_attn.extra.weight"] = torch.zeros(3)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    tm = rt.build(_compiled(m), device="meta", init=False)
+    mm = runtime_mlx.build(_compiled(m), init=False)
+    for model, load in ((tm, rt.load_checkpoint), (mm, runtime_mlx.load_checkpoint)):
+        with pytest.raises(WeightsMismatch) as e:
+            load(model, tmp_path, hf_key_map("llama"))
+        err = e.value
+        assert err.missing == ["lm.model.layers.1.self_attn.k_proj.weight (32, 64)"]
+        assert err.unexpected == ["lm.model.layers.1.self_attn.extra.weight "
+                                  "(checkpoint model.layers.1.self_attn.extra.weight)"]
+        assert len(err.shapes) == 1 and "model.layers.0.mlp.up_proj.weight" in err.shapes[0] \
+            and "(127, 64)" in err.shapes[0]
+
+
+def test_incomplete_expert_set_is_named(tmp_path):
+    m = model_of("mixtral")
+    hub = hub_layout(m.state_dict(), "mixtral")
+    del hub["model.layers.1.block_sparse_moe.experts.2.w3.weight"]
+    save_file({k: v.contiguous() for k, v in hub.items()}, str(tmp_path / "model.safetensors"))
+    tm = rt.build(_compiled(m), device="meta", init=False)
+    with pytest.raises(WeightsMismatch, match=r"lacks experts/parts 2\.w3"):
+        rt.load_checkpoint(tm, tmp_path, hf_key_map("mixtral"))
+
+
+def test_no_safetensors_is_a_clear_error(tmp_path):
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    tm = rt.build(_compiled(model_of("llama")), device="meta", init=False)
+    with pytest.raises(ValueError, match="pytorch_model.bin: pickle files are not read"):
+        rt.load_checkpoint(tm, tmp_path, hf_key_map("llama"))
+
+
+def _run(code: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("family", ["qwen2_moe", "mixtral"])
+def test_mlx_loads_per_expert_files_without_torch(family, tmp_path):
+    m = model_of(family)
+    folder = write(m, family, "per_expert", str(tmp_path / "ckpt"))
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(m.config.to_dict(), f)
+    ids = torch.randint(0, 128, (1, 7), generator=torch.Generator().manual_seed(3))
+    res = _run(f"""
+        import json, sys
+        import runtime_mlx, mlx.core as mx, numpy as np, compiler
+        from compiler.importers import hf_key_map, spec_from_hf_config
+        cfg = json.load(open({str(tmp_path / "config.json")!r}))
+        model = runtime_mlx.build(compiler.compile(spec_from_hf_config(cfg)), init=False)
+        runtime_mlx.load_checkpoint(model, {folder!r}, hf_key_map(cfg["model_type"]))
+        out = np.asarray(model(input_ids=mx.array({ids.tolist()!r}))["lm.lm_head"])
+        np.save({str(tmp_path / "out.npy")!r}, out)
+        print(json.dumps({{"torch": "torch" in sys.modules}}))
+    """)
+    assert res["torch"] is False
+    with torch.no_grad():
+        want = m(input_ids=ids).logits.numpy()
+    assert np.abs(np.load(tmp_path / "out.npy") - want).max() < ATOL
+
+
+# a ~100 MB fp32 Llama: large enough that a second copy of the weights would show in the peak
+_BIG = dict(model_type="llama", vocab_size=8192, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+            num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=False)
+
+
+@pytest.mark.parametrize("runtime", ["torch", "mlx"])
+def test_peak_memory_of_a_load_is_near_the_models_size(runtime, tmp_path):
+    """The process's peak resident memory during the load (VmHWM, reset just before it through
+    /proc/self/clear_refs) minus its resident memory before (imports done, model built without weights), over the
+    model's bytes: a load that held the file's tensors and the model's at once would be about 2."""
+    with torch.device("meta"):
+        n = sum(p.numel() for p in tf.LlamaForCausalLM(tf.LlamaConfig(**_BIG)).parameters())
+    g = torch.Generator().manual_seed(0)
+    c = compiler.compile(spec_from_hf_config(_BIG))
+    state = {k: torch.randn(v.shape, generator=g) * 0.02 for k, v in
+             rt.build(c, device="meta", init=False).state_dict().items()}
+    save_file({k.removeprefix("lm."): v for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    del state
+    build = ("rt.build(c, device='meta', init=False)" if runtime == "torch" else "rt.build(c, init=False)")
+    res = _run(f"""
+        import json, gc
+        def vm(key):
+            return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key + ":"))
+        import {'runtime_torch' if runtime == 'torch' else 'runtime_mlx'} as rt
+        import compiler
+        from compiler.importers import hf_key_map, spec_from_hf_config
+        c = compiler.compile(spec_from_hf_config({_BIG!r}))
+        model = {build}
+        gc.collect()
+        open("/proc/self/clear_refs", "w").write("5")      # reset the peak (VmHWM) to the current size
+        before = vm("VmRSS")
+        rt.load_checkpoint(model, {str(tmp_path)!r}, hf_key_map("llama"))
+        print(json.dumps({{"before": before, "after": vm("VmHWM"), "held": vm("VmRSS")}}))
+    """)
+    ratio = (res["after"] - res["before"]) / (4 * n)
+    print(f"{runtime}: load peak +{(res['after'] - res['before']) / 1e6:.0f} MB, held after "
+          f"+{(res['held'] - res['before']) / 1e6:.0f} MB, for {4 * n / 1e6:.0f} MB of weights: {ratio:.2f}x")
+    assert 0.9 < ratio < 1.35
