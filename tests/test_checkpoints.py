@@ -266,3 +266,75 @@ def test_peak_memory_of_a_load_is_near_the_models_size(runtime, tmp_path):
     print(f"{runtime}: load peak +{(res['after'] - res['before']) / 1e6:.0f} MB, held after "
           f"+{(res['held'] - res['before']) / 1e6:.0f} MB, for {4 * n / 1e6:.0f} MB of weights: {ratio:.2f}x")
     assert 0.9 < ratio < 1.35
+
+
+# --- the CLI route: omnic import-hf DIR, omnic build SPEC --weights-from DIR ------------------------------------------
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from compiler.cli import cli
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("target", ["torch", "mlx"])
+def test_import_and_build_from_a_checkpoint_folder(target, tmp_path):
+    m = model_of("qwen2_moe")
+    ckpt = tmp_path / "ckpt"
+    m.save_pretrained(ckpt, max_shard_size="60KB")               # sharded, with config.json
+    spec = tmp_path / "spec.json"
+    r = _cli("import-hf", ckpt, "-o", spec)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(spec.read_text())
+    assert doc["name"] == "Qwen2MoeForCausalLM" and doc["context"] == m.config.max_position_embeddings
+    before = spec.read_text()
+    r = _cli("import-hf", ckpt, "-o", spec, "--name", "other")
+    assert r.exit_code == 2 and "--force" in r.output and spec.read_text() == before
+    assert _cli("import-hf", ckpt, "-o", spec, "--name", "mine", "--force").exit_code == 0
+    assert json.loads(spec.read_text())["name"] == "mine"
+
+    out = tmp_path / "out"
+    r = _cli("build", spec, "--target", target, "-o", out, "--weights-from", ckpt)
+    assert r.exit_code == 0, r.output
+    c = compiler.compile(str(spec))
+    ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = m(input_ids=ids).logits
+    tm = rt.build(c, device="meta", init=False)
+    rt.load_weights(tm, out / "model.safetensors")               # one file in omnic's layout, both runtimes
+    mm = runtime_mlx.build(c, init=False)
+    runtime_mlx.load_weights(mm, out / "model.safetensors")
+    with torch.no_grad():
+        assert (tm.eval()(input_ids=ids)["lm.lm_head"] - want).abs().max().item() < ATOL
+    assert np.abs(np.asarray(mm(input_ids=mx.array(ids.numpy()))["lm.lm_head"]) - want.numpy()).max() < ATOL
+    r = _cli("build", spec, "--target", target, "-o", out, "--weights-from", ckpt)
+    assert r.exit_code == 2 and "--force" in r.output
+
+
+def test_build_from_a_checkpoint_that_does_not_fit(tmp_path):
+    m = model_of("llama")
+    ckpt = tmp_path / "ckpt"
+    m.save_pretrained(ckpt)
+    spec = tmp_path / "spec.json"
+    assert _cli("import-hf", ckpt, "-o", spec).exit_code == 0
+    small = json.loads(spec.read_text())
+    small["layers"][0]["params"]["layers"] = 1                   # the checkpoint has 2 layers
+    small["layers"][0]["params"]["ff_dim"] = 96                  # and 128-wide MLPs
+    spec.write_text(json.dumps(small))
+    out = tmp_path / "out"
+    r = _cli("build", spec, "--target", "torch", "-o", out, "--weights-from", ckpt)
+    assert r.exit_code == 2 and not out.exists()
+    assert "lm.model.layers.1.mlp.up_proj.weight (checkpoint model.layers.1.mlp.up_proj.weight)" in r.output
+    assert "lm.model.layers.0.mlp.up_proj.weight (checkpoint model.layers.0.mlp.up_proj.weight): checkpoint " \
+           "(128, 64), model (96, 64)" in r.output
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]       # no temporary directory left
+
+
+@pytest.mark.parametrize("config, needle", [
+    ({"model_type": "bert"}, "unsupported model_type 'bert'; supported: "),
+    ({"model_type": "gemma3_text", "use_bidirectional_attention": True},
+     "use_bidirectional_attention=True is not supported"),
+])
+def test_import_refuses_naming_key_value_and_supported(config, needle, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    r = _cli("import-hf", tmp_path, "-o", tmp_path / "spec.json")
+    assert r.exit_code == 2 and needle in r.output and not (tmp_path / "spec.json").exists()

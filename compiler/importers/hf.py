@@ -353,12 +353,21 @@ def _expert_merges(model_type: str) -> list[tuple[str, str, tuple[str, ...]]]:
     return [(r.pattern, r.target, r.parts) for r in KEY_MAPS.get(model_type, []) if isinstance(r, Merge) and r.experts]
 
 
-def spec_from_hf_config(config: dict) -> dict:
-    """The omnic spec of a transformers config (the parsed config.json)."""
+def spec_from_hf_config(config: dict, name: str | None = None) -> dict:
+    """The omnic spec of a transformers config (the parsed config.json). Its name: `name`, else the config's
+    `_name_or_path`, else its first `architectures` entry; a language model's `max_position_embeddings` (of the
+    text config for multimodal configs) becomes the spec's context."""
     mt = config.get("model_type")
     if mt not in IMPORTERS:
         raise ValueError(f"unsupported model_type {mt!r}; supported: {', '.join(sorted(IMPORTERS))}")
-    return IMPORTERS[mt](config)
+    spec = IMPORTERS[mt](config)
+    named = name or config.get("_name_or_path") or (config.get("architectures") or [None])[0]
+    if named:
+        spec["name"] = str(named)
+    ctx = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
+    if ctx and any(layer["type"] == "DecoderLM" for layer in spec["layers"]):
+        spec["context"] = int(ctx)
+    return spec
 
 
 def hf_key_map(model_type: str) -> list:
