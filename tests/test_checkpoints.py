@@ -338,3 +338,42 @@ def test_import_refuses_naming_key_value_and_supported(config, needle, tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(config))
     r = _cli("import-hf", tmp_path, "-o", tmp_path / "spec.json")
     assert r.exit_code == 2 and needle in r.output and not (tmp_path / "spec.json").exists()
+
+
+# --- Qwen2-MoE with shared_expert_intermediate_size 0 ----------------------------------------------------------------
+def test_qwen2_moe_zero_width_shared_expert(tmp_path):
+    """transformers builds a (0, D) shared expert and a (1, D) shared-expert gate per layer anyway: counted and
+    loaded as it does (a strict load of its file), and adding nothing to the output."""
+    _, C, kw, _ = TINY["qwen2_moe"]
+    torch.manual_seed(0)
+    m = tf.Qwen2MoeForCausalLM(C(**dict(kw, shared_expert_intermediate_size=0), attn_implementation="eager",
+                                 experts_implementation="eager")).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0.0, 0.2)
+    assert tuple(m.state_dict()["model.layers.0.mlp.shared_expert_gate.weight"].shape) == (1, 64)
+    c = _compiled(m)
+    assert c.report["params"]["total"] == sum(p.numel() for p in m.parameters())
+    for generation in ("save_pretrained", "per_expert"):
+        folder = write(m, "qwen2_moe", generation, str(tmp_path / generation))
+        tm = rt.build(c, device="meta", init=False)
+        rt.load_checkpoint(tm, folder, hf_key_map("qwen2_moe"))
+        mm = runtime_mlx.build(c, init=False)
+        runtime_mlx.load_checkpoint(mm, folder, hf_key_map("qwen2_moe"))
+        ids = torch.randint(0, 128, (2, 5), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            want = m(input_ids=ids).logits
+            assert (tm.eval()(input_ids=ids)["lm.lm_head"] - want).abs().max().item() < ATOL
+        assert np.abs(np.asarray(mm(input_ids=mx.array(ids.numpy()))["lm.lm_head"]) - want.numpy()).max() < ATOL
+
+
+def test_qwen2_moe_zero_shared_full_size_count():
+    """Qwen1.5-MoE-A2.7B's shape with shared_expert_intermediate_size 0: transformers on meta == the report."""
+    cfg = dict(model_type="qwen2_moe", vocab_size=151936, hidden_size=2048, num_hidden_layers=24,
+               num_attention_heads=16, num_key_value_heads=16, moe_intermediate_size=1408, num_experts=60,
+               num_experts_per_tok=4, shared_expert_intermediate_size=0)
+    with torch.device("meta"):
+        n = sum(p.numel() for p in tf.Qwen2MoeForCausalLM(tf.Qwen2MoeConfig(**cfg)).parameters())
+    c = compiler.compile(spec_from_hf_config(cfg))
+    assert c.report["params"]["total"] == n
+    assert sum(p.numel() for p in rt.build(c, device="meta", init=False).parameters()) == n

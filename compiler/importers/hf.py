@@ -191,7 +191,7 @@ def _qwen2_moe(cfg: dict) -> dict:
              layer_types=types, rope_theta=_rope(c), tie=bool(c["tie_word_embeddings"]),
              num_experts=c["num_experts"], top_k=c["num_experts_per_tok"], expert_dim=c["moe_intermediate_size"],
              norm_topk_prob=bool(c["norm_topk_prob"]))
-    if shared:
+    if shared is not None:             # 0 too: transformers still builds a zero-width expert and its gate
         p["shared_expert_dim"] = shared
     if "sliding_attention" in types:
         p["sliding_window"] = c["sliding_window"]

@@ -79,7 +79,7 @@ class GQAMoELayer(TransformerBlock):
         _ref(self, router=place(self, n("router"), Lin(E, D, False)),
              gate_up=place(self, n("experts_gate_up"), param=(E, 2 * Fw, D)),     # (module, key)
              down_w=place(self, n("experts_down"), param=(E, D, Fw)))
-        if p.shared_expert_dim:
+        if p.shared_expert_dim is not None:                      # 0: zero width, as transformers
             S = p.shared_expert_dim
             _ref(self, shared=(place(self, n("shared_gate"), Lin(S, D, False)),
                                place(self, n("shared_up"), Lin(S, D, False)),

@@ -111,7 +111,7 @@ class GQAMoELayer(TransformerBlock):
         self._keep("gate_up", None, place(self, n("experts_gate_up"), param=(E, 2 * Fw, D)))   # (module, name)
         self._keep("down", None, place(self, n("experts_down"), param=(E, D, Fw)))
         self._keep("shared", None, None)
-        if p.shared_expert_dim:
+        if p.shared_expert_dim is not None:                      # 0: zero width, as transformers
             S = p.shared_expert_dim
             self._keep("shared", None, (place(self, n("shared_gate"), Lin(S, D, False)),
                                         place(self, n("shared_up"), Lin(S, D, False)),
