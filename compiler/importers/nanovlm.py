@@ -8,9 +8,12 @@ norm, head tied to token_embedding). The specs in specs/nanovlm/ use exactly the
 with the identity map; `nanovlm_key_map()` drops only what is not a parameter of the published modules (its
 persistent rotary buffer `decoder.rotary_embd.inv_freq`); runtime_torch.load_state_dict_mapped reports every
 missing / unexpected / mis-shaped tensor. The tied head may be present (torch.save) or absent (safetensors).
-The vocabulary is lm_base_vocab_size + extra_token_amount (17) rounded up to a multiple of 128; the image
-placeholder `<|image|>` is the first added token, id = lm_base_vocab_size (its embedding rows are overwritten, in
-order, by the projected image tokens: MergeImageTokens).
+The vocabulary: the config's `lm_vocab_size` where it has one (huggingface/nanoVLM 4e0c096: lm_base_vocab_size +
+extra_token_amount, 66 tokens, not rounded), else the older rule, base + extra_token_amount (17) rounded up to a
+multiple of 128. The image placeholder `<|image|>` is the first added token, id = lm_base_vocab_size (its embedding
+rows are overwritten, in order, by the projected image tokens: MergeImageTokens). `lm_max_position_embeddings`
+(8192) becomes the spec's context: past it upstream's RotaryEmbedding divides every frequency by
+(longest position + 1) / lm_max_position_embeddings, which omnic's RoPE does not do (sequences past it differ).
 `spec_from_nanovlm_config(cfg)` covers the SigLIP + Llama architectures (original_small, default); the DINOv3 +
 Gemma-3 preset is specs/nanovlm/dinov3_gemma.json (its ViT and decoder keep transformers' names, so their
 pretrained checkpoints load with the prefixes `vision_encoder.` and `decoder.`).
@@ -53,10 +56,15 @@ def spec_from_nanovlm_config(cfg: dict[str, Any], name: str = "nanoVLM") -> dict
                          "(see specs/nanovlm/dinov3_gemma.json for DINOv3 + Gemma-3)")
     if c["vit_cls_flag"]:
         raise ValueError("nanoVLM config: vit_cls_flag=True is not supported (SigLIP has no CLS token)")
-    V = vocab_size(c["lm_base_vocab_size"], c["extra_token_amount"])
+    V = int(cfg["lm_vocab_size"]) if "lm_vocab_size" in cfg else vocab_size(c["lm_base_vocab_size"],
+                                                                              c["extra_token_amount"])
+    if c.get("lm_attn_scaling", 1.0) != 1.0:
+        raise ValueError(f"nanoVLM config: lm_attn_scaling={c['lm_attn_scaling']!r} is not supported (omnic's RoPE "
+                         "does not scale cos and sin; supported: 1.0)")
     H, s, S = c["lm_hidden_dim"], c["mp_pixel_shuffle_factor"], c["vit_img_size"]
+    extra = {"context": int(cfg["lm_max_position_embeddings"])} if "lm_max_position_embeddings" in cfg else {}
     return {
-        "$schema": "../schema.json", "name": name,
+        "$schema": "../schema.json", "name": name, **extra,
         "inputs": [{"name": "image", "kind": "image", "shape": ["B", 3, S, S]},
                    {"name": "input_ids", "kind": "ids", "shape": ["B", "T"],
                     "note": f"{(S // c['vit_patch_size'] // s) ** 2} image placeholders (id {c['lm_base_vocab_size']}) "

@@ -1,0 +1,46 @@
+"""The seed systems' own checkpoints, in their own code's naming, load strictly and give their code's outputs.
+
+tests/data/ holds small checkpoints written by the seed systems' public code on tiny random weights (the code ran
+outside this repository; each folder's config.json is that code's config), with inputs and the outputs their code
+computed (io.safetensors):
+  nanovlm_upstream   huggingface/nanoVLM 4e0c096 `models/` (ViT, LanguageModel, ModalityProjector under the
+                     names VisionLanguageModel gives them): lm_vocab_size = base + 66 (not rounded), a persistent
+                     rotary `inv_freq`, lm_max_position_embeddings 24
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import runtime_mlx  # noqa: F401  (first: the OpenBLAS preload precedes `import mlx`)
+import mlx.core as mx
+import torch
+from safetensors.torch import load_file
+
+import compiler
+import runtime_torch as rt
+from compiler.importers.folder import key_map_of_folder, spec_of_folder
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+ATOL = 1e-4
+
+
+def test_nanovlm_upstream_checkpoint():
+    folder = os.path.join(DATA, "nanovlm_upstream")
+    spec = spec_of_folder(folder)
+    assert spec["context"] == 24
+    c = compiler.compile(spec)
+    assert c.ok, [d.render() for d in c.errors]
+    (emb,) = [n for n in c.graph.nodes() if n.name == "decoder.token_embedding"]
+    assert emb.params.num_embeddings == 166                     # lm_vocab_size: 100 + 66, not rounded to 256
+    model = rt.build(c, device="meta", init=False)
+    rt.load_checkpoint(model, folder, key_map_of_folder(folder))  # strict; inv_freq dropped
+    io = load_file(os.path.join(folder, "io.safetensors"))
+    T = 24                                                      # within lm_max_position_embeddings
+    with torch.no_grad():
+        got = model.eval()(image=io["image"], input_ids=io["input_ids"][:, :T])["decoder.head"]
+    assert (got - io["logits_24"]).abs().max().item() < ATOL
+    mm = runtime_mlx.build(c, init=False)
+    runtime_mlx.load_checkpoint(mm, folder, key_map_of_folder(folder))
+    got = mm(image=mx.array(io["image"].numpy()), input_ids=mx.array(io["input_ids"][:, :T].numpy()))["decoder.head"]
+    assert np.abs(np.asarray(got) - io["logits_24"].numpy()).max() < ATOL
