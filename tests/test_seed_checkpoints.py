@@ -44,3 +44,21 @@ def test_nanovlm_upstream_checkpoint():
     runtime_mlx.load_checkpoint(mm, folder, key_map_of_folder(folder))
     got = mm(image=mx.array(io["image"].numpy()), input_ids=mx.array(io["input_ids"][:, :T].numpy()))["decoder.head"]
     assert np.abs(np.asarray(got) - io["logits_24"].numpy()).max() < ATOL
+
+
+def test_nanovlm_fork_dinov3_gemma_checkpoint():
+    """The fork's DINOv3 + "Gemma" as its code computes it: CLS + registers and no position information in the
+    ViT, a Llama-style decoder with its own head_dim, the fork's names; vocabulary base + 17 rounded to 128."""
+    folder = os.path.join(DATA, "nanovlm_fork_dinov3_gemma")
+    c = compiler.compile(spec_of_folder(folder))
+    assert c.ok, [d.render() for d in c.errors]
+    model = rt.build(c, device="meta", init=False)
+    rt.load_checkpoint(model, folder, key_map_of_folder(folder))
+    io = load_file(os.path.join(folder, "io.safetensors"))
+    with torch.no_grad():
+        got = model.eval()(image=io["image"], input_ids=io["input_ids"])["decoder.head"]
+    assert (got - io["logits"]).abs().max().item() < ATOL
+    mm = runtime_mlx.build(c, init=False)
+    runtime_mlx.load_checkpoint(mm, folder, key_map_of_folder(folder))
+    got = mm(image=mx.array(io["image"].numpy()), input_ids=mx.array(io["input_ids"].numpy()))["decoder.head"]
+    assert np.abs(np.asarray(got) - io["logits"].numpy()).max() < ATOL

@@ -16,22 +16,17 @@ Torch-free: names only.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
+
+from . import keymaps
 
 NODE = "fvlm"
 
-_DINO_5X = r"^(encoder\.dino\.encoder\.layer\.\d+\.attention\.)"
 
-
-def fvlm_key_map(node: str = NODE, tied: bool = True) -> list[tuple[str, Optional[str]]]:
-    """(regex, replacement) renames from an fVLM state dict to the spec's names (None drops)."""
-    rules: list[tuple[str, Optional[str]]] = []
-    if tied:
-        rules.append((r"^llm\.lm_head\.weight$", None))
-    rules += [(_DINO_5X + r"q_proj\.", r"\1attention.query."), (_DINO_5X + r"k_proj\.", r"\1attention.key."),
-              (_DINO_5X + r"v_proj\.", r"\1attention.value."), (_DINO_5X + r"o_proj\.", r"\1output.dense."),
-              (r"^", node + ".")]
-    return rules
+def fvlm_key_map(node: str = NODE, tied: bool = True) -> list:
+    """The key map from an fVLM state dict to the spec's names (compiler/importers/keymaps.py `fvlm`: the same
+    DINOv2 rules as transformers' DINOv2 checkpoints)."""
+    return keymaps.fvlm(node, tied)
 
 
 def fvlm_params(dino_config: dict[str, Any], llm_config: dict[str, Any], query_dim: int = 384,

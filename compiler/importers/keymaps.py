@@ -120,6 +120,21 @@ KEY_MAPS: dict[str, list[Rule]] = {
 }
 
 
+# --- the seed systems' own checkpoints -------------------------------------------------------------------------------
+# nanoVLM (huggingface/nanoVLM): the specs keep its names; its persistent rotary buffer and anything outside the
+# three modules are dropped (compiler/importers/nanovlm.py)
+NANOVLM = [(r"^(?!vision_encoder\.|MP\.|decoder\.)", None), (r"(^|\.)inv_freq$", None)]
+
+
+def fvlm(node: str = "fvlm", tied: bool = True) -> list[Rule]:
+    """fVLM (spsanps/nanoSmol): a FoveatedVLM node declaring the checkpoint's names (compiler/importers/fvlm.py);
+    a tied head is dropped (the node reads the embedding), its DINOv2 takes DINOV2_BLOCKS, all under `node`."""
+    return [*([(r"^llm\.lm_head\.weight$", None)] if tied else []), *DINOV2_BLOCKS, (r"^", node + ".")]
+
+
+KEY_MAPS.update({"nanovlm": NANOVLM, "fvlm": fvlm()})
+
+
 def key_map(family: str) -> list[Rule]:
     """The rules of `family` (a transformers model_type, or a seed system's family in compiler/importers)."""
     if family not in KEY_MAPS:
