@@ -377,3 +377,21 @@ def test_qwen2_moe_zero_shared_full_size_count():
     c = compiler.compile(spec_from_hf_config(cfg))
     assert c.report["params"]["total"] == n
     assert sum(p.numel() for p in rt.build(c, device="meta", init=False).parameters()) == n
+
+
+# --- other image sizes -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["siglip", "siglip2", "dinov2", "dinov3", "nanovlm"])
+def test_another_image_size_is_refused_naming_the_specs(family):
+    """A model runs at the size its spec was compiled for; another size is a ValueError naming the expected shape
+    (compiled at that size, the towers resize their positions as transformers does: tests/test_parity_vision.py)."""
+    spec = {"name": "t", "inputs": [{"name": "image", "kind": "image", "shape": ["B", 3, 32, 32]}],
+            "layers": [{"id": "v", "type": "VisionEncoder", "params": {"family": family, "patch_size": 8,
+                                                                       "hidden": 32, "layers": 1, "heads": 2}}]}
+    c = compiler.compile(spec)
+    for model, x in ((rt.build(c), torch.randn(1, 3, 40, 24)), (runtime_mlx.build(c), mx.zeros((1, 3, 40, 24)))):
+        with pytest.raises(ValueError, match=r"input 'image' has shape \(1, 3, 40, 24\), but the spec expects "
+                                             r"\(B, 3, 32, 32\)"):
+            model(image=x)
+    bigger = dict(spec, inputs=[{"name": "image", "kind": "image", "shape": ["B", 3, 40, 24]}])
+    out = rt.build(compiler.compile(bigger))(image=torch.randn(1, 3, 40, 24))
+    assert all(torch.isfinite(v).all() for v in out.values())
