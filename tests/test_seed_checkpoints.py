@@ -36,14 +36,16 @@ def test_nanovlm_upstream_checkpoint():
     model = rt.build(c, device="meta", init=False)
     rt.load_checkpoint(model, folder, key_map_of_folder(folder))  # strict; inv_freq dropped
     io = load_file(os.path.join(folder, "io.safetensors"))
-    T = 24                                                      # within lm_max_position_embeddings
-    with torch.no_grad():
-        got = model.eval()(image=io["image"], input_ids=io["input_ids"][:, :T])["decoder.head"]
-    assert (got - io["logits_24"]).abs().max().item() < ATOL
     mm = runtime_mlx.build(c, init=False)
     runtime_mlx.load_checkpoint(mm, folder, key_map_of_folder(folder))
-    got = mm(image=mx.array(io["image"].numpy()), input_ids=mx.array(io["input_ids"][:, :T].numpy()))["decoder.head"]
-    assert np.abs(np.asarray(got) - io["logits_24"].numpy()).max() < ATOL
+    # 24 tokens: within lm_max_position_embeddings; 32: past it, every frequency divided by 32 / 24
+    for T, want in ((24, io["logits_24"]), (32, io["logits"])):
+        ids = io["input_ids"][:, :T]
+        with torch.no_grad():
+            got = model.eval()(image=io["image"], input_ids=ids)["decoder.head"]
+        assert (got - want).abs().max().item() < ATOL
+        got = mm(image=mx.array(io["image"].numpy()), input_ids=mx.array(ids.numpy()))["decoder.head"]
+        assert np.abs(np.asarray(got) - want.numpy()).max() < ATOL
 
 
 def test_nanovlm_fork_dinov3_gemma_checkpoint():

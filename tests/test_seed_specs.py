@@ -192,8 +192,8 @@ PRESET_CONFIGS = {
         vit_layer_scale_init=1.0, vit_img_size=224, vit_patch_size=16, vit_hidden_dim=384, vit_inter_dim=1536,
         vit_n_heads=6, vit_n_blocks=12, vit_ln_eps=1e-5, lm_architecture="gemma", lm_base_vocab_size=262144,
         extra_token_amount=17, lm_hidden_dim=640, lm_inter_dim=2048, lm_n_heads=4, lm_n_kv_heads=1, lm_head_dim=256,
-        lm_n_blocks=18, lm_rms_eps=1e-6, lm_re_base=1000000.0, mp_handle_special_tokens=True,
-        mp_pixel_shuffle_factor=2),
+        lm_n_blocks=18, lm_rms_eps=1e-6, lm_re_base=1000000.0, lm_max_position_embeddings=32768,
+        mp_handle_special_tokens=True, mp_pixel_shuffle_factor=2),
 }
 
 

@@ -12,8 +12,8 @@ The vocabulary: the config's `lm_vocab_size` where it has one (huggingface/nanoV
 extra_token_amount, 66 tokens, not rounded), else the older rule, base + extra_token_amount (17) rounded up to a
 multiple of 128. The image placeholder `<|image|>` is the first added token, id = lm_base_vocab_size (its embedding
 rows are overwritten, in order, by the projected image tokens: MergeImageTokens). `lm_max_position_embeddings`
-(8192) becomes the spec's context: past it upstream's RotaryEmbedding divides every frequency by
-(longest position + 1) / lm_max_position_embeddings, which omnic's RoPE does not do (sequences past it differ).
+(8192) becomes the spec's context and the decoder's `rope_rescale_past`: past it nanoVLM's RotaryEmbedding divides
+every frequency of the call by (longest position + 1) / lm_max_position_embeddings (upstream 4e0c096 and the fork).
 `spec_from_nanovlm_config(cfg)` covers the SigLIP + Llama architectures (original_small, default); the DINOv3 +
 Gemma-3 preset is specs/nanovlm/dinov3_gemma.json (its ViT and decoder keep transformers' names, so their
 pretrained checkpoints load with the prefixes `vision_encoder.` and `decoder.`).
@@ -96,6 +96,8 @@ def spec_from_nanovlm_config(cfg: dict[str, Any], name: str = "nanoVLM") -> dict
              "num_kv_heads": c["lm_n_kv_heads"], "ff_dim": c["lm_inter_dim"], "mlp": "swiglu", "mlp_bias": False,
              "norm": "rmsnorm", "norm_eps": c["lm_rms_eps"], "attn_bias": [], "causal": True, "rope": "1d",
              "rope_theta": float(c["lm_re_base"]), "names": "nanovlm_lm"}
+    if "lm_max_position_embeddings" in cfg:
+        block["rope_rescale_past"] = int(cfg["lm_max_position_embeddings"])
     if c["lm_head_dim"] is not None and c["lm_head_dim"] != H // c["lm_n_heads"]:
         block["head_dim"] = int(c["lm_head_dim"])
     shuffle_in = "vision_encoder"
