@@ -199,7 +199,7 @@ def plan(sources: dict[str, Source], rules: Sequence, shapes: dict[str, tuple[in
          ) -> tuple[dict[str, Source], list[str]]:
     """Run `rules` (see compiler/importers/keymaps.py) over {checkpoint name: Source}; `shapes` are the model's
     (to size Split chunks). Returns ({model name: Source}, [problems])."""
-    from compiler.importers.keymaps import Merge, Split
+    from compiler.importers.keymaps import Merge, Split, Tied
     cur = dict(sources)
     problems: list[str] = []
     for rule in rules:
@@ -207,6 +207,10 @@ def plan(sources: dict[str, Source], rules: Sequence, shapes: dict[str, tuple[in
             cur = _merge(cur, rule, problems)
         elif isinstance(rule, Split):
             cur = _split(cur, rule)
+        elif isinstance(rule, Tied):
+            copy = cur.pop(rule.name, None)
+            if copy is not None and rule.target not in cur:
+                cur[rule.target] = copy
         else:
             pat, repl = rule
             cur = _rename(cur, re.compile(pat), repl, problems)

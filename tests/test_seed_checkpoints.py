@@ -6,6 +6,11 @@ computed (io.safetensors):
   nanovlm_upstream   huggingface/nanoVLM 4e0c096 `models/` (ViT, LanguageModel, ModalityProjector under the
                      names VisionLanguageModel gives them): lm_vocab_size = base + 66 (not rounded), a persistent
                      rotary `inv_freq`, lm_max_position_embeddings 24
+  nanovlm_fork_dinov3_gemma   amazingvince/nanoVLM 74e50ab `models/` configured as get_dinov3_gemma_config() after
+                     from_pretrained (DINOv3 ViT without positions, a Llama-style decoder with its own head_dim)
+  fvlm               spsanps/nanoSmol bb7ea3e `fVLM/model.py` + `encoder.py` (FoveatedVLM, query_dim 8) over tiny
+                     DINOv2 / Llama backbones, run with transformers 4.56 as the release was (its DINOv2 names:
+                     attention.attention.query, ...); the text logits of forward_coarse_fine
 """
 from __future__ import annotations
 
@@ -63,4 +68,22 @@ def test_nanovlm_fork_dinov3_gemma_checkpoint():
     mm = runtime_mlx.build(c, init=False)
     runtime_mlx.load_checkpoint(mm, folder, key_map_of_folder(folder))
     got = mm(image=mx.array(io["image"].numpy()), input_ids=mx.array(io["input_ids"].numpy()))["decoder.head"]
+    assert np.abs(np.asarray(got) - io["logits"].numpy()).max() < ATOL
+
+
+def test_fvlm_checkpoint_of_its_own_code():
+    from compiler.importers.fvlm import fvlm_key_map
+    from tests.test_seed_specs import _fvlm_tiny
+    folder = os.path.join(DATA, "fvlm")
+    c = _fvlm_tiny()
+    model = rt.build(c, device="meta", init=False)
+    rt.load_checkpoint(model, folder, fvlm_key_map())          # strict; the tied llm.lm_head dropped
+    io = load_file(os.path.join(folder, "io.safetensors"))
+    S = io["input_ids"].shape[1]
+    with torch.no_grad():
+        got = model.eval()(frames=io["frames"], input_ids=io["input_ids"])["fvlm"][:, -S:]   # text positions
+    assert (got - io["logits"]).abs().max().item() < ATOL
+    mm = runtime_mlx.build(c, init=False)
+    runtime_mlx.load_checkpoint(mm, folder, fvlm_key_map())
+    got = mm(frames=mx.array(io["frames"].numpy()), input_ids=mx.array(io["input_ids"].numpy()))["fvlm"][:, -S:]
     assert np.abs(np.asarray(got) - io["logits"].numpy()).max() < ATOL

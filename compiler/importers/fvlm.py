@@ -4,7 +4,8 @@ specs/fvlm_135m.json, and fVLM variants from their backbones' config.json files.
 The spec's FoveatedVLM node (id `fvlm`) declares the checkpoint's own tensor names (compiler/ops/fvlm.py), so the
 key map for `runtime_torch.load_state_dict_mapped` only
   1. drops `llm.lm_head.weight` when the head is tied: the node owns no head tensor (it reads
-     `llm.model.embed_tokens.weight`); `torch.save` state dicts repeat the tied tensor, safetensors files omit it;
+     `llm.model.embed_tokens.weight`); `torch.save` state dicts repeat the tied tensor, and safetensors'
+     `save_model` keeps either name (the head's alone stands for the embedding: keymaps.Tied);
   2. accepts the DINOv2 names of transformers 5.x in-memory models (`attention.{q,k,v,o}_proj`) as well as the 4.x
      names the release was saved with (`attention.attention.{query,key,value}`, `attention.output.dense`);
   3. puts everything under the node's id.

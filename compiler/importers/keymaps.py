@@ -7,6 +7,7 @@ runs them, for files and for in-memory state dicts, in both runtimes):
                          tensors stacked into (E, ...) (Mixtral / Qwen2-MoE hub checkpoints -> transformers 5.x)
   Split(...)             one tensor becomes several, chunked along `dim`; each chunk's size is the model's size of
                          the name it becomes (so unequal q|k|v splits need no numbers here), else equal chunks
+  Tied(name, target)     a tied copy the model does not hold: dropped, or standing for `target` if that is absent
 Every naming generation a family's files use maps to the same omnic names, so a checkpoint in any of them loads
 strictly (nothing missing, unexpected or mis-shaped):
   - transformers 4.x hub names, which transformers 5.x `save_pretrained` still writes (it reverses its load-time
@@ -53,7 +54,16 @@ class Split:
     dim: int = 0
 
 
-Rule = Union[tuple[str, Optional[str]], Merge, Split]
+@dataclass(frozen=True)
+class Tied:
+    """A tied copy a model does not hold (fVLM's head reads the embedding): the tensor named `name` is dropped when
+    the checkpoint has `target`, and stands for `target` when it has not (safetensors' `save_model` keeps either
+    name of a shared tensor)."""
+    name: str
+    target: str
+
+
+Rule = Union[tuple[str, Optional[str]], Merge, Split, Tied]
 
 # --- decoders (a DecoderLM with id "lm": omnic's names are the ForCausalLM names under "lm.") -------------------------
 _ROTARY_BUFFERS = [(r"(^|\.)rotary_emb\.inv_freq$", None)]        # 4.x-era files that kept the rotary buffer
@@ -129,7 +139,8 @@ NANOVLM = [(r"^(?!vision_encoder\.|MP\.|decoder\.)", None), (r"(^|\.)inv_freq$",
 def fvlm(node: str = "fvlm", tied: bool = True) -> list[Rule]:
     """fVLM (spsanps/nanoSmol): a FoveatedVLM node declaring the checkpoint's names (compiler/importers/fvlm.py);
     a tied head is dropped (the node reads the embedding), its DINOv2 takes DINOV2_BLOCKS, all under `node`."""
-    return [*([(r"^llm\.lm_head\.weight$", None)] if tied else []), *DINOV2_BLOCKS, (r"^", node + ".")]
+    return [*([Tied("llm.lm_head.weight", "llm.model.embed_tokens.weight")] if tied else []), *DINOV2_BLOCKS,
+            (r"^", node + ".")]
 
 
 KEY_MAPS.update({"nanovlm": NANOVLM, "fvlm": fvlm()})
@@ -140,8 +151,3 @@ def key_map(family: str) -> list[Rule]:
     if family not in KEY_MAPS:
         raise ValueError(f"no key map for {family!r}; known: {', '.join(sorted(KEY_MAPS))}")
     return list(KEY_MAPS[family])
-
-
-def renames(rules: list[Rule]) -> list[tuple[str, Optional[str]]]:
-    """The (regex, replacement) renames of `rules` (for code that renames names only, e.g. `map_names`)."""
-    return [r for r in rules if isinstance(r, tuple)]
