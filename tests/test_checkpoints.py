@@ -395,3 +395,22 @@ def test_another_image_size_is_refused_naming_the_specs(family):
     bigger = dict(spec, inputs=[{"name": "image", "kind": "image", "shape": ["B", 3, 40, 24]}])
     out = rt.build(compiler.compile(bigger))(image=torch.randn(1, 3, 40, 24))
     assert all(torch.isfinite(v).all() for v in out.values())
+
+
+@pytest.mark.parametrize("prefix, head", [("model.language_model.", "lm_head.weight"),            # 5.x
+                                          ("language_model.model.", "language_model.lm_head.weight")])   # 4.x hub
+def test_gemma3_multimodal_checkpoint_names(prefix, head, tmp_path):
+    """Gemma3ForConditionalGeneration files in either generation: the text model loads, the tower is dropped."""
+    m = model_of("gemma3")
+    state = {(prefix + k.removeprefix("model.") if k.startswith("model.") else head): v.detach().clone()
+             for k, v in m.state_dict().items() if k != "lm_head.weight"}
+    tower = prefix.replace("language_model", "vision_tower").removesuffix("model.")
+    state[tower + "vision_model.post_layernorm.weight"] = torch.ones(8)
+    state[prefix.split("language_model")[0] + "multi_modal_projector.mm_input_projection_weight"] = torch.ones(8, 64)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    c = compiler.compile(spec_from_hf_config(tf.Gemma3Config(text_config=m.config.to_dict()).to_dict()))
+    tm = rt.build(c, device="meta", init=False)
+    rt.load_checkpoint(tm, tmp_path, hf_key_map("gemma3"))
+    ids = torch.randint(0, 128, (1, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (tm.eval()(input_ids=ids)["lm.lm_head"] - m(input_ids=ids).logits).abs().max().item() < ATOL
