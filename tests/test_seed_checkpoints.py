@@ -87,3 +87,24 @@ def test_fvlm_checkpoint_of_its_own_code():
     runtime_mlx.load_checkpoint(mm, folder, fvlm_key_map())
     got = mm(frames=mx.array(io["frames"].numpy()), input_ids=mx.array(io["input_ids"].numpy()))["fvlm"][:, -S:]
     assert np.abs(np.asarray(got) - io["logits"].numpy()).max() < ATOL
+
+
+def test_cli_route_from_a_nanovlm_folder(tmp_path):
+    """omnic import-hf and build --weights-from on the fork's folder: its config picks the nanoVLM importer and key
+    map; the written file loads in omnic's layout and gives the fork's logits."""
+    from click.testing import CliRunner
+
+    from compiler.cli import cli
+    folder = os.path.join(DATA, "nanovlm_fork_dinov3_gemma")
+    spec, out = tmp_path / "fork.json", tmp_path / "out"
+    run = CliRunner().invoke
+    r = run(cli, ["import-hf", folder, "-o", str(spec), "--name", "fork"])
+    assert r.exit_code == 0, r.output
+    r = run(cli, ["build", str(spec), "--target", "torch", "-o", str(out), "--weights-from", folder])
+    assert r.exit_code == 0, r.output
+    model = rt.build(compiler.compile(str(spec)), device="meta", init=False)
+    rt.load_weights(model, out / "model.safetensors")
+    io = load_file(os.path.join(folder, "io.safetensors"))
+    with torch.no_grad():
+        got = model.eval()(image=io["image"], input_ids=io["input_ids"])["decoder.head"]
+    assert (got - io["logits"]).abs().max().item() < ATOL
