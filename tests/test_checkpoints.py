@@ -414,3 +414,27 @@ def test_gemma3_multimodal_checkpoint_names(prefix, head, tmp_path):
     ids = torch.randint(0, 128, (1, 7), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert (tm.eval()(input_ids=ids)["lm.lm_head"] - m(input_ids=ids).logits).abs().max().item() < ATOL
+
+
+@pytest.mark.parametrize("generation", ["save_pretrained", "state_dict"])
+def test_siglip2_files_load_strictly(generation, tmp_path):
+    """Siglip2VisionModel (NaFlex): transformers takes patchified pixels; every patch real, the grid as the image."""
+    from tests.test_parity_vision import patchify
+    m = _vision(tf.Siglip2VisionModel, tf.Siglip2VisionConfig(hidden_size=32, intermediate_size=64,
+                                                              num_hidden_layers=2, num_attention_heads=4,
+                                                              patch_size=8, num_patches=16,
+                                                              attn_implementation="eager"))
+    folder = write(m, "siglip2", generation, str(tmp_path / generation))
+    c = _compiled(m)
+    tm = rt.build(c, device="meta", init=False)
+    rt.load_checkpoint(tm, folder, hf_key_map("siglip2_vision_model"))
+    mm = runtime_mlx.build(c, init=False)
+    runtime_mlx.load_checkpoint(mm, folder, hf_key_map("siglip2_vision_model"))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = m(pixel_values=patchify(x, 8), pixel_attention_mask=torch.ones(2, 16, dtype=torch.long),
+                 spatial_shapes=torch.tensor([[4, 4]] * 2)).last_hidden_state
+        got = tm.eval()(pixel_values=x)["vision.vision_model.post_layernorm"]
+    assert (got - want).abs().max().item() < ATOL
+    got_mlx = np.asarray(mm(pixel_values=mx.array(x.numpy()))["vision.vision_model.post_layernorm"])
+    assert np.abs(got_mlx - want.numpy()).max() < ATOL
