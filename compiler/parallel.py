@@ -43,6 +43,7 @@ from .ir import Graph
 
 STRATEGIES = ("ddp", "zero1", "zero2", "fsdp", "hsdp")
 MASTER_BYTES, GRAD_BYTES, ADAM_BYTES, STEP_BYTES = 4, 4, 8, 4
+MAX_RANKS = 64             # per-rank figures listed for the first 64 shard positions
 
 
 class LayoutError(ValueError):
@@ -187,14 +188,15 @@ def check_layout(layout: Layout, us: list[Unit]) -> None:
 def per_device(layout: Layout, us: list[Unit], fmt: Format, activations: int, grad_accum: int = 1) -> dict:
     """Bytes per device, the device holding the most: parameters (trained, fp32 master), gradients, optimizer,
     frozen weights (their format), gather and reduce-scatter buffers in flight, activations of one micro-batch.
-    `ranks` gives each device's parameters / gradients / optimizer (what runtime tests compare exactly)."""
+    `ranks` gives each shard position's parameters / gradients / optimizer (device r holds entry r mod S; zero1:
+    one per device); what the runtime tests compare to the byte."""
     S = layout.shard
     cb = fmt.compute_bytes
     mixed = cb < MASTER_BYTES
     trained = [(s, u.name) for u in us for _, s, _, t in u.tensors if t]
     frozen = [(s, role) for u in us for _, s, role, t in u.tensors if not t]
-    ranks = []
-    for r in range(S if layout.strategy != "zero1" else layout.devices):
+    ranks = []      # sharded: device r holds entry r mod S; rank 0's chunks are full, so it holds the most
+    for r in range(min(S, MAX_RANKS) if layout.strategy != "zero1" else layout.devices):
         if layout.strategy in ("ddp", "zero1"):
             n = sum(_numel(s) for s, _ in trained)
             params, grads = MASTER_BYTES * n, GRAD_BYTES * n
