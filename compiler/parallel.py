@@ -24,6 +24,8 @@ Conventions (what the torch runtime allocates; runtime_torch/parallel.py):
   * FSDP2 shards each tensor on dim 0 as `torch.chunk` does: chunks of ceil(d0 / S) rows; each device's shard is
     padded to that size (the storage FSDP2 allocates), so parameters and gradients count the padded shard; AdamW
     state follows the unpadded local shard (zeros_like of the DTensor);
+  * ddp / zero1: the largest trained tensor's gradient as autograd makes it (before it is copied into its
+    bucket; a tensor used k > 1 times, tied, has k gradients and their sum alive at once);
   * in flight under fsdp / hsdp: the root unit's parameters (the root stays gathered from its forward to the end of
     its backward), the current unit's and the next (prefetched) unit's gathered parameters; in the backward the
     current unit's unsharded gradients (compute dtype) and its reduce-scatter input (fp32, padded). zero2 holds
@@ -34,7 +36,7 @@ Conventions (what the torch runtime allocates; runtime_torch/parallel.py):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from .cost import NodeCost
@@ -105,6 +107,7 @@ class Unit:
     name: str
     nodes: list[str]
     tensors: list[tuple[str, tuple[int, ...], str, bool]]
+    uses: dict = field(default_factory=dict)     # tensor name -> times the model uses it (> 1: tied copies)
 
     def numel(self, trained: Optional[bool] = None) -> int:
         return sum(_numel(s) for _, s, _, t in self.tensors if trained is None or t == trained)
@@ -121,14 +124,21 @@ def units(g: Graph, costs: list[NodeCost], trainable: set[str]) -> list[Unit]:
     """One unit per node of a repeat group, in graph order, then the root (every other node's tensors)."""
     out: list[Unit] = []
     root = Unit("<root>", [], [])
+    uses: dict[str, int] = {}
+    for c in costs:
+        for w in c.weights.values():
+            if w.tied_to:
+                uses[w.tied_to] = uses.get(w.tied_to, 1) + 1
     for c in costs:
         node = g[c.name]
         tensors = [(n, tuple(w.shape), w.role, c.name in trainable) for n, w in c.weights.items() if not w.tied_to]
+        tied = {n: uses[n] for n, *_ in tensors if n in uses}
         if node.group and tensors:
-            out.append(Unit(c.name, [c.name], tensors))
+            out.append(Unit(c.name, [c.name], tensors, tied))
         elif tensors:
             root.nodes.append(c.name)
             root.tensors += tensors
+            root.uses.update(tied)
     return out + [root] if root.tensors else out
 
 
@@ -184,6 +194,11 @@ def check_layout(layout: Layout, us: list[Unit]) -> None:
                                   f"shard over at most {rows} devices (hsdp:R shards over N / R)")
 
 
+def _grad_copies(uses: int) -> int:
+    """Gradient tensors alive at once while a tensor used `uses` times gets its gradient."""
+    return 1 if uses == 1 else uses + 1
+
+
 # --- per-device figures ----------------------------------------------------------------------------------------------
 def per_device(layout: Layout, us: list[Unit], fmt: Format, activations: int, grad_accum: int = 1) -> dict:
     """Bytes per device, the device holding the most: parameters (trained, fp32 master), gradients, optimizer,
@@ -227,8 +242,12 @@ def per_device(layout: Layout, us: list[Unit], fmt: Format, activations: int, gr
 def _buffers(layout: Layout, us: list[Unit], cb: int, mixed: bool) -> tuple[int, int]:
     """(gathered parameters, gradient reduction buffers) in flight at the peak; see the module's conventions."""
     S = layout.shard
-    if layout.strategy in ("ddp", "zero1"):       # autocast's cached bf16 copies of the trained weights
-        return (cb * sum(u.numel(True) for u in us) if mixed else 0), 0
+    if layout.strategy in ("ddp", "zero1"):
+        # autocast's cached bf16 copies of the trained weights; the largest gradient as autograd makes it before
+        # it is copied into its bucket (a tensor used k > 1 times: k gradients and their sum)
+        temps = max((MASTER_BYTES * _numel(s) * _grad_copies(u.uses.get(n, 1))
+                     for u in us for n, s, _, t in u.tensors if t), default=0)
+        return (cb * sum(u.numel(True) for u in us) if mixed else 0), temps
 
     def gathered(u: Unit) -> int:                 # the unit's parameters unsharded, in the compute dtype
         return cb * u.numel()
