@@ -95,12 +95,20 @@ def checkpoint_blocks(model: OmnicModel) -> None:
 
 
 def wrap(model: OmnicModel, compiled, layout: Union[str, Layout], *, stage: Optional[str] = None,
-         recompute: bool = False, mixed: bool = True, mesh=None) -> nn.Module:
-    """The model laid out for data-parallel training (see the module docstring); call inside the process group."""
+         recompute: bool = False, mixed: bool = True, frozen_dtype: Optional[torch.dtype] = None,
+         mesh=None) -> nn.Module:
+    """The model laid out for data-parallel training (see the module docstring); call inside the process group.
+    Frozen parameters are stored in `frozen_dtype` (default: bf16 under mixed precision, as the accounting's
+    `--format bf16`; else as built)."""
     lay = _layout(layout)
     if lay.devices != dist.get_world_size():
         raise ValueError(f"layout for {lay.devices} devices, but {dist.get_world_size()} processes run")
     apply_stage(model, compiled, stage)
+    frozen_dtype = frozen_dtype or (torch.bfloat16 if mixed else None)
+    if frozen_dtype is not None:
+        for p in model.parameters():
+            if not p.requires_grad and p.is_floating_point():
+                p.data = p.data.to(frozen_dtype)
     if recompute:
         checkpoint_blocks(model)
     device = next(model.parameters()).device
@@ -232,15 +240,17 @@ def load_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, path: st
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
-def export_safetensors(model: nn.Module, path: str) -> None:
+def export_safetensors(model: nn.Module, path: str, dtype: torch.dtype = torch.float32) -> None:
     """Gather the full weights and write one safetensors file on rank 0 in omnic's layout (save_weights': every
-    tensor of the model once, tied tensors under their owner's name), atomically. Collective: call on every rank."""
+    tensor of the model once, tied tensors under their owner's name), floating tensors in `dtype` (one dtype for
+    the file, whatever frozen parts were held in), atomically. Collective: call on every rank."""
     from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.get_rank() == 0:
         ties = inner(model).ties
-        out = {k: v.detach().contiguous() for k, v in sorted(sd.items()) if k not in ties}
+        out = {k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous() for k, v in sorted(sd.items())
+               if k not in ties}
         tmp = f"{path}.tmp-{os.getpid()}"
         save_file(out, tmp, metadata={"format": "pt"})
         os.replace(tmp, path)

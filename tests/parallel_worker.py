@@ -20,8 +20,8 @@ ENV = {"B": 2, "T": 12, "F": 1}
 STEPS, LR = 3, 1e-2
 
 
-def compiled(spec: str, strategy: str, world: int, **kw):
-    return compiler.compile(spec, overrides=SHRINK[spec], format="fp32", batch=ENV["B"], context=ENV["T"],
+def compiled(spec: str, strategy: str, world: int, fmt: str = "fp32", **kw):
+    return compiler.compile(spec, overrides=SHRINK[spec], format=fmt, batch=ENV["B"], context=ENV["T"],
                             devices=world, strategy=strategy, **kw).raise_for_errors()
 
 
@@ -31,7 +31,7 @@ def batches(model, rank: int) -> list[dict]:
 
 
 def run(spec: str, strategy: str, rank: int, world: int, stage=None, recompute=False, mixed=False, accum=1):
-    c = compiled(spec, strategy, world, grad_accum=accum)
+    c = compiled(spec, strategy, world, "bf16" if mixed else "fp32", grad_accum=accum)
     model = P.wrap(c.to_torch(seed=0), c, strategy, stage=stage, recompute=recompute, mixed=mixed)
     opt = P.make_optimizer(model, strategy, lr=LR)
     loss_fn = P.default_loss(P.inner(model))
@@ -62,6 +62,7 @@ def main(out_dir: str) -> None:
     res["fsdp_bf16"] = run(NANO, "fsdp", rank, world, mixed=True)[3]
     res["ddp_bf16"] = run(NANO, "ddp", rank, world, mixed=True)[3]
     res["frozen_vision"] = run(NANO, "fsdp", rank, world, stage="frozen_vision")[3]
+    res["frozen_vision_bf16"] = run(NANO, "fsdp", rank, world, stage="frozen_vision", mixed=True)[3]
 
     # a stage trains only what it names: oculus stage1 (the projector), weights before and after
     c = compiled(OCULUS, "fsdp", world)

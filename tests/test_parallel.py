@@ -61,7 +61,7 @@ def reference_losses(spec: str, stage=None) -> list[float]:
 
 
 LAYOUTS = ["fsdp", "ddp", "zero1", "zero2", "hsdp:2", "hsdp:1", "fsdp_recompute", "fsdp_accum", "fsdp_bf16",
-           "ddp_bf16", "frozen_vision", "oculus_stage1"]
+           "ddp_bf16", "frozen_vision", "frozen_vision_bf16", "oculus_stage1"]
 
 
 @pytest.mark.parametrize("case", LAYOUTS)
@@ -70,8 +70,9 @@ def test_each_rank_holds_what_the_accounting_predicts(ranks, case):
         got, want = r[case]["held"], r[case]["predicted"]
         assert {k: got[k] for k in want} == want
         assert got["frozen_weights"] == r[case]["predicted_frozen"]
-    if case == "frozen_vision":
-        assert ranks[1][0][case]["held"]["frozen_weights"] > 0
+    if case.startswith("frozen_vision"):     # held in the storage format: bf16 under mixed precision
+        fp32 = ranks[1][0]["frozen_vision"]["held"]["frozen_weights"]
+        assert fp32 > 0 and ranks[1][0]["frozen_vision_bf16"]["held"]["frozen_weights"] * 2 == fp32
 
 
 @pytest.fixture(scope="module")
