@@ -45,6 +45,7 @@ from .ir import Graph
 
 STRATEGIES = ("ddp", "zero1", "zero2", "fsdp", "hsdp")
 MASTER_BYTES, GRAD_BYTES, ADAM_BYTES, STEP_BYTES = 4, 4, 8, 4
+ROOT = "the root unit (the layers outside repeated blocks)"     # a name no node can have (spaces)
 MAX_RANKS = 64             # per-rank figures listed for the first 64 shard positions
 
 
@@ -123,7 +124,7 @@ def _numel(shape) -> int:
 def units(g: Graph, costs: list[NodeCost], trainable: set[str]) -> list[Unit]:
     """One unit per node of a repeat group, in graph order, then the root (every other node's tensors)."""
     out: list[Unit] = []
-    root = Unit("<root>", [], [])
+    root = Unit(ROOT, [], [])
     uses: dict[str, int] = {}
     for c in costs:
         for w in c.weights.values():
@@ -189,8 +190,9 @@ def check_layout(layout: Layout, us: list[Unit]) -> None:
         for u in us:
             rows = max(s[0] if s else 1 for _, s, _, _ in u.tensors)
             if rows < layout.shard:
-                raise LayoutError(f"{layout.shard}-way sharding leaves devices without any part of unit {u.name} "
-                                  f"(its largest tensor has {rows} rows along dim 0)",
+                what = u.name if u.name == ROOT else f"unit {u.name}"
+                raise LayoutError(f"{layout.shard}-way sharding leaves devices without any part of {what} (its "
+                                  f"largest tensor has {rows} rows along dim 0)",
                                   f"shard over at most {rows} devices (hsdp:R shards over N / R)")
 
 
@@ -211,15 +213,12 @@ def per_device(layout: Layout, us: list[Unit], fmt: Format, activations: int, gr
     trained = [(s, u.name) for u in us for _, s, _, t in u.tensors if t]
     frozen = [(s, role) for u in us for _, s, role, t in u.tensors if not t]
     ranks = []      # sharded: device r holds entry r mod S; rank 0's chunks are full, so it holds the most
+    sizes = [_numel(s) for s, _ in trained]
+    parts = zero_partition(sizes, layout.devices) if layout.strategy == "zero1" else [range(len(sizes))]
     for r in range(min(S, MAX_RANKS) if layout.strategy != "zero1" else layout.devices):
         if layout.strategy in ("ddp", "zero1"):
-            n = sum(_numel(s) for s, _ in trained)
-            params, grads = MASTER_BYTES * n, GRAD_BYTES * n
-            if layout.strategy == "ddp":
-                opt = ADAM_BYTES * n + STEP_BYTES * len(trained)
-            else:
-                part = zero_partition([_numel(s) for s, _ in trained], layout.devices)[r]
-                opt = sum(ADAM_BYTES * _numel(trained[i][0]) + STEP_BYTES for i in part)
+            params, grads = MASTER_BYTES * sum(sizes), GRAD_BYTES * sum(sizes)
+            opt = sum(ADAM_BYTES * sizes[i] + STEP_BYTES for i in parts[r])
         else:
             params = MASTER_BYTES * sum(padded_numel(s, S) for s, _ in trained)
             grads = GRAD_BYTES * sum(padded_numel(s, S) for s, _ in trained)
@@ -256,7 +255,7 @@ def _buffers(layout: Layout, us: list[Unit], cb: int, mixed: bool) -> tuple[int,
         n = u.numel(True)
         return (cb * n if mixed else 0) + 4 * S * sum(padded_numel(s, S) for _, s, _, t in u.tensors if t)
 
-    root = next((u for u in us if u.name == "<root>"), None)
+    root = next((u for u in us if u.name == ROOT), None)
     blocks = [u for u in us if u is not root]
     if layout.strategy == "zero2":
         gather = sum(gathered(u) for u in us)
