@@ -35,7 +35,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from compiler import registry as ops
-from compiler.parallel import Layout, parse_layout
+from compiler.cost import cost_nodes
+from compiler.parallel import Layout, LayoutError, check_layout, parse_layout, units
 from compiler.report import stage_trainable
 
 from .model import OmnicModel
@@ -103,7 +104,11 @@ def wrap(model: OmnicModel, compiled, layout: Union[str, Layout], *, stage: Opti
     lay = _layout(layout)
     if lay.devices != dist.get_world_size():
         raise ValueError(f"layout for {lay.devices} devices, but {dist.get_world_size()} processes run")
-    apply_stage(model, compiled, stage)
+    trained = apply_stage(model, compiled, stage)
+    try:                                 # the accounting's layout check: the same refusal as `omnic check`
+        check_layout(lay, units(compiled.graph, cost_nodes(compiled.graph, 1, 1, 1), trained))
+    except LayoutError as e:
+        raise ValueError(e.message + (f" ({e.hint})" if e.hint else "")) from None
     frozen_dtype = frozen_dtype or (torch.bfloat16 if mixed else None)
     if frozen_dtype is not None:
         for p in model.parameters():
