@@ -68,7 +68,7 @@ def measure(name: str, args, rank: int, world: int, device: torch.device) -> dic
             tracker = FSDPMemTracker(model, opt)
         else:
             tracker = MemTracker()
-            tracker.track_external(model, opt)
+            tracker.track_external(model, getattr(opt, "optim", opt))     # zero1: its local AdamW
     else:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
