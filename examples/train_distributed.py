@@ -28,7 +28,7 @@ from compiler.cli import parse_sets  # noqa: E402
 from compiler.tables import fmt_bytes  # noqa: E402
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--spec", default="specs/nanovlm/default.json")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--fp32", action="store_true", help="no mixed precision (the default on the CPU)")
     ap.add_argument("--out", default="runs/train_distributed")
     ap.add_argument("--resume", action="store_true", help="load OUT/checkpoint before training")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     world = int(os.environ.get("WORLD_SIZE", "0"))
     if not world:
@@ -93,9 +93,9 @@ def main() -> None:
     P.export_safetensors(model, os.path.join(args.out, "model.safetensors"))
     if rank == 0:
         print(f"wrote {ckpt} (torch.distributed.checkpoint) and {args.out}/model.safetensors", flush=True)
-    import torch.distributed as dist
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    import torch.distributed as dist
+    dist.destroy_process_group()

@@ -89,6 +89,12 @@ def main(out_dir: str) -> None:
                   "loss_after_save": loss_a, "loss_after_load": P.train_step(fresh, fresh_opt, nxt, loss_fn)}
     if rank == 0:
         torch.save({k: v.cpu() for k, v in saved.items()}, os.path.join(out_dir, "saved.pt"))
+    # the example, as docs/scale-out.md runs it, on the tiny spec: two steps, a checkpoint and the export
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+    import train_distributed
+    train_distributed.main(["--spec", NANO, "--steps", "2", "--grad-accum", "2", "--recompute", "--out",
+                            os.path.join(out_dir, "example")]
+                           + [a for k, v in SHRINK[NANO].items() for a in ("--set", f"{k}={json.dumps(v)}")])
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(res, f)
     dist.barrier()

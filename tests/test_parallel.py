@@ -135,3 +135,14 @@ def test_export_loads_in_torch_and_mlx(ranks):
     shards = torch.load(out / "ckpt.pt")["model"]
     for k, v in saved.items():
         assert torch.equal(shards[k], v), k
+
+
+def test_the_example_trains_and_exports(ranks):
+    out = ranks[0] / "example"
+    c = compiler.compile(W.NANO, overrides=SHRINK[W.NANO]).raise_for_errors()
+    model = c.to_torch(init=False, device="meta")
+    loaded = runtime_torch.load_weights(model, out / "model.safetensors")     # strict: raises on any mismatch
+    assert loaded.missing == [] and loaded.unexpected == []
+    init = c.to_torch(seed=0).state_dict()        # the example starts from seed 0 and trains every tensor
+    assert all(not torch.equal(v, init[k]) for k, v in model.state_dict().items() if v.is_floating_point())
+    assert (out / "checkpoint" / ".metadata").exists()
