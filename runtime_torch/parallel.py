@@ -38,6 +38,7 @@ from compiler import registry as ops
 from compiler.cost import cost_nodes
 from compiler.parallel import Layout, LayoutError, check_layout, parse_layout, units
 from compiler.report import stage_trainable
+from runtime_common.inputs import example_inputs
 
 from .model import OmnicModel
 
@@ -180,30 +181,11 @@ def is_logits(model: OmnicModel, output: str) -> bool:
 
 
 def random_batch(model: OmnicModel, env: dict[str, int], seed: int, device=None) -> dict[str, torch.Tensor]:
-    """Random inputs and targets at sizes `env` ({"B", "T", "F"}): ids below their consumers' vocabulary (and
-    image placeholder ids at positions 1 .. N of each example where a MergeImageTokens reads them), floats
-    N(0, 1) (scalars uniform in [0, 1)); a target per output (`target:<output>`): token ids for logits, N(0, 1)
-    values of the output's shape otherwise."""
+    """Random inputs at sizes `env` ({"B", "T", "F"}) from the one input generator (runtime_common/inputs.py), and
+    a target per output (`target:<output>`): token ids for logits, N(0, 1) values of the output's shape otherwise."""
     g = model.graph
+    out = {k: torch.from_numpy(v) for k, v in example_inputs(g, env, seed).items()}
     gen = torch.Generator().manual_seed(seed)
-    out: dict[str, torch.Tensor] = {}
-    for n in g.nodes():
-        if n.op != "Input":
-            continue
-        shape = [d.eval(env) for d in n.out.shape]
-        if n.out.dtype == "int":
-            users = [g[c].params for c in g.consumers(n.name)]
-            vocab = [getattr(p, a) for p in users for a in ("num_embeddings", "vocab_size")
-                     if isinstance(getattr(p, a, None), int)]
-            ids = [getattr(p, "image_token_id") for p in users if isinstance(getattr(p, "image_token_id", None), int)]
-            x = torch.randint(0, min(vocab + ids, default=2), shape, generator=gen)
-            for m in (g[c] for c in g.consumers(n.name) if g[c].op == "MergeImageTokens"):
-                x[:, 1:1 + g.input_types(m)[1].shape[1].eval(env)] = m.params.image_token_id   # image placeholders
-            out[n.name] = x
-        elif n.out.kind == "scalar":
-            out[n.name] = torch.rand(shape, generator=gen)
-        else:
-            out[n.name] = torch.randn(shape, generator=gen)
     for node, o in g.outputs:
         name = node if o == "out" else f"{node}.{o}"
         shape = [d.eval(env) for d in g[node].outputs[o].shape]
