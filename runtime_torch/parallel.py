@@ -218,7 +218,8 @@ def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, path: st
 
 
 def load_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, path: str) -> None:
-    """The reverse of `save_checkpoint`, into a model wrapped the same way (any layout DCP can reshard to)."""
+    """The reverse of `save_checkpoint`, into a model wrapped the same way (tested); DCP also reshards to other
+    layouts (not tested here)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
     msd, osd = get_state_dict(model, optimizer)
