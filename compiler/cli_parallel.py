@@ -33,7 +33,8 @@ parallel_options = [
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--budget", default="80GB", show_default=True, metavar="SIZE",
               help="Memory per device for the largest-batch table.")
-@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True, is_eager=True)
+@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True, is_eager=True,
+              help="Devices training together.")
 @click.option("--strategy", "strategies", multiple=True, callback=lambda c, p, v: [_strategy_option(c, p, s)
                                                                                    for s in v], metavar="STRATEGY",
               help="Repeatable; default ddp, zero1, zero2, fsdp (one device: ddp only).")
@@ -43,7 +44,8 @@ parallel_options = [
 @click.option("--stage", help="Training stage (default: everything not frozen trains).")
 @click.option("--batch", type=click.IntRange(min=1), help="Micro-batch of the device table (default: the spec's).")
 @click.option("--context", type=click.IntRange(min=1), help="Context of the device table (default: the spec's).")
-@click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Micro-batches per optimizer step (for the step time).")
 @click.option("--recompute", is_flag=True, help="Activation recomputation per block.")
 @click.option("--mfu", type=click.FloatRange(min=0, min_open=True, max=1), default=0.4, show_default=True,
               help="Model FLOPs utilisation assumed for the step time.")
