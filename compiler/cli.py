@@ -20,6 +20,8 @@ from typing import Any, Optional
 
 import click
 
+from .cli_parallel import fit, parallel_options
+
 EXIT_OK, EXIT_UNMET, EXIT_INVALID, EXIT_INTERNAL = 0, 1, 2, 3
 TARGETS = ("torch", "mlx", "onnx")
 
@@ -155,6 +157,7 @@ def cli() -> None:
 @click.option("--stage", help="Training stage whose frozen set applies (with --mode training).")
 @_options(size_options)
 @click.option("--recompute", is_flag=True, help="Training memory with activation recomputation.")
+@_options(parallel_options)
 @set_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (docs/report-format.md).")
 @click.option("--output-format", "doc_fmt", type=click.Choice(["text", "markdown", "junit", "json"]),
@@ -165,8 +168,8 @@ def cli() -> None:
                    "repeatable; without --output-format the format follows the extension (.md, .xml, .json).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and verdicts (no tables, no warnings).")
 @click.option("-v", "--verbose", is_flag=True, help="Also print notes (e.g. every inferred input).")
-def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, sets, as_json, doc_fmt, doc_out, quiet,
-          verbose):
+def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, devices, strategy, grad_accum, sets,
+          as_json, doc_fmt, doc_out, quiet, verbose):
     """Compile each SPEC: diagnostics, parameter / FLOP / memory tables, expectations and the budget verdict.
 
     A SPEC may be a directory: it is searched recursively for *.json specs (skipping components/, schema.json and
@@ -192,7 +195,7 @@ def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, se
     out = None if as_json or quiet else console()   # rich is imported only to print tables
     for path in specs:
         c = _compile(path, sets, batch=batch, context=context, frames=frames, format=fmt, recompute=recompute,
-                     budget=over or None)
+                     budget=over or None, devices=devices, strategy=strategy, grad_accum=grad_accum)
         rc = spec_exit_code(c)
         code = max(code, rc)
         results.append({"file": path, "ok": rc == EXIT_OK, "exit_code": rc,
@@ -395,6 +398,9 @@ def import_hf(source, out_file, name, force):
     except FolderError as e:
         raise UserError(str(e))
     click.echo(f"wrote {out_file}: {c.report['name']}, {c.report['params']['total']:,} parameters")
+
+
+cli.add_command(fit)
 
 
 # --- entry point -----------------------------------------------------------------------------------------------------
