@@ -11,8 +11,7 @@ from typing import Any, Optional, Union
 
 from pydantic import ValidationError
 
-from .diagnostics import ERROR, Diagnostic, Diagnostics, SpecError, did_you_mean
-from .formats import FORMATS, get_format
+from .diagnostics import ERROR, Diagnostic, Diagnostics, SpecError
 from .ir import Graph, in_scope
 from .lower import lower
 from .report import account, check_budget
@@ -131,154 +130,135 @@ def apply_overrides(data: Any, overrides: dict[str, Any], diag: Diagnostics) -> 
 def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, Any]] = None, *,
             batch: Optional[int] = None, context: Optional[int] = None, frames: Optional[int] = None,
             format: Optional[str] = None, recompute: bool = False, with_nodes: bool = False,
-            budget: Optional[dict] = None) -> Compiled:
+            budget: Optional[dict] = None, devices: Optional[int] = None, strategy: Optional[str] = None,
+            grad_accum: Optional[int] = None) -> Compiled:
     """Compile a spec (path, JSON text or dict). Never raises for a bad spec: see `Compiled.diagnostics`. Raises
-    ValueError for a bad keyword argument (batch, context, frames: positive integers, as the CLI's options).
-
-    A straight line of named passes over one `Run` (each callable alone): parse -> lower -> settle (settings and
-    the budget in force) -> check_expectations -> account -> check_limits. A pass that finds errors ends the line
-    (`run.done`); whatever was built so far is returned with the diagnostics."""
-    for name, v in (("batch", batch), ("context", context), ("frames", frames)):
+    ValueError for a bad keyword argument (batch, context, frames, devices, grad_accum: positive integers, as the
+    CLI's options; strategy: see compiler/parallel.py). `devices` / `strategy` / `grad_accum` (or the same keys of
+    the spec's budget) add per-device training figures (report: memory.training.<stage>.parallel)."""
+    for name, v in (("batch", batch), ("context", context), ("frames", frames), ("devices", devices),
+                    ("grad_accum", grad_accum)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"compile(): {name} must be a positive integer, got {v!r}")
     try:
         src = load_source(spec)
     except SpecError as e:
         return Compiled(None, None, None, e.diagnostics)
-    run = Run(src, Diagnostics(src.file, src.locate), overrides or {},
-              dict(batch=batch, context=context, frames=frames, format=format, recompute=recompute,
-                   with_nodes=with_nodes, budget=budget))
-    for step in PASSES:
-        step(run)
-        if run.done:
-            break
-    return run.result()
-
-
-@dataclass
-class Run:
-    """What the passes of one `compile()` share."""
-
-    src: Source
-    diag: Diagnostics
-    overrides: dict[str, Any]
-    options: dict[str, Any]
-    doc: Optional[SpecDoc] = None
-    graph: Optional[Graph] = None
-    report: Optional[dict] = None
-    settings: dict = field(default_factory=dict)
-    budget: dict = field(default_factory=dict)       # the budget in force (empty: none)
-    partial: bool = False                            # the graph has errors but is accounted as far as it goes
-    done: bool = False
-
-    def result(self) -> Compiled:
-        return Compiled(self.doc, self.graph, self.report, self.diag.sorted(), self.src, self.settings)
-
-
-def parse(run: Run) -> None:
-    """Overrides applied, the document validated against the schema."""
-    diag = run.diag
+    diag = Diagnostics(src.file, src.locate)
     try:
-        data = apply_overrides(run.src.data, run.overrides, diag)
+        data = apply_overrides(src.data, overrides or {}, diag)
         if not isinstance(data, dict):
             diag.error((), "a spec must be a JSON object with 'name' and 'layers'", code="type")
             raise SpecError(diag.items)
         try:
-            run.doc = SpecDoc.model_validate(data)
+            doc = SpecDoc.model_validate(data)
         except ValidationError as e:
             report_validation(e, (), diag, SpecDoc)
             raise SpecError(diag.items)
+        graph = lower(doc, src, diag)
     except SpecError:
-        run.done = True
-
-
-def lower_graph(run: Run) -> None:
-    """The typed layer graph; an erroneous graph is still accounted as far as it goes (`partial`): nodes that could
-    not be wired or resolved count the weights their params fix and nothing else; the report says which."""
-    try:
-        run.graph = lower(run.doc, run.src, run.diag)
-    except SpecError:
-        run.doc, run.done = None, True
-        return
-    run.partial = run.diag.has_errors
-
-
-def settle(run: Run) -> None:
-    """The settings (the caller's options over the spec's budget and defaults) and the budget in force."""
-    doc, diag, o = run.doc, run.diag, run.options
+        return Compiled(None, None, None, Diagnostics(src.file, src.locate, diag.items).sorted(), src)
+    # an erroneous graph is still accounted, as far as it goes: nodes that could not be wired or resolved count
+    # the weights their params fix and nothing else; the report says `partial` and names them
+    partial = diag.has_errors
     b = doc.budget
-    run.settings = {
-        "batch": o["batch"] or (b.batch if b and b.batch else doc.batch),
-        "context": o["context"] or (b.context if b and b.context else doc.context),
-        "frames": o["frames"] or doc.frames,
-        "format": o["format"] or (b.format if b else "bf16"),
-        "recompute": o["recompute"],
+    settings = {
+        "batch": batch or (b.batch if b and b.batch else doc.batch),
+        "context": context or (b.context if b and b.context else doc.context),
+        "frames": frames or doc.frames,
+        "format": format or (b.format if b else "bf16"),
+        "recompute": recompute,
     }
+    from .formats import get_format
     try:
-        run.settings["format"] = get_format(run.settings["format"]).name
+        settings["format"] = get_format(settings["format"]).name
     except KeyError:
-        diag.error(("budget", "format"), f"unknown storage format {run.settings['format']!r}",
-                   did_you_mean(run.settings["format"], FORMATS) or "formats: " + ", ".join(FORMATS))
-        run.done = True
-        return
+        from .formats import FORMATS
+        from .diagnostics import did_you_mean
+        diag.error(("budget", "format"), f"unknown storage format {settings['format']!r}",
+                   did_you_mean(settings["format"], FORMATS) or "formats: " + ", ".join(FORMATS))
+        return Compiled(doc, graph, None, diag.sorted(), src, settings)
+    # the budget in force: the spec's, with the caller's keys over it; options without a limit set no budget
     n_diags = len(diag.items)
-    eff = {**(b.model_dump() if b else {}), **(o["budget"] or {})}     # the caller's keys over the spec's
-    run.budget = eff if eff.get("vram") is not None else {}            # options without a limit set no budget
-    stage = run.budget.get("stage")
+    eff = {**(b.model_dump() if b else {}), **(budget or {})}
+    if eff.get("vram") is None:
+        eff = {}
+    stage = eff.get("stage")
     if stage is not None and stage not in (doc.stages or {}):
         diag.error(("budget", "stage"), f"unknown stage {stage!r}",
                    "stages: " + ", ".join(doc.stages) if doc.stages else "the spec declares no 'stages'")
     try:
-        if run.budget:
-            parse_size(run.budget["vram"])
-            get_format(run.budget.get("format") or "bf16")
+        if eff:
+            parse_size(eff["vram"])
+            get_format(eff.get("format") or "bf16")
     except (KeyError, ValueError) as e:
         diag.error(("budget",), f"invalid budget: {e}", code="value")
-    run.done = len(diag.items) > n_diags
-
-
-def check_expectations(run: Run) -> None:
-    """`expect` scopes name layers of the graph, and apply to params.* figures only."""
-    for key, e in (run.doc.expect or {}).items():
+    layout, accum = _layout(eff or {**(b.model_dump() if b else {}), **(budget or {})}, devices, strategy,
+                            grad_accum, diag)
+    if layout is not None and eff:
+        from_spec = devices is None and strategy is None     # the spec's budget names the layout itself
+        explicit = {**({"mode": b.mode} if from_spec and b and "mode" in b.model_fields_set else {}), **(budget or {})}
+        if explicit.get("mode") == "inference":
+            diag.error(("budget", "mode"), "a per-device budget (devices / strategy) limits training memory",
+                       "set mode to training, or drop devices and strategy")
+        eff["mode"] = "training"
+    if len(diag.items) > n_diags:
+        return Compiled(doc, graph, None, diag.sorted(), src, settings)
+    for key, e in (doc.expect or {}).items():
         if e.scope:
             if not key.startswith("params."):
-                run.diag.error(("expect", key, "scope"), f"scope applies to params.* figures, not {key}")
+                diag.error(("expect", key, "scope"), f"scope applies to params.* figures, not {key}")
             for k, i in enumerate(e.scope):
-                if not any(in_scope(n.name, [i]) for n in run.graph.nodes()):
-                    run.diag.error(("expect", key, "scope", k), f"scope names no layer: {i!r}")
-    run.done = run.diag.has_errors and not run.partial
-
-
-def account_graph(run: Run) -> None:
-    """The report: counts, FLOPs, memory, the budget check."""
-    s = run.settings
+                if not any(in_scope(n.name, [i]) for n in graph.nodes()):
+                    diag.error(("expect", key, "scope", k), f"scope names no layer: {i!r}")
+    if diag.has_errors and not partial:
+        return Compiled(doc, graph, None, diag.sorted(), src, settings)
     try:
-        report = account(run.graph, run.doc, with_nodes=run.options["with_nodes"], fmt=s["format"], batch=s["batch"],
-                         context=s["context"], frames=s["frames"], recompute=s["recompute"])
+        report = account(graph, doc, with_nodes=with_nodes, fmt=settings["format"], batch=settings["batch"],
+                         context=settings["context"], frames=settings["frames"], recompute=recompute,
+                         layout=layout, grad_accum=accum)
     except Exception:          # noqa: BLE001 - a partial graph may defeat a rule; the diagnostics say why
-        if not run.partial:
+        if not partial:
             raise
-        run.done = True
-        return
-    if run.partial:
+        return Compiled(doc, graph, None, diag.sorted(), src, settings)
+    if layout is not None:
+        par = report["memory"]["training"][stage or "all"]["parallel"]
+        if "error" in par:      # an impossible layout for the stage in force: refused before anything launches
+            diag.error(("budget", "strategy") if b and b.strategy else (), par["error"], par["hint"] or None,
+                       code="layout")
+            return Compiled(doc, graph, None, diag.sorted(), src, settings)
+    if partial:
         report["partial"] = True
-        report["unaccounted"] = [n.name for n in run.graph.nodes() if n.op != "Input" and not n.outputs]
-    if run.options["budget"]:
-        report["budget"] = check_budget(report, run.doc, run.budget) if run.budget else None
-    run.report = report
-
-
-def check_limits(run: Run) -> None:
-    """Totals far beyond any model are typos: an error that says so."""
-    report, diag = run.report, run.diag
+        report["unaccounted"] = [n.name for n in graph.nodes() if n.op != "Input" and not n.outputs]
+    if budget:
+        report["budget"] = check_budget(report, doc, eff) if eff else None
+    elif layout is not None and eff:
+        report["budget"] = check_budget(report, doc, eff)
     if report["params"]["total"] > MAX_PARAMS:
         diag.error(("layers",), f"the model has {report['params']['total']:.3g} parameters; the limit is "
                                 f"{MAX_PARAMS:.0e}", "a dimension is probably mistyped (an extra zero?)", code="limit")
-    mem = report["memory"]["inference"].get(run.settings["format"], 0)
+    mem = report["memory"]["inference"].get(settings["format"], 0)
     if mem > MAX_MEMORY:
         approx = f"{mem:.3g}" if mem < 1e300 else f"10^{len(str(int(mem))) - 1}"    # :g of a huge int overflows
         diag.error(("layers",), f"inference needs {approx} bytes; the limit is {MAX_MEMORY:.3g}",
                    "a size is probably mistyped (a grid, a range, the batch or the context)", code="limit")
+    return Compiled(doc, graph, report, diag.sorted(), src, settings)
 
 
-PASSES = (parse, lower_graph, settle, check_expectations, account_graph, check_limits)
+def _layout(keys: dict, devices: Optional[int], strategy: Optional[str], grad_accum: Optional[int],
+            diag: Diagnostics):
+    """(Layout or None, grad_accum): the arguments first, else the budget's keys; an impossible layout is an
+    error at the budget's key (or, from an argument, a ValueError as for any bad keyword)."""
+    from .parallel import LayoutError, parse_layout
+    n = devices if devices is not None else keys.get("devices")
+    st = strategy if strategy is not None else keys.get("strategy")
+    accum = grad_accum or keys.get("grad_accum") or 1
+    if n is None and st is None:
+        return None, accum
+    try:
+        return parse_layout(st or "fsdp", n or 1), accum
+    except LayoutError as e:
+        if strategy is not None or devices is not None:
+            raise ValueError(f"{e.message}" + (f" ({e.hint})" if e.hint else "")) from None
+        diag.error(("budget", "strategy"), e.message, e.hint or None, code="layout")
+        return None, accum
