@@ -40,7 +40,8 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -
     """F.linear(x, w, b) (x (..., in), w (out, in)), with the product of at most SPLIT_ROWS rows split into P blocks
     of output columns run in parallel by one torch.bmm when there are P > 1 threads, on the CPU (module docstring)."""
     out, d = w.shape
-    if torch.compiler.is_compiling() or not x.is_cpu or x.numel() > SPLIT_ROWS * d:
+    if (torch.compiler.is_compiling() or not x.is_cpu or x.numel() > SPLIT_ROWS * d
+            or type(w) not in (torch.Tensor, nn.Parameter)):    # a quantised weight (runtime_torch/quantize.py)
         return F.linear(x, w, b)                        # traced graphs stay plain; other devices have their own
     P = torch.get_num_threads()
     if P == 1 or out % P or out < 64 * P:
@@ -103,6 +104,7 @@ def group(mods: Sequence[Optional[nn.Module]]) -> Optional[Packed]:
         return None
     ws = [m.weight for m in mods]
     if (len({(w.shape[1], w.dtype, w.device) for w in ws}) != 1 or ws[0].is_meta or ws[0].dim() != 2
+            or any(type(w) is not nn.Parameter for w in ws)
             or len({m.bias is None for m in mods}) != 1):
         return None
     return Packed(mods)
@@ -110,7 +112,7 @@ def group(mods: Sequence[Optional[nn.Module]]) -> Optional[Packed]:
 
 def column_major(p: torch.Tensor) -> None:
     """Store a 2-D parameter column-major (values and shape unchanged)."""
-    if not p.is_meta and p.dim() == 2 and p.stride() != (1, p.shape[0]):
+    if type(p) is nn.Parameter and not p.is_meta and p.dim() == 2 and p.stride() != (1, p.shape[0]):
         p.data = p.data.t().contiguous().t()
 
 
