@@ -21,7 +21,7 @@ from typing import Any, Optional
 import click
 
 EXIT_OK, EXIT_UNMET, EXIT_INVALID, EXIT_INTERNAL = 0, 1, 2, 3
-TARGETS = ("torch", "mlx", "onnx")
+TARGETS = ("torch", "mlx", "onnx", "gguf")
 
 
 class UserError(click.ClickException):
@@ -343,21 +343,48 @@ def schema():
               help="Output directory; replaced atomically (only if empty or written by omnic build).")
 @click.option("--weights", is_flag=True, help="Also write initialised weights (safetensors).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weight initialisation.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="Weights to build from instead of the seed: a safetensors file with the model's names.")
+@click.option("--quantize", metavar="Q", help="A quantised build (implies --weights): mlx 4 | 8 (mlx.nn.quantize), "
+              "torch int8 | int4 (torchao weight-only), gguf q8_0 (the default for gguf). See docs/quantisation.md.")
+@click.option("--group-size", type=click.IntRange(min=1), metavar="N",
+              help="Weights per scale group: mlx 32 | 64 (default) | 128; torch int4 32 | 64 | 128 (default) | 256.")
 @set_option
 @click.option("-v", "--verbose", is_flag=True, help="Also print notes.")
-def build(spec, target, out_dir, weights, seed, sets, verbose):
-    """Compile SPEC and write a model for TARGET into DIR (atomically: DIR is untouched on failure)."""
+def build(spec, target, out_dir, weights, seed, checkpoint, quantize, group_size, sets, verbose):
+    """Compile SPEC and write a model for TARGET into DIR (atomically: DIR is untouched on failure).
+
+    A quantised build prints the bytes its weights hold, which are the report's memory.weights[FORMAT], and the
+    budget verdict for the format it built."""
     from .emit.build import BuildError, build as do_build
+    from .quantise import QuantError, quant_plan
     c = _compile(spec, sets)
     echo_diagnostics(c.diagnostics, verbose)
     if not c.ok or c.report is None:
         click.echo(f"{spec}: invalid spec, nothing built", err=True)
         sys.exit(EXIT_INVALID)
+    plan = None
+    if quantize is not None or group_size is not None or target == "gguf":
+        try:
+            plan = quant_plan(c, target, quantize or ("q8_0" if target == "gguf" else "none"), group_size)
+        except QuantError as e:
+            raise UserError(str(e))
+        c = _compile(spec, sets, format=plan.fmt.name, budget={"format": plan.fmt.name})
+    if checkpoint and target == "onnx":
+        raise UserError("--checkpoint: the onnx target exports the graph with seeded weights only")
+    from runtime_common.weights import WeightsMismatch
     try:
-        files = do_build(c, target, out_dir, weights=weights, seed=seed)
-    except BuildError as e:
+        files = do_build(c, target, out_dir, weights=weights, seed=seed, quant=plan, checkpoint=checkpoint)
+    except (BuildError, QuantError, WeightsMismatch) as e:
         raise UserError(str(e))
     click.echo(f"built {c.report['name']!r} for {target} in {out_dir} ({len(files)} files)")
+    if plan is not None:
+        from .tables import budget_line
+        click.echo(f"weights {plan.fmt.name}: {plan.expected_bytes:,} B = memory.weights[{plan.fmt.name}] "
+                   f"({len(plan.quantised)} tensors quantised by {plan.scheme.engine}, {len(plan.kept)} kept)")
+        b = c.report.get("budget")
+        if b:
+            click.echo(f"budget {budget_line(b, c.report)}")
 
 
 @cli.command("import-hf")

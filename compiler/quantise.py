@@ -107,10 +107,10 @@ def quant_plan(compiled, target: str, quantize: str, group_size: Optional[int] =
     graph = compiled.raise_for_errors().graph
     plan = QuantPlan(scheme, fmt)
     width = scheme.block or fmt.group
-    problems: dict[tuple, list[str]] = {}        # (op, what is wrong) -> the layers it is wrong in
+    problems: dict[str, list[tuple[str, str]]] = {}      # what is wrong -> [(layer, tensor)] it is wrong in
     if target == "gguf":
         for node, what in _gguf_problems(graph):
-            problems.setdefault(what, []).append(node)
+            problems.setdefault(what, []).append((node, ""))
     for node in graph.nodes():
         if node.op == "Input":
             continue
@@ -122,22 +122,23 @@ def quant_plan(compiled, target: str, quantize: str, group_size: Optional[int] =
             if w.role not in fmt.quantises or len(w.shape) < 2:
                 plan.kept[name] = w
                 continue
-            what = f"({node.op}): tensor {key} {tuple(w.shape)}"
             if target == "torch" and len(w.shape) != 2:
-                problems.setdefault((f"{what}: {scheme.engine} quantises 2-D Linear weights only, not stacked "
-                                     f"experts; build this spec for MLX (--target mlx --quantize 4|8)"), []).append(
-                    node.name)
+                what = (f"({node.op}) stacked experts: {scheme.engine} quantises 2-D Linear weights only; build "
+                        f"this spec for MLX (--target mlx --quantize 4|8)")
             elif width and w.shape[-1] % width:
                 fits = [g for g in GROUPS.get(base.name, ()) if w.shape[-1] % g == 0]
                 hint = (f"group sizes that divide it: {', '.join(map(str, fits))}" if fits else
                         f"no group size {scheme.engine} offers divides it")
                 kind = "block size" if scheme.block else "group size"
-                problems.setdefault(f"{what}: width {w.shape[-1]} is not a multiple of the {kind} {width} ({hint})",
-                                    []).append(node.name)
+                what = f"({node.op}) width {w.shape[-1]} is not a multiple of the {kind} {width} ({hint})"
+            else:
+                what = None
+            if what:
+                problems.setdefault(what, []).append((node.name, key))
             plan.quantised[name] = w
     if problems:
         raise QuantError(f"cannot build {fmt.name} for {target}:\n  " + "\n  ".join(
-            f"{_layers(names)} {what}" for what, names in problems.items()))
+            _where(places) + " " + what for what, places in problems.items()))
     weights = (compiled.report or {}).get("memory", {}).get("weights", {})
     plan.expected_bytes = weights[fmt.name] if fmt.name in weights else round(
         cost.weight_bytes(cost.cost_nodes(graph, 1, 1, 1), fmt))       # the report's figure, same code
@@ -152,12 +153,16 @@ LLAMA_BLOCK = {"names": "llama", "mlp": "swiglu", "norm": "rmsnorm", "norm_offse
 LLAMA_OPS = ("Embedding", "TransformerBlock", "RMSNorm", "Linear")
 
 
-def _layers(names: list[str]) -> str:
-    """'layer 'a'' or 'layers 'a', 'b' and 2 more' (a repeated block's problem is said once)."""
-    if len(names) == 1:
-        return f"layer {names[0]!r}"
-    shown = ", ".join(map(repr, names[:2]))
-    return f"layers {shown}" + (f" and {len(names) - 2} more" if len(names) > 2 else "")
+def _where(places: list[tuple[str, str]]) -> str:
+    """"layers 'a', 'b' and 2 more, tensors q.weight, k.weight" (one line for a problem shared by a repeated block)."""
+    def few(xs: list[str], one: str, many: str) -> str:
+        xs = list(dict.fromkeys(xs))
+        if len(xs) == 1:
+            return f"{one} {xs[0]}"
+        return f"{many} {', '.join(xs[:3])}" + (f" and {len(xs) - 3} more" if len(xs) > 3 else "")
+    layers = few([repr(n) for n, _ in places], "layer", "layers")
+    keys = [k for _, k in places if k]
+    return layers + (", " + few(keys, "tensor", "tensors") if keys else "")
 
 
 def _gguf_problems(graph) -> list[tuple[str, str]]:

@@ -100,8 +100,12 @@ def source(compiled, target: Target) -> str:
     return text
 
 
-def write(compiled, out_dir: str | os.PathLike, target: Target, weights: bool = False, seed: int = 0) -> list[str]:
-    """Write model.py, report.json (and model.safetensors) into `out_dir`, which must be empty; returns the paths."""
+def write(compiled, out_dir: str | os.PathLike, target: Target, weights: bool = False, seed: int = 0, quant=None,
+          checkpoint: str | None = None) -> list[str]:
+    """Write model.py, report.json (and model.safetensors) into `out_dir`, which must be empty; returns the paths.
+    With a quantisation plan `quant` (`compiler.quantise`), the weights are always written, quantised by the
+    runtime's `quantize` module (its save writes the plan into the file and `quantization.json` records it); with a
+    `checkpoint` (safetensors, the model's names) its tensors replace the seeded ones."""
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     if os.listdir(out_dir):
@@ -109,18 +113,30 @@ def write(compiled, out_dir: str | os.PathLike, target: Target, weights: bool = 
     compiled.raise_for_errors()
     files = {"model.py": source(compiled, target),
              "report.json": json.dumps(compiled.report, sort_keys=True, indent=2) + "\n"}
+    if quant is not None:
+        files["quantization.json"] = json.dumps({**quant.metadata(), "target": target.runtime, "load": (
+            f"{target.runtime}.quantize.load_quantised(compiler.compile(spec), 'model.safetensors')")},
+            sort_keys=True, indent=2) + "\n"
     paths = []
     for fname, text in files.items():
         path = os.path.join(out_dir, fname)
         with open(path, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
         paths.append(path)
-    if weights:
+    if weights or quant is not None or checkpoint is not None:
         runtime = importlib.import_module(target.runtime)
         path = os.path.join(out_dir, "model.safetensors")
-        model = runtime.build(compiled, seed=seed)
+        model = runtime.build(compiled, seed=seed, init=checkpoint is None)
+        if checkpoint is not None:
+            runtime.load_weights(model, checkpoint, cast=True)
         total = compiled.report["params"]["total"]
-        with status(f"writing model.safetensors ({total * 4 / 1e9:.1f} GB)", total):
-            runtime.save_weights(model, path)
+        if quant is not None:
+            quantize = importlib.import_module(f"{target.runtime}.quantize")
+            with status(f"quantising to {quant.fmt.name}", total):
+                quantize.quantise(model, quant)
+            quantize.save_quantised(model, path, quant)
+        else:
+            with status(f"writing model.safetensors ({total * 4 / 1e9:.1f} GB)", total):
+                runtime.save_weights(model, path)
         paths.append(path)
     return paths
