@@ -111,6 +111,9 @@ def write(compiled, out_dir: str | os.PathLike, target: Target, weights: bool = 
     if os.listdir(out_dir):
         raise FileExistsError(f"{out_dir} is not empty")
     compiled.raise_for_errors()
+    if quant is not None:                  # the runtime's quantiser can hold every tensor: checked before any work
+        runtime = importlib.import_module(target.runtime)
+        importlib.import_module(f"{target.runtime}.quantize").check_holders(runtime.build(compiled, init=False), quant)
     files = {"model.py": source(compiled, target),
              "report.json": json.dumps(compiled.report, sort_keys=True, indent=2) + "\n"}
     if quant is not None:

@@ -12,7 +12,7 @@ import math
 import mlx.core as mx
 from mlx import nn
 
-from ..registry import implements, tied
+from ..registry import implements, tied, tied_owner
 
 
 @implements("Linear")
@@ -28,9 +28,17 @@ class Linear(nn.Module):
             self.bias = mx.zeros((p.out_features,))
 
     def __call__(self, x):
-        w = tied(self, "weight") if self.is_tied else self.weight
-        y = x @ w.T                                       # (..., D) -> (..., out)
+        if self.is_tied and "scales" in tied_owner(self, "weight")[0]:
+            y = tied_owner(self, "weight")[0].as_linear(x)   # a quantised embedding (runtime_mlx/quantize.py)
+        else:
+            w = tied(self, "weight") if self.is_tied else self.weight
+            y = x @ w.T                                   # (..., D) -> (..., out)
         return y + self.bias if "bias" in self else y
+
+    def to_quantized(self, group_size: int, bits: int, mode: str = "affine", **kw):
+        """For `mlx.nn.quantize`: an `nn.QuantizedLinear` of this layer (the same names: weight, scales, biases,
+        bias); a tied head is never asked (runtime_mlx/quantize.py quantises its owner)."""
+        return nn.QuantizedLinear.from_linear(self, group_size, bits, mode)
 
 
 @implements("Embedding")
@@ -47,6 +55,11 @@ class Embedding(nn.Module):
         if self.scale is not None:
             x = x * mx.array(self.scale, dtype=x.dtype)
         return x
+
+    def to_quantized(self, group_size: int, bits: int, mode: str = "affine", **kw):
+        """For `mlx.nn.quantize`: a QuantizedEmbedding that keeps this table's `scale` (runtime_mlx/quantize.py)."""
+        from ..quantize import QuantizedEmbedding
+        return QuantizedEmbedding.from_embedding(self, group_size, bits, mode)
 
 
 @implements("Conv2d")

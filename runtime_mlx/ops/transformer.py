@@ -68,6 +68,10 @@ class Lin(nn.Module):
         y = x @ self.weight.T
         return y + self.bias if "bias" in self else y
 
+    def to_quantized(self, group_size: int, bits: int, mode: str = "affine", **kw):
+        """For `mlx.nn.quantize`: an `nn.QuantizedLinear` with the same names (weight, scales, biases, bias)."""
+        return nn.QuantizedLinear.from_linear(self, group_size, bits, mode)
+
 
 class Norm(nn.Module):
     """LayerNorm, or RMSNorm as transformers computes it (offset 0 casts before the weight, Gemma after)."""
