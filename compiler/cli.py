@@ -150,7 +150,8 @@ def cli() -> None:
               help="Memory limit, e.g. 6GiB or 8GB; replaces the spec's budget limit (or creates a budget).")
 @click.option("--format", "fmt", callback=_format_option, metavar="FORMAT",
               help="Storage format of the weights for the budget and training figures: bf16, fp16, fp32, fp8, int8, "
-                   "nf4, nf4-dq, gptq-int4, awq-int4, mlx-4bit, q4_k, q8_0.")
+                   "nf4, nf4-dq, gptq-int4, awq-int4, mlx-4bit, mlx-8bit, torchao-int8, torchao-int4, q4_k, q8_0; "
+                   "grouped ones with another group size as mlx-4bit-g32, torchao-int4-g64.")
 @click.option("--mode", type=click.Choice(["inference", "training"]), help="What the budget limits.")
 @click.option("--stage", help="Training stage whose frozen set applies (with --mode training).")
 @_options(size_options)

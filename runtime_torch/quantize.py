@@ -23,6 +23,7 @@ the file, the live model and the report's `memory.weights[format]` can be compar
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Iterator
 
@@ -42,11 +43,20 @@ def _holders():
     return (Linear, Lin)
 
 
-def _config(plan: QuantPlan):
+def _torchao(plan: QuantPlan):
+    """torchao.quantization, imported quietly: torchao 0.14 warns that its C++ extensions are not built for this
+    torch; the two configs used here run on aten's own kernels and need none."""
+    logging.getLogger("torchao").setLevel(logging.ERROR)
     try:
-        from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig
+        import torchao.quantization as q
     except ImportError as e:
         raise QuantError(f"{plan.scheme.engine} needs torchao 0.14: pip install 'omnic[quant]' ({e})") from None
+    return q
+
+
+def _config(plan: QuantPlan):
+    q = _torchao(plan)
+    Int4WeightOnlyConfig, Int8WeightOnlyConfig = q.Int4WeightOnlyConfig, q.Int8WeightOnlyConfig
     if plan.scheme.quantize == "int8":
         return Int8WeightOnlyConfig()
     return Int4WeightOnlyConfig(group_size=plan.group, int4_packing_format="opaque")
@@ -70,9 +80,9 @@ def check_holders(model: nn.Module, plan: QuantPlan) -> dict[str, nn.Module]:
 
 def quantise(model: nn.Module, plan: QuantPlan) -> nn.Module:
     """Cast `model` to bfloat16 and quantise the plan's Linear weights in place with torchao; returns the model."""
-    from torchao.quantization import quantize_
     holders = check_holders(model, plan)
     config = _config(plan)
+    quantize_ = _torchao(plan).quantize_
     model.to(torch.bfloat16)
     targets = {id(m) for m in holders.values()}
     with torch.no_grad():
