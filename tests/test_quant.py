@@ -171,3 +171,14 @@ def test_cli_bad_quantisation_exits_2_without_writing(tmp_path, capsys):
         main(["build", str(path), "--target", "mlx", "--quantize", "4", "-o", str(tmp_path / "out")])
     assert e.value.code == 2
     assert "width 96" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_gguf_from_a_checkpoint(tmp_path):
+    plan, c = built(spec(), "gguf", "q8_0")
+    ckpt = tmp_path / "w.safetensors"
+    src = runtime_torch.build(c, seed=7)
+    runtime_torch.save_weights(src, ckpt)
+    path = emit_gguf.write(c, tmp_path, quant=plan, checkpoint=str(ckpt))[0]
+    deq = emit_gguf.read_float(path, 4, 2)
+    w = src.state_dict()["lm.model.layers.1.self_attn.k_proj.weight"].numpy()
+    assert np.abs(deq["blk.1.attn_k.weight"] - w).max() <= np.abs(w).max() / 127 + 1e-6
