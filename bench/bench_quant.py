@@ -39,6 +39,13 @@ SPEC = {"name": "SmolLM2-135M-size", "inputs": [{"name": "input_ids", "kind": "i
 HEAD = "lm.lm_head"
 
 
+T0 = time.perf_counter()
+
+
+def step(what: str) -> None:
+    print(f"[{time.perf_counter() - T0:6.1f} s] {what}", flush=True)
+
+
 def report_bytes(fmt: str) -> int:
     return compile(SPEC, format=fmt).raise_for_errors().report["memory"]["weights"][fmt]
 
@@ -99,6 +106,7 @@ def main() -> None:
     rows = []
 
     # --- MLX ---------------------------------------------------------------------------------------------------------
+    step("mlx fp32 reference")
     ref = runtime_mlx.build(c, seed=0)
     seq = mlx_generate.generate(ref, mx.array(prompt), a.new)            # fp32's greedy continuation
     full = mx.array(np.asarray(seq))
@@ -106,6 +114,7 @@ def main() -> None:
     mx.eval(ref_logits)
 
     def mlx_row(name, model, fmt):
+        step(name)
         lg = model(input_ids=full)[HEAD].astype(mx.float32)
         mx.eval(lg)
         mx_err, mean_err, agree = quality(lg, ref_logits)
@@ -118,6 +127,7 @@ def main() -> None:
     for bits in ("4", "8"):
         plan = quant_plan(c, "mlx", bits)
         mlx_row(f"mlx {bits}-bit g64", mq.quantise(runtime_mlx.build(c, seed=0), plan), plan.fmt.name)
+    step("mlx-lm peer")
     bf16 = runtime_mlx.build(c, seed=0, dtype="bfloat16")
     peer = mlx_lm_peer(bf16)
     lg = peer(full).astype(mx.float32)
@@ -137,6 +147,7 @@ def main() -> None:
         tref_logits = tref(input_ids=tfull)[HEAD].float().numpy()
 
     def torch_row(name, model, fmt, timing=True):
+        step(name)
         with torch.no_grad():
             lg = model(input_ids=tfull)[HEAD].float().numpy()
         mx_err, mean_err, agree = quality(lg, tref_logits)
@@ -150,6 +161,7 @@ def main() -> None:
         torch_row(f"torch torchao {q}", tq.quantise(runtime_torch.build(c, seed=0).eval(), plan), plan.fmt.name)
 
     # --- GGUF (quality of the file's values, run by the torch runtime) ----------------------------------------------
+    step("gguf q8_0")
     import gguf
     import tempfile
     from compiler.emit import gguf as emit_gguf
