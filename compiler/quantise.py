@@ -57,6 +57,12 @@ REFUSED = {("gguf", "q4_k"): "the gguf package (0.19) has no Q4_K quantiser (it 
            ("onnx", None): "the ONNX target writes fp32 graphs; quantised builds are for mlx, torch and gguf"}
 
 
+#: ops whose quantisable tensors the runtimes read only through their linear kernel (`kernels.dense` / `linear`),
+#: or look up (Embedding), so that a quantised tensor in their place computes the same thing: other ops slice or
+#: fuse their weights (attention pooling's in_proj, fVLM's packed modules) and are refused for mlx and torch
+READ_BY_KERNEL = ("Linear", "Embedding", "TransformerBlock", "GQA_MoE_Layer")
+
+
 @dataclass
 class QuantPlan:
     scheme: Scheme
@@ -122,7 +128,11 @@ def quant_plan(compiled, target: str, quantize: str, group_size: Optional[int] =
             if w.role not in fmt.quantises or len(w.shape) < 2:
                 plan.kept[name] = w
                 continue
-            if target == "torch" and len(w.shape) != 2:
+            if target in ("mlx", "torch") and node.op not in READ_BY_KERNEL:
+                what = (f"({node.op}): its weights are not read through the runtime's linear kernel, so "
+                        f"{scheme.engine} cannot replace them; layer types it quantises: "
+                        f"{', '.join(READ_BY_KERNEL)}")
+            elif target == "torch" and len(w.shape) != 2:
                 what = (f"({node.op}) stacked experts: {scheme.engine} quantises 2-D Linear weights only; build "
                         f"this spec for MLX (--target mlx --quantize 4|8)")
             elif width and w.shape[-1] % width:

@@ -7,8 +7,8 @@
     model = load_mlx_lm(folder)                              # a folder mlx-lm's convert(quantize=True) wrote
 
 `mlx.nn.quantize(model, group_size, bits, class_predicate=...)` replaces every leaf module the plan names (omnic's
-Linear layers and a block's projections become `nn.QuantizedLinear`, embeddings `QuantizedEmbedding`, each through
-its `to_quantized`); mlx-lm's predicate also skips layers whose width the group size does not divide, which
+Linear layers and the boxes holding a block's projections become `nn.QuantizedLinear`, which `kernels.dense` runs;
+embeddings `QuantizedEmbedding`; each through its `to_quantized`); mlx-lm's predicate also skips layers whose width the group size does not divide, which
 `compiler.quantise` refuses up front instead. What stays 16-bit (bf16, or the model's dtype): norms, biases,
 convolutions, MoE routers and every tensor not held by a Linear or an Embedding; a head tied to its embedding is
 computed from the quantised table (`as_linear`, as mlx-lm's tied models do). Stacked MoE experts and the linear
@@ -91,14 +91,22 @@ def quantise(model, plan: QuantPlan):
                 class_predicate=lambda path, m: path in paths)
     after = _leaves(model)
     new = {id(before[p]): after[p] for p in paths}
-    for m in [model, *(x for _, x in model.named_modules())]:        # plain references (`self.q`) and ties
+
+    def swap(v):                  # a handle: a module, a (module, key) reference, a tuple of them
+        if id(v) in new:
+            return new[id(v)]
+        if type(v) is tuple:
+            return tuple(swap(x) for x in v)
+        return v
+
+    for m in [model, *(x for _, x in model.named_modules())]:        # handles (`self.q`, `self.shared`) and ties
         for k, v in list(vars(m).items()):
-            if id(v) in new:
-                object.__setattr__(m, k, new[id(v)])
+            if isinstance(v, (nn.Module, tuple)) and swap(v) is not v:
+                object.__setattr__(m, k, swap(v))
         ties = vars(m).get("_omnic_ties")
         if ties:
-            for a, (owner, key) in list(ties.items()):
-                ties[a] = (new.get(id(owner), owner), key)
+            for a, ref in list(ties.items()):
+                ties[a] = swap(ref)
     nodes = model._nodes                                               # nodes that were leaves themselves
     for name, mod in list(nodes.items()):
         nodes[name] = new.get(id(mod), mod)

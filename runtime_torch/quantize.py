@@ -11,9 +11,9 @@ row: an AffineQuantizedTensor of int8 values, a scale in the model's dtype and a
 (scale, zero) pair per group, run by aten's `_weight_int4pack_mm_for_cpu`). Releases 0.15 to 0.18 have no int4
 weight-only packing that runs on the CPU, which is why the range is pinned. The model is cast to bfloat16 first:
 the tensors the plan keeps (embeddings, a head, norms, biases) stay bf16, as the accounting's `torchao-*` formats
-count them. Only the weights of Linear layers (`ops/basic.Linear`, a block's projections) can be quantised: they are
-the modules whose forward is one F.linear; any other tensor the plan names is a QuantError naming its layer, raised
-before anything is quantised.
+count them. Only 2-D `weight`s of modules that the ops read through `kernels.linear` (a Linear layer, a block's
+projections: `compiler.quantise.READ_BY_KERNEL`) are quantised: F.linear dispatches to torchao's kernels for them;
+any other tensor the plan names is a QuantError naming its layer, raised before anything is quantised.
 
 Saved files hold each quantised weight as its inner tensors, named `<weight>:<path>` as torchao's own safetensors
 support names them (`...q_proj.weight:tensor_impl.int_data`, `...:tensor_impl.scale`, ...), other tensors under their
@@ -35,12 +35,6 @@ from torch import nn
 from compiler.quantise import QuantError, QuantPlan, quant_plan
 
 META_KEY = "omnic_quantization"
-
-
-def _holders():
-    from .ops.basic import Linear
-    from .ops.transformer import Lin
-    return (Linear, Lin)
 
 
 def _torchao(plan: QuantPlan):
@@ -68,10 +62,10 @@ def check_holders(model: nn.Module, plan: QuantPlan) -> dict[str, nn.Module]:
     for name in plan.quantised:
         mod_path, _, attr = name.rpartition(".")
         mod = model.get_submodule(mod_path)
-        if attr != "weight" or not isinstance(mod, _holders()):
+        if attr != "weight" or not isinstance(mod._parameters.get("weight"), nn.Parameter) or mod.weight.dim() != 2:
             node = plan.nodes[name]
-            bad.append(f"layer {node!r} ({model.graph[node].op}): tensor {name[len(node) + 1:]} is not the weight "
-                       f"of a Linear layer; {plan.scheme.engine} quantises Linear weights only")
+            bad.append(f"layer {node!r} ({model.graph[node].op}): tensor {name[len(node) + 1:]} is not the 2-D "
+                       f"`weight` of a module; {plan.scheme.engine} quantises such weights only")
         out[name] = mod
     if bad:
         raise QuantError(f"cannot build {plan.fmt.name} for torch:\n  " + "\n  ".join(bad))

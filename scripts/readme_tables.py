@@ -43,13 +43,13 @@ def table() -> str:
 
 def why(msg: str) -> str:
     """The first cause a QuantError gives, in a few words."""
-    if "GGUF export" in msg or "llama.cpp" in msg:
-        return "not one llama LM"
-    if "stacked experts" in msg:
-        return "MoE experts"
-    if "group size" in msg or "block size" in msg:
-        return "width vs group"
-    return msg.splitlines()[0]
+    first = (msg.splitlines()[1:] or [msg])[0]
+    for words, short in (("GGUF export", "not one llama LM"), ("llama.cpp", "not one llama LM"),
+                         ("stacked experts", "MoE experts"), ("linear kernel", "layer type"),
+                         ("group size", "width vs group"), ("block size", "width vs group")):
+        if words in first:
+            return short + (", ..." if len(msg.splitlines()) > 2 else "")
+    return first.strip()
 
 
 def quant_table() -> str:

@@ -100,3 +100,35 @@ def test_mlx_lm_quantised_folder_loads(tmp_path):
         "mlx-4bit"]
     a, b = ours(input_ids=IDS)["lm.lm_head"], theirs(IDS)
     assert mx.abs(a.astype(mx.float32) - b.astype(mx.float32)).max().item() <= 0.02 * mx.abs(b).max().item()
+
+
+@pytest.mark.parametrize("target,q", [("mlx", "4"), ("torch", "int8")])
+@pytest.mark.parametrize("path", ["specs/nanovlm/original_small.json", "specs/nanovlm/default.json",
+                                  "specs/nanovlm/dinov3_gemma.json"])
+def test_shipped_specs_shrunk_quantise_to_the_report(path, target, q):
+    """The shipped VLMs (shrunk): every quantised tensor replaced, a forward runs, bytes = the report's."""
+    import torch
+    import runtime_torch
+    from runtime_torch import quantize as tq
+    from tests.shrink import SHRINK, make_inputs
+    shrunk = compile(path, overrides=SHRINK[path]).raise_for_errors()
+    group = 32 if target == "mlx" else None
+    if target == "mlx" and "dinov3" in path:              # shrunk to 16-wide vision heads: no MLX group fits
+        with pytest.raises(QuantError, match="width 16 is not a multiple of the group size 32"):
+            quant_plan(shrunk, target, q, group)
+        return
+    plan = quant_plan(shrunk, target, q, group)
+    c = compile(path, overrides=SHRINK[path], format=plan.fmt.name).raise_for_errors()
+    inputs = make_inputs(c, seed=0)
+    if target == "mlx":
+        model = mq.quantise(runtime_mlx.build(c, seed=0), plan)
+        out = model(**{k: mx.array(v) for k, v in inputs.items()})
+        mx.eval(out)
+        got = mq.stored_bytes(model)
+    else:
+        model = tq.quantise(runtime_torch.build(c, seed=0), plan).eval()
+        with torch.no_grad():
+            out = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+        got = tq.stored_bytes(model)
+    assert got == c.report["memory"]["weights"][plan.fmt.name] == plan.expected_bytes
+    assert set(out) == set(c.report["outputs"])
