@@ -16,6 +16,7 @@ import torch
 import runtime_torch
 from compiler import compile
 from compiler.quantise import QuantError, quant_plan
+from tests.quant_cases import spec
 
 torchao = pytest.importorskip("torchao")
 gguf = pytest.importorskip("gguf")
@@ -25,13 +26,6 @@ from runtime_torch import generate as torch_generate  # noqa: E402
 from runtime_torch import quantize as tq  # noqa: E402
 
 IDS = torch.tensor([[5, 17, 3, 42, 8, 61, 29]])
-
-
-def spec(family: str = "llama", **over) -> dict:
-    p = {"vocab_size": 96, "hidden": 128, "layers": 2, "heads": 4, "kv_heads": 2, "ff_dim": 256, "family": family,
-         "tie": False, "rope_theta": 10000.0, "norm_eps": 1e-5, **over}
-    return {"name": f"tiny-{family}", "inputs": [{"name": "input_ids", "kind": "ids", "shape": ["B", "T"]}],
-            "layers": [{"id": "lm", "type": "DecoderLM", "params": p}]}
 
 
 def built(s: dict, target: str, q: str, group=None):

@@ -22,7 +22,7 @@ from compiler.quantise import QuantError, quant_plan
 from runtime_mlx import generate as mlx_generate
 from runtime_mlx import quantize as mq
 from runtime_torch.quantize import file_bytes
-from tests.test_quant import spec
+from tests.quant_cases import spec
 
 IDS = mx.array([[5, 17, 3, 42, 8, 61, 29]])
 
