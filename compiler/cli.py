@@ -365,9 +365,12 @@ def build(spec, target, out_dir, weights, seed, checkpoint, quantize, group_size
         click.echo(f"{spec}: invalid spec, nothing built", err=True)
         sys.exit(EXIT_INVALID)
     plan = None
+    if group_size is not None and quantize is None and target != "gguf":
+        raise click.BadParameter("--group-size goes with --quantize (e.g. --quantize 4 --group-size 32)",
+                                 param_hint="--group-size")
     if quantize is not None or group_size is not None or target == "gguf":
         try:
-            plan = quant_plan(c, target, quantize or ("q8_0" if target == "gguf" else "none"), group_size)
+            plan = quant_plan(c, target, quantize or "q8_0", group_size)
         except QuantError as e:
             raise UserError(str(e))
         c = _compile(spec, sets, format=plan.fmt.name, budget={"format": plan.fmt.name})

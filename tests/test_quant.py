@@ -176,3 +176,12 @@ def test_gguf_from_a_checkpoint(tmp_path):
     deq = emit_gguf.read_float(path, 4, 2)
     w = src.state_dict()["lm.model.layers.1.self_attn.k_proj.weight"].numpy()
     assert np.abs(deq["blk.1.attn_k.weight"] - w).max() <= np.abs(w).max() / 127 + 1e-6
+
+
+def test_cli_group_size_without_quantize_is_a_usage_error(tmp_path, capsys):
+    from compiler.cli import main
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(spec()))
+    with pytest.raises(SystemExit) as e:
+        main(["build", str(path), "--target", "mlx", "--group-size", "32", "-o", str(tmp_path / "out")])
+    assert e.value.code == 2 and "--group-size goes with --quantize" in capsys.readouterr().err
