@@ -9,8 +9,9 @@ quantises, and every reason it cannot (framework-free: the runtimes' quantisers 
 
 What each target builds (`SCHEMES`; names follow the tool that does the work):
   mlx    4 | 8        `mlx.nn.quantize`, affine, group 32 | 64 (default, as mlx-lm's `convert -q`) | 128; quantises
-                      Linear weights (stacked experts included) and embeddings, so a head tied to its embedding is
-                      quantised with it; norms, biases, convolutions, MoE routers and other tensors stay 16-bit
+                      Linear weights and embeddings, so a head tied to its embedding is quantised with it; norms,
+                      biases, convolutions, MoE routers and other tensors stay 16-bit; stacked MoE experts cannot
+                      be quantised yet
   torch  int8 | int4  torchao weight-only configs (int8 per output row; int4 group 32 | 64 | 128 (default) | 256);
                       Linear weights only (embeddings, the LM head, norms and biases stay 16-bit, as bitsandbytes
                       and transformers' TorchAoConfig leave them); stacked experts cannot be quantised
@@ -132,9 +133,10 @@ def quant_plan(compiled, target: str, quantize: str, group_size: Optional[int] =
                 what = (f"({node.op}): its weights are not read through the runtime's linear kernel, so "
                         f"{scheme.engine} cannot replace them; layer types it quantises: "
                         f"{', '.join(READ_BY_KERNEL)}")
-            elif target == "torch" and len(w.shape) != 2:
-                what = (f"({node.op}) stacked experts: {scheme.engine} quantises 2-D Linear weights only; build "
-                        f"this spec for MLX (--target mlx --quantize 4|8)")
+            elif target in ("mlx", "torch") and (w.experts or len(w.shape) != 2):
+                what = (f"({node.op}) stacked experts: " + ("torchao's weight-only configs quantise 2-D weights only"
+                        if target == "torch" else "omnic-MLX holds them as bare arrays, which mlx.nn.quantize cannot "
+                        "reach (a quantised SwitchLinear-like holder is not written yet)"))
             elif width and w.shape[-1] % width:
                 fits = [g for g in GROUPS.get(base.name, ()) if w.shape[-1] % g == 0]
                 hint = (f"group sizes that divide it: {', '.join(map(str, fits))}" if fits else

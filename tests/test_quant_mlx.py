@@ -66,11 +66,18 @@ def test_mlx_build_cli_prints_the_built_format(tmp_path, capsys):
     assert file_bytes(tmp_path / "out" / "model.safetensors") == c.report["memory"]["weights"]["mlx-4bit-g32"]
 
 
-def test_experts_cannot_be_quantised_by_mlx_yet():
+def test_tensors_mlx_nn_quantize_cannot_reach_are_named():
+    """The runtime's own check (behind the plan's): stacked experts are bare arrays in a box, not a weight."""
+    from compiler.quantise import QuantPlan, Scheme
+    from compiler.formats import FORMATS
     moe = spec("qwen2_moe", ff_dim=None, num_experts=4, top_k=2, expert_dim=64, shared_expert_dim=64)
     c = compile(moe).raise_for_errors()
-    with pytest.raises(QuantError, match=r"GQA_MoE_Layer 'lm.model.layers.0': mlp.experts"):
-        mq.check_holders(runtime_mlx.build(c, init=False), quant_plan(c, "mlx", "4"))
+    name = "lm.model.layers.0.mlp.experts.gate_up_proj"
+    decl = runtime_mlx.build(c, init=False)
+    plan = QuantPlan(Scheme("mlx", "4", "mlx-4bit", "mlx.nn.quantize (affine)", 4), FORMATS["mlx-4bit"],
+                     quantised={name: decl.weight_decls[name]}, nodes={name: "lm.model.layers.0"})
+    with pytest.raises(QuantError, match=r"GQA_MoE_Layer 'lm.model.layers.0': mlp.experts.gate_up_proj"):
+        mq.check_holders(decl, plan)
 
 
 def test_mlx_lm_quantised_folder_loads(tmp_path):
