@@ -1,9 +1,10 @@
 """GGUF export of a llama-family DecoderLM with the `gguf` package: what llama.cpp loads as architecture 'llama'.
 
-    write(compiled, out_dir, weights=True, seed=0, quant=plan, checkpoint=None)  # model.gguf, report.json
+    write(compiled, out_dir, seed=0, weights_from=None, key_map=(), quant=plan)  # model.gguf, report.json
     listing("model.gguf")   # [(name, GGML type, shape, bytes)] as gguf's GGUFReader reads the file
 
-The weights are the torch runtime's (seeded, or a safetensors checkpoint with the model's names) in float32; the
+The weights are the torch runtime's (seeded, or a checkpoint loaded through its key map, as `--weights-from`) in
+float32; the
 plan (`compiler.quantise`, target gguf) says which are quantised. Done as llama.cpp's `convert_hf_to_gguf.py` does
 for LlamaModel:
   * names by gguf's own table (`gguf.get_tensor_name_map(MODEL_ARCH.LLAMA, blocks)`: `model.layers.0.self_attn.
@@ -52,12 +53,13 @@ def _lm_settings(graph) -> dict:
             "norm_eps": norm.params.eps}
 
 
-def float_weights(compiled, seed: int = 0, checkpoint: Optional[str] = None) -> dict[str, np.ndarray]:
-    """{name: float32 array in torch layout} of every owned tensor: seeded, or read from `checkpoint`."""
+def float_weights(compiled, seed: int = 0, weights_from: Optional[str] = None, key_map=()) -> dict[str, np.ndarray]:
+    """{name: float32 array in torch layout} of every owned tensor: seeded, or loaded from `weights_from` (a
+    checkpoint file or folder, through `key_map`)."""
     import runtime_torch
-    model = runtime_torch.build(compiled, seed=seed, init=checkpoint is None)
-    if checkpoint is not None:
-        runtime_torch.load_weights(model, checkpoint, cast=True)
+    model = runtime_torch.build(compiled, seed=seed, init=weights_from is None)
+    if weights_from is not None:
+        runtime_torch.load_checkpoint(model, weights_from, key_map)
     ties = model.ties
     return {k: v.detach().float().numpy() for k, v in model.state_dict().items() if k not in ties}
 
@@ -85,8 +87,8 @@ def gguf_tensors(compiled, plan, arrays: dict[str, np.ndarray]):
     return out
 
 
-def write(compiled, out_dir: str | os.PathLike, weights: bool = True, seed: int = 0, quant=None,
-          checkpoint: Optional[str] = None) -> list[str]:
+def write(compiled, out_dir: str | os.PathLike, weights: bool = True, seed: int = 0,
+          weights_from: Optional[str] = None, key_map=(), quant=None) -> list[str]:
     """Write model.gguf and report.json into `out_dir` (see the module docstring); returns the paths."""
     import gguf
     from compiler.quantise import quant_plan
@@ -111,7 +113,7 @@ def write(compiled, out_dir: str | os.PathLike, weights: bool = True, seed: int 
     w.add_layer_norm_rms_eps(s["eps"])
     w.add_vocab_size(s["vocab"])
     w.add_tokenizer_model("no_vocab")
-    for name, data, raw in gguf_tensors(compiled, plan, float_weights(compiled, seed, checkpoint)):
+    for name, data, raw in gguf_tensors(compiled, plan, float_weights(compiled, seed, weights_from, key_map)):
         w.add_tensor(name, data, raw_dtype=raw)
     w.write_header_to_file()
     w.write_kv_data_to_file()
