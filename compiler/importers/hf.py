@@ -6,8 +6,9 @@ parameters are all written out, so the spec says everything and does not lean on
 transformers state dict then loads with `hf_key_map(model_type)` (the prefix "lm." added to every name).
 Missing config keys take the defaults of transformers 5.x's config classes (DEFAULTS, data); legacy spellings
 (`rope_theta`, `rope_scaling`, `full_attn_idxs`, `block_ff_dim`, `tie_embedding`) are read as transformers reads
-them. What omnic cannot run (rope scaling, logit soft-capping, dense layers among MoE layers) is refused with a
-ValueError that names the key.
+them. What omnic cannot run (rope scaling, logit soft-capping) is refused with a ValueError that names the key.
+Mixture-of-experts families with dense layers among the MoE ones (Qwen2-MoE / Qwen3-MoE `decoder_sparse_step`,
+`mlp_only_layers`; DeepSeek-V3 `first_k_dense_replace`) give the per-layer pattern as `ffn_types`.
 
 Vision encoders (siglip_vision_model, siglip2_vision_model, dinov2, dinov3_vit; full siglip / siglip2 configs give
 their vision tower) become one `VisionEncoder` layer (id "vision", compiler/ops/encoder.py) over a pixel_values
@@ -42,6 +43,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                       max_window_layers=28, layer_types=None, decoder_sparse_step=1, moe_intermediate_size=1408,
                       shared_expert_intermediate_size=5632, num_experts_per_tok=4, num_experts=60,
                       norm_topk_prob=False, mlp_only_layers=None, qkv_bias=True, rope_theta=10000.0),
+    "qwen3_moe": dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=24,
+                      num_attention_heads=32, num_key_value_heads=4, head_dim=None, hidden_act="silu",
+                      rms_norm_eps=1e-6, tie_word_embeddings=False, attention_bias=False, use_sliding_window=False,
+                      sliding_window=4096, decoder_sparse_step=1, moe_intermediate_size=768, num_experts_per_tok=8,
+                      num_experts=128, norm_topk_prob=False, mlp_only_layers=None, rope_theta=10000.0),
+    "deepseek_v3": dict(vocab_size=129280, hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
+                        num_hidden_layers=61, num_attention_heads=128, num_key_value_heads=None, n_shared_experts=1,
+                        n_routed_experts=256, routed_scaling_factor=2.5, kv_lora_rank=512, q_lora_rank=1536,
+                        qk_rope_head_dim=64, v_head_dim=128, qk_nope_head_dim=128, n_group=8, topk_group=4,
+                        num_experts_per_tok=8, first_k_dense_replace=3, norm_topk_prob=True, hidden_act="silu",
+                        rms_norm_eps=1e-6, tie_word_embeddings=False, rope_interleave=True, attention_bias=False,
+                        rope_theta=10000.0),
     "mixtral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                     num_attention_heads=32, num_key_value_heads=8, head_dim=None, hidden_act="silu",
                     rms_norm_eps=1e-5, tie_word_embeddings=False, sliding_window=None, num_experts_per_tok=2,
@@ -174,13 +187,33 @@ def _lfm2(cfg: dict) -> dict:
     return lm_spec(cfg.get("_name_or_path") or "lfm2", p)
 
 
+def _ffn_types(c: _Cfg) -> list[str] | None:
+    """Qwen2-MoE / Qwen3-MoE: layer i is MoE unless listed in mlp_only_layers or (i + 1) % decoder_sparse_step != 0
+    (or num_experts is 0), as their decoder layers decide; None when every layer is MoE."""
+    step, only = c["decoder_sparse_step"], set(c["mlp_only_layers"] or [])
+    if step < 1:
+        _refuse(c.model_type, "decoder_sparse_step", step, "a positive layer step")
+    types = ["moe" if i not in only and c["num_experts"] > 0 and (i + 1) % step == 0 else "dense"
+             for i in range(c["num_hidden_layers"])]
+    return None if "dense" not in types else types
+
+
+def _moe_stack(c: _Cfg, experts: int) -> dict:
+    """The mixture-of-experts params common to the Qwen MoE families, dense layers included."""
+    types = _ffn_types(c)
+    if types and "moe" not in types:
+        _refuse(c.model_type, "mlp_only_layers/decoder_sparse_step/num_experts", c["num_experts"],
+                "no layer has experts: import it as a dense model")
+    p = dict(num_experts=experts, top_k=c["num_experts_per_tok"], expert_dim=c["moe_intermediate_size"],
+             norm_topk_prob=bool(c["norm_topk_prob"]))
+    if types:
+        p.update(ffn_types=types, ff_dim=c["intermediate_size"])
+    return p
+
+
 def _qwen2_moe(cfg: dict) -> dict:
     c = _Cfg(cfg, "qwen2_moe")
     n = c["num_hidden_layers"]
-    dense = [i for i in range(n) if i in (c["mlp_only_layers"] or []) or (i + 1) % c["decoder_sparse_step"]]
-    if dense or not c["num_experts"]:
-        _refuse("qwen2_moe", "mlp_only_layers/decoder_sparse_step", dense or c["num_experts"],
-                "every layer must be a mixture-of-experts layer")
     types = c["layer_types"]
     if types is None:
         types = ["sliding_attention" if (i + 1) % 2 and i < c["max_window_layers"] and c["use_sliding_window"]
@@ -189,13 +222,49 @@ def _qwen2_moe(cfg: dict) -> dict:
     p = dict(family="qwen2_moe", vocab_size=c["vocab_size"], **_attention(c), mlp=_mlp(c, "hidden_act"),
              attn_bias=["q", "k", "v"] if c["qkv_bias"] else [], norm_eps=float(c["rms_norm_eps"]),
              layer_types=types, rope_theta=_rope(c), tie=bool(c["tie_word_embeddings"]),
-             num_experts=c["num_experts"], top_k=c["num_experts_per_tok"], expert_dim=c["moe_intermediate_size"],
-             norm_topk_prob=bool(c["norm_topk_prob"]))
+             **_moe_stack(c, c["num_experts"]))
     if shared:
         p["shared_expert_dim"] = shared
     if "sliding_attention" in types:
         p["sliding_window"] = c["sliding_window"]
     return lm_spec(cfg.get("_name_or_path") or "qwen2_moe", p)
+
+
+def _qwen3_moe(cfg: dict) -> dict:
+    """Qwen3-MoE: q/k RMSNorm per head, no shared expert, every layer sliding when use_sliding_window."""
+    c = _Cfg(cfg, "qwen3_moe")
+    p = dict(family="qwen3_moe", vocab_size=c["vocab_size"], **_attention(c), mlp=_mlp(c, "hidden_act"),
+             attn_bias=["q", "k", "v", "o"] if c["attention_bias"] else [], norm_eps=float(c["rms_norm_eps"]),
+             qk_norm=True, rope_theta=_rope(c), tie=bool(c["tie_word_embeddings"]), **_moe_stack(c, c["num_experts"]))
+    if c["use_sliding_window"] and c["sliding_window"]:
+        p.update(layer_types=["sliding_attention"] * c["num_hidden_layers"], sliding_window=c["sliding_window"])
+    return lm_spec(cfg.get("_name_or_path") or "qwen3_moe", p)
+
+
+def _deepseek_v3(cfg: dict) -> dict:
+    """DeepSeek-V3: multi-head latent attention (MLA_Layer), the first first_k_dense_replace layers dense, the
+    others group-routed sigmoid experts with n_shared_experts ungated shared experts."""
+    c = _Cfg(cfg, "deepseek_v3")
+    n, heads = c["num_hidden_layers"], c["num_attention_heads"]
+    kv = c.get("num_key_value_heads") or heads
+    if kv != heads:
+        _refuse("deepseek_v3", "num_key_value_heads", kv, "latent attention expands keys and values for every head")
+    dense = min(c["first_k_dense_replace"] or 0, n)
+    E = c.get("num_local_experts", c["n_routed_experts"])
+    p = dict(family="deepseek_v3", vocab_size=c["vocab_size"], hidden=c["hidden_size"], layers=n, heads=heads,
+             mlp=_mlp(c, "hidden_act"), norm_eps=float(c["rms_norm_eps"]), rope_theta=_rope(c),
+             tie=bool(c["tie_word_embeddings"]), num_experts=E, top_k=c["num_experts_per_tok"],
+             expert_dim=c["moe_intermediate_size"], shared_expert_dim=c["moe_intermediate_size"] * c["n_shared_experts"],
+             norm_topk_prob=bool(c["norm_topk_prob"]), n_group=c["n_group"] or 1, topk_group=c["topk_group"] or 1,
+             routed_scaling_factor=float(c["routed_scaling_factor"]), q_lora_rank=c["q_lora_rank"],
+             kv_lora_rank=c["kv_lora_rank"], qk_nope_head_dim=c["qk_nope_head_dim"],
+             qk_rope_head_dim=c["qk_rope_head_dim"], v_head_dim=c["v_head_dim"],
+             rope_interleave=bool(c["rope_interleave"]), mla_bias=bool(c["attention_bias"]))
+    if not c["n_shared_experts"]:
+        del p["shared_expert_dim"]
+    if dense:
+        p.update(ffn_types=["dense"] * dense + ["moe"] * (n - dense), ff_dim=c["intermediate_size"])
+    return lm_spec(cfg.get("_name_or_path") or "deepseek_v3", p)
 
 
 def _mixtral(cfg: dict) -> dict:
@@ -331,6 +400,8 @@ IMPORTERS: dict[str, Callable[[dict], dict]] = {
     "gemma3": _gemma3,
     "lfm2": _lfm2,
     "qwen2_moe": _qwen2_moe,
+    "qwen3_moe": _qwen3_moe,
+    "deepseek_v3": _deepseek_v3,
     "mixtral": _mixtral,
     "siglip_vision_model": _siglip_vision,
     "siglip2_vision_model": _siglip2_vision,
@@ -343,7 +414,7 @@ IMPORTERS: dict[str, Callable[[dict], dict]] = {
 # model_type -> renames of checkpoint names to the spec's weight names: (regex, replacement) pairs applied in order
 # with re.sub (a replacement of None drops the names it matches), the form runtime_torch.load_state_dict_mapped takes
 KEY_MAPS: dict[str, list[tuple[str, str | None]]] = {
-    **{t: [(r"^", LM_ID + ".")] for t in ("llama", "gemma3_text", "lfm2", "qwen2_moe")},
+    **{t: [(r"^", LM_ID + ".")] for t in ("llama", "gemma3_text", "lfm2", "qwen2_moe", "qwen3_moe", "deepseek_v3")},
     "mixtral": [(r"\.block_sparse_moe\.", ".mlp."), (r"^", LM_ID + ".")],          # hub checkpoints' module name
     # Gemma3ForConditionalGeneration: the text model's keys; the vision tower and projector are dropped
     "gemma3": [(r"^model\.(vision_tower|multi_modal_projector)\.", None),
@@ -375,6 +446,7 @@ EXPERT_MERGES: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
         (r"^(.*)\.mlp\.experts\.(\d+)\.(down_proj)\.weight$", r"\1.mlp.experts.down_proj", ("down_proj",)),
     ],
 }
+EXPERT_MERGES["qwen3_moe"] = EXPERT_MERGES["deepseek_v3"] = EXPERT_MERGES["qwen2_moe"]   # the same per-expert names
 
 
 def spec_from_hf_config(config: dict) -> dict:

@@ -1,17 +1,20 @@
 """DecoderLM: a decoder-only language model as one layer, expanded into the layers that make it.
 
-  ids (B, T) -> Embedding (x sqrt(D) for Gemma) -> TransformerBlock x layers (GQA_MoE_Layer when num_experts)
-             -> final RMSNorm -> LM head Linear (tied to the embedding when `tie`) -> logits (B, T, V)
+  ids (B, T) -> Embedding (x sqrt(D) for Gemma) -> TransformerBlock x layers (GQA_MoE_Layer when num_experts,
+             MLA_Layer when kv_lora_rank: multi-head latent attention) -> final RMSNorm -> LM head Linear (tied to the embedding when `tie`) -> logits (B, T, V)
 
 The sub-layer ids reproduce each family's checkpoint names, so a transformers state dict loads with the prefix map
 "" -> "<this layer's id>.":
-  llama, gemma3, qwen2_moe, mixtral   model.embed_tokens, model.layers.{i}, model.norm, lm_head
+  llama, gemma3, qwen2_moe,           model.embed_tokens, model.layers.{i}, model.norm, lm_head
+  qwen3_moe, mixtral, deepseek_v3
   lfm2                                model.embed_tokens, model.layers.{i}, model.embedding_norm, lm_head
   nanovlm_lm                          token_embedding, blocks.{i}, norm, head
 Every parameter left out takes the family's default from PRESETS (transformers' config defaults for the HF
 families; the published code's for nanoVLM), a table of data. Derived defaults (Gemma's layer pattern, embedding
 scale and attention scale) are computed once, in `settings()`.
-Sources: transformers/models/{llama,gemma3,lfm2,qwen2_moe,mixtral}/modeling_*.py; nanoVLM models/language_model.py.
+Mixed dense / MoE stacks: `ffn_types` (one "moe" or "dense" per layer; dense layers are gated MLPs of width ff_dim).
+Sources: transformers/models/{llama,gemma3,lfm2,qwen2_moe,qwen3_moe,mixtral,deepseek_v3}/modeling_*.py; nanoVLM
+models/language_model.py.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from ..ir import IDS
 from ..registry import Op, Params, Slot, register
 from .transformer import LayerType, MLPKind
 
-Family = Literal["llama", "gemma3", "lfm2", "qwen2_moe", "mixtral", "nanovlm_lm"]
+Family = Literal["llama", "gemma3", "lfm2", "qwen2_moe", "qwen3_moe", "mixtral", "deepseek_v3", "nanovlm_lm"]
 
 _HF_IDS = {"embed": "model.embed_tokens", "layers": "model.layers", "norm": "model.norm", "head": "lm_head"}
 
@@ -38,7 +41,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                  rope_theta=1e6, conv_kernel=3, tie=True),
     "qwen2_moe": dict(ids=_HF_IDS, mlp="swiglu", norm_eps=1e-6, rope_theta=10000.0, attn_bias=["q", "k", "v"],
                       norm_topk_prob=False, tie=False),
+    "qwen3_moe": dict(ids=_HF_IDS, mlp="swiglu", norm_eps=1e-6, rope_theta=10000.0, qk_norm=True,
+                      norm_topk_prob=False, tie=False),
     "mixtral": dict(ids=_HF_IDS, mlp="swiglu", norm_eps=1e-5, rope_theta=1e6, norm_topk_prob=True, tie=False),
+    "deepseek_v3": dict(ids=_HF_IDS, mlp="swiglu", norm_eps=1e-6, rope_theta=10000.0, router="sigmoid_group",
+                        norm_topk_prob=True, shared_expert_gate=False, rope_interleave=True, tie=False),
     "nanovlm_lm": dict(ids={"embed": "token_embedding", "layers": "blocks", "norm": "norm", "head": "head"},
                        mlp="swiglu", norm_eps=1e-5, rope_theta=1e5, tie=True),
 }
@@ -46,7 +53,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 BASE = dict(mlp_bias=False, attn_bias=[], norm_offset=0.0, post_norms=False, qk_norm=False, scale_embeddings=False,
             query_pre_attn_scalar=None, attn_scale=None, rope_theta_local=None, rope_dim=None, head_dim=None,
             layer_types=None, sliding_window=None, sliding_window_pattern=None, conv_kernel=3, conv_bias=False,
-            norm_topk_prob=True)
+            norm_topk_prob=True, router="softmax", shared_expert_gate=True, rope_interleave=True, mla_bias=False)
 
 
 class DecoderLMParams(Params):
@@ -88,8 +95,27 @@ class DecoderLMParams(Params):
     num_experts: Optional[int] = Field(None, ge=1, le=4096)
     top_k: Optional[int] = Field(None, ge=1, le=4096)
     expert_dim: Optional[int] = Field(None, ge=1, le=10_000_000)
-    shared_expert_dim: Optional[int] = Field(None, ge=1, le=10_000_000)
+    shared_expert_dim: Optional[int] = Field(None, ge=0, le=10_000_000, description="Shared expert width (0: "
+                                                                                    "present with no width).")
+    shared_expert_gate: Optional[bool] = Field(None, description="Sigmoid gate on the shared expert (Qwen2-MoE).")
     norm_topk_prob: Optional[bool] = None
+    router: Optional[Literal["softmax", "sigmoid_group"]] = Field(None, description="Expert routing (DeepSeek-V3: "
+                                                                                    "sigmoid_group).")
+    n_group: Optional[int] = Field(None, ge=1, le=4096, description="sigmoid_group: expert groups.")
+    topk_group: Optional[int] = Field(None, ge=1, le=4096, description="sigmoid_group: groups kept per token.")
+    routed_scaling_factor: Optional[float] = Field(None, gt=0, description="sigmoid_group: routed weight scale.")
+    ffn_types: Optional[list[Literal["moe", "dense"]]] = Field(
+        None, description="Feed-forward per layer in a mixture-of-experts stack: moe or dense (width ff_dim); "
+                          "default all moe.")
+    # multi-head latent attention (MLA_Layer blocks when kv_lora_rank is set; see compiler/ops/mla.py)
+    q_lora_rank: Optional[int] = Field(None, ge=1, le=1_000_000, description="Low-rank query width (MLA).")
+    kv_lora_rank: Optional[int] = Field(None, ge=1, le=1_000_000, description="Compressed key/value latent width: "
+                                                                              "MLA blocks when set.")
+    qk_nope_head_dim: Optional[int] = Field(None, ge=0, le=4096)
+    qk_rope_head_dim: Optional[int] = Field(None, ge=2, le=4096)
+    v_head_dim: Optional[int] = Field(None, ge=1, le=4096)
+    rope_interleave: Optional[bool] = Field(None, description="MLA: RoPE on interleaved pairs (DeepSeek).")
+    mla_bias: Optional[bool] = Field(None, description="MLA: biases on q_a, kv_a, o (config.attention_bias).")
 
 
 def settings(p: DecoderLMParams) -> dict[str, Any]:
@@ -127,6 +153,23 @@ class DecoderLM(Op):
                     diag(f, f"{f} is a mixture-of-experts setting, but num_experts is not given")
         elif p.top_k is None:
             diag("top_k", "a mixture of experts needs top_k (experts per token)")
+        if p.ffn_types is not None:
+            if p.num_experts is None:
+                diag("ffn_types", "ffn_types mixes dense and mixture-of-experts layers, but num_experts is not given")
+            elif len(p.ffn_types) != p.layers:
+                diag("ffn_types", f"ffn_types has {len(p.ffn_types)} entries for {p.layers} layers")
+        mla = ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+        if p.kv_lora_rank is not None:
+            if p.num_experts is None:
+                diag("kv_lora_rank", "latent attention blocks (kv_lora_rank) are built with experts: give "
+                                     "num_experts (all-dense stacks: ffn_types all dense)")
+            for f in mla:
+                if getattr(p, f) is None:
+                    diag(f, f"latent attention (kv_lora_rank) needs {f}")
+        else:
+            for f in mla + ("q_lora_rank",):
+                if getattr(p, f) is not None:
+                    diag(f, f"{f} is a latent-attention setting, but kv_lora_rank is not given")
 
     @classmethod
     def expand(cls, p, layer):
@@ -144,7 +187,18 @@ class DecoderLM(Op):
         if p.num_experts:
             kind = "GQA_MoE_Layer"
             block.update(num_experts=p.num_experts, top_k=p.top_k, expert_dim=p.expert_dim,
-                         shared_expert_dim=p.shared_expert_dim, norm_topk_prob=s["norm_topk_prob"])
+                         shared_expert_dim=p.shared_expert_dim, shared_expert_gate=s["shared_expert_gate"],
+                         norm_topk_prob=s["norm_topk_prob"], router=s["router"], n_group=p.n_group,
+                         topk_group=p.topk_group, routed_scaling_factor=p.routed_scaling_factor,
+                         ffn_types=p.ffn_types, ff_dim=p.ff_dim)
+            if p.kv_lora_rank is not None:
+                kind = "MLA_Layer"
+                for k in ("num_kv_heads", "head_dim", "rope_dim", "attn_bias", "qk_norm"):
+                    block.pop(k)
+                block.update(q_lora_rank=p.q_lora_rank, kv_lora_rank=p.kv_lora_rank,
+                             qk_nope_head_dim=p.qk_nope_head_dim, qk_rope_head_dim=p.qk_rope_head_dim,
+                             v_head_dim=p.v_head_dim, rope_interleave=s["rope_interleave"],
+                             mla_bias=s["mla_bias"])
         else:
             kind = "TransformerBlock"
             block["ff_dim"] = p.ff_dim
