@@ -232,6 +232,8 @@ def _qwen2_moe(cfg: dict) -> dict:
 
 def _qwen3_moe(cfg: dict) -> dict:
     """Qwen3-MoE: q/k RMSNorm per head, no shared expert, every layer sliding when use_sliding_window."""
+    if "num_local_experts" in cfg:         # transformers 5.x writes num_experts under this name (attribute_map)
+        cfg = {k: v for k, v in cfg.items() if k != "num_local_experts"} | {"num_experts": cfg["num_local_experts"]}
     c = _Cfg(cfg, "qwen3_moe")
     p = dict(family="qwen3_moe", vocab_size=c["vocab_size"], **_attention(c), mlp=_mlp(c, "hidden_act"),
              attn_bias=["q", "k", "v", "o"] if c["attention_bias"] else [], norm_eps=float(c["rms_norm_eps"]),

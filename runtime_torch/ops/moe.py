@@ -31,6 +31,22 @@ def route(h, router_w, top_k: int, renorm: bool):
     return w.to(h.dtype), idx
 
 
+def route_group(h, router_w, bias, top_k: int, n_group: int, topk_group: int, renorm: bool, scale: float):
+    """DeepSeek-V3's group-limited sigmoid routing (compiler/ops/moe.py), in float32 as transformers:
+    (weights (N, k) in h's dtype, expert ids (N, k)) of tokens h (N, D); bias (E,) the score correction."""
+    N, E = h.shape[0], router_w.shape[0]
+    scores = F.linear(h.float(), router_w.float()).sigmoid()                    # (N, E)
+    choice = scores + bias.float()
+    groups = choice.view(N, n_group, E // n_group).topk(2, dim=-1)[0].sum(dim=-1)   # (N, G)
+    keep = torch.zeros_like(groups).scatter_(1, torch.topk(groups, topk_group, dim=-1, sorted=False)[1], 1.0)
+    keep = keep.unsqueeze(-1).expand(N, n_group, E // n_group).reshape(N, E)   # (N, E)
+    idx = torch.topk(choice.masked_fill(keep == 0, float("-inf")), top_k, dim=-1, sorted=False)[1]   # (N, k)
+    w = scores.gather(1, idx)
+    if renorm:
+        w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
+    return (w * scale).to(h.dtype), idx
+
+
 def _aligned(*ts) -> bool:
     return all(t.shape[-1] * t.element_size() % 16 == 0 for t in ts)
 
@@ -102,28 +118,43 @@ def merge_experts(tensors: Mapping[str, torch.Tensor], merges: Sequence[tuple[st
 @implements("GQA_MoE_Layer")
 class GQAMoELayer(TransformerBlock):
     def _init_ffn(self, p, n):
+        self.moe = p.ffn_type == "moe"
+        if not self.moe:                    # a dense layer of a mixed stack: TransformerBlock's gated MLP
+            return super()._init_ffn(p, n)
         D, E, Fw = p.D, p.num_experts, p.expert_dim
         self.act = {"swiglu": F.silu, "geglu": F.gelu,
                     "geglu_tanh": lambda x: F.gelu(x, approximate="tanh")}[p.mlp]
         self.top_k, self.renorm = p.top_k, p.norm_topk_prob
+        self.grouped = (p.n_group, p.topk_group, p.routed_scaling_factor) if p.router == "sigmoid_group" else None
         self._keep("gate", None, None)      # no dense gate|up: the experts' are stacked tensors
         self._keep("router", n("router"), Lin(E, D, False))
+        if self.grouped:
+            self.router.register_buffer("e_score_correction_bias", torch.empty(E))    # a buffer, as transformers
         self._keep("gate_up", None, place(self, n("experts_gate_up"), param=(E, 2 * Fw, D)))   # (module, name)
         self._keep("down", None, place(self, n("experts_down"), param=(E, D, Fw)))
         self._keep("shared", None, None)
-        if p.shared_expert_dim:
+        self._keep("shared_router", None, None)
+        if p.shared_expert_dim is not None:
             S = p.shared_expert_dim
             self._keep("shared", None, (place(self, n("shared_gate"), Lin(S, D, False)),
                                         place(self, n("shared_up"), Lin(S, D, False)),
                                         place(self, n("shared_down"), Lin(D, S, False))))
-            self._keep("shared_router", n("shared_router"), Lin(1, D, False))
+            if p.shared_expert_gate:
+                self._keep("shared_router", n("shared_router"), Lin(1, D, False))
 
     def ffn(self, h):
+        if not self.moe:
+            return super().ffn(h)
         shape = h.shape
         h = h.reshape(-1, shape[-1])                                           # (N, D)
-        w, idx = route(h, self.router.weight, self.top_k, self.renorm)
+        if self.grouped:
+            w, idx = route_group(h, self.router.weight, self.router.e_score_correction_bias, self.top_k,
+                                 *self.grouped[:2], self.renorm, self.grouped[2])
+        else:
+            w, idx = route(h, self.router.weight, self.top_k, self.renorm)
         y = experts(h, idx, w, getattr(*self.gate_up), getattr(*self.down), self.act)
         if self.shared is not None:
             g, u, d = self.shared
-            y = y + torch.sigmoid(self.shared_router(h)) * d(self.act(g(h)) * u(h))
+            s = d(self.act(g(h)) * u(h))
+            y = y + (s if self.shared_router is None else torch.sigmoid(self.shared_router(h)) * s)
         return y.view(shape)
