@@ -169,3 +169,42 @@ def test_torch_logits_match_transformers(saved):
     diff = (got - want).abs().max().item()
     print(f"{name}: max |logits diff| = {diff:.2e} (logits up to {want.abs().max().item():.1f})")
     assert diff < 1e-4
+
+
+# --- deepseek_v3 decoding with the latent cache -----------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["deepseek_v3", "deepseek_v3_plain_q"])
+def test_mla_stepwise_decode_equals_full_forward_and_transformers_generate(name, tmp_path):
+    from runtime_torch.generate import DecodeSession, generate
+    hf = hf_model(name)
+    hf.save_pretrained(tmp_path)
+    _, model = load_torch(tmp_path)
+    with torch.no_grad():
+        full = model(input_ids=IDS)["lm.lm_head"]                            # (B, T, V)
+    session = DecodeSession(model, pack=False)
+    steps = [session.step(IDS[:, :4])] + [session.step(IDS[:, t:t + 1]) for t in range(4, IDS.shape[1])]
+    assert (torch.cat(steps, dim=1) - full).abs().max().item() < 1e-4
+    want = hf.generate(IDS, max_new_tokens=8, do_sample=False, min_new_tokens=8)
+    assert torch.equal(generate(model, IDS, 8), want)
+
+
+@pytest.mark.parametrize("batch, context", [(1, 7), (2, 5)])
+def test_latent_cache_bytes_equal_the_report_and_transformers_cache(batch, context, tmp_path):
+    """After a prefill, the runtime's caches hold kv_lora_rank + qk_rope_head_dim elements per token and layer:
+    exactly the compiler's decode state, and exactly what transformers' own cache holds for this model."""
+    from runtime_torch.generate import DecodeSession
+    hf = hf_model("deepseek_v3")
+    hf.save_pretrained(tmp_path)
+    _, model = load_torch(tmp_path)
+    ids = IDS[:batch, :context]
+    session = DecodeSession(model, pack=False)
+    session.step(ids)
+    ours = sum(t.numel() * t.element_size() for cache in session.caches.values() for t in (cache.k, cache.v))
+    report = compiler.compile(spec_from_hf_config(hf.config.to_dict()), batch=batch, context=context,
+                              format="fp32").report
+    assert ours == report["memory"]["decode_state"]["fp32"]
+    cfg = hf.config
+    assert ours == 4 * batch * context * cfg.num_hidden_layers * (cfg.kv_lora_rank + cfg.qk_rope_head_dim)
+    with torch.no_grad():
+        past = hf(input_ids=ids, use_cache=True).past_key_values
+    theirs = sum(t.numel() * t.element_size() for layer in past.layers for t in (layer.keys, layer.values))
+    assert ours == theirs
