@@ -70,7 +70,9 @@ def test_lfm2_legacy_spellings():
 @pytest.mark.parametrize("cfg, match", [
     (dict(SMOLLM2_135M, rope_scaling={"rope_type": "llama3", "factor": 8.0}), "rope_scaling"),
     (dict(model_type="gemma3_text", final_logit_softcapping=30.0), "final_logit_softcapping"),
-    (dict(model_type="qwen2_moe", mlp_only_layers=[0]), "mlp_only_layers"),
+    (dict(model_type="qwen2_moe", num_experts=0), "num_experts"),
+    (dict(model_type="qwen3_moe", decoder_sparse_step=0), "decoder_sparse_step"),
+    (dict(model_type="deepseek_v3", num_key_value_heads=8), "num_key_value_heads"),
     (dict(model_type="llama", hidden_act="gelu_new_python"), "hidden_act"),
     (dict(model_type="bert"), "unsupported model_type"),
 ])
