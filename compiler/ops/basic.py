@@ -31,6 +31,8 @@ class LinearParams(Params):
                                                  "(a tied LM head); counted once.")
     tied_name: Optional[str] = Field(None, description="Resolved: full name of the shared tensor (set by the compiler).")
     role: Literal["linear", "head"] = Field("linear", description="'head' for LM heads (kept 16-bit by quantisers).")
+    softcap: Optional[float] = Field(None, gt=0, description="Outputs soft-capped, cap * tanh(y / cap) (Gemma-2/3 "
+                                                             "final_logit_softcapping).")
 
 
 @register
