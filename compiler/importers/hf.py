@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Optional
 
+from ..activations import from_hf as act_from_hf
+from ..activations import hf_names
 from ..rope import from_hf as rope_from_hf
 from ..rope import resolve_scaling
 
@@ -85,11 +87,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                     num_local_experts=8, rope_theta=1_000_000.0, max_position_embeddings=131072),
 }
 
-# transformers' activation names -> the gated MLP kinds of TransformerBlock
-GATED_MLP = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu_tanh",
-             "gelu_new": "geglu_tanh", "gelu_fast": "geglu_tanh"}
-
-
 class _Cfg:
     """A config dict read with the family's defaults; `[key]` of an unknown key is a KeyError naming it."""
 
@@ -153,11 +150,12 @@ def _rope(c: _Cfg, layer_type: Optional[str] = None) -> dict:
     return out
 
 
-def _mlp(c: _Cfg, key: str) -> str:
-    act = c[key]
-    if act not in GATED_MLP:
-        _refuse(c.model_type, key, act, "gated MLP activations: " + ", ".join(GATED_MLP))
-    return GATED_MLP[act]
+def _mlp(c: _Cfg, key: str, gated: bool = True) -> str:
+    """The MLP kind of activation config key `key` (compiler/activations.py's table)."""
+    kind = act_from_hf(c[key], gated)
+    if kind is None:
+        _refuse(c.model_type, key, c[key], "activations of transformers' ACT2FN: " + ", ".join(hf_names()))
+    return kind
 
 
 def _attention(c: _Cfg) -> dict:
@@ -374,11 +372,6 @@ VISION_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 DEFAULTS.update(VISION_DEFAULTS)
 
-# transformers' activation names -> the plain (two-matrix) MLP kinds of TransformerBlock
-PLAIN_MLP = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
-             "silu": "silu", "swish": "silu", "relu": "relu"}
-
-
 def _side(c: _Cfg, key: str) -> int:
     """A square size (`image_size`, `patch_size`): an int, or a pair of equal ints."""
     v = c[key]
@@ -390,10 +383,7 @@ def _side(c: _Cfg, key: str) -> int:
 
 
 def _plain_mlp(c: _Cfg, key: str = "hidden_act") -> str:
-    act = c[key]
-    if act not in PLAIN_MLP:
-        _refuse(c.model_type, key, act, "MLP activations: " + ", ".join(PLAIN_MLP))
-    return PLAIN_MLP[act]
+    return _mlp(c, key, gated=False)
 
 
 def vision_spec(name: str, channels: int, size: int, params: dict, outputs: list[str] | None = None) -> dict:

@@ -9,11 +9,10 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
+from ..activations import ACTIVATION_NAMES, Activation
 from ..dims import Dim
 from ..ir import IDS, IMAGE, TOKENS, VECTOR, TensorType
 from ..registry import Ctx, Op, Params, Slot, W, linear_flops, register
-
-ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu", "tanh", "sigmoid", "identity")
 
 
 def check_width(diag, t: TensorType, want: Optional[int], field: str, what: str = "input width") -> None:
@@ -216,7 +215,7 @@ class RMSNorm(_Norm):
 
 # ---------------------------------------------------------------------------------------------------------------------
 class ActivationParams(Params):
-    fn: Literal[ACTIVATIONS] = Field("gelu", description="gelu (erf) | gelu_tanh | silu | relu | tanh | sigmoid | identity")
+    fn: Activation = Field("gelu", description="One of compiler/activations.py: " + " | ".join(ACTIVATION_NAMES))
 
 
 @register

@@ -25,7 +25,8 @@ from pydantic import Field
 from ..ir import IDS
 from ..registry import Op, Params, Slot, register
 from ..rope import RopeScaling
-from .transformer import LayerType, MLPKind
+from ..activations import MLPKind
+from .transformer import LayerType
 
 Family = Literal["llama", "gemma2", "gemma3", "qwen2", "qwen3", "mistral", "phi3", "smollm3", "olmo2", "lfm2",
                  "qwen2_moe", "mixtral", "nanovlm_lm"]

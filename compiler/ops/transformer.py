@@ -23,14 +23,13 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
+from ..activations import GATED, MLPKind
 from ..ir import TOKENS
 from ..registry import Ctx, Op, Params, Slot, W, register
 from ..rope import RopeScaling, resolve_scaling
 from .naming import FAMILIES, NAMES, name_of
 
 LayerType = Literal["full_attention", "sliding_attention", "conv"]
-MLPKind = Literal["gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu", "geglu_tanh"]
-GATED = ("swiglu", "geglu", "geglu_tanh")
 
 
 class BlockParams(Params):
@@ -44,8 +43,8 @@ class BlockParams(Params):
     depth: Optional[int] = Field(None, ge=1, le=4096, description="Number of stacked blocks (same as repeat).")
     repeat: Optional[int] = Field(None, ge=1, le=4096, description="Number of stacked blocks (seed spelling).")
     # structure ---------------------------------------------------------------------------------------------------
-    mlp: MLPKind = Field("gelu", description="gelu | gelu_tanh | relu | silu (plain 2-layer MLP) or swiglu | "
-                                             "geglu | geglu_tanh (gated, 3 matrices)")
+    mlp: MLPKind = Field("gelu", description="an activation of compiler/activations.py (plain 2-layer MLP), or a "
+                                             "gated kind (3 matrices): swiglu | geglu | geglu_tanh | gated_<act>")
     mlp_bias: bool = Field(True, description="Biases in the MLP.")
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: float = Field(1e-5, gt=0)

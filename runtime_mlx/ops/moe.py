@@ -14,7 +14,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..registry import implements
-from .basic import gelu, gelu_tanh, silu
+from ..activations import ACT
 from .transformer import Lin, TransformerBlock, _ref, place
 
 SORT_FROM = 64   # sort (token, choice) pairs by expert from this many on
@@ -74,7 +74,7 @@ def experts(h, idx, w, gate_up, down, act):
 class GQAMoELayer(TransformerBlock):
     def _init_ffn(self, p, n):
         D, E, Fw = p.D, p.num_experts, p.expert_dim
-        _ref(self, act={"swiglu": silu, "geglu": gelu, "geglu_tanh": gelu_tanh}[p.mlp])
+        _ref(self, act=ACT[p.mlp])
         self.top_k, self.renorm = p.top_k, p.norm_topk_prob
         _ref(self, router=place(self, n("router"), Lin(E, D, False)),
              gate_up=place(self, n("experts_gate_up"), param=(E, 2 * Fw, D)),     # (module, key)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from compiler.ops.naming import name_of
 
+from ..activations import ACT
 from ..registry import implements
 from .transformer import Lin, TransformerBlock, place
 
@@ -103,8 +104,7 @@ def merge_experts(tensors: Mapping[str, torch.Tensor], merges: Sequence[tuple[st
 class GQAMoELayer(TransformerBlock):
     def _init_ffn(self, p, n):
         D, E, Fw = p.D, p.num_experts, p.expert_dim
-        self.act = {"swiglu": F.silu, "geglu": F.gelu,
-                    "geglu_tanh": lambda x: F.gelu(x, approximate="tanh")}[p.mlp]
+        self.act = ACT[p.mlp]
         self.top_k, self.renorm = p.top_k, p.norm_topk_prob
         self._keep("gate", None, None)      # no dense gate|up: the experts' are stacked tensors
         self._keep("router", n("router"), Lin(E, D, False))
