@@ -68,8 +68,12 @@ def test_lfm2_legacy_spellings():
 
 
 @pytest.mark.parametrize("cfg, match", [
-    (dict(SMOLLM2_135M, rope_scaling={"rope_type": "llama3", "factor": 8.0}), "rope_scaling"),
-    (dict(model_type="gemma3_text", final_logit_softcapping=30.0), "final_logit_softcapping"),
+    (dict(SMOLLM2_135M, rope_scaling={"rope_type": "llama3", "factor": 8.0}), "rope_scaling.low_freq_factor"),
+    (dict(SMOLLM2_135M, rope_scaling={"rope_type": "proportional", "factor": 8.0}), "rope type 'proportional'"),
+    (dict(SMOLLM2_135M, rope_scaling={"rope_type": "linear", "factor": 8.0, "fudge": 1}), "fudge"),
+    (dict(model_type="phi3", rope_scaling={"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}),
+     "short_factor has 1 entries"),
+    (dict(model_type="gemma3_text", use_bidirectional_attention=True), "use_bidirectional_attention"),
     (dict(model_type="qwen2_moe", num_experts=0), "num_experts"),
     (dict(model_type="qwen3_moe", decoder_sparse_step=0), "decoder_sparse_step"),
     (dict(model_type="deepseek_v3", num_key_value_heads=8), "num_key_value_heads"),

@@ -45,7 +45,8 @@ DEEPSEEK_V3 = dict(
     routed_scaling_factor=2.5, kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64, v_head_dim=128,
     qk_nope_head_dim=128, n_group=8, topk_group=4, num_experts_per_tok=8, first_k_dense_replace=3,
     norm_topk_prob=True, max_position_embeddings=163840, rms_norm_eps=1e-6, rope_theta=10000.0,
-    tie_word_embeddings=False)
+    rope_scaling={"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
+                  "original_max_position_embeddings": 4096, "type": "yarn"}, tie_word_embeddings=False)
 
 # name: (model class, config class, config, total parameters, active parameters per token)
 FULL = {

@@ -5,16 +5,16 @@
 
 The sub-layer ids reproduce each family's checkpoint names, so a transformers state dict loads with the prefix map
 "" -> "<this layer's id>.":
-  llama, gemma3, qwen2_moe,           model.embed_tokens, model.layers.{i}, model.norm, lm_head
-  qwen3_moe, mixtral, deepseek_v3
+  llama, gemma2, gemma3, qwen2, qwen3, mistral, phi3, smollm3, olmo2, qwen2_moe, qwen3_moe, mixtral, deepseek_v3
+                                      model.embed_tokens, model.layers.{i}, model.norm, lm_head
   lfm2                                model.embed_tokens, model.layers.{i}, model.embedding_norm, lm_head
   nanovlm_lm                          token_embedding, blocks.{i}, norm, head
 Every parameter left out takes the family's default from PRESETS (transformers' config defaults for the HF
 families; the published code's for nanoVLM), a table of data. Derived defaults (Gemma's layer pattern, embedding
 scale and attention scale) are computed once, in `settings()`.
 Mixed dense / MoE stacks: `ffn_types` (one "moe" or "dense" per layer; dense layers are gated MLPs of width ff_dim).
-Sources: transformers/models/{llama,gemma3,lfm2,qwen2_moe,qwen3_moe,mixtral,deepseek_v3}/modeling_*.py; nanoVLM
-models/language_model.py.
+Sources: transformers/models/{llama,gemma2,gemma3,qwen2,qwen3,mistral,phi3,smollm3,olmo2,lfm2,qwen2_moe,qwen3_moe,
+mixtral,deepseek_v3}/modeling_*.py; nanoVLM models/language_model.py.
 """
 from __future__ import annotations
 
@@ -25,9 +25,12 @@ from pydantic import Field
 
 from ..ir import IDS
 from ..registry import Op, Params, Slot, register
-from .transformer import LayerType, MLPKind
+from ..rope import RopeScaling
+from ..activations import MLPKind
+from .transformer import LayerType
 
-Family = Literal["llama", "gemma3", "lfm2", "qwen2_moe", "qwen3_moe", "mixtral", "deepseek_v3", "nanovlm_lm"]
+Family = Literal["llama", "gemma2", "gemma3", "qwen2", "qwen3", "mistral", "phi3", "smollm3", "olmo2", "lfm2",
+                 "qwen2_moe", "qwen3_moe", "mixtral", "deepseek_v3", "nanovlm_lm"]
 
 _HF_IDS = {"embed": "model.embed_tokens", "layers": "model.layers", "norm": "model.norm", "head": "lm_head"}
 
@@ -37,6 +40,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gemma3": dict(ids=_HF_IDS, mlp="geglu_tanh", norm_eps=1e-6, norm_offset=1.0, post_norms=True, qk_norm=True,
                    head_dim=256, query_pre_attn_scalar=256.0, scale_embeddings=True, rope_theta=1e6,
                    rope_theta_local=1e4, sliding_window=4096, sliding_window_pattern=6, tie=True),
+    "gemma2": dict(ids=_HF_IDS, names="gemma3", mlp="geglu_tanh", norm_eps=1e-6, norm_offset=1.0, post_norms=True,
+                   head_dim=256, query_pre_attn_scalar=256.0, scale_embeddings=True, rope_theta=1e4,
+                   sliding_window=4096, sliding_window_pattern=2, attn_softcap=50.0, final_softcap=30.0, tie=True),
+    "qwen2": dict(ids=_HF_IDS, names="llama", mlp="swiglu", norm_eps=1e-6, rope_theta=10000.0,
+                  attn_bias=["q", "k", "v"], tie=False),
+    "qwen3": dict(ids=_HF_IDS, names="llama", mlp="swiglu", norm_eps=1e-6, rope_theta=10000.0, qk_norm=True,
+                  head_dim=128, tie=False),
+    "mistral": dict(ids=_HF_IDS, names="llama", mlp="swiglu", norm_eps=1e-6, rope_theta=10000.0, tie=False),
+    "phi3": dict(ids=_HF_IDS, mlp="swiglu", norm_eps=1e-5, rope_theta=10000.0, fused_qkv=True, fused_gate_up=True,
+                 tie=False),
+    "smollm3": dict(ids=_HF_IDS, names="llama", mlp="swiglu", norm_eps=1e-6, rope_theta=10000.0, tie=True),
+    "olmo2": dict(ids=_HF_IDS, mlp="swiglu", norm_eps=1e-5, rope_theta=10000.0, qk_norm=True, qk_norm_scope="all",
+                  pre_norms=False, post_norms=True, tie=False),
     "lfm2": dict(ids={**_HF_IDS, "norm": "model.embedding_norm"}, mlp="swiglu", norm_eps=1e-5, qk_norm=True,
                  rope_theta=1e6, conv_kernel=3, tie=True),
     "qwen2_moe": dict(ids=_HF_IDS, mlp="swiglu", norm_eps=1e-6, rope_theta=10000.0, attn_bias=["q", "k", "v"],
@@ -50,9 +66,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                        mlp="swiglu", norm_eps=1e-5, rope_theta=1e5, tie=True),
 }
 # defaults shared by every family unless its preset says otherwise
-BASE = dict(mlp_bias=False, attn_bias=[], norm_offset=0.0, post_norms=False, qk_norm=False, scale_embeddings=False,
-            query_pre_attn_scalar=None, attn_scale=None, rope_theta_local=None, rope_dim=None, head_dim=None,
-            layer_types=None, sliding_window=None, sliding_window_pattern=None, conv_kernel=3, conv_bias=False,
+BASE = dict(mlp_bias=False, attn_bias=[], norm_offset=0.0, post_norms=False, pre_norms=True, qk_norm=False,
+            qk_norm_scope="head", scale_embeddings=False, query_pre_attn_scalar=None, attn_scale=None,
+            attn_softcap=None, final_softcap=None, rope_theta_local=None, rope_dim=None, rope_scaling=None,
+            rope_scaling_local=None, nope_layers=None, head_dim=None, layer_types=None, sliding_window=None,
+            sliding_window_pattern=None, conv_kernel=3, conv_bias=False, fused_qkv=False, fused_gate_up=False,
             norm_topk_prob=True, router="softmax", shared_expert_gate=True, rope_interleave=True, mla_bias=False)
 
 
@@ -73,12 +91,21 @@ class DecoderLMParams(Params):
     attn_bias: Optional[list[Literal["q", "k", "v", "o"]]] = Field(None, description="Projections with a bias.")
     norm_eps: Optional[float] = Field(None, gt=0)
     norm_offset: Optional[float] = Field(None, description="RMSNorm scale offset (Gemma: 1).")
-    post_norms: Optional[bool] = Field(None, description="Gemma-3 sandwich norms.")
-    qk_norm: Optional[bool] = Field(None, description="Per-head RMSNorm of q and k (Gemma-3, LFM2).")
+    post_norms: Optional[bool] = Field(None, description="Gemma-2/3 sandwich norms (OLMo-2: its only norms).")
+    pre_norms: Optional[bool] = Field(None, description="Norm before attention and MLP (false: OLMo-2).")
+    qk_norm: Optional[bool] = Field(None, description="RMSNorm of q and k (Gemma-3, LFM2, Qwen3, OLMo-2).")
+    qk_norm_scope: Optional[Literal["head", "all"]] = Field(None, description="q/k norm per head, or over the whole "
+                                                                              "projection (OLMo-2).")
+    fused_qkv: Optional[bool] = Field(None, description="One q|k|v projection (Phi-3 qkv_proj).")
+    fused_gate_up: Optional[bool] = Field(None, description="One gate|up projection (Phi-3 gate_up_proj).")
     scale_embeddings: Optional[bool] = Field(None, description="Multiply embeddings by sqrt(hidden) (Gemma).")
     attn_scale: Optional[float] = Field(None, gt=0, description="Score scale; default query_pre_attn_scalar^-0.5 "
                                                                 "where the family has one, else head_dim^-0.5.")
     query_pre_attn_scalar: Optional[float] = Field(None, gt=0, description="Gemma: scores scaled by its -1/2 power.")
+    attn_softcap: Optional[float] = Field(None, gt=0, description="Attention scores soft-capped, cap * tanh(s / cap) "
+                                                                  "(Gemma-2 attn_logit_softcapping).")
+    final_softcap: Optional[float] = Field(None, gt=0, description="Logits soft-capped, cap * tanh(z / cap) "
+                                                                   "(Gemma-2/3 final_logit_softcapping).")
     layer_types: Optional[list[LayerType]] = Field(None, description="Mixer per layer: full_attention, "
                                                                      "sliding_attention, conv (LFM2).")
     sliding_window: Optional[int] = Field(None, ge=1, description="Keys a sliding layer's query sees, itself "
@@ -88,6 +115,11 @@ class DecoderLMParams(Params):
     rope_theta: Optional[float] = Field(None, gt=0)
     rope_theta_local: Optional[float] = Field(None, gt=0, description="rope_theta of sliding layers (Gemma-3).")
     rope_dim: Optional[int] = Field(None, ge=2, description="Rotated dims per head; default head_dim.")
+    rope_scaling: Optional[RopeScaling] = Field(None, description="Rotary scaling of every layer (transformers' "
+                                                                  "rope_parameters; Llama-3.x llama3, Phi-3 longrope).")
+    rope_scaling_local: Optional[RopeScaling] = Field(None, description="Rotary scaling of sliding layers where it "
+                                                                        "differs (Gemma-3: only global layers linear).")
+    nope_layers: Optional[list[int]] = Field(None, description="Layers without rotary positions (SmolLM3).")
     conv_kernel: Optional[int] = Field(None, ge=1, le=64, description="LFM2 short-convolution kernel (conv_L_cache).")
     conv_bias: Optional[bool] = None
     tie: Optional[bool] = Field(None, description="LM head shares the embedding matrix.")
@@ -120,8 +152,8 @@ class DecoderLMParams(Params):
 
 def settings(p: DecoderLMParams) -> dict[str, Any]:
     """Every parameter with the family defaults filled in and the derived defaults computed."""
-    s = {**BASE, **PRESETS[p.family]}
-    s.update({k: v for k, v in p.model_dump().items() if v is not None and k != "note"})
+    s = {**BASE, "names": p.family, **PRESETS[p.family]}
+    s.update({k: v for k, v in p.model_dump(exclude_none=True).items() if k != "note"})
     s["kv_heads"] = s.get("kv_heads") or p.heads
     if s["scale_embeddings"]:
         s["embed_scale"] = math.sqrt(p.hidden)
@@ -181,7 +213,10 @@ class DecoderLM(Op):
                      attn_bias=s["attn_bias"], causal=True, qk_norm=s["qk_norm"], attn_scale=s["attn_scale"],
                      layer_types=s["layer_types"], rope="1d", rope_theta=s["rope_theta"],
                      rope_theta_local=s["rope_theta_local"], rope_dim=s["rope_dim"], conv_kernel=s["conv_kernel"],
-                     conv_bias=s["conv_bias"], names=p.family)
+                     conv_bias=s["conv_bias"], names=s["names"], pre_norms=s["pre_norms"],
+                     qk_norm_scope=s["qk_norm_scope"], attn_softcap=s["attn_softcap"], fused_qkv=s["fused_qkv"],
+                     fused_gate_up=s["fused_gate_up"], nope_layers=s["nope_layers"],
+                     rope_scaling=s["rope_scaling"], rope_scaling_local=s["rope_scaling_local"])
         if s["layer_types"] and "sliding_attention" in s["layer_types"]:
             block["sliding_window"] = s["sliding_window"]
         if p.num_experts:
@@ -207,6 +242,8 @@ class DecoderLM(Op):
         if s.get("embed_scale"):
             embed["scale"] = s["embed_scale"]
         head = dict(in_features=p.hidden, out_features=p.vocab_size, bias=False, role="head")
+        if s["final_softcap"]:
+            head["softcap"] = s["final_softcap"]
         if s["tie"]:
             head["tie"] = ids["embed"]
         return [

@@ -6,8 +6,8 @@ Attention, as transformers 5.x DeepseekV3Attention computes it (H heads, width D
   latent     [c | k_r] = kv_a(x), kv_a (c + r, D) with c = kv_lora_rank; c is RMS-normalised (kv_a_norm), k_r is
              one rotated key part shared by every head;
   keys       per head k = [k_n | k_r] with [k_n | v] = kv_b(c), kv_b (H (n + v), c), v = v_head_dim;
-  out        o_proj (D, H v) of softmax(q k^T * attn_scale) v; attn_scale defaults to (n + r)^-1/2 (a yarn rope
-             multiplies it by mscale^2, set by the importer).
+  out        o_proj (D, H v) of softmax(q k^T * attn_scale) v; attn_scale defaults to (n + r)^-1/2, times
+             mscale(factor, mscale_all_dim)^2 when the rope scaling has mscale_all_dim (DeepSeek's yarn).
 RoPE on the r dims: interleaved pairs (x0, x1), (x2, x3) ... by default (`rope_interleave`, DeepSeek's layout),
 else rotate-half. The latent norms use eps 1e-6 as transformers' DeepseekV3RMSNorm default (`latent_norm_eps`).
 
@@ -24,6 +24,7 @@ from typing import Optional
 from pydantic import Field
 
 from ..registry import W, register
+from ..rope import _yarn_mscale as yarn_mscale
 from .moe import GQA_MoE_Layer, MoEParams
 from .transformer import attn_pairs, norm_weights
 
@@ -64,8 +65,13 @@ class MLA_Layer(GQA_MoE_Layer):
     @classmethod
     def resolve(cls, p, ins, diag):
         hd = p.qk_nope_head_dim + p.qk_rope_head_dim
-        p = p.model_copy(update={"head_dim": hd, "rope_dim": p.qk_rope_head_dim})
-        return super().resolve(p, ins, diag)
+        p = super().resolve(p.model_copy(update={"head_dim": hd, "rope_dim": p.qk_rope_head_dim}), ins, diag)
+        s = p.rope_scaling
+        if p.attn_scale is None and s is not None and s.mscale_all_dim and s.factor:
+            # transformers' yarn_apply_mscale: scores scaled by mscale(factor, mscale_all_dim)^2 as well
+            m = yarn_mscale(s.factor, s.mscale_all_dim)
+            p = p.model_copy(update={"attn_scale": hd ** -0.5 * m * m})
+        return p
 
     @classmethod
     def mixer_weights(cls, p, n):

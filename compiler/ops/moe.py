@@ -32,7 +32,8 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from ..registry import W, register
-from .transformer import GATED, Block, BlockParams, MLPKind, resolve_attention, stack_count
+from ..activations import GATED, MLPKind
+from .transformer import Block, BlockParams, resolve_attention, stack_count
 
 SEED_EXPERT_DIM = 768   # the width at which OMNI-LITE's "480M active / 2.5B total" claims hold (seed-systems.md)
 
@@ -42,7 +43,7 @@ class MoEParams(BlockParams):
     causal: bool = Field(True, description="Causal self-attention.")
     rope: Literal["none", "1d", "2d"] = Field("1d", description="Rotary positions (1d over the sequence).")
     norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
-    mlp: MLPKind = Field("swiglu", description="Expert MLP: swiglu | geglu | geglu_tanh (gated kinds only).")
+    mlp: MLPKind = Field("swiglu", description="Expert MLP: a gated kind (swiglu | geglu | geglu_tanh | gated_<act>).")
     mlp_bias: bool = Field(False, description="Biases in the experts (not supported: must stay false).")
     attn_bias: list[Literal["q", "k", "v", "o"]] = Field([], description="Projections with a bias "
                                                                        "(Qwen2-MoE: q, k, v).")

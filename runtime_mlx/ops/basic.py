@@ -7,11 +7,10 @@ Parameters are allocated as zeros; `runtime_mlx.build` initialises them from the
 """
 from __future__ import annotations
 
-import math
-
 import mlx.core as mx
 from mlx import nn
 
+from ..activations import FUNCTIONS
 from ..registry import implements, tied
 
 
@@ -102,46 +101,6 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps, self.offset)
 
 
-def fused(f):
-    """`f` compiled into one elementwise kernel (`mx.compile`, shapeless, as mlx-lm's activations): no temporaries
-    (the compiler's workspace counts none) and one pass over memory. Falls back to `f` where MLX cannot compile
-    (no C++ compiler for the CPU backend), checked once on a tiny input."""
-    g = mx.compile(f, shapeless=True)
-    try:
-        mx.eval(g(mx.zeros((2,))))
-    except Exception:                                      # noqa: BLE001 - any failure means: run uncompiled
-        return f
-    return g
-
-
-@fused
-def gelu(x):
-    """The exact form: x * Phi(x) with erf."""
-    return x * (1 + mx.erf(x / math.sqrt(2.0))) / 2
-
-
-@fused
-def gelu_tanh(x):
-    """The tanh approximation (torch's approximate="tanh", transformers' gelu_pytorch_tanh)."""
-    return 0.5 * x * (1 + mx.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
-
-
-@fused
-def silu(x):
-    return x * mx.sigmoid(x)
-
-
-ACT = {
-    "gelu": gelu,
-    "gelu_tanh": gelu_tanh,
-    "silu": silu,
-    "relu": lambda x: mx.maximum(x, 0),
-    "tanh": mx.tanh,
-    "sigmoid": mx.sigmoid,
-    "identity": lambda x: x,
-}
-
-
 @implements("Activation")
 class Activation(nn.Module):
     """gelu is the exact (erf) form, gelu_tanh the tanh approximation."""
@@ -149,7 +108,7 @@ class Activation(nn.Module):
     def __init__(self, p, in_types):
         super().__init__()
         self.fn_name = p.fn
-        object.__setattr__(self, "fn", ACT[p.fn])
+        object.__setattr__(self, "fn", FUNCTIONS[p.fn])
 
     def __call__(self, x):
         return self.fn(x)

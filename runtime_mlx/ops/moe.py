@@ -15,7 +15,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..registry import implements
-from .basic import gelu, gelu_tanh, silu
+from ..activations import ACT
 from .transformer import Lin, TransformerBlock, _ref, place
 
 SORT_FROM = 64   # sort (token, choice) pairs by expert from this many on
@@ -95,7 +95,7 @@ class GQAMoELayer(TransformerBlock):
         if not self.moe:                    # a dense layer of a mixed stack: TransformerBlock's gated MLP
             return super()._init_ffn(p, n)
         D, E, Fw = p.D, p.num_experts, p.expert_dim
-        _ref(self, act={"swiglu": silu, "geglu": gelu, "geglu_tanh": gelu_tanh}[p.mlp])
+        _ref(self, act=ACT[p.mlp])
         self.top_k, self.renorm = p.top_k, p.norm_topk_prob
         self.grouped = (p.n_group, p.topk_group, p.routed_scaling_factor) if p.router == "sigmoid_group" else None
         _ref(self, router=place(self, n("router"), Lin(E, D, False)),

@@ -9,7 +9,7 @@ import mlx.core as mx
 from mlx import nn
 
 from ..registry import implements
-from .basic import gelu
+from ..activations import gelu
 from .transformer import Box, Lin, Norm
 
 

@@ -30,14 +30,11 @@ import mlx.core as mx
 from mlx import nn
 
 from compiler.ops.naming import name_of
-from compiler.ops.transformer import GATED
+from compiler.activations import GATED
 
 from ..registry import implements
-from .basic import gelu, gelu_tanh, rms_norm, silu
-
-ACT = {"gelu": gelu, "gelu_tanh": gelu_tanh, "relu": lambda x: mx.maximum(x, 0), "silu": silu,
-       "swiglu": silu, "geglu": gelu, "geglu_tanh": gelu_tanh}
-
+from ..activations import ACT
+from .basic import rms_norm
 
 @dataclass
 class LayerCache:

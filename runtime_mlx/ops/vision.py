@@ -17,7 +17,7 @@ from compiler.ops.vision import PatchEmbed as PatchEmbedOp
 
 from .. import layout, resize
 from ..registry import implements
-from .basic import gelu, gelu_tanh
+from ..activations import FUNCTIONS
 from .transformer import _ref, place
 
 
@@ -96,9 +96,6 @@ class PatchEmbed(Named):
         return mx.concatenate(parts + [t], axis=1) if parts else t                 # (B, prefix + h*w, D)
 
 
-_ACT = {"gelu": gelu, "gelu_tanh": gelu_tanh}
-
-
 @implements("AttentionPoolingHead")
 class AttentionPoolingHead(Named):
     """SigLIP's MAP head: probe -> multi-head attention over x (packed q|k|v in_proj) -> out_proj = a;
@@ -106,7 +103,7 @@ class AttentionPoolingHead(Named):
 
     def __init__(self, p, in_types):
         super().__init__("AttentionPoolingHead", PoolOp.weights(p))
-        _ref(self, n=POOL_NAMES[p.names], act=_ACT[p.mlp])
+        _ref(self, n=POOL_NAMES[p.names], act=FUNCTIONS[p.mlp])
         self.D, self.nh, self.eps = p.embed_dim, p.num_heads, p.norm_eps
 
     def _lin(self, x, w, b):

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..activations import FUNCTIONS
 from ..pack import linear
 from ..registry import implements
 
@@ -96,17 +97,6 @@ class RMSNorm(nn.Module):
         return (h * (self.offset + self.weight.float())).to(dtype)
 
 
-_ACT = {
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "silu": F.silu,
-    "relu": F.relu,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "identity": lambda x: x,
-}
-
-
 @implements("Activation")
 class Activation(nn.Module):
     """gelu is the exact (erf) form, gelu_tanh the tanh approximation."""
@@ -114,7 +104,7 @@ class Activation(nn.Module):
     def __init__(self, p, in_types):
         super().__init__()
         self.fn_name = p.fn
-        self.fn = _ACT[p.fn]
+        self.fn = FUNCTIONS[p.fn]
 
     def forward(self, x):
         return self.fn(x)

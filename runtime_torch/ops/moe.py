@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from compiler.ops.naming import name_of
 
+from ..activations import ACT
 from ..registry import implements
 from .transformer import Lin, TransformerBlock, place
 
@@ -122,8 +123,7 @@ class GQAMoELayer(TransformerBlock):
         if not self.moe:                    # a dense layer of a mixed stack: TransformerBlock's gated MLP
             return super()._init_ffn(p, n)
         D, E, Fw = p.D, p.num_experts, p.expert_dim
-        self.act = {"swiglu": F.silu, "geglu": F.gelu,
-                    "geglu_tanh": lambda x: F.gelu(x, approximate="tanh")}[p.mlp]
+        self.act = ACT[p.mlp]
         self.top_k, self.renorm = p.top_k, p.norm_topk_prob
         self.grouped = (p.n_group, p.topk_group, p.routed_scaling_factor) if p.router == "sigmoid_group" else None
         self._keep("gate", None, None)      # no dense gate|up: the experts' are stacked tensors

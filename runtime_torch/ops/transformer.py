@@ -28,14 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from compiler.ops.naming import name_of
-from compiler.ops.transformer import GATED
+from compiler.activations import GATED
 
+from ..activations import ACT
 from ..pack import linear
 from ..registry import implements
-
-ACT = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu, "silu": F.silu,
-       "swiglu": F.silu, "geglu": F.gelu, "geglu_tanh": lambda x: F.gelu(x, approximate="tanh")}
-
 
 @dataclass
 class LayerCache:

@@ -14,6 +14,7 @@ from compiler.ops.vision import EMBED_NAMES, POOL_NAMES
 from compiler.ops.vision import AttentionPoolingHead as PoolOp
 from compiler.ops.vision import PatchEmbed as PatchEmbedOp
 
+from ..activations import FUNCTIONS
 from ..registry import implements
 
 
@@ -100,9 +101,6 @@ class PatchEmbed(_Named):
         return torch.cat(parts + [t], dim=1) if parts else t                    # (B, prefix + h*w, D)
 
 
-_ACT = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
-
-
 @implements("AttentionPoolingHead")
 class AttentionPoolingHead(_Named):
     """SigLIP's MAP head: probe -> multi-head attention over x (packed q|k|v in_proj) -> out_proj = a;
@@ -111,7 +109,7 @@ class AttentionPoolingHead(_Named):
     def __init__(self, p, in_types):
         super().__init__(PoolOp.weights(p))
         self.n = POOL_NAMES[p.names]
-        self.D, self.nh, self.eps, self.act = p.embed_dim, p.num_heads, p.norm_eps, _ACT[p.mlp]
+        self.D, self.nh, self.eps, self.act = p.embed_dim, p.num_heads, p.norm_eps, FUNCTIONS[p.mlp]
 
     def forward(self, x):
         n, D, nh = self.n, self.D, self.nh
