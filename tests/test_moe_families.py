@@ -91,13 +91,15 @@ TINY = {
     "qwen3_moe_mixed": (tf.Qwen3MoeForCausalLM, tf.Qwen3MoeConfig, dict(
         _BASE, num_hidden_layers=3, head_dim=16, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
         decoder_sparse_step=1, mlp_only_layers=[1], norm_topk_prob=False)),
-    # 8 experts in 4 groups, 2 groups kept, top 3; q low-rank; two dense layers first
+    # 8 experts in 4 groups, 2 groups kept, top 3; q low-rank; one dense layer first; yarn with mscale_all_dim
     "deepseek_v3": (tf.DeepseekV3ForCausalLM, tf.DeepseekV3Config, dict(
         vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermediate_size=16, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=4, n_shared_experts=2, n_routed_experts=8, n_group=4,
         topk_group=2, num_experts_per_tok=3, first_k_dense_replace=1, kv_lora_rank=24, q_lora_rank=32,
         qk_nope_head_dim=12, qk_rope_head_dim=8, v_head_dim=10, routed_scaling_factor=2.5, norm_topk_prob=True,
-        rms_norm_eps=1e-6)),
+        rms_norm_eps=1e-6, max_position_embeddings=64, rope_scaling=dict(
+            type="yarn", factor=4.0, original_max_position_embeddings=16, mscale=1.0, mscale_all_dim=0.8,
+            beta_fast=32, beta_slow=1))),
     "deepseek_v3_plain_q": (tf.DeepseekV3ForCausalLM, tf.DeepseekV3Config, dict(
         vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermediate_size=16, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=4, n_group=1,

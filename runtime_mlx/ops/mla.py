@@ -1,9 +1,8 @@
 """MLX implementation of MLA_Layer (compiler/ops/mla.py); mirror of `runtime_torch/ops/mla.py`.
 
 Multi-head latent attention as transformers 5.x DeepseekV3Attention, GQA_MoE_Layer's feed-forward. RoPE on the r
-rotated dims with `mx.fast.rope`: traditional=True is DeepSeek's interleaved-pair rotation (it keeps the pairs in
-place where transformers writes [evens | odds]; q and k are laid out alike, so every score is the same),
-traditional=False rotate-half. Decoding caches the latent, not the expanded keys and values: the `LayerCache` holds
+rotated dims from runtime_common/rope.py's frequencies (yarn for DeepSeek-V3), interleaved or rotate-half as the
+torch runtime. Decoding caches the latent, not the expanded keys and values: the `LayerCache` holds
 c (B, 1, S, c) as `k` and the rotated k_r (B, 1, S, r) as `v`, kv_lora_rank + qk_rope_head_dim elements per token
 (the compiler's decode-state rule); every call expands all cached positions through kv_b.
 Shape vocabulary: B batch, T tokens of this call, S cached + new positions, H heads, n / r / v the pass-through,
@@ -12,6 +11,8 @@ rotated and value dims per head, c the latent width.
 from __future__ import annotations
 
 import mlx.core as mx
+
+from runtime_common.rope import attention_factor, inv_freq, table_key
 
 from ..registry import implements
 from .moe import GQAMoELayer
@@ -36,10 +37,23 @@ class MLALayer(GQAMoELayer):
              o=place(self, n("o"), Lin(D, H * self.vd, p.mla_bias)))
         self.scale = p.attn_scale if p.attn_scale is not None else qk ** -0.5
         self.window, self.causal, self.rope, self.rd = None, True, "1d", r
-        self.theta, self.interleave = p.rope_theta, p.rope_interleave
+        self.theta, self.interleave, self.scaling = p.rope_theta, p.rope_interleave, p.rope_scaling
+        _ref(self, _inv={})
 
     def _rotate(self, x, pos: int):
-        return mx.fast.rope(x, self.r, traditional=self.interleave, base=self.theta, scale=1.0, offset=pos)
+        """RoPE on x (B, h, T, r) at positions pos..: runtime_common.rope's inverse frequencies (every scaling type),
+        cos and sin times the attention factor; rotate-half pairs (x_i, x_{i + r/2}) or, interleaved, transformers'
+        apply_rotary_pos_emb_interleave ([evens | odds] out). Both are [x1 cos - x2 sin | x2 cos + x1 sin]."""
+        T = x.shape[2]
+        key = table_key(self.scaling, pos + T)
+        if key not in self._inv:
+            self._inv[key] = mx.array(inv_freq(self.theta, self.r, self.scaling, pos + T), dtype=mx.float32)
+        ang = mx.arange(pos, pos + T, dtype=mx.float32)[:, None] * self._inv[key][None, :]      # (T, r/2)
+        f = attention_factor(self.scaling)
+        cos, sin = (mx.cos(ang) * f).astype(x.dtype), (mx.sin(ang) * f).astype(x.dtype)
+        h = self.r // 2
+        x1, x2 = (x[..., 0::2], x[..., 1::2]) if self.interleave else (x[..., :h], x[..., h:])
+        return mx.concatenate((x1 * cos - x2 * sin, x2 * cos + x1 * sin), axis=-1)
 
     def _attention(self, h, cache):
         B, T, _ = h.shape

@@ -14,15 +14,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from runtime_common.rope import attention_factor, inv_freq, table_key
+
 from ..registry import implements
 from .moe import GQAMoELayer
-from .transformer import Lin, Norm, RopeTable, apply_rope
+from .transformer import Lin, Norm
 
 
-def rope_interleaved(x, cos, sin):
-    """transformers' apply_rotary_pos_emb_interleave on x (B, h, T, r): pairs (x0, x1), (x2, x3) ... rotated by one
-    angle each, output [x_even cos - x_odd sin | x_odd cos + x_even sin]. cos (T, r/2), sin (T, r/2)."""
-    x1, x2 = x[..., 0::2], x[..., 1::2]
+def rotate(x, cos, sin, interleave: bool):
+    """RoPE on x (B, h, T, r) with cos, sin (T, r/2): rotate-half pairs (x_i, x_{i + r/2}), or, interleaved,
+    transformers' apply_rotary_pos_emb_interleave: pairs (x0, x1), (x2, x3) ..., output [evens | odds]. Both are
+    [x1 cos - x2 sin | x2 cos + x1 sin] of the two halves of the pairs."""
+    h = x.shape[-1] // 2
+    x1, x2 = (x[..., 0::2], x[..., 1::2]) if interleave else (x[..., :h], x[..., h:])
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
@@ -49,14 +53,21 @@ class MLALayer(GQAMoELayer):
         self._keep("o", n("o"), Lin(D, H * self.vd, p.mla_bias))
         self.scale = p.attn_scale if p.attn_scale is not None else qk ** -0.5
         self.window, self.causal, self.rope, self.rd = None, True, "1d", r
-        self.theta, self.interleave = p.rope_theta, p.rope_interleave
+        self.theta, self.interleave, self.scaling = p.rope_theta, p.rope_interleave, p.rope_scaling
+        self._inv: dict = {}
 
-    def _rotate(self, x, pos: int, like):
-        cos, sin = RopeTable.rows(self.theta, self.r, pos, x.shape[2], like)     # (T, r), sin signed
-        if self.interleave:
-            h = self.r // 2
-            return rope_interleaved(x, cos[:, :h], sin[:, h:])
-        return apply_rope(x, cos, sin, self.r)
+    def _angles(self, pos: int, T: int, like):
+        """cos, sin (T, r/2) of positions pos.. as transformers computes them: runtime_common.rope's inverse
+        frequencies (every scaling type; length-dependent ones for the call's last position + 1) times positions in
+        float32, cos and sin times the attention factor, cast to the compute dtype."""
+        key = (table_key(self.scaling, pos + T), like.device)
+        inv = self._inv.get(key)
+        if inv is None:
+            inv = self._inv[key] = torch.tensor(inv_freq(self.theta, self.r, self.scaling, pos + T),
+                                                dtype=torch.float32, device=like.device)
+        ang = torch.arange(pos, pos + T, device=like.device, dtype=torch.float32)[:, None] * inv[None, :]   # (T, r/2)
+        f = attention_factor(self.scaling)
+        return (ang.cos() * f).to(like.dtype), (ang.sin() * f).to(like.dtype)
 
     def _attention(self, h, cache):
         B, T, _ = h.shape
@@ -67,8 +78,9 @@ class MLALayer(GQAMoELayer):
         latent = self.kv_a_norm(latent).view(B, 1, T, c)                     # (B, 1, T, c)
         k_r = k_r.view(B, 1, T, r)                                           # (B, 1, T, r)
         pos = cache.seen if cache is not None else 0
-        q = torch.cat((q[..., :n], self._rotate(q[..., n:], pos, h)), dim=-1)
-        k_r = self._rotate(k_r, pos, h)
+        cos, sin = self._angles(pos, T, h)
+        q = torch.cat((q[..., :n], rotate(q[..., n:], cos, sin, self.interleave)), dim=-1)
+        k_r = rotate(k_r, cos, sin, self.interleave)
         n_cached = 0
         if cache is not None:
             n_cached = cache.n
