@@ -211,3 +211,34 @@ def test_latent_cache_bytes_equal_the_report_and_transformers_cache(batch, conte
         past = hf(input_ids=ids, use_cache=True).past_key_values
     theirs = sum(t.numel() * t.element_size() for layer in past.layers for t in (layer.keys, layer.values))
     assert ours == theirs
+
+
+# --- bad input: one located error per root cause ----------------------------------------------------------------------
+_DSV3 = dict(family="deepseek_v3", vocab_size=64, hidden=32, layers=2, heads=4, ff_dim=64, num_experts=8, top_k=2,
+             expert_dim=16, shared_expert_dim=16, n_group=4, topk_group=2, routed_scaling_factor=2.5,
+             ffn_types=["dense", "moe"], q_lora_rank=24, kv_lora_rank=16, qk_nope_head_dim=10, qk_rope_head_dim=8,
+             v_head_dim=12)
+
+
+@pytest.mark.parametrize("change, field, words", [
+    (dict(ffn_types=["dense"]), "ffn_types", "1 entries for 2 layers"),
+    (dict(ff_dim=None), "ff_dim", "dense layers"),
+    (dict(ffn_types=None), "ff_dim", "without dense layers"),
+    (dict(n_group=3), "n_group", "does not divide"),
+    (dict(topk_group=5), "topk_group", "exceeds n_group"),
+    (dict(top_k=7), "top_k", "4 experts of the 2 kept groups"),
+    (dict(top_k=9), "top_k", "exceeds num_experts"),
+    (dict(qk_rope_head_dim=7), "qk_rope_head_dim", "even"),
+    (dict(v_head_dim=None), "v_head_dim", "needs v_head_dim"),
+])
+def test_bad_moe_and_mla_params_give_one_located_error(change, field, words):
+    params = {k: v for k, v in {**_DSV3, **change}.items() if v is not None}
+    c = compiler.compile({"name": "t", "inputs": [{"name": "input_ids", "kind": "ids", "shape": ["B", "T"]}],
+                          "layers": [{"id": "lm", "type": "DecoderLM", "params": params}]})
+    (err,) = c.errors
+    assert err.render().startswith(f"error: layers[0].params.{field}:") and words in err.render()
+
+
+def test_no_layer_with_experts_is_refused():
+    with pytest.raises(ValueError, match="no layer has experts"):
+        spec_from_hf_config(dict(model_type="qwen3_moe", num_hidden_layers=2, mlp_only_layers=[0, 1]))

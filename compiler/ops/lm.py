@@ -27,6 +27,8 @@ from ..ir import IDS
 from ..registry import Op, Params, Slot, register
 from ..rope import RopeScaling
 from ..activations import MLPKind
+from .mla import check_rope_dim
+from .moe import check_experts
 from .transformer import LayerType
 
 Family = Literal["llama", "gemma2", "gemma3", "qwen2", "qwen3", "mistral", "phi3", "smollm3", "olmo2", "lfm2",
@@ -185,11 +187,12 @@ class DecoderLM(Op):
                     diag(f, f"{f} is a mixture-of-experts setting, but num_experts is not given")
         elif p.top_k is None:
             diag("top_k", "a mixture of experts needs top_k (experts per token)")
-        if p.ffn_types is not None:
-            if p.num_experts is None:
-                diag("ffn_types", "ffn_types mixes dense and mixture-of-experts layers, but num_experts is not given")
-            elif len(p.ffn_types) != p.layers:
-                diag("ffn_types", f"ffn_types has {len(p.ffn_types)} entries for {p.layers} layers")
+        if p.num_experts is not None and p.top_k is not None:
+            s = settings(p)
+            check_experts(diag, p.num_experts, p.top_k, p.ffn_types, p.ff_dim, p.layers, s["router"],
+                          p.n_group or 1, p.topk_group or 1)
+        elif p.ffn_types is not None:
+            diag("ffn_types", "ffn_types mixes dense and mixture-of-experts layers, but num_experts is not given")
         mla = ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
         if p.kv_lora_rank is not None:
             if p.num_experts is None:
@@ -198,6 +201,8 @@ class DecoderLM(Op):
             for f in mla:
                 if getattr(p, f) is None:
                     diag(f, f"latent attention (kv_lora_rank) needs {f}")
+            if p.qk_rope_head_dim is not None:
+                check_rope_dim(diag, p.qk_rope_head_dim)
         else:
             for f in mla + ("q_lora_rank",):
                 if getattr(p, f) is not None:

@@ -29,6 +29,11 @@ from .moe import GQA_MoE_Layer, MoEParams
 from .transformer import attn_pairs, norm_weights
 
 
+def check_rope_dim(diag, r: int) -> None:
+    if r % 2:
+        diag("qk_rope_head_dim", f"qk_rope_head_dim {r} must be even (rotated in pairs)")
+
+
 class MLAParams(MoEParams):
     q_lora_rank: Optional[int] = Field(None, ge=1, le=1_000_000, description="Rank of the query's low-rank "
                                                                              "projection; null: one q_proj.")
@@ -53,6 +58,7 @@ class MLA_Layer(GQA_MoE_Layer):
     @classmethod
     def check(cls, p, diag):
         super().check(p, diag)
+        check_rope_dim(diag, p.qk_rope_head_dim)
         if p.num_kv_heads is not None and p.num_kv_heads != p.num_heads:
             diag("num_kv_heads", "latent attention expands keys and values for every head: num_kv_heads must be "
                                  "num_heads")

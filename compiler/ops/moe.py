@@ -72,6 +72,30 @@ class MoEParams(BlockParams):
     ffn_type: Literal["moe", "dense"] = Field("moe", description="Resolved per layer from ffn_types.")
 
 
+def check_experts(diag, num_experts: int, top_k: int, ffn_types: Optional[list[str]], ff_dim: Optional[int],
+                  layers: int, router: str, n_group: int, topk_group: int) -> None:
+    """The expert settings' consistency, for GQA_MoE_Layer and for DecoderLM before it expands (one error each)."""
+    grouped = router == "sigmoid_group"
+    if grouped and num_experts % n_group:
+        diag("n_group", f"n_group {n_group} does not divide num_experts {num_experts}")
+    elif grouped and topk_group > n_group:
+        diag("topk_group", f"topk_group {topk_group} exceeds n_group {n_group}")
+    elif top_k > num_experts:
+        diag("top_k", f"top_k {top_k} exceeds num_experts {num_experts}")
+    elif grouped and top_k > topk_group * (num_experts // n_group):
+        diag("top_k", f"top_k {top_k} exceeds the {topk_group * (num_experts // n_group)} experts of the "
+                      f"{topk_group} kept groups", "raise topk_group or lower top_k")
+    dense = ffn_types is not None and "dense" in ffn_types
+    if ffn_types is not None and len(ffn_types) != layers:
+        diag("ffn_types", f"ffn_types has {len(ffn_types)} entries for {layers} layers")
+    if ff_dim is not None and not dense:
+        diag("ff_dim", "a mixture-of-experts stack without dense layers has no ff_dim",
+             "give the experts' width as expert_dim (and shared_expert_dim for a shared expert), or mark dense "
+             "layers in ffn_types")
+    if dense and ff_dim is None:
+        diag("ff_dim", "ffn_types has dense layers: give their MLP width as ff_dim")
+
+
 @register
 class GQA_MoE_Layer(Block):
     name = "GQA_MoE_Layer"
@@ -82,28 +106,12 @@ class GQA_MoE_Layer(Block):
     @classmethod
     def check(cls, p, diag):
         super().check(p, diag)
-        if p.top_k > p.num_experts:
-            diag("top_k", f"top_k {p.top_k} exceeds num_experts {p.num_experts}")
         if p.mlp not in GATED:
             diag("mlp", f"experts are gated MLPs; mlp {p.mlp!r} is not one of {', '.join(GATED)}")
         if p.mlp_bias:
             diag("mlp_bias", "expert biases are not supported", "set mlp_bias false")
-        dense = p.ffn_types is not None and "dense" in p.ffn_types
-        if p.ffn_types is not None and len(p.ffn_types) != stack_count(p):
-            diag("ffn_types", f"ffn_types has {len(p.ffn_types)} entries for {stack_count(p)} layers")
-        if p.ff_dim is not None and not dense:
-            diag("ff_dim", "GQA_MoE_Layer has no dense MLP: ff_dim is not used",
-                 "give the experts' width as expert_dim (and shared_expert_dim for a shared expert)")
-        if dense and p.ff_dim is None:
-            diag("ff_dim", "ffn_types has dense layers: give their MLP width as ff_dim")
-        if p.router == "sigmoid_group":
-            if p.num_experts % p.n_group:
-                diag("n_group", f"n_group {p.n_group} does not divide num_experts {p.num_experts}")
-            elif p.topk_group > p.n_group:
-                diag("topk_group", f"topk_group {p.topk_group} exceeds n_group {p.n_group}")
-            elif p.top_k > p.topk_group * (p.num_experts // p.n_group):
-                diag("top_k", f"top_k {p.top_k} exceeds the {p.topk_group * (p.num_experts // p.n_group)} experts "
-                              f"of the {p.topk_group} kept groups")
+        check_experts(diag, p.num_experts, p.top_k, p.ffn_types, p.ff_dim, stack_count(p), p.router, p.n_group,
+                      p.topk_group)
 
     @classmethod
     def unroll(cls, p, i: int, n: int):
