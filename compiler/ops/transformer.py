@@ -166,6 +166,8 @@ def resolve_attention(p, ins, diag, default_ff: bool = True):
         elif scaling is not None:
             diag("rope_scaling", "rope_scaling applies to 1d rope only")
             return p
+    elif p.rope_scaling is not None or p.rope_scaling_local is not None:
+        up.update(rope_scaling=None, rope_scaling_local=None)      # a NoPE layer of a stack with scaled rope
     if p.rope == "2d":
         if x.grid is None:
             diag("rope", f"2d rope needs tokens from a patch grid; the input {x} has none")
