@@ -79,6 +79,11 @@ def resolve_scaling(s: RopeScaling, dim: int) -> tuple[RopeScaling, list[tuple[s
         else:
             factor = s.max_position_embeddings / s.original_max_position_embeddings
             up["factor"] = factor
+    if s.rope_type == "dynamic" and dim <= 2:
+        errors.append(("rope_type", f"dynamic rope needs more than 2 rotated dims (theta^(d / (d - 2))); got {dim}"))
+    if s.rope_type in ("yarn", "longrope") and s.original_max_position_embeddings == 1:
+        errors.append(("original_max_position_embeddings", f"{s.rope_type} needs original_max_position_embeddings "
+                                                           "> 1 (its rules take its logarithm)"))
     if errors:
         return s, errors
     if s.rope_type == "yarn":

@@ -158,6 +158,8 @@ def resolve_attention(p, ins, diag, default_ff: bool = True):
             scaling = p.rope_scaling_local
         if scaling is not None and p.rope == "1d":
             scaling, errors = resolve_scaling(scaling, rd)
+            if scaling.rope_type == "yarn" and p.theta == 1.0:
+                errors.append(("rope_type", "yarn needs a rope base other than 1 (its ramp divides by log(theta))"))
             for field, msg in errors:
                 diag("rope_scaling", msg, f"set rope_scaling.{field}")
             if errors:
