@@ -61,7 +61,9 @@ class RopeScaling(BaseModel):
     long_factor: Optional[list[float]] = Field(None, description="longrope: per-frequency divisors past original.")
 
 
-def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+def yarn_get_mscale(scale: float, mscale: float = 1.0) -> float:
+    """YaRN's magnitude correction 0.1 mscale ln(scale) + 1 (1 for scale <= 1), as transformers' get_mscale (DeepSeek
+    attention also multiplies its softmax scale by yarn_get_mscale(factor, mscale_all_dim)^2)."""
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 
 
@@ -79,15 +81,20 @@ def resolve_scaling(s: RopeScaling, dim: int) -> tuple[RopeScaling, list[tuple[s
         else:
             factor = s.max_position_embeddings / s.original_max_position_embeddings
             up["factor"] = factor
+    if s.rope_type == "dynamic" and dim <= 2:
+        errors.append(("rope_type", f"dynamic rope needs more than 2 rotated dims (theta^(d / (d - 2))); got {dim}"))
+    if s.rope_type in ("yarn", "longrope") and s.original_max_position_embeddings == 1:
+        errors.append(("original_max_position_embeddings", f"{s.rope_type} needs original_max_position_embeddings "
+                                                           "> 1 (its rules take its logarithm)"))
     if errors:
         return s, errors
     if s.rope_type == "yarn":
         up.update(beta_fast=float(s.beta_fast or 32), beta_slow=float(s.beta_slow or 1))
         if s.attention_factor is None:
             if s.mscale and s.mscale_all_dim:
-                up["attention_factor"] = _yarn_mscale(factor, s.mscale) / _yarn_mscale(factor, s.mscale_all_dim)
+                up["attention_factor"] = yarn_get_mscale(factor, s.mscale) / yarn_get_mscale(factor, s.mscale_all_dim)
             else:
-                up["attention_factor"] = _yarn_mscale(factor)
+                up["attention_factor"] = yarn_get_mscale(factor)
     elif s.rope_type == "longrope":
         for k in ("short_factor", "long_factor"):
             if len(getattr(s, k)) != dim // 2:

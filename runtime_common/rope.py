@@ -10,10 +10,10 @@ never derive frequencies themselves.
 
 Two types depend on the sequence: transformers' `dynamic_rope_update` recomputes them from seq_len = the largest
 position of the forward call + 1. `dynamic` uses max(seq_len, max_position_embeddings); `longrope` the long factors
-when seq_len > original_max_position_embeddings, else the short ones. `table_key(scaling, seq_len)` is what of
-seq_len changes them (None: nothing), so a runtime passes the position of the call's last token + 1, as
-transformers does, and caches tables per key (keys already cached keep the frequencies they were rotated with, as in
-transformers).
+when seq_len > original_max_position_embeddings, else the short ones. `effective_length(scaling, seq_len)` is the
+least length with the same frequencies (None: the length changes nothing), so a runtime passes the position of the
+call's last token + 1, as transformers does, and caches tables per effective length (keys already cached keep the
+frequencies they were rotated with, as in transformers).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Optional
 
 from compiler.rope import RopeScaling, attention_factor
 
-__all__ = ["inv_freq", "attention_factor", "table_key", "f32"]
+__all__ = ["inv_freq", "attention_factor", "effective_length", "f32"]
 
 _F = struct.Struct("f")
 
@@ -49,13 +49,15 @@ def _base_inv(theta: float, dim: int) -> list[float]:
     return [f32(1.0 / p) for p in _powers(theta, dim)]
 
 
-def table_key(s: Optional[RopeScaling], seq_len: Optional[int]) -> Optional[int]:
-    """The part of seq_len that changes the frequencies of `s` (None when nothing does): a runtime's cache key."""
+def effective_length(s: Optional[RopeScaling], seq_len: Optional[int]) -> Optional[int]:
+    """The least sequence length whose frequencies under `s` are seq_len's (None when the length changes nothing):
+    a runtime's cache key, and what it passes to `inv_freq`."""
     if s is None or s.rope_type not in ("dynamic", "longrope") or seq_len is None:
         return None
     if s.rope_type == "dynamic":
         return max(seq_len, s.max_position_embeddings)
-    return int(seq_len > s.original_max_position_embeddings)
+    orig = s.original_max_position_embeddings
+    return orig + 1 if seq_len > orig else orig
 
 
 def inv_freq(theta: float, dim: int, s: Optional[RopeScaling] = None, seq_len: Optional[int] = None) -> list[float]:

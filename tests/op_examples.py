@@ -221,6 +221,21 @@ OP_EXAMPLES.update({
                                          "names": "nanovlm_vit"})], [tokens(8)]),
         spec([layer("TransformerBlock", {"num_heads": 2, "ff_dim": 12, "mlp": "geglu", "sliding_window": 2,
                                          "layer_type": "sliding_attention", "norm": "rmsnorm"})], [tokens(8)]),
+        # Gemma-2: soft-capped scores; Phi-3: fused GQA q|k|v and gate|up, longrope, partial rotary
+        spec([layer("TransformerBlock", dict(_LLAMA_BLOCK, mlp="geglu_tanh", norm_offset=1.0, post_norms=True,
+                                              attn_softcap=0.5, sliding_window=3, names="gemma3",
+                                              layer_types=["sliding_attention", "full_attention"]))], [tokens(16)]),
+        spec([layer("TransformerBlock", dict(_LLAMA_BLOCK, fused_qkv=True, fused_gate_up=True, rope_dim=2,
+                                              rope_scaling={"rope_type": "longrope", "factor": 4.0,
+                                                            "original_max_position_embeddings": 4,
+                                                            "short_factor": [1.0], "long_factor": [3.0]},
+                                              names="phi3"))], [tokens(16)]),
+        # OLMo-2: post norms only, q/k norm over the whole projection; SmolLM3: a NoPE layer; yarn; relu2
+        spec([layer("TransformerBlock", dict(_LLAMA_BLOCK, pre_norms=False, post_norms=True, qk_norm=True,
+                                              qk_norm_scope="all", nope_layers=[1], mlp="gated_relu2",
+                                              rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                                            "original_max_position_embeddings": 4},
+                                              names="olmo2"))], [tokens(16)]),
     ],
     "GQA_MoE_Layer": [
         spec([layer("TransformerBlock", {"type": "GQA_MoE_Layer", "hidden_dim": 16, "num_experts": 4, "top_k": 2,

@@ -172,3 +172,18 @@ def test_moe_active_params_and_flops():
     want = ("mlp.gate.weight", "mlp.experts.gate_up_proj", "mlp.experts.down_proj", "mlp.shared_expert.up_proj.weight",
             "mlp.shared_expert_gate.weight")
     assert {f"{node['name']}.{k}" for k in want} <= names
+
+
+def test_gemma3_4b_multimodal_config_scales_the_global_layers_only():
+    """Gemma-3 4B's config.json layout (Gemma3ForConditionalGeneration): linear rope scaling in text_config applies
+    to the full-attention layers; the sliding ones keep their own base, unscaled."""
+    text = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=6, num_attention_heads=2, num_key_value_heads=1,
+                head_dim=32, sliding_window=8, rope_scaling={"factor": 8.0, "rope_type": "linear"})
+    p = lm_params(spec_from_hf_config(tf.Gemma3Config(text_config=text).to_dict()))
+    assert p["rope_scaling"] == {"rope_type": "linear", "factor": 8.0}
+    assert p["rope_scaling_local"] == {"rope_type": "default"}
+    assert (p["rope_theta"], p["rope_theta_local"]) == (1e6, 1e4)
+    blocks = [n.params for n in compiler.compile(spec_from_hf_config({"model_type": "gemma3", "text_config": text}))
+              .graph.nodes() if n.op == "TransformerBlock"]
+    assert [(b.layer_type, b.theta, b.rope_scaling and b.rope_scaling.factor) for b in blocks] == \
+        [("sliding_attention", 1e4, None)] * 5 + [("full_attention", 1e6, 8.0)]

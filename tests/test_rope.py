@@ -97,8 +97,8 @@ def test_block_reports_bad_rope_scaling_at_its_path():
 
 
 # family configs with scaled rope: (config class, model class, kwargs)
-TINY = dict(vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2)
+TINY = dict(vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, hidden_size=64, intermediate_size=64,
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 FAMILY_ROPE = {
     "llama3.1": (tf.LlamaConfig, tf.LlamaModel, dict(TINY, max_position_embeddings=1024, rope_theta=500000.0,
                  rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,

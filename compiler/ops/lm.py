@@ -242,7 +242,9 @@ class DecoderLM(Op):
         else:
             kind = "TransformerBlock"
             block["ff_dim"] = p.ff_dim
-        block = {k: v for k, v in block.items() if v is not None}
+        # unset, or the block's default for what only some families change: left out, so specs stay as written
+        unchanged = dict(pre_norms=True, qk_norm_scope="head", fused_qkv=False, fused_gate_up=False)
+        block = {k: v for k, v in block.items() if v is not None and not (k in unchanged and unchanged[k] == v)}
         embed = dict(num_embeddings=p.vocab_size, embedding_dim=p.hidden)
         if s.get("embed_scale"):
             embed["scale"] = s["embed_scale"]

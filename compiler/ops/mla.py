@@ -24,7 +24,7 @@ from typing import Optional
 from pydantic import Field
 
 from ..registry import W, register
-from ..rope import _yarn_mscale as yarn_mscale
+from ..rope import yarn_get_mscale
 from .moe import GQA_MoE_Layer, MoEParams
 from .transformer import attn_pairs, norm_weights
 
@@ -75,7 +75,7 @@ class MLA_Layer(GQA_MoE_Layer):
         s = p.rope_scaling
         if p.attn_scale is None and s is not None and s.mscale_all_dim and s.factor:
             # transformers' yarn_apply_mscale: scores scaled by mscale(factor, mscale_all_dim)^2 as well
-            m = yarn_mscale(s.factor, s.mscale_all_dim)
+            m = yarn_get_mscale(s.factor, s.mscale_all_dim)
             p = p.model_copy(update={"attn_scale": hd ** -0.5 * m * m})
         return p
 

@@ -2,8 +2,8 @@
 
 Names are the interface (style.md, 4): each family uses the names of its checkpoints (transformers' for Llama,
 Gemma-2/3, SigLIP, DINOv2, DINOv3, LFM2, Qwen2-MoE, Qwen3-MoE, Mixtral, DeepSeek-V3, Phi-3, OLMo-2 and the
-Llama-named families: Qwen2/3, Mistral, SmolLM3; the published code's for nanoVLM), so real checkpoints load with
-only a prefix map. Both runtimes build their modules from these tables.
+Llama-named families: Qwen2/3, Mistral, SmolLM3 (DecoderLM's presets pick the table); the published code's for
+nanoVLM), so real checkpoints load with only a prefix map. Both runtimes build their modules from these tables.
 
 Roles: norm1 (before attention), norm2 (before the MLP), post_attn_norm / post_mlp_norm (Gemma's sandwich norms),
 q k v o (projections), qkv (fused projection), q_norm k_norm (q/k norms), fc1 fc2 (plain MLP), gate up down

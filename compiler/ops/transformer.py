@@ -158,6 +158,8 @@ def resolve_attention(p, ins, diag, default_ff: bool = True):
             scaling = p.rope_scaling_local
         if scaling is not None and p.rope == "1d":
             scaling, errors = resolve_scaling(scaling, rd)
+            if scaling.rope_type == "yarn" and p.theta == 1.0:
+                errors.append(("rope_type", "yarn needs a rope base other than 1 (its ramp divides by log(theta))"))
             for field, msg in errors:
                 diag("rope_scaling", msg, f"set rope_scaling.{field}")
             if errors:
@@ -166,6 +168,8 @@ def resolve_attention(p, ins, diag, default_ff: bool = True):
         elif scaling is not None:
             diag("rope_scaling", "rope_scaling applies to 1d rope only")
             return p
+    elif p.rope_scaling is not None or p.rope_scaling_local is not None:
+        up.update(rope_scaling=None, rope_scaling_local=None)      # a NoPE layer of a stack with scaled rope
     if p.rope == "2d":
         if x.grid is None:
             diag("rope", f"2d rope needs tokens from a patch grid; the input {x} has none")

@@ -25,11 +25,15 @@ class Linear(nn.Module):
             self.weight = mx.zeros((p.out_features, p.in_features))
         if p.bias:
             self.bias = mx.zeros((p.out_features,))
+        self.softcap = p.softcap
 
     def __call__(self, x):
         w = tied(self, "weight") if self.is_tied else self.weight
         y = x @ w.T                                       # (..., D) -> (..., out)
-        return y + self.bias if "bias" in self else y
+        y = y + self.bias if "bias" in self else y
+        if self.softcap is not None:                      # Gemma's final_logit_softcapping
+            y = mx.tanh(y / self.softcap) * self.softcap
+        return y
 
 
 @implements("Embedding")

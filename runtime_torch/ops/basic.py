@@ -30,9 +30,13 @@ class Linear(nn.Module):
         else:
             self.weight = _param(p.out_features, p.in_features)
         self.bias = _param(p.out_features) if p.bias else None
+        self.softcap = p.softcap
 
     def forward(self, x):
-        return linear(x, self.weight, self.bias)        # (..., D) -> (..., out); few rows split across threads
+        y = linear(x, self.weight, self.bias)           # (..., D) -> (..., out); few rows split across threads
+        if self.softcap is not None:                    # Gemma's final_logit_softcapping, transformers' order of ops
+            y = torch.tanh(y / self.softcap) * self.softcap
+        return y
 
 
 @implements("Embedding")

@@ -4,8 +4,10 @@
     x = x + ls2 * post_mlp_norm(ffn(norm2(x)))          ffn: plain or gated MLP (GQA_MoE_Layer: experts, moe.py)
 (post norms only with `post_norms`, LayerScale only with `layer_scale`). The reference behaviour, bit for bit
 where the summation order allows, is transformers 5.x: llama (RoPE, GQA), gemma3 (offset RMSNorm, q/k norm, sandwich
-norms, sliding mask `q - W < k <= q`, local RoPE base, query_pre_attn_scalar), lfm2 (ShortConv), siglip, dinov2
-(LayerScale), dinov3_vit (2-D RoPE on patch tokens).
+norms, sliding mask `q - W < k <= q`, local RoPE base, query_pre_attn_scalar), gemma2 (attention logit soft-capping:
+the eager path, as SDPA cannot cap), phi3 (fused q|k|v and gate|up), olmo2 (post norms only, q/k norm over the
+whole projection), smollm3 (NoPE layers), lfm2 (ShortConv), siglip, dinov2 (LayerScale), dinov3_vit (2-D RoPE on
+patch tokens). Rotary frequencies of every scaling type come from runtime_common/rope.py.
 
 Parameters live at the names of the block's naming family (compiler/ops/naming.py), so the state-dict keys are the
 op's declared weights. Attention runs through F.scaled_dot_product_attention.
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compiler.ops.naming import name_of
+from runtime_common.rope import attention_factor, effective_length, inv_freq
 from compiler.activations import GATED
 
 from ..activations import ACT
@@ -156,39 +159,60 @@ def apply_rope(x, cos, sin, rd: int):
     return torch.cat((xr * cos + xr.roll(rd // 2, dims=-1) * sin, xp), dim=-1)
 
 
-def rope_tables(ang: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and signed sin (see apply_rope) of angles (N, rd) in float32, cast to the compute dtype (as
-    transformers does)."""
+def rope_tables(ang: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin (see apply_rope) of angles (N, rd) in float32, times the attention factor `scale` (yarn,
+    longrope), cast to the compute dtype (as transformers does)."""
     h = ang.shape[-1] // 2
-    sin = ang.sin()
-    return ang.cos().to(dtype), torch.cat((-sin[:, :h], sin[:, h:]), dim=-1).to(dtype)
+    cos, sin = ang.cos(), ang.sin()
+    if scale != 1.0:
+        cos, sin = cos * scale, sin * scale
+    return cos.to(dtype), torch.cat((-sin[:, :h], sin[:, h:]), dim=-1).to(dtype)
+
+
+class Rope:
+    """One layer's rotary settings (theta, rotated dims, scaling resolved by the compiler), hashable: the key of the
+    shared tables. The frequencies are runtime_common.rope's, for the effective length of a call (`length`)."""
+
+    def __init__(self, theta: float, rd: int, scaling=None):
+        self.theta, self.rd, self.scaling = theta, rd, scaling
+        self.scale = attention_factor(scaling)
+        self.key = (theta, rd, scaling.model_dump_json() if scaling is not None else None)
+
+    def length(self, seq_len: int) -> Optional[int]:
+        return effective_length(self.scaling, seq_len)
+
+    def inv(self, seq_len: Optional[int], device) -> torch.Tensor:
+        return torch.tensor(inv_freq(self.theta, self.rd, self.scaling, seq_len), dtype=torch.float32, device=device)
 
 
 class RopeTable:
-    """cos and signed sin (see apply_rope) of positions 0.. for one (theta, rd, dtype, device), shared by every block
-    that uses them: computed with transformers' float32 ops (inverse frequencies, positions x frequencies, cos / sin,
-    cast), elementwise, so a row does not depend on the table's size; grown by doubling. The rows of the last
-    (pos, T) asked for are kept, so the blocks of one decoding step slice the table once."""
+    """cos and signed sin (see apply_rope) of positions 0.. for one (Rope, effective length, dtype, device), shared
+    by every block that uses them: transformers' float32 ops (positions x inverse frequencies, cos / sin, times the
+    attention factor, cast), elementwise, so a row does not depend on the table's size; grown by doubling. The rows
+    of the last (pos, T) asked for are kept, so the blocks of one decoding step slice the table once. Length-
+    dependent types (dynamic, longrope) use the frequencies of seq_len = pos + T, the call's last position + 1, as
+    transformers' dynamic_rope_update does."""
 
     _all: dict = {}
 
-    def __init__(self, theta: float, rd: int, dtype: torch.dtype, device: torch.device):
-        self.theta, self.rd, self.dtype, self.device = theta, rd, dtype, device
-        self.cos = self.sin = torch.empty(0, rd, dtype=dtype, device=device)
+    def __init__(self, rope: Rope, n: Optional[int], dtype: torch.dtype, device: torch.device):
+        self.rope, self.n, self.dtype, self.device = rope, n, dtype, device
+        self.cos = self.sin = torch.empty(0, rope.rd, dtype=dtype, device=device)
         self.last: tuple = (-1, -1, None)
 
     @classmethod
-    def rows(cls, theta: float, rd: int, pos: int, T: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def rows(cls, rope: Rope, pos: int, T: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = rope.length(pos + T) if rope.scaling is not None else None
         if torch.compiler.is_compiling():          # compile or export, symbolic T: no Python-side cache
-            return cls.angles(theta, rd, torch.arange(pos, pos + T, device=like.device, dtype=torch.float), like.dtype)
-        key = (theta, rd, like.dtype, like.device)
+            return cls.angles(rope, n, torch.arange(pos, pos + T, device=like.device, dtype=torch.float), like.dtype)
+        key = (rope.key, n, like.dtype, like.device)
         tab = cls._all.get(key)
         last = tab.last if tab is not None else None
         if last is not None and last[0] == pos and last[1] == T:
             return last[2]
         with torch.inference_mode(False):          # normal tensors: a later training forward may save them
             if tab is None:
-                tab = cls._all[key] = cls(theta, rd, like.dtype, like.device)
+                tab = cls._all[key] = cls(rope, n, like.dtype, like.device)
             if pos + T > tab.cos.shape[0]:
                 tab._grow(max(pos + T, 64, 2 * tab.cos.shape[0]))
             out = (tab.cos.narrow(0, pos, T), tab.sin.narrow(0, pos, T))      # (T, rd) each
@@ -196,15 +220,15 @@ class RopeTable:
         return out
 
     def _grow(self, n: int) -> None:
-        self.cos, self.sin = self.angles(self.theta, self.rd, torch.arange(0, n, device=self.device,
-                                                                           dtype=torch.float), self.dtype)
+        self.cos, self.sin = self.angles(self.rope, self.n, torch.arange(0, n, device=self.device,
+                                                                        dtype=torch.float), self.dtype)
 
     @staticmethod
-    def angles(theta: float, rd: int, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, signed sin (N, rd) of positions t (N,) in float32."""
-        inv = 1.0 / (theta ** (torch.arange(0, rd, 2, device=t.device, dtype=torch.float) / rd))
+    def angles(rope: Rope, n: Optional[int], t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, signed sin (N, rd) of positions t (N,) in float32, with the frequencies of effective length n."""
+        inv = rope.inv(n, t.device)
         freqs = t[:, None] * inv[None, :]                                    # (N, rd/2)
-        return rope_tables(torch.cat((freqs, freqs), dim=-1), dtype)         # (N, rd) each
+        return rope_tables(torch.cat((freqs, freqs), dim=-1), dtype, rope.scale)   # (N, rd) each
 
 
 def grid_angles(grid, rd: int, theta: float) -> torch.Tensor:
@@ -228,7 +252,8 @@ class TransformerBlock(nn.Module):
         D = p.D
         self.kind = p.layer_type
         norm = lambda: Norm(D, p.norm, p.norm_eps, p.norm_offset)  # noqa: E731
-        self._keep("norm1", n("norm1"), norm())
+        pre = p.pre_norms
+        self._keep("norm1", n("norm1") if pre else None, norm() if pre else None)
         if self.kind == "conv":
             self._keep("conv_in", n("conv_in"), Lin(3 * D, D, p.conv_bias))
             self._keep("dwconv", n("conv"), DepthwiseConv(D, p.conv_kernel, p.conv_bias))
@@ -237,7 +262,8 @@ class TransformerBlock(nn.Module):
             self._init_attention(p, n)
         post = p.post_norms
         self._keep("post_attn_norm", n("post_attn_norm") if post else None, norm() if post else None)
-        self._keep("norm2", n("norm2"), norm())
+        self._keep("norm2", n("norm2") if pre else None, norm() if pre else None)
+        self._keep("gate_up_fused", None, None)
         self._init_ffn(p, n)
         self._keep("post_mlp_norm", n("post_mlp_norm") if post else None, norm() if post else None)
         self._keep("ls", None, None)
@@ -258,16 +284,18 @@ class TransformerBlock(nn.Module):
         D, hd, kvd = p.D, p.head_dim, p.kv * p.head_dim
         self.H, self.KV, self.hd = p.num_heads, p.kv, hd
         if p.fused_qkv:
-            self._keep("qkv", n("qkv"), Lin(3 * p.inner, D, "q" in p.attn_bias))
+            self._keep("qkv", n("qkv"), Lin(p.inner + 2 * kvd, D, "q" in p.attn_bias))
         else:
             self._keep("qkv", None, None)
             self._keep("q", n("q"), Lin(p.inner, D, "q" in p.attn_bias))
             self._keep("k", n("k"), Lin(kvd, D, "k" in p.attn_bias))
             self._keep("v", n("v"), Lin(kvd, D, "v" in p.attn_bias))
         self._keep("o", n("o"), Lin(D, p.inner, "o" in p.attn_bias))
+        self.qk_whole = p.qk_norm_scope == "all"                             # OLMo-2: over the whole projection
         if p.qk_norm:
-            self._keep("q_norm", n("q_norm"), Norm(hd, "rmsnorm", p.norm_eps, p.norm_offset))
-            self._keep("k_norm", n("k_norm"), Norm(hd, "rmsnorm", p.norm_eps, p.norm_offset))
+            qd, kd = (p.inner, kvd) if self.qk_whole else (hd, hd)
+            self._keep("q_norm", n("q_norm"), Norm(qd, "rmsnorm", p.norm_eps, p.norm_offset))
+            self._keep("k_norm", n("k_norm"), Norm(kd, "rmsnorm", p.norm_eps, p.norm_offset))
         else:
             self._keep("q_norm", None, None)
             self._keep("k_norm", None, None)
@@ -275,13 +303,19 @@ class TransformerBlock(nn.Module):
         self.window = p.sliding_window if self.kind == "sliding_attention" else None
         self.causal = p.causal
         self.rope, self.rd = p.rope, p.rope_dim or hd
-        self.theta = p.rope_theta_local if (self.window and p.rope_theta_local) else p.rope_theta
+        self.theta = p.theta
+        self.rot = Rope(self.theta, self.rd, p.rope_scaling)
+        self.softcap = p.attn_softcap
         self.grid, self.prefix = p.rope_grid, p.rope_prefix
 
     def _init_ffn(self, p, n):
         D, Fw = p.D, p.ff_dim
         self.act = ACT[p.mlp]
-        if p.mlp in GATED:
+        if p.fused_gate_up:
+            self._keep("gate", None, None)
+            self._keep("gate_up_fused", n("gate_up"), Lin(2 * Fw, D, p.mlp_bias))
+            self._keep("down", n("down"), Lin(D, Fw, p.mlp_bias))
+        elif p.mlp in GATED:
             self._keep("gate", n("gate"), Lin(Fw, D, p.mlp_bias))
             self._keep("up", n("up"), Lin(Fw, D, p.mlp_bias))
             self._keep("down", n("down"), Lin(D, Fw, p.mlp_bias))
@@ -309,7 +343,7 @@ class TransformerBlock(nn.Module):
 
     # --- forward ---------------------------------------------------------------------------------------------------
     def forward(self, x, cache: Optional[LayerCache] = None):
-        h = self.norm1(x)
+        h = self.norm1(x) if self.norm1 is not None else x
         y = self._conv(h, cache) if self.kind == "conv" else self._attention(h, cache)
         if cache is not None:
             cache.seen += x.shape[1]
@@ -318,7 +352,7 @@ class TransformerBlock(nn.Module):
         if self.ls is not None:
             y = y * getattr(*self.ls[0])
         x = x + y
-        y = self.ffn(self.norm2(x))
+        y = self.ffn(self.norm2(x) if self.norm2 is not None else x)
         if self.post_mlp_norm is not None:
             y = self.post_mlp_norm(y)
         if self.ls is not None:
@@ -326,6 +360,9 @@ class TransformerBlock(nn.Module):
         return x + y
 
     def ffn(self, h):
+        if self.gate_up_fused is not None:                                   # Phi-3: gate | up in one matrix
+            g, u = self.gate_up_fused(h).chunk(2, dim=-1)                    # (B, T, F) each
+            return self.down(self.act(g) * u)                                # (B, T, D)
         if self.gate is not None:
             fused = self._fused("gate_up")
             g, u = fused(h) if fused is not None else (self.gate(h), self.up(h))   # (B, T, F) each
@@ -336,23 +373,25 @@ class TransformerBlock(nn.Module):
         B, T, _ = h.shape
         fused = self._fused("qkv")
         if (fused is not None and T == 1 and cache is not None and self.q_norm is None and self.rope != "2d"
-                and self.rd == self.hd):
+                and self.rd == self.hd and self.softcap is None):
             return self._attend_one(h, cache, fused)
         if self.qkv is not None:
-            q, k, v = self.qkv(h).split(self.H * self.hd, dim=-1)
+            q, k, v = self.qkv(h).split((self.H * self.hd, self.KV * self.hd, self.KV * self.hd), dim=-1)
         elif fused is not None:
             q, k, v = fused(h)
         else:
             q, k, v = self.q(h), self.k(h), self.v(h)
+        if self.q_norm is not None and self.qk_whole:
+            q, k = self.q_norm(q), self.k_norm(k)                            # (B, T, H hs), (B, T, kv hs)
         q = q.view(B, T, self.H, self.hd)                                    # (B, T, H, hs)
         k = k.view(B, T, self.KV, self.hd)                                   # (B, T, kv, hs)
         v = v.view(B, T, self.KV, self.hd).transpose(1, 2)                   # (B, kv, T, hs)
-        if self.q_norm is not None:
+        if self.q_norm is not None and not self.qk_whole:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)                          # (B, H, T, hs), (B, kv, T, hs)
         pos = cache.seen if cache is not None else 0
         if self.rope == "1d":
-            cos, sin = RopeTable.rows(self.theta, self.rd, pos, T, h)        # (T, rd) each
+            cos, sin = RopeTable.rows(self.rot, pos, T, h)                   # (T, rd) each
             q, k = apply_rope(q, cos, sin, self.rd), apply_rope(k, cos, sin, self.rd)
         elif self.rope == "2d":
             cos, sin = rope_tables(grid_angles(self.grid, self.rd, self.theta).to(h.device), h.dtype)  # (h*w, rd)
@@ -363,10 +402,24 @@ class TransformerBlock(nn.Module):
         if cache is not None:
             n_cached = cache.n
             k, v = cache.extend(k, v, self.window)                           # (B, kv, S, hs)
-        mask, is_causal = self._mask(T, k.shape[2], pos, n_cached, h.device)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale,
-                                           enable_gqa=self.KV != self.H)     # (B, H, T, hs)
+        if self.softcap is not None:
+            y = self._attend_capped(q, k, v, self._mask(T, k.shape[2], pos, n_cached, h.device, explicit=True)[0])
+        else:
+            mask, is_causal = self._mask(T, k.shape[2], pos, n_cached, h.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale,
+                                               enable_gqa=self.KV != self.H)     # (B, H, T, hs)
         return self.o(y.transpose(1, 2).reshape(B, T, self.H * self.hd))     # (B, T, D)
+
+    def _attend_capped(self, q, k, v, keep):
+        """Attention with soft-capped scores, transformers' eager path (SDPA cannot cap): scores x scale, then
+        cap * tanh(scores / cap), masked, softmax in float32. q (B, H, T, hs); k, v (B, kv, S, hs); keep (T, S)."""
+        rep = self.H // self.KV
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)   # (B, H, S, hs)
+        s = torch.matmul(q, k.transpose(2, 3)) * self.scale                  # (B, H, T, S)
+        s = torch.tanh(s / self.softcap) * self.softcap
+        if keep is not None:
+            s = s.masked_fill(~keep, torch.finfo(s.dtype).min)
+        return torch.matmul(F.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype), v)   # (B, H, T, hs)
 
     def _attend_one(self, h, cache, fused):
         """The attention below for one new token per row over a cache, from the packed q|k|v product, in fewer tensor
@@ -376,7 +429,7 @@ class TransformerBlock(nn.Module):
         qkv = linear(h, fused.wt, fused.bias)                                # (B, 1, (H + 2kv) hs)
         qk = qkv.narrow(-1, 0, (H + KV) * hd).view(B, H + KV, 1, hd)          # (B, H + kv, 1, hs)
         if self.rope == "1d":
-            qk = apply_rope(qk, *RopeTable.rows(self.theta, self.rd, cache.seen, 1, h), hd)
+            qk = apply_rope(qk, *RopeTable.rows(self.rot, cache.seen, 1, h), hd)
         n_cached = cache.n
         k, v = cache.extend(qk.narrow(1, H, KV), qkv.narrow(-1, (H + KV) * hd, KV * hd).view(B, KV, 1, hd),
                             self.window)                                     # (B, kv, S, hs)
@@ -385,12 +438,13 @@ class TransformerBlock(nn.Module):
                                            scale=self.scale, enable_gqa=KV != H)   # (B, H, 1, hs)
         return self.o(y.reshape(B, 1, H * hd))                               # (B, 1, D)
 
-    def _mask(self, T: int, S: int, pos: int, n_cached: int, device):
-        """(mask or None, is_causal) for T queries at positions pos.. over S keys at positions pos - n_cached.."""
+    def _mask(self, T: int, S: int, pos: int, n_cached: int, device, explicit: bool = False):
+        """(mask or None, is_causal) for T queries at positions pos.. over S keys at positions pos - n_cached..;
+        `explicit`: a causal mask is given as a tensor, not as is_causal."""
         W = self.window
         if W is None and not self.causal:
             return None, False
-        if self.causal and (W is None or W >= S) and (T == 1 or n_cached == 0):
+        if self.causal and (W is None or W >= S) and (T == 1 or n_cached == 0) and not explicit:
             return None, n_cached == 0     # plain causal; one query after a cache sees every key (no symbolic T test)
         q = torch.arange(pos, pos + T, device=device)[:, None]               # (T, 1)
         k = torch.arange(pos - n_cached, pos - n_cached + S, device=device)[None, :]   # (1, S)
