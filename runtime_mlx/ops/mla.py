@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from runtime_common.rope import attention_factor, inv_freq, table_key
-
 from ..registry import implements
 from .moe import GQAMoELayer
-from .transformer import Lin, Norm, _ref, place
+from .transformer import Lin, Norm, Rope, _ref, place
 
 
 @implements("MLA_Layer")
@@ -37,21 +35,16 @@ class MLALayer(GQAMoELayer):
              o=place(self, n("o"), Lin(D, H * self.vd, p.mla_bias)))
         self.scale = p.attn_scale if p.attn_scale is not None else qk ** -0.5
         self.window, self.causal, self.rope, self.rd = None, True, "1d", r
-        self.theta, self.interleave, self.scaling = p.rope_theta, p.rope_interleave, p.rope_scaling
-        _ref(self, _inv={})
+        self.theta, self.interleave = p.rope_theta, p.rope_interleave
+        _ref(self, rot=Rope(p.rope_theta, r, p.rope_scaling))
 
     def _rotate(self, x, pos: int):
-        """RoPE on x (B, h, T, r) at positions pos..: runtime_common.rope's inverse frequencies (every scaling type),
-        cos and sin times the attention factor; rotate-half pairs (x_i, x_{i + r/2}) or, interleaved, transformers'
+        """RoPE on x (B, h, T, r) at positions pos.. with the shared rotary rows (runtime_common/rope.py frequencies,
+        times the attention factor): rotate-half pairs (x_i, x_{i + r/2}) or, interleaved, transformers'
         apply_rotary_pos_emb_interleave ([evens | odds] out). Both are [x1 cos - x2 sin | x2 cos + x1 sin]."""
-        T = x.shape[2]
-        key = table_key(self.scaling, pos + T)
-        if key not in self._inv:
-            self._inv[key] = mx.array(inv_freq(self.theta, self.r, self.scaling, pos + T), dtype=mx.float32)
-        ang = mx.arange(pos, pos + T, dtype=mx.float32)[:, None] * self._inv[key][None, :]      # (T, r/2)
-        f = attention_factor(self.scaling)
-        cos, sin = (mx.cos(ang) * f).astype(x.dtype), (mx.sin(ang) * f).astype(x.dtype)
         h = self.r // 2
+        cos, sin = self.rot.rows(pos, x.shape[2], x.dtype)                  # (T, r) each
+        cos, sin = cos[:, :h], sin[:, :h]
         x1, x2 = (x[..., 0::2], x[..., 1::2]) if self.interleave else (x[..., :h], x[..., h:])
         return mx.concatenate((x1 * cos - x2 * sin, x2 * cos + x1 * sin), axis=-1)
 

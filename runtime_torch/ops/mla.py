@@ -14,11 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from runtime_common.rope import attention_factor, inv_freq, table_key
-
 from ..registry import implements
 from .moe import GQAMoELayer
-from .transformer import Lin, Norm
+from .transformer import Lin, Norm, Rope, RopeTable
 
 
 def rotate(x, cos, sin, interleave: bool):
@@ -53,21 +51,15 @@ class MLALayer(GQAMoELayer):
         self._keep("o", n("o"), Lin(D, H * self.vd, p.mla_bias))
         self.scale = p.attn_scale if p.attn_scale is not None else qk ** -0.5
         self.window, self.causal, self.rope, self.rd = None, True, "1d", r
-        self.theta, self.interleave, self.scaling = p.rope_theta, p.rope_interleave, p.rope_scaling
-        self._inv: dict = {}
+        self.theta, self.interleave = p.rope_theta, p.rope_interleave
+        self.rot = Rope(p.rope_theta, r, p.rope_scaling)
 
     def _angles(self, pos: int, T: int, like):
-        """cos, sin (T, r/2) of positions pos.. as transformers computes them: runtime_common.rope's inverse
-        frequencies (every scaling type; length-dependent ones for the call's last position + 1) times positions in
-        float32, cos and sin times the attention factor, cast to the compute dtype."""
-        key = (table_key(self.scaling, pos + T), like.device)
-        inv = self._inv.get(key)
-        if inv is None:
-            inv = self._inv[key] = torch.tensor(inv_freq(self.theta, self.r, self.scaling, pos + T),
-                                                dtype=torch.float32, device=like.device)
-        ang = torch.arange(pos, pos + T, device=like.device, dtype=torch.float32)[:, None] * inv[None, :]   # (T, r/2)
-        f = attention_factor(self.scaling)
-        return (ang.cos() * f).to(like.dtype), (ang.sin() * f).to(like.dtype)
+        """cos, sin (T, r/2) of positions pos..: the shared rotary table's (runtime_common/rope.py frequencies of
+        every scaling type, times the attention factor), one angle per pair."""
+        cos, sin = RopeTable.rows(self.rot, pos, T, like)                    # (T, r) each, sin signed
+        h = self.r // 2
+        return cos[:, :h], sin[:, h:]
 
     def _attention(self, h, cache):
         B, T, _ = h.shape
