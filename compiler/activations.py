@@ -2,7 +2,8 @@
 
 One table (ACTIVATIONS) for every op and importer: the `Activation` op's `fn`, a block's plain MLP (`mlp` = the
 activation's name) and gated MLP (`mlp` = GATED_KINDS[activation]: act(x W_gate) * (x W_up)). Each runtime has one
-function per name (runtime_torch/activations.py, runtime_mlx/activations.py), tested against transformers' ACT2FN.
+function per name (`ACT` in runtime_torch/kernels.py and runtime_mlx/kernels.py; a block reads its `act`, the
+activation of its MLP kind), tested against transformers' ACT2FN.
 Source: transformers/activations.py (ACT2CLS).
 
   gelu        x Phi(x), erf form                      gelu, gelu_python

@@ -23,7 +23,7 @@ from typing import Optional
 
 from pydantic import Field
 
-from ..registry import W, register
+from ..registry import State, W, register
 from ..rope import yarn_get_mscale
 from .moe import GQA_MoE_Layer, MoEParams
 from .transformer import attn_pairs, norm_weights
@@ -119,9 +119,10 @@ class MLA_Layer(GQA_MoE_Layer):
         return q + kv_a + kv_b + o + 2 * b * pairs * H * (qk + p.v_head_dim) + cls.ffn_flops(p, rows)
 
     @classmethod
-    def state(cls, p, ins, outs, ctx):
-        x = ins[0]
-        return ctx.full(x.shape[0]) * ctx.full(x.shape[1]) * (p.kv_lora_rank + p.qk_rope_head_dim)   # (B, N, c + r)
+    def decode_state(cls, p, ins):
+        # the latent c (after its norm) and the rotated shared key k_r: (B, 1, N, c) and (B, 1, N, r)
+        return (State("k", "kv", (1, 1, p.kv_lora_rank), grows=1, axis=1),
+                State("v", "kv", (1, 1, p.qk_rope_head_dim), grows=1, axis=1))
 
     @classmethod
     def _attention_elems(cls, p, rows: int, b: int, n: int) -> int:

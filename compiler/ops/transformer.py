@@ -23,9 +23,9 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from ..activations import GATED, MLPKind
+from ..activations import GATED, MLPKind, activation_of
 from ..ir import TOKENS
-from ..registry import Ctx, Op, Params, Slot, W, register
+from ..registry import Ctx, Op, Params, Slot, State, W, register
 from ..rope import RopeScaling, resolve_scaling
 from .naming import FAMILIES, NAMES, name_of
 
@@ -101,12 +101,32 @@ class BlockParams(Params):
     def inner(self) -> int:
         return self.num_heads * self.head_dim
 
+    # derived values the runtimes read (never re-derive) -------------------------------------------------------------
+    @property
+    def act(self) -> str:
+        """The MLP's activation (of the gate, for gated MLPs): a name of compiler/activations.py's table, which each
+        runtime's kernels implement."""
+        return activation_of(self.mlp)
+
+    @property
+    def scale(self) -> float:
+        """The attention score scale: attn_scale, default head_dim^-0.5."""
+        return self.attn_scale if self.attn_scale is not None else self.head_dim ** -0.5
+
+    @property
+    def window(self) -> Optional[int]:
+        """The attention window of this layer (sliding layers only); None: every earlier key."""
+        return self.sliding_window if self.layer_type == "sliding_attention" else None
+
     @property
     def theta(self) -> float:
-        """This layer's rotary base (sliding layers: rope_theta_local where given)."""
-        if self.layer_type == "sliding_attention" and self.rope_theta_local:
-            return self.rope_theta_local
-        return self.rope_theta
+        """The RoPE base of this layer (rope_theta_local on sliding layers where given)."""
+        return self.rope_theta_local if (self.window and self.rope_theta_local) else self.rope_theta
+
+    @property
+    def rope_dims(self) -> int:
+        """Rotated dims per head: rope_dim, default head_dim."""
+        return self.rope_dim or self.head_dim
 
 
 def stack_count(p) -> int:
@@ -353,18 +373,15 @@ class Block(Op):
         return mix + cls.ffn_flops(p, rows)
 
     @classmethod
-    def state(cls, p, ins, outs, ctx):
-        x = ins[0]
-        b = ctx.full(x.shape[0])
+    def decode_state(cls, p, ins):
         if p.layer_type == "conv":
-            return b * p.D * (p.conv_kernel - 1)                    # (B, D, K-1) conv state
+            return (State("conv", "conv", (p.D, p.conv_kernel - 1)),)     # the last K-1 inputs, (B, D, K-1)
         if not p.causal:
-            return 0                                                # encoders cache nothing
-        n = ctx.full(x.shape[1])
-        if p.layer_type == "sliding_attention" and p.sliding_window:
-            # a token sees the window including itself: between steps the cache keeps window - 1 positions
-            n = min(n, p.sliding_window - 1)
-        return 2 * b * p.kv * p.head_dim * n                        # K and V: (B, kv, N, hs) each
+            return ()                                                   # encoders cache nothing
+        # a token sees the window including itself: between steps the cache keeps window - 1 positions
+        cap = p.window - 1 if p.window else None
+        one = (p.kv, 1, p.head_dim)                                     # (B, kv, N, hs) per position
+        return (State("k", "kv", one, grows=1, axis=1, cap=cap), State("v", "kv", one, grows=1, axis=1, cap=cap))
 
     @classmethod
     def ffn_width(cls, p) -> int:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
+from ..kernels import ACT, dense
 from ..registry import implements
-from ..activations import ACT
-from .transformer import Lin, TransformerBlock, _ref, place
+from .transformer import TransformerBlock
 
 SORT_FROM = 64   # sort (token, choice) pairs by expert from this many on
 
@@ -90,27 +90,18 @@ def experts(h, idx, w, gate_up, down, act):
 
 @implements("GQA_MoE_Layer")
 class GQAMoELayer(TransformerBlock):
-    def _init_ffn(self, p, n):
+    def init_ffn(self, p, names):
         self.moe = p.ffn_type == "moe"
         if not self.moe:                    # a dense layer of a mixed stack: TransformerBlock's gated MLP
-            return super()._init_ffn(p, n)
-        D, E, Fw = p.D, p.num_experts, p.expert_dim
-        _ref(self, act=ACT[p.mlp])
+            return super().init_ffn(p, names)
+        shared = p.shared_expert_dim is not None
+        self.keep(act=ACT[p.act], router=self.at(names["router"]), gate_up=self.ref(names["experts_gate_up"]),
+                  down_w=self.ref(names["experts_down"]),
+                  shared=tuple(self.at(names[r]) for r in ("shared_gate", "shared_up", "shared_down"))
+                  if shared else None,
+                  shared_router=self.at(names["shared_router"]) if shared and p.shared_expert_gate else None)
         self.top_k, self.renorm = p.top_k, p.norm_topk_prob
         self.grouped = (p.n_group, p.topk_group, p.routed_scaling_factor) if p.router == "sigmoid_group" else None
-        _ref(self, router=place(self, n("router"), Lin(E, D, False)),
-             gate_up=place(self, n("experts_gate_up"), param=(E, 2 * Fw, D)),     # (module, key)
-             down_w=place(self, n("experts_down"), param=(E, D, Fw)))
-        if self.grouped:
-            self.router.e_score_correction_bias = mx.zeros((E,))
-        _ref(self, shared=None, shared_router=None)
-        if p.shared_expert_dim is not None:
-            S = p.shared_expert_dim
-            _ref(self, shared=(place(self, n("shared_gate"), Lin(S, D, False)),
-                               place(self, n("shared_up"), Lin(S, D, False)),
-                               place(self, n("shared_down"), Lin(D, S, False))))
-            if p.shared_expert_gate:
-                _ref(self, shared_router=place(self, n("shared_router"), Lin(1, D, False)))
 
     def ffn(self, h):
         if not self.moe:
@@ -126,6 +117,6 @@ class GQAMoELayer(TransformerBlock):
         y = experts(h, idx, w, gm[gk], dm[dk], self.act)
         if self.shared is not None:
             g, u, d = self.shared
-            s = d(self.act(g(h)) * u(h))
-            y = y + (s if self.shared_router is None else mx.sigmoid(self.shared_router(h)) * s)
+            s = dense(self.act(dense(h, g)) * dense(h, u), d)
+            y = y + (s if self.shared_router is None else mx.sigmoid(dense(h, self.shared_router)) * s)
         return y.reshape(shape)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from compiler.ops.naming import NAMES
+
+from ..kernels import RopeTable, dense, norm
 from ..registry import implements
 from .moe import GQAMoELayer
-from .transformer import Lin, Norm, Rope, RopeTable
 
 
 def rotate(x, cos, sin, interleave: bool):
@@ -30,57 +32,39 @@ def rotate(x, cos, sin, interleave: bool):
 
 @implements("MLA_Layer")
 class MLALayer(GQAMoELayer):
-    def _init_attention(self, p, n):
-        D, H, c, r = p.D, p.num_heads, p.kv_lora_rank, p.qk_rope_head_dim
-        self.H, self.nope, self.r, self.c, self.vd = H, p.qk_nope_head_dim, r, c, p.v_head_dim
-        qk = self.nope + r
-        self._keep("qkv", None, None)
-        self._keep("k", None, None)         # no k / v projections: pack() leaves the attention alone
-        self._keep("v", None, None)
-        if p.q_lora_rank is None:
-            self._keep("q", n("q"), Lin(H * qk, D, False))
-            self._keep("q_a", None, None)
-        else:
-            self._keep("q", None, None)
-            self._keep("q_a", n("q_a"), Lin(p.q_lora_rank, D, p.mla_bias))
-            self._keep("q_a_norm", n("q_a_norm"), Norm(p.q_lora_rank, "rmsnorm", p.latent_norm_eps))
-            self._keep("q_b", n("q_b"), Lin(H * qk, p.q_lora_rank, False))
-        self._keep("kv_a", n("kv_a"), Lin(c + r, D, p.mla_bias))
-        self._keep("kv_a_norm", n("kv_a_norm"), Norm(c, "rmsnorm", p.latent_norm_eps))
-        self._keep("kv_b", n("kv_b"), Lin(H * (self.nope + self.vd), c, False))
-        self._keep("o", n("o"), Lin(D, H * self.vd, p.mla_bias))
-        self.scale = p.attn_scale if p.attn_scale is not None else qk ** -0.5
-        self.window, self.causal, self.rope, self.rd = None, True, "1d", r
-        self.theta, self.interleave = p.rope_theta, p.rope_interleave
-        self.rot = Rope(p.rope_theta, r, p.rope_scaling)
+    def __init__(self, p, in_types):
+        super().__init__(p, in_types)       # every declared tensor exists; the block keeps o, the norms, the FFN
+        names = NAMES[p.names]
+        self.keep(**{r: self.at(names[r]) for r in ("q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm", "kv_b")},
+                  q=self.at(names["q"]), k=None, v=None)          # no k / v projections: pack() leaves them
+        self.nope, self.r, self.c, self.vd = p.qk_nope_head_dim, p.qk_rope_head_dim, p.kv_lora_rank, p.v_head_dim
 
-    def _angles(self, pos: int, T: int, like):
-        """cos, sin (T, r/2) of positions pos..: the shared rotary table's (runtime_common/rope.py frequencies of
-        every scaling type, times the attention factor), one angle per pair."""
-        cos, sin = RopeTable.rows(self.rot, pos, T, like)                    # (T, r) each, sin signed
-        h = self.r // 2
-        return cos[:, :h], sin[:, h:]
+    def _latent_norm(self, x, m):
+        return norm(x, m, "rmsnorm", self.p.latent_norm_eps)
 
     def _attention(self, h, cache):
         B, T, _ = h.shape
         H, n, r, c = self.H, self.nope, self.r, self.c
-        q = self.q(h) if self.q is not None else self.q_b(self.q_a_norm(self.q_a(h)))
+        q = dense(h, self.q) if self.q is not None else dense(self._latent_norm(dense(h, self.q_a), self.q_a_norm),
+                                                              self.q_b)
         q = q.view(B, T, H, n + r).transpose(1, 2)                           # (B, H, T, n + r)
-        latent, k_r = self.kv_a(h).split((c, r), dim=-1)                     # (B, T, c), (B, T, r)
-        latent = self.kv_a_norm(latent).view(B, 1, T, c)                     # (B, 1, T, c)
+        latent, k_r = dense(h, self.kv_a).split((c, r), dim=-1)              # (B, T, c), (B, T, r)
+        latent = self._latent_norm(latent, self.kv_a_norm).view(B, 1, T, c)   # (B, 1, T, c)
         k_r = k_r.view(B, 1, T, r)                                           # (B, 1, T, r)
         pos = cache.seen if cache is not None else 0
-        cos, sin = self._angles(pos, T, h)
-        q = torch.cat((q[..., :n], rotate(q[..., n:], cos, sin, self.interleave)), dim=-1)
-        k_r = rotate(k_r, cos, sin, self.interleave)
+        cos, sin = RopeTable.rows(self.rot, pos, T, h)                       # (T, r) each, sin signed
+        cos, sin = cos[:, :r // 2], sin[:, r // 2:]                          # one angle per pair (T, r/2)
+        interleave = self.p.rope_interleave
+        q = torch.cat((q[..., :n], rotate(q[..., n:], cos, sin, interleave)), dim=-1)
+        k_r = rotate(k_r, cos, sin, interleave)
         n_cached = 0
         if cache is not None:
             n_cached = cache.n
             latent, k_r = cache.extend(latent, k_r, None)                    # (B, 1, S, c), (B, 1, S, r)
         S = latent.shape[2]
-        kv = self.kv_b(latent[:, 0]).view(B, S, H, n + self.vd).transpose(1, 2)   # (B, H, S, n + v)
+        kv = dense(latent[:, 0], self.kv_b).view(B, S, H, n + self.vd).transpose(1, 2)   # (B, H, S, n + v)
         k = torch.cat((kv[..., :n], k_r.expand(B, H, S, r)), dim=-1)         # (B, H, S, n + r)
-        v = kv[..., n:]                                                      # (B, H, S, v)
         mask, is_causal = self._mask(T, S, pos, n_cached, h.device)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale)
-        return self.o(y.transpose(1, 2).reshape(B, T, H * self.vd))          # (B, T, D)
+        y = F.scaled_dot_product_attention(q, k, kv[..., n:], attn_mask=mask, is_causal=is_causal,
+                                           scale=self.p.scale)               # (B, H, T, v)
+        return dense(y.transpose(1, 2).reshape(B, T, H * self.vd), self.o)   # (B, T, D)

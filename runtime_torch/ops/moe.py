@@ -16,11 +16,9 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from compiler.ops.naming import name_of
-
-from ..activations import ACT
+from ..kernels import ACT, dense
 from ..registry import implements
-from .transformer import Lin, TransformerBlock, place
+from .transformer import TransformerBlock
 
 
 def route(h, router_w, top_k: int, renorm: bool):
@@ -118,29 +116,18 @@ def merge_experts(tensors: Mapping[str, torch.Tensor], merges: Sequence[tuple[st
 
 @implements("GQA_MoE_Layer")
 class GQAMoELayer(TransformerBlock):
-    def _init_ffn(self, p, n):
+    def init_ffn(self, p, names):
         self.moe = p.ffn_type == "moe"
         if not self.moe:                    # a dense layer of a mixed stack: TransformerBlock's gated MLP
-            return super()._init_ffn(p, n)
-        D, E, Fw = p.D, p.num_experts, p.expert_dim
-        self.act = ACT[p.mlp]
+            return super().init_ffn(p, names)
+        shared = p.shared_expert_dim is not None
+        self.keep(act=ACT[p.act], gate=None, router=self.at(names["router"]),     # no dense gate|up to pack
+                  gate_up=self.ref(names["experts_gate_up"]), down=self.ref(names["experts_down"]),
+                  shared=tuple(self.at(names[r]) for r in ("shared_gate", "shared_up", "shared_down"))
+                  if shared else None,
+                  shared_router=self.at(names["shared_router"]) if shared and p.shared_expert_gate else None)
         self.top_k, self.renorm = p.top_k, p.norm_topk_prob
         self.grouped = (p.n_group, p.topk_group, p.routed_scaling_factor) if p.router == "sigmoid_group" else None
-        self._keep("gate", None, None)      # no dense gate|up: the experts' are stacked tensors
-        self._keep("router", n("router"), Lin(E, D, False))
-        if self.grouped:
-            self.router.register_buffer("e_score_correction_bias", torch.empty(E))    # a buffer, as transformers
-        self._keep("gate_up", None, place(self, n("experts_gate_up"), param=(E, 2 * Fw, D)))   # (module, name)
-        self._keep("down", None, place(self, n("experts_down"), param=(E, D, Fw)))
-        self._keep("shared", None, None)
-        self._keep("shared_router", None, None)
-        if p.shared_expert_dim is not None:
-            S = p.shared_expert_dim
-            self._keep("shared", None, (place(self, n("shared_gate"), Lin(S, D, False)),
-                                        place(self, n("shared_up"), Lin(S, D, False)),
-                                        place(self, n("shared_down"), Lin(D, S, False))))
-            if p.shared_expert_gate:
-                self._keep("shared_router", n("shared_router"), Lin(1, D, False))
 
     def ffn(self, h):
         if not self.moe:
@@ -155,6 +142,6 @@ class GQAMoELayer(TransformerBlock):
         y = experts(h, idx, w, getattr(*self.gate_up), getattr(*self.down), self.act)
         if self.shared is not None:
             g, u, d = self.shared
-            s = d(self.act(g(h)) * u(h))
-            y = y + (s if self.shared_router is None else torch.sigmoid(self.shared_router(h)) * s)
+            s = dense(self.act(dense(h, g)) * dense(h, u), d)
+            y = y + (s if self.shared_router is None else torch.sigmoid(dense(h, self.shared_router)) * s)
         return y.view(shape)
