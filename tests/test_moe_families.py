@@ -242,3 +242,11 @@ def test_bad_moe_and_mla_params_give_one_located_error(change, field, words):
 def test_no_layer_with_experts_is_refused():
     with pytest.raises(ValueError, match="no layer has experts"):
         spec_from_hf_config(dict(model_type="qwen3_moe", num_hidden_layers=2, mlp_only_layers=[0, 1]))
+
+
+def test_deepseek_v3_key_map_drops_the_prediction_layer_as_transformers():
+    """Hub DeepSeek-V3 files hold the multi-token-prediction layer model.layers.61, which transformers skips."""
+    renamed, _ = map_names(["model.layers.61.eh_proj.weight", "model.layers.60.mlp.gate.weight", "lm_head.weight"],
+                           hf_key_map("deepseek_v3"))
+    assert renamed == {"lm.model.layers.60.mlp.gate.weight": "model.layers.60.mlp.gate.weight",
+                       "lm.lm_head.weight": "lm_head.weight"}

@@ -29,6 +29,8 @@ class Row:
 DENSE = "tests.test_parity_dense"
 LM = "tests.test_parity_lm"
 VISION = "tests.test_parity_vision"
+MOE = "tests.test_moe_families"
+MOE_MLX = "tests.test_moe_families_mlx"
 ACTS = "an activation outside compiler/activations.py"
 ROPE = "a rope type or rope key transformers' rope utilities do not define"
 
@@ -57,9 +59,11 @@ ROWS: tuple[Row, ...] = (
         (LM, "FULL", "OLMo-2-1124-7B", 7_298_617_344), f"{ACTS}; {ROPE}"),
     Row("LFM2", ("lfm2",), (LM, "TINY", "lfm2"), (DENSE, "CASES", "lfm2"),
         (LM, "FULL", "LFM2-1.2B", 1_170_340_608), ROPE),
-    Row("Qwen2-MoE", ("qwen2_moe",), (LM, "TINY", "qwen2_moe"), None, None,
-        "dense layers among MoE layers (mlp_only_layers, decoder_sparse_step > 1); zero-width shared experts",
-        mlx_note="MLX = torch on the same weights (tests/test_mlx_parity.py); per-expert files need torch's merge"),
+    Row("Qwen2-MoE (dense layers mixed in: decoder_sparse_step, mlp_only_layers)", ("qwen2_moe",),
+        (MOE, "TINY", "qwen2_moe_mixed"), (MOE_MLX, "TINY", "qwen2_moe_mixed"),
+        (MOE, "FULL", "Qwen1.5-MoE-A2.7B", 14_315_784_192),
+        f"zero-width shared experts (shared_expert_intermediate_size 0: another change); no layer with experts; "
+        f"{ACTS}; {ROPE}"),
     Row("Mixtral", ("mixtral",), (LM, "TINY", "mixtral"), None, None, f"{ACTS}; {ROPE}",
         mlx_note="per-expert files need torch's merge; the MoE op's MLX = torch (tests/test_mlx_runtime.py)"),
     Row("SigLIP / SigLIP2 vision (full configs: the vision tower)",
@@ -74,8 +78,11 @@ ROWS: tuple[Row, ...] = (
     Row("DINOv3 ViT", ("dinov3_vit",), (VISION, "__dict__", "test_dinov3"), None,
         (VISION, "_counts", "DINOv3 ViT-L/16", 303_129_600), "non-square images or patches",
         mlx_note="MLX = torch on the op examples (tests/test_mlx_runtime.py)"),
-    Row("Qwen3-MoE", ("qwen3_moe",), None, None, None, "", pending="the mixed dense/MoE change fills this row"),
-    Row("DeepSeek-V3", ("deepseek_v3",), None, None, None, "", pending="the MLA / DeepSeek change fills this row"),
+    Row("Qwen3-MoE", ("qwen3_moe",), (MOE, "TINY", "qwen3_moe"), (MOE_MLX, "TINY", "qwen3_moe_mixed"),
+        (MOE, "FULL", "Qwen3-30B-A3B", 30_532_122_624), f"no layer with experts; {ACTS}; {ROPE}"),
+    Row("DeepSeek-V3 (latent attention, latent KV cache, group-limited routing, yarn)", ("deepseek_v3",),
+        (MOE, "TINY", "deepseek_v3"), (MOE_MLX, "TINY", "deepseek_v3"), (MOE, "FULL", "DeepSeek-V3", 671_026_404_352),
+        f"num_key_value_heads != num_attention_heads; {ACTS}; {ROPE}"),
 )
 
 

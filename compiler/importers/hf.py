@@ -559,7 +559,10 @@ IMPORTERS: dict[str, Callable[[dict], dict]] = {
 # with re.sub (a replacement of None drops the names it matches), the form runtime_torch.load_state_dict_mapped takes
 KEY_MAPS: dict[str, list[tuple[str, str | None]]] = {
     **{t: [(r"^", LM_ID + ".")] for t in ("llama", "gemma3_text", "lfm2", "qwen2_moe", "qwen2", "qwen3", "mistral",
-                                         "phi3", "smollm3", "olmo2", "gemma2", "qwen3_moe", "deepseek_v3")},
+                                         "phi3", "smollm3", "olmo2", "gemma2", "qwen3_moe")},
+    # DeepSeek-V3's hub files also hold its multi-token-prediction layer (model.layers.61), which transformers
+    # skips on load (_keys_to_ignore_on_load_unexpected) and does not build: dropped the same way
+    "deepseek_v3": [(r"^model\.layers\.61\.", None), (r"^", LM_ID + ".")],
     "mixtral": [(r"\.block_sparse_moe\.", ".mlp."), (r"^", LM_ID + ".")],          # hub checkpoints' module name
     # Gemma3ForConditionalGeneration: the text model's keys; the vision tower and projector are dropped
     "gemma3": [(r"^model\.(vision_tower|multi_modal_projector)\.", None),
