@@ -1,4 +1,5 @@
-"""The README's table of the shipped specs' figures, generated from compile() so it cannot go stale.
+"""The README's generated tables: the shipped specs' figures (from compile()) and the families `omnic import-hf`
+covers (from compiler/importers/coverage.py), so neither can go stale.
 
     python scripts/readme_tables.py          # rewrite the block between the markers in README.md
     python scripts/readme_tables.py --check  # exit 1 if README.md differs (tests/test_readme_tables.py)
@@ -13,10 +14,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import compiler  # noqa: E402
+from compiler.importers import coverage  # noqa: E402
 
 SPECS = ["specs/omni_lite.json", "specs/oculus.json", "specs/nanovlm/original_small.json",
          "specs/nanovlm/default.json", "specs/nanovlm/dinov3_gemma.json", "specs/fvlm_135m.json"]
 BEGIN, END = "<!-- seed-table:begin (scripts/readme_tables.py) -->", "<!-- seed-table:end -->"
+FAMILY_BEGIN = "<!-- family-table:begin (scripts/readme_tables.py) -->"
+FAMILY_END = "<!-- family-table:end -->"
 
 
 def gib(n: float) -> str:
@@ -38,9 +42,14 @@ def table() -> str:
     return "\n".join(rows)
 
 
+def _between(text: str, begin: str, end: str, body: str) -> str:
+    a, b = text.index(begin), text.index(end)
+    return text[:a] + begin + "\n" + body + "\n" + text[b:]
+
+
 def render(readme: str) -> str:
-    a, b = readme.index(BEGIN), readme.index(END)
-    return readme[:a] + BEGIN + "\n" + table() + "\n" + readme[b:]
+    readme = _between(readme, BEGIN, END, table())
+    return _between(readme, FAMILY_BEGIN, FAMILY_END, coverage.table())
 
 
 def main() -> int:
@@ -53,7 +62,7 @@ def main() -> int:
     new = render(text)
     if args.check:
         if new != text:
-            print("README.md's seed table is stale: run python scripts/readme_tables.py")
+            print("README.md's generated tables are stale: run python scripts/readme_tables.py")
             return 1
         return 0
     with open(path, "w", encoding="utf-8") as f:

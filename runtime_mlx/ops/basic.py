@@ -16,17 +16,22 @@ from ..registry import implements, tied
 
 @implements("Linear")
 class Linear(Node):
-    """y = x W^T + b; a tied head (`tied_name` set) owns no weight: it reads its owner's."""
+    """y = x W^T + b; a tied head (`tied_name` set) owns no weight: it reads its owner's. With `softcap` (Gemma's
+    final_logit_softcapping): cap * tanh(y / cap)."""
 
     def __init__(self, p, in_types):
         super().__init__(p, in_types)
-        self.is_tied = bool(p.tied_name)
+        self.is_tied, self.softcap = bool(p.tied_name), p.softcap
 
     def __call__(self, x):
         if not self.is_tied:
-            return dense(x, self)                         # (..., D) -> (..., out)
-        y = x @ tied(self, "weight").T
-        return y + self.bias if "bias" in self else y
+            y = dense(x, self)                            # (..., D) -> (..., out)
+        else:
+            y = x @ tied(self, "weight").T
+            y = y + self.bias if "bias" in self else y
+        if self.softcap is not None:
+            y = mx.tanh(y / self.softcap) * self.softcap
+        return y
 
 
 @implements("Embedding")
