@@ -1,7 +1,8 @@
 """Accounting: parameters, FLOPs, weight bytes by format, decode state, activation peak, training memory.
 
 Conventions (printed with every report):
-  * parameters: each tensor once (tied weights at their owner), from the ops' weight declarations;
+  * parameters: each tensor once (tied weights at their owner), from the ops' weight declarations; persistent
+    buffers (W.buffer) are stored and count in weight bytes, not in parameters (as torch's `parameters()`);
     active = per token: stacked expert tensors count top_k / E of their size;
   * FLOPs = 2 x multiply-accumulates of matrix products (elementwise work, norms, softmax and look-ups count 0);
     attention adds 4 x q x kv x heads x head_dim; causal attention counts the lower triangle with its diagonal
@@ -66,7 +67,7 @@ def cost_nodes(g: Graph, batch: int, context: int, frames: int) -> list[NodeCost
         ws = node_weights(node)
         nc.weights = ws
         for w in ws.values():
-            if w.tied_to:
+            if w.tied_to or w.buffer:
                 continue
             nc.params += w.numel
             nc.active += w.numel * (w.top_k / w.experts) if w.experts else w.numel

@@ -46,6 +46,8 @@ class W:
     tied_to: full dotted name of the tensor this one shares storage with (counted once, at its owner).
     init: how runtimes initialise it: "normal" (N(0, std)), "zeros", "ones", or "const:<value>"
           (default by role: norm -> ones, bias -> zeros, everything else normal).
+    buffer: a persistent buffer, not a parameter (DeepSeek-V3's e_score_correction_bias): in the state dict and
+            the weight bytes, not in the parameter counts, not trained.
     """
 
     shape: tuple[int, ...]
@@ -54,6 +56,7 @@ class W:
     top_k: int = 0
     tied_to: Optional[str] = None
     init: Optional[str] = None
+    buffer: bool = False
 
     @property
     def init_rule(self) -> str:

@@ -81,11 +81,22 @@ class DecodeSession:
         self.last_block = self.prefill[cached_at[-1]][0] if cached_at and all(
             registry.get(g[n].op).decode == "positionwise" for n, _, _, _ in tail) else None
         self.reserve = reserve     # tokens the caches make room for at once (the runtime's cache may ignore it)
+        # longrope (Phi-3): once the sequence passes the original context, transformers drops the caches and runs
+        # the whole sequence again with the long factors (Phi3ForCausalLM.prepare_inputs_for_generation)
+        self.restart_after = min((g[n].params.rope_scaling.original_max_position_embeddings for n, _, _, c in
+                                  self.prefill if c and getattr(g[n].params, "rope_scaling", None) is not None
+                                  and g[n].params.rope_scaling.rope_type == "longrope"), default=None)
         self.reset()
 
     def reset(self) -> None:
         self.caches = {name: self.cache(reserve=self.reserve) for name, _, _, cached in self.prefill if cached}
         self.started = False
+
+    def must_restart(self, T: int) -> bool:
+        """Whether continuing with T new tokens passes a longrope model's original context while the caches hold
+        keys rotated with the short factors: the caller then resets and prefills the whole sequence."""
+        r = self.restart_after
+        return self.started and r is not None and 0 < self.seen <= r < self.seen + T
 
     @property
     def seen(self) -> int:

@@ -57,8 +57,11 @@ def generate(model, input_ids, max_new_tokens: int, do_sample: bool = False, tem
     done = mx.zeros((input_ids.shape[0],), dtype=mx.bool_)
     nxt = input_ids
     inputs = {k: v if isinstance(v, mx.array) else mx.array(v) for k, v in inputs.items()}
-    for i in range(max_new_tokens):
-        scores = session.step(nxt, last=True, **(inputs if i == 0 else {}))[:, -1].astype(mx.float32)   # (B, V)
+    for _ in range(max_new_tokens):
+        if session.must_restart(nxt.shape[1]):                # longrope past its original context: run it all again
+            session.reset()
+            nxt = mx.concatenate(out, axis=1)
+        scores = session.step(nxt, last=True, **(inputs if not session.started else {}))[:, -1].astype(mx.float32)
         if do_sample:
             scores = scores / temperature
             if top_k is not None and top_k < scores.shape[-1]:

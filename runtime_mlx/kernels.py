@@ -1,16 +1,19 @@
 """The MLX kernels every op shares (mirror of `runtime_torch/kernels.py`): linear, the norms, rotary positions and
 the one activation table.
 
-The MLX kernels are used where they compute what the torch runtime computes: `mx.fast.rms_norm` / `layer_norm`,
-`mx.fast.rope` (traditional=False is transformers' rotate-half; called by the blocks). Activations are compiled
-into one elementwise kernel each where MLX can (`fused`).
+The MLX kernels are used where they compute what the torch runtime computes: `mx.fast.rms_norm` / `layer_norm`.
+1-D RoPE applies cos / sin rows made from runtime_common/rope.py's frequencies (`Rope`: every scaling type),
+rotate-half as `apply_rope`. Activations are compiled into one elementwise kernel each where MLX can (`fused`).
 Shape vocabulary: B batch, H heads, N positions, hs head size, rd rotated dims.
 """
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import mlx.core as mx
+
+from runtime_common.rope import attention_factor, effective_length, inv_freq
 
 
 def fused(f):
@@ -42,14 +45,24 @@ def silu(x):
     return x * mx.sigmoid(x)
 
 
-#: activations by the name the compiler resolves (`Activation.fn`, a block's `act`)
+def relu(x):
+    return mx.maximum(x, 0)
+
+
+#: compiler/activations.py's activations by name (`Activation.fn`, a block's `act`), each what transformers' ACT2FN
+#: entries of that name compute (tests/test_activations.py)
 ACT = {
     "gelu": gelu,
     "gelu_tanh": gelu_tanh,
+    "quick_gelu": lambda x: x * mx.sigmoid(1.702 * x),
+    "relu": relu,
+    "relu2": lambda x: mx.square(relu(x)),
+    "relu6": lambda x: mx.minimum(relu(x), 6.0),
+    "leaky_relu": lambda x: mx.where(x >= 0, x, 0.01 * x),
     "silu": silu,
-    "relu": lambda x: mx.maximum(x, 0),
-    "tanh": mx.tanh,
     "sigmoid": mx.sigmoid,
+    "tanh": mx.tanh,
+    "mish": lambda x: x * mx.tanh(mx.logaddexp(x, 0.0)),
     "identity": lambda x: x,
 }
 
@@ -92,6 +105,33 @@ def apply_rope(x, cos, sin, rd: int):
         return x * cos + rotate_half(x) * sin
     xr, xp = x[..., :rd], x[..., rd:]
     return mx.concatenate((xr * cos + rotate_half(xr) * sin, xp), axis=-1)
+
+
+class Rope:
+    """One layer's rotary settings (theta, rotated dims, scaling resolved by the compiler) and its cos / sin rows:
+    positions x runtime_common.rope's inverse frequencies in float32, cos and sin times the attention factor, cast.
+    Length-dependent types (dynamic, longrope) use the frequencies of the call's last position + 1, as transformers'
+    dynamic_rope_update does."""
+
+    def __init__(self, theta: float, rd: int, scaling=None):
+        self.theta, self.rd, self.scaling, self.scale = theta, rd, scaling, attention_factor(scaling)
+        self._inv: dict = {}
+
+    def rows(self, pos: int, T: int, dtype, div: Optional[float] = None) -> tuple[mx.array, mx.array]:
+        """cos, sin (T, rd) of positions pos..pos+T-1, divided by `div` when given (nanoVLM's rope_rescale_past)."""
+        n = effective_length(self.scaling, pos + T) if self.scaling is not None else None
+        inv = self._inv.get(n)
+        if inv is None:
+            inv = self._inv[n] = mx.array(inv_freq(self.theta, self.rd, self.scaling, n), dtype=mx.float32)
+        t = mx.arange(pos, pos + T, dtype=mx.float32)
+        if div is not None:
+            t = t / div
+        freqs = t[:, None] * inv[None, :]                                            # (T, rd/2)
+        emb = mx.concatenate((freqs, freqs), axis=-1)                                 # (T, rd)
+        cos, sin = mx.cos(emb), mx.sin(emb)
+        if self.scale != 1.0:
+            cos, sin = cos * self.scale, sin * self.scale
+        return cos.astype(dtype), sin.astype(dtype)
 
 
 def grid_angles(grid, rd: int, theta: float) -> mx.array:

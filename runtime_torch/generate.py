@@ -62,8 +62,11 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, do_sample: boo
     out = [input_ids]
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     nxt = input_ids
-    for i in range(max_new_tokens):
-        scores = session.step(nxt, last=True, **(inputs if i == 0 else {}))[:, -1].float()   # (B, V)
+    for _ in range(max_new_tokens):
+        if session.must_restart(nxt.shape[1]):                # longrope past its original context: run it all again
+            session.reset()
+            nxt = torch.cat(out, dim=1)
+        scores = session.step(nxt, last=True, **(inputs if not session.started else {}))[:, -1].float()   # (B, V)
         if do_sample:
             scores = scores / temperature
             if top_k is not None and top_k < scores.shape[-1]:

@@ -2,7 +2,8 @@
 
 Op modules (`runtime_torch/ops/`) are forward code over parameters the declaration built (`node.py`); what they
 compute in common lives here, once. Numerics are transformers 5.x's, bit for bit where the summation order allows:
-RMSNorm in float32 (offset 0 casts before the weight, Gemma's offset after), rotate-half RoPE with float32 angles.
+RMSNorm in float32 (offset 0 casts before the weight, Gemma's offset after), rotate-half RoPE with float32 angles
+from runtime_common/rope.py's frequencies (every scaling type).
 Shape vocabulary: B batch, H heads, N positions, hs head size, rd rotated dims.
 """
 from __future__ import annotations
@@ -13,16 +14,24 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from runtime_common.rope import attention_factor, effective_length, inv_freq
+
 SPLIT_ROWS = 8     # products of at most this many rows are split across threads (more rows: MKL's GEMM threads them)
 
-#: activations by the name the compiler resolves (`Activation.fn`, a block's `act`)
+#: compiler/activations.py's activations by name (`Activation.fn`, a block's `act`), each what transformers' ACT2FN
+#: entries of that name compute (torch's kernels where transformers calls them; tests/test_activations.py)
 ACT = {
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "silu": F.silu,
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
     "relu": F.relu,
-    "tanh": torch.tanh,
+    "relu2": lambda x: torch.square(F.relu(x)),
+    "relu6": F.relu6,
+    "leaky_relu": lambda x: F.leaky_relu(x, 0.01),
+    "silu": F.silu,
     "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "mish": F.mish,
     "identity": lambda x: x,
 }
 
@@ -85,39 +94,60 @@ def apply_rope(x, cos, sin, rd: int):
     return torch.cat((xr * cos + xr.roll(rd // 2, dims=-1) * sin, xp), dim=-1)
 
 
-def rope_tables(ang: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and signed sin (see apply_rope) of angles (N, rd) in float32, cast to the compute dtype (as
-    transformers does)."""
+def rope_tables(ang: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin (see apply_rope) of angles (N, rd) in float32, times the attention factor `scale` (yarn,
+    longrope), cast to the compute dtype (as transformers does)."""
     h = ang.shape[-1] // 2
-    sin = ang.sin()
-    return ang.cos().to(dtype), torch.cat((-sin[:, :h], sin[:, h:]), dim=-1).to(dtype)
+    cos, sin = ang.cos(), ang.sin()
+    if scale != 1.0:
+        cos, sin = cos * scale, sin * scale
+    return cos.to(dtype), torch.cat((-sin[:, :h], sin[:, h:]), dim=-1).to(dtype)
+
+
+class Rope:
+    """One layer's rotary settings (theta, rotated dims, scaling resolved by the compiler), hashable: the key of the
+    shared tables. The frequencies are runtime_common.rope's, for the effective length of a call (`length`)."""
+
+    def __init__(self, theta: float, rd: int, scaling=None):
+        self.theta, self.rd, self.scaling = theta, rd, scaling
+        self.scale = attention_factor(scaling)
+        self.key = (theta, rd, scaling.model_dump_json() if scaling is not None else None)
+
+    def length(self, seq_len: int) -> Optional[int]:
+        return effective_length(self.scaling, seq_len)
+
+    def inv(self, seq_len: Optional[int], device) -> torch.Tensor:
+        return torch.tensor(inv_freq(self.theta, self.rd, self.scaling, seq_len), dtype=torch.float32, device=device)
 
 
 class RopeTable:
-    """cos and signed sin (see apply_rope) of positions 0.. for one (theta, rd, dtype, device), shared by every block
-    that uses them: computed with transformers' float32 ops (inverse frequencies, positions x frequencies, cos / sin,
-    cast), elementwise, so a row does not depend on the table's size; grown by doubling. The rows of the last
-    (pos, T) asked for are kept, so the blocks of one decoding step slice the table once."""
+    """cos and signed sin (see apply_rope) of positions 0.. for one (Rope, effective length, dtype, device), shared
+    by every block that uses them: transformers' float32 ops (positions x inverse frequencies, cos / sin, times the
+    attention factor, cast), elementwise, so a row does not depend on the table's size; grown by doubling. The rows
+    of the last (pos, T) asked for are kept, so the blocks of one decoding step slice the table once. Length-
+    dependent types (dynamic, longrope) use the frequencies of seq_len = pos + T, the call's last position + 1, as
+    transformers' dynamic_rope_update does."""
 
     _all: dict = {}
 
-    def __init__(self, theta: float, rd: int, dtype: torch.dtype, device: torch.device):
-        self.theta, self.rd, self.dtype, self.device = theta, rd, dtype, device
-        self.cos = self.sin = torch.empty(0, rd, dtype=dtype, device=device)
+    def __init__(self, rope: Rope, n: Optional[int], dtype: torch.dtype, device: torch.device):
+        self.rope, self.n, self.dtype, self.device = rope, n, dtype, device
+        self.cos = self.sin = torch.empty(0, rope.rd, dtype=dtype, device=device)
         self.last: tuple = (-1, -1, None)
 
     @classmethod
-    def rows(cls, theta: float, rd: int, pos: int, T: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def rows(cls, rope: Rope, pos: int, T: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = rope.length(pos + T) if rope.scaling is not None else None
         if torch.compiler.is_compiling():          # compile or export, symbolic T: no Python-side cache
-            return cls.angles(theta, rd, torch.arange(pos, pos + T, device=like.device, dtype=torch.float), like.dtype)
-        key = (theta, rd, like.dtype, like.device)
+            return cls.angles(rope, n, torch.arange(pos, pos + T, device=like.device, dtype=torch.float), like.dtype)
+        key = (rope.key, n, like.dtype, like.device)
         tab = cls._all.get(key)
         last = tab.last if tab is not None else None
         if last is not None and last[0] == pos and last[1] == T:
             return last[2]
         with torch.inference_mode(False):          # normal tensors: a later training forward may save them
             if tab is None:
-                tab = cls._all[key] = cls(theta, rd, like.dtype, like.device)
+                tab = cls._all[key] = cls(rope, n, like.dtype, like.device)
             if pos + T > tab.cos.shape[0]:
                 tab._grow(max(pos + T, 64, 2 * tab.cos.shape[0]))
             out = (tab.cos.narrow(0, pos, T), tab.sin.narrow(0, pos, T))      # (T, rd) each
@@ -125,15 +155,15 @@ class RopeTable:
         return out
 
     def _grow(self, n: int) -> None:
-        self.cos, self.sin = self.angles(self.theta, self.rd, torch.arange(0, n, device=self.device,
-                                                                           dtype=torch.float), self.dtype)
+        self.cos, self.sin = self.angles(self.rope, self.n, torch.arange(0, n, device=self.device,
+                                                                        dtype=torch.float), self.dtype)
 
     @staticmethod
-    def angles(theta: float, rd: int, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, signed sin (N, rd) of positions t (N,) in float32."""
-        inv = 1.0 / (theta ** (torch.arange(0, rd, 2, device=t.device, dtype=torch.float) / rd))
+    def angles(rope: Rope, n: Optional[int], t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, signed sin (N, rd) of positions t (N,) in float32, with the frequencies of effective length n."""
+        inv = rope.inv(n, t.device)
         freqs = t[:, None] * inv[None, :]                                    # (N, rd/2)
-        return rope_tables(torch.cat((freqs, freqs), dim=-1), dtype)         # (N, rd) each
+        return rope_tables(torch.cat((freqs, freqs), dim=-1), dtype, rope.scale)   # (N, rd) each
 
 
 def grid_angles(grid, rd: int, theta: float) -> torch.Tensor:

@@ -98,8 +98,10 @@ class OmnicModel(nn.Module):
         return self._nodes[name]
 
     def param(self, name: str) -> nn.Parameter:
+        """The declared tensor `name`: a Parameter, or the buffer of a declaration with `buffer`."""
         mod, _, attr = name.rpartition(".")
-        return self.module_at(mod)._parameters[attr]
+        m = self.module_at(mod)
+        return m._buffers[attr] if attr in m._buffers else m._parameters[attr]
 
     # --- ties --------------------------------------------------------------------------------------------------------
     def _resolve_ties(self) -> None:

@@ -41,6 +41,9 @@ class TorchParams:
 
     @staticmethod
     def alloc(mod: nn.Module, attr: str, name: str, w: W) -> None:
+        if w.buffer:                                   # a persistent buffer: in the state dict, not a parameter
+            mod.register_buffer(attr, torch.empty(w.shape))
+            return
         mod.register_parameter(attr, None if w.tied_to else nn.Parameter(torch.empty(w.shape)))
         if attr == "weight" and "bias" not in mod._parameters:
             mod.register_parameter("bias", None)       # replaced if a bias is declared too

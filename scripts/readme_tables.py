@@ -1,5 +1,6 @@
-"""The README's tables of the shipped specs' figures, generated from compile() so they cannot go stale: the seed
-table, and the weight bytes of each quantised build format with the plan's verdict (compiler/quantise.py).
+"""The README's generated tables: the shipped specs' figures (from compile()), the weight bytes of each quantised
+build format with the plan's verdict (compiler/quantise.py), and the families `omnic import-hf` covers (from
+compiler/importers/coverage.py), so none can go stale.
 
     python scripts/readme_tables.py          # rewrite the block between the markers in README.md
     python scripts/readme_tables.py --check  # exit 1 if README.md differs (tests/test_readme_tables.py)
@@ -14,12 +15,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import compiler  # noqa: E402
+from compiler.importers import coverage  # noqa: E402
 
 SPECS = ["specs/omni_lite.json", "specs/oculus.json", "specs/nanovlm/original_small.json",
          "specs/nanovlm/default.json", "specs/nanovlm/dinov3_gemma.json", "specs/fvlm_135m.json"]
 BEGIN, END = "<!-- seed-table:begin (scripts/readme_tables.py) -->", "<!-- seed-table:end -->"
 QBEGIN, QEND = "<!-- quant-table:begin (scripts/readme_tables.py) -->", "<!-- quant-table:end -->"
 BUILDS = [("mlx", "4"), ("mlx", "8"), ("torch", "int8"), ("torch", "int4"), ("gguf", "q8_0")]
+FAMILY_BEGIN = "<!-- family-table:begin (scripts/readme_tables.py) -->"
+FAMILY_END = "<!-- family-table:end -->"
 
 
 def gib(n: float) -> str:
@@ -39,6 +43,11 @@ def table() -> str:
                     f"| {f['decode_per_token'] / 1e9:.2f} G | {gib(m['inference']['bf16'])} | "
                     f"{gib(m['inference']['nf4'])} | {gib(m['training']['all']['total'])} | {at} |")
     return "\n".join(rows)
+
+
+def _between(text: str, begin: str, end: str, body: str) -> str:
+    a, b = text.index(begin), text.index(end)
+    return text[:a] + begin + "\n" + body + "\n" + text[b:]
 
 
 def why(msg: str) -> str:
@@ -70,10 +79,9 @@ def quant_table() -> str:
 
 
 def render(readme: str) -> str:
-    a, b = readme.index(BEGIN), readme.index(END)
-    readme = readme[:a] + BEGIN + "\n" + table() + "\n" + readme[b:]
-    a, b = readme.index(QBEGIN), readme.index(QEND)
-    return readme[:a] + QBEGIN + "\n" + quant_table() + "\n" + readme[b:]
+    readme = _between(readme, BEGIN, END, table())
+    readme = _between(readme, QBEGIN, QEND, quant_table())
+    return _between(readme, FAMILY_BEGIN, FAMILY_END, coverage.table())
 
 
 def main() -> int:

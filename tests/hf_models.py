@@ -85,4 +85,49 @@ FULL = {
         num_key_value_heads=8, full_attn_idxs=[2, 5, 8, 10, 12, 14], conv_L_cache=3, conv_bias=False,
         block_multiple_of=256, block_ffn_dim_multiplier=1.0, block_auto_adjust_ff_dim=True, norm_eps=1e-5,
         max_position_embeddings=128000, rope_theta=1000000.0, tie_word_embeddings=True), 1_170_340_608),
+    # one published config per family (values as in the models' config.json)
+
+    "Qwen2.5-0.5B": (tf.Qwen2ForCausalLM, tf.Qwen2Config, dict(
+        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+        sliding_window=32768, max_window_layers=24, use_sliding_window=False, tie_word_embeddings=True),
+        494_032_768),
+    "Qwen3-0.6B": (tf.Qwen3ForCausalLM, tf.Qwen3Config, dict(
+        vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, rope_theta=1000000.0,
+        rms_norm_eps=1e-6, attention_bias=False, use_sliding_window=False, max_window_layers=28,
+        tie_word_embeddings=True), 596_049_920),
+    "Mistral-7B-v0.1": (tf.MistralForCausalLM, tf.MistralConfig, dict(
+        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, max_position_embeddings=32768, rope_theta=10000.0, rms_norm_eps=1e-5,
+        sliding_window=4096, tie_word_embeddings=False), 7_241_732_096),
+    "gemma-2-2b": (tf.Gemma2ForCausalLM, tf.Gemma2Config, dict(
+        vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+        num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256, sliding_window=4096,
+        max_position_embeddings=8192, final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
+        hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6, rope_theta=10000.0), 2_614_341_888),
+    "Phi-3-mini-4k": (tf.Phi3ForCausalLM, tf.Phi3Config, dict(
+        vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, max_position_embeddings=4096, original_max_position_embeddings=4096,
+        sliding_window=2047, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False), 3_821_079_552),
+    "SmolLM3-3B": (tf.SmolLM3ForCausalLM, tf.SmolLM3Config, dict(
+        vocab_size=128256, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+        num_key_value_heads=4, max_position_embeddings=65536, rope_theta=5000000.0, rms_norm_eps=1e-6,
+        no_rope_layer_interval=4, tie_word_embeddings=True), 3_075_098_624),
+    "OLMo-2-1124-7B": (tf.Olmo2ForCausalLM, tf.Olmo2Config, dict(
+        vocab_size=100352, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, max_position_embeddings=4096, rope_theta=500000.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=False), 7_298_617_344),
+    "Llama-3.2-1B": (tf.LlamaForCausalLM, tf.LlamaConfig, dict(
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5,
+        rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                      "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        tie_word_embeddings=True), 1_235_814_400),
+    "gemma-3-4b (text)": (tf.Gemma3ForCausalLM, tf.Gemma3TextConfig, dict(
+        vocab_size=262208, hidden_size=2560, intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8,
+        num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256, sliding_window=1024,
+        sliding_window_pattern=6, max_position_embeddings=131072, rope_theta=1000000.0,
+        rope_local_base_freq=10000.0, rope_scaling={"factor": 8.0, "rope_type": "linear"}, rms_norm_eps=1e-6),
+        3_880_263_168),
 }

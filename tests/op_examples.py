@@ -187,7 +187,7 @@ OP_EXAMPLES["VisionEncoder"] = [
     spec([_vit("nanovlm")], [image(3, 8, 8)]),                                      # fused qkv
 ]
 
-# --- language-model ops (TransformerBlock variants, GQA_MoE_Layer, DecoderLM) ----------------------------------------
+# --- language-model ops (TransformerBlock variants, GQA_MoE_Layer, MLA_Layer, DecoderLM) -----------------------------
 _LLAMA_BLOCK = {"depth": 2, "num_heads": 4, "num_kv_heads": 2, "ff_dim": 24, "mlp": "swiglu", "mlp_bias": False,
                 "norm": "rmsnorm", "attn_bias": [], "causal": True, "rope": "1d", "names": "llama"}
 _CLS_GRID = [layer("PatchEmbed", {"embed_dim": 8, "patch_size": 2, "cls_token": True}, id="embed")]
@@ -215,6 +215,21 @@ OP_EXAMPLES.update({
                                          "names": "nanovlm_vit"})], [tokens(8)]),
         spec([layer("TransformerBlock", {"num_heads": 2, "ff_dim": 12, "mlp": "geglu", "sliding_window": 2,
                                          "layer_type": "sliding_attention", "norm": "rmsnorm"})], [tokens(8)]),
+        # Gemma-2: soft-capped scores; Phi-3: fused GQA q|k|v and gate|up, longrope, partial rotary
+        spec([layer("TransformerBlock", dict(_LLAMA_BLOCK, mlp="geglu_tanh", norm_offset=1.0, post_norms=True,
+                                              attn_softcap=0.5, sliding_window=3, names="gemma3",
+                                              layer_types=["sliding_attention", "full_attention"]))], [tokens(16)]),
+        spec([layer("TransformerBlock", dict(_LLAMA_BLOCK, fused_qkv=True, fused_gate_up=True, rope_dim=2,
+                                              rope_scaling={"rope_type": "longrope", "factor": 4.0,
+                                                            "original_max_position_embeddings": 4,
+                                                            "short_factor": [1.0], "long_factor": [3.0]},
+                                              names="phi3"))], [tokens(16)]),
+        # OLMo-2: post norms only, q/k norm over the whole projection; SmolLM3: a NoPE layer; yarn; relu2
+        spec([layer("TransformerBlock", dict(_LLAMA_BLOCK, pre_norms=False, post_norms=True, qk_norm=True,
+                                              qk_norm_scope="all", nope_layers=[1], mlp="gated_relu2",
+                                              rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                                            "original_max_position_embeddings": 4},
+                                              names="olmo2"))], [tokens(16)]),
     ],
     "GQA_MoE_Layer": [
         spec([layer("TransformerBlock", {"type": "GQA_MoE_Layer", "hidden_dim": 16, "num_experts": 4, "top_k": 2,
@@ -223,6 +238,23 @@ OP_EXAMPLES.update({
         spec([layer("GQA_MoE_Layer", {"num_experts": 3, "top_k": 1, "num_heads": 2, "expert_dim": 6, "mlp": "geglu",
                                       "shared_expert_dim": 10, "attn_bias": ["q", "k", "v"], "norm_topk_prob": False,
                                       "names": "qwen2_moe"})], [tokens(8)]),
+        # a mixed stack: dense, then experts with group-limited sigmoid routing and an ungated shared expert
+        spec([layer("GQA_MoE_Layer", {"depth": 2, "ffn_types": ["dense", "moe"], "ff_dim": 12, "num_experts": 4,
+                                      "top_k": 2, "num_heads": 2, "expert_dim": 6, "shared_expert_dim": 6,
+                                      "shared_expert_gate": False, "router": "sigmoid_group", "n_group": 2,
+                                      "topk_group": 1, "routed_scaling_factor": 2.0, "names": "deepseek_v3"})],
+             [tokens(8)]),
+    ],
+    "MLA_Layer": [
+        spec([layer("MLA_Layer", {"depth": 2, "ffn_types": ["dense", "moe"], "ff_dim": 12, "num_experts": 4,
+                                  "top_k": 2, "num_heads": 2, "expert_dim": 6, "shared_expert_dim": 6,
+                                  "shared_expert_gate": False, "router": "sigmoid_group", "n_group": 2,
+                                  "topk_group": 1, "q_lora_rank": 6, "kv_lora_rank": 6, "qk_nope_head_dim": 4,
+                                  "qk_rope_head_dim": 4, "v_head_dim": 3, "names": "deepseek_v3"})], [tokens(16)]),
+        spec([layer("TransformerBlock", {"type": "MLA_Layer", "num_experts": 2, "top_k": 1, "num_heads": 2,
+                                         "expert_dim": 6, "kv_lora_rank": 4, "qk_nope_head_dim": 2,
+                                         "qk_rope_head_dim": 2, "v_head_dim": 4, "rope_interleave": False})],
+             [tokens(8)]),
     ],
     "DecoderLM": [spec([layer("DecoderLM", dict(_TINY_LM, family="llama", tie=True), id="lm")], [ids()])]
     + [spec([layer("DecoderLM", dict(_TINY_LM, family="gemma3", head_dim=4, sliding_window=2,
@@ -231,6 +263,11 @@ OP_EXAMPLES.update({
             [ids()]),
        spec([layer("DecoderLM", dict(_TINY_MOE, family="qwen2_moe", shared_expert_dim=12), id="lm")], [ids()]),
        spec([layer("DecoderLM", dict(_TINY_MOE, family="mixtral"), id="lm")], [ids()]),
+       spec([layer("DecoderLM", dict(_TINY_MOE, family="qwen3_moe", ffn_types=["dense", "moe"], ff_dim=12),
+                   id="lm")], [ids()]),
+       spec([layer("DecoderLM", dict(_TINY_MOE, family="deepseek_v3", kv_heads=4, n_group=2, topk_group=1,
+                                     shared_expert_dim=8, kv_lora_rank=8, qk_nope_head_dim=4, qk_rope_head_dim=4,
+                                     v_head_dim=4), id="lm")], [ids()]),
        spec([layer("DecoderLM", dict(_TINY_LM, family="nanovlm_lm"), id="lm")], [ids()])],
 })
 

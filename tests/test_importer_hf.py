@@ -68,9 +68,15 @@ def test_lfm2_legacy_spellings():
 
 
 @pytest.mark.parametrize("cfg, match", [
-    (dict(SMOLLM2_135M, rope_scaling={"rope_type": "llama3", "factor": 8.0}), "rope_scaling"),
-    (dict(model_type="gemma3_text", final_logit_softcapping=30.0), "final_logit_softcapping"),
-    (dict(model_type="qwen2_moe", mlp_only_layers=[0]), "mlp_only_layers"),
+    (dict(SMOLLM2_135M, rope_scaling={"rope_type": "llama3", "factor": 8.0}), "rope_scaling.low_freq_factor"),
+    (dict(SMOLLM2_135M, rope_scaling={"rope_type": "proportional", "factor": 8.0}), "rope type 'proportional'"),
+    (dict(SMOLLM2_135M, rope_scaling={"rope_type": "linear", "factor": 8.0, "fudge": 1}), "fudge"),
+    (dict(model_type="phi3", rope_scaling={"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}),
+     "short_factor has 1 entries"),
+    (dict(model_type="gemma3_text", use_bidirectional_attention=True), "use_bidirectional_attention"),
+    (dict(model_type="qwen2_moe", num_experts=0), "num_experts"),
+    (dict(model_type="qwen3_moe", decoder_sparse_step=0), "decoder_sparse_step"),
+    (dict(model_type="deepseek_v3", num_key_value_heads=8), "num_key_value_heads"),
     (dict(model_type="llama", hidden_act="gelu_new_python"), "hidden_act"),
     (dict(model_type="bert"), "unsupported model_type"),
 ])
@@ -166,3 +172,18 @@ def test_moe_active_params_and_flops():
     want = ("mlp.gate.weight", "mlp.experts.gate_up_proj", "mlp.experts.down_proj", "mlp.shared_expert.up_proj.weight",
             "mlp.shared_expert_gate.weight")
     assert {f"{node['name']}.{k}" for k in want} <= names
+
+
+def test_gemma3_4b_multimodal_config_scales_the_global_layers_only():
+    """Gemma-3 4B's config.json layout (Gemma3ForConditionalGeneration): linear rope scaling in text_config applies
+    to the full-attention layers; the sliding ones keep their own base, unscaled."""
+    text = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=6, num_attention_heads=2, num_key_value_heads=1,
+                head_dim=32, sliding_window=8, rope_scaling={"factor": 8.0, "rope_type": "linear"})
+    p = lm_params(spec_from_hf_config(tf.Gemma3Config(text_config=text).to_dict()))
+    assert p["rope_scaling"] == {"rope_type": "linear", "factor": 8.0}
+    assert p["rope_scaling_local"] == {"rope_type": "default"}
+    assert (p["rope_theta"], p["rope_theta_local"]) == (1e6, 1e4)
+    blocks = [n.params for n in compiler.compile(spec_from_hf_config({"model_type": "gemma3", "text_config": text}))
+              .graph.nodes() if n.op == "TransformerBlock"]
+    assert [(b.layer_type, b.theta, b.rope_scaling and b.rope_scaling.factor) for b in blocks] == \
+        [("sliding_attention", 1e4, None)] * 5 + [("full_attention", 1e6, 8.0)]

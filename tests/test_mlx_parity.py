@@ -4,8 +4,10 @@
     weights (omnic's names are transformers', which mlx-lm keeps) give the same logits, and the same greedy tokens
     with their KV caches (Gemma-3 decoding past its sliding window);
   * torch: greedy generation with the KV / conv cache equals the torch runtime's token for token (llama, gemma3,
-    lfm2, qwen2_moe), both loading one safetensors file;
-  * memory: weight bytes and KV-cache bytes after a prefill equal the compiler's report exactly (fp32).
+    lfm2, qwen2_moe, qwen3_moe with a dense layer, deepseek_v3 with latent attention, yarn and group routing), both
+    loading one safetensors file;
+  * memory: weight bytes and KV-cache bytes after a prefill equal the compiler's report exactly (fp32; the latent
+    cache of deepseek_v3).
 Weights are redrawn with a larger spread than the init's N(0, 0.02), so greedy decoding does not repeat one token.
 """
 from __future__ import annotations
@@ -39,6 +41,14 @@ FAMILIES = {
     "lfm2": dict(LM, family="lfm2", layer_types=["conv", "full_attention", "conv", "full_attention"]),
     "qwen2_moe": dict(LM, family="qwen2_moe", ff_dim=None, num_experts=4, top_k=2, expert_dim=32,
                       shared_expert_dim=48),
+    "qwen3_moe": dict(LM, family="qwen3_moe", head_dim=16, num_experts=4, top_k=2, expert_dim=32,
+                      ffn_types=["moe", "dense", "moe", "moe"]),
+    "deepseek_v3": dict(LM, family="deepseek_v3", kv_heads=None, num_experts=8, top_k=2, expert_dim=32,
+                        shared_expert_dim=32, n_group=4, topk_group=2, routed_scaling_factor=2.5,
+                        ffn_types=["dense", "moe", "moe", "moe"], q_lora_rank=32, kv_lora_rank=24,
+                        qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
+                        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8,
+                                      "mscale": 1.0, "mscale_all_dim": 0.8}),
 }
 
 

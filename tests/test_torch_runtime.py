@@ -90,6 +90,7 @@ def test_op_example_matches_compiler(op):
 
 # --- registry --------------------------------------------------------------------------------------------------------
 def test_duplicate_registration_refused():
+    rt.get("Linear")                  # loaded first: in a fresh worker the registration would otherwise come first
     with pytest.raises(ValueError, match="two torch implementations"):
         @rt.implements("Linear")
         class Again(torch.nn.Module):

@@ -6,8 +6,12 @@ parameters are all written out, so the spec says everything and does not lean on
 transformers state dict then loads with `hf_key_map(model_type)` (the prefix "lm." added to every name).
 Missing config keys take the defaults of transformers 5.x's config classes (DEFAULTS, data); legacy spellings
 (`rope_theta`, `rope_scaling`, `full_attn_idxs`, `block_ff_dim`, `tie_embedding`) are read as transformers reads
-them. What omnic cannot run (rope scaling, logit soft-capping, dense layers among MoE layers) is refused with a
-ValueError that names the key.
+them. Rotary parameters (`rope_parameters`, per layer type for Gemma-3; legacy `rope_scaling`) become `rope_theta`
+plus a `rope_scaling` dict of compiler/rope.py (default, linear, dynamic, llama3, yarn, longrope), as transformers'
+`standardize_rope_params` fills them in. What omnic cannot run (bidirectional Gemma,
+activations outside compiler/activations.py, unknown rope keys) is refused with a ValueError that names the key.
+Mixture-of-experts families with dense layers among the MoE ones (Qwen2-MoE / Qwen3-MoE `decoder_sparse_step`,
+`mlp_only_layers`; DeepSeek-V3 `first_k_dense_replace`) give the per-layer pattern as `ffn_types`.
 
 Vision encoders (siglip_vision_model, siglip2_vision_model, dinov2, dinov3_vit; full siglip / siglip2 configs give
 their vision tower) become one `VisionEncoder` layer (id "vision", compiler/ops/encoder.py) over a pixel_values
@@ -16,7 +20,12 @@ image of the config's training size; their key maps read the names `save_pretrai
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Optional
+
+from ..activations import from_hf as act_from_hf
+from ..activations import hf_names
+from ..rope import from_hf as rope_from_hf
+from ..rope import resolve_scaling
 
 LM_ID = "lm"
 
@@ -25,33 +34,72 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                   num_attention_heads=32, num_key_value_heads=None, head_dim=None, hidden_act="silu",
                   rms_norm_eps=1e-6, tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
-                  rope_theta=10000.0),
+                  rope_theta=10000.0, max_position_embeddings=2048),
+    "qwen2": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, hidden_act="silu", rms_norm_eps=1e-6,
+                  tie_word_embeddings=False, use_sliding_window=False, sliding_window=4096, max_window_layers=28,
+                  layer_types=None, rope_theta=10000.0, max_position_embeddings=32768),
+    "qwen3": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, head_dim=128, hidden_act="silu", rms_norm_eps=1e-6,
+                  tie_word_embeddings=False, attention_bias=False, use_sliding_window=False, sliding_window=4096,
+                  max_window_layers=28, layer_types=None, rope_theta=10000.0, max_position_embeddings=32768),
+    "mistral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, head_dim=None, hidden_act="silu",
+                    rms_norm_eps=1e-6, tie_word_embeddings=False, sliding_window=4096, rope_theta=10000.0,
+                    max_position_embeddings=131072),
+    "gemma2": dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                   num_attention_heads=8, num_key_value_heads=4, head_dim=256, hidden_activation="gelu_pytorch_tanh",
+                   rms_norm_eps=1e-6, tie_word_embeddings=True, attention_bias=False, query_pre_attn_scalar=256,
+                   sliding_window=4096, layer_types=None, final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
+                   use_bidirectional_attention=None, rope_theta=10000.0, max_position_embeddings=8192),
+    "phi3": dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=None, hidden_act="silu", rms_norm_eps=1e-5,
+                 tie_word_embeddings=False, sliding_window=None, rope_theta=10000.0, max_position_embeddings=4096,
+                 original_max_position_embeddings=4096, partial_rotary_factor=1.0),
+    "smollm3": dict(vocab_size=128256, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                    num_attention_heads=16, num_key_value_heads=4, hidden_act="silu", rms_norm_eps=1e-6,
+                    tie_word_embeddings=True, use_sliding_window=False, sliding_window=None, no_rope_layers=None,
+                    no_rope_layer_interval=4, layer_types=None, attention_bias=False, mlp_bias=False,
+                    rope_theta=2_000_000.0, max_position_embeddings=32768),
+    "olmo2": dict(vocab_size=50304, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=None, hidden_act="silu", rms_norm_eps=1e-5,
+                  tie_word_embeddings=False, attention_bias=False, rope_theta=10000.0, max_position_embeddings=2048),
     "gemma3_text": dict(vocab_size=262_208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                         num_attention_heads=8, num_key_value_heads=4, head_dim=256,
                         hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6, tie_word_embeddings=True,
                         attention_bias=False, query_pre_attn_scalar=256, sliding_window=4096, layer_types=None,
                         sliding_window_pattern=6, final_logit_softcapping=None, attn_logit_softcapping=None,
-                        use_bidirectional_attention=False, rope_theta=1_000_000.0, rope_local_base_freq=10_000.0),
+                        use_bidirectional_attention=False, rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
+                        max_position_embeddings=131_072),
     "lfm2": dict(vocab_size=65536, hidden_size=2560, intermediate_size=12288, num_hidden_layers=32,
                  num_attention_heads=32, num_key_value_heads=8, norm_eps=1e-5, tie_word_embeddings=True,
                  conv_bias=False, conv_L_cache=3, block_multiple_of=256, block_ffn_dim_multiplier=1.0,
-                 block_auto_adjust_ff_dim=True, full_attn_idxs=None, layer_types=None, rope_theta=1_000_000.0),
+                 block_auto_adjust_ff_dim=True, full_attn_idxs=None, layer_types=None, rope_theta=1_000_000.0,
+                 max_position_embeddings=128_000),
     "qwen2_moe": dict(vocab_size=151936, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
                       num_attention_heads=16, num_key_value_heads=16, hidden_act="silu", rms_norm_eps=1e-6,
                       tie_word_embeddings=False, use_sliding_window=False, sliding_window=4096,
                       max_window_layers=28, layer_types=None, decoder_sparse_step=1, moe_intermediate_size=1408,
                       shared_expert_intermediate_size=5632, num_experts_per_tok=4, num_experts=60,
-                      norm_topk_prob=False, mlp_only_layers=None, qkv_bias=True, rope_theta=10000.0),
+                      norm_topk_prob=False, mlp_only_layers=None, qkv_bias=True, rope_theta=10000.0,
+                      max_position_embeddings=32768),
+    "qwen3_moe": dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=24,
+                      num_attention_heads=32, num_key_value_heads=4, head_dim=None, hidden_act="silu",
+                      rms_norm_eps=1e-6, tie_word_embeddings=False, attention_bias=False, use_sliding_window=False,
+                      sliding_window=4096, decoder_sparse_step=1, moe_intermediate_size=768, num_experts_per_tok=8,
+                      num_experts=128, norm_topk_prob=False, mlp_only_layers=None, rope_theta=10000.0, max_position_embeddings=40960),
+    "deepseek_v3": dict(vocab_size=129280, hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
+                        num_hidden_layers=61, num_attention_heads=128, num_key_value_heads=None, n_shared_experts=1,
+                        n_routed_experts=256, routed_scaling_factor=2.5, kv_lora_rank=512, q_lora_rank=1536,
+                        qk_rope_head_dim=64, v_head_dim=128, qk_nope_head_dim=128, n_group=8, topk_group=4,
+                        num_experts_per_tok=8, first_k_dense_replace=3, norm_topk_prob=True, hidden_act="silu",
+                        rms_norm_eps=1e-6, tie_word_embeddings=False, rope_interleave=True, attention_bias=False,
+                        rope_theta=10000.0, max_position_embeddings=4096),
     "mixtral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                     num_attention_heads=32, num_key_value_heads=8, head_dim=None, hidden_act="silu",
                     rms_norm_eps=1e-5, tie_word_embeddings=False, sliding_window=None, num_experts_per_tok=2,
-                    num_local_experts=8, rope_theta=1_000_000.0),
+                    num_local_experts=8, rope_theta=1_000_000.0, max_position_embeddings=131072),
 }
-
-# transformers' activation names -> the gated MLP kinds of TransformerBlock
-GATED_MLP = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu_tanh",
-             "gelu_new": "geglu_tanh", "gelu_fast": "geglu_tanh"}
-
 
 class _Cfg:
     """A config dict read with the family's defaults; `[key]` of an unknown key is a KeyError naming it."""
@@ -74,28 +122,54 @@ def _refuse(model_type: str, key: str, value: Any, why: str) -> None:
     raise ValueError(f"{model_type} config: {key}={value!r} is not supported by omnic ({why})")
 
 
-def _rope(c: _Cfg, layer_type: str | None = None) -> float:
-    """The RoPE base, from `rope_parameters` (5.x, per layer type for Gemma-3) or the legacy `rope_theta`."""
-    rp = c.cfg.get("rope_parameters")
-    if rp and layer_type and layer_type in rp:
-        rp = rp[layer_type]
-    if rp and "rope_type" in rp and rp["rope_type"] != "default":
-        _refuse(c.model_type, "rope_parameters.rope_type", rp["rope_type"], "only the default rotary embedding")
-    scaling = c.cfg.get("rope_scaling")
-    if scaling and scaling.get("rope_type", scaling.get("type", "default")) != "default":
-        _refuse(c.model_type, "rope_scaling", scaling, "only the default rotary embedding")
-    if rp and "rope_theta" in rp:
-        return float(rp["rope_theta"])
-    if layer_type == "sliding_attention":
-        return float(c["rope_local_base_freq"])
-    return float(c["rope_theta"])
+def _rope(c: _Cfg, layer_type: Optional[str] = None) -> dict:
+    """This layer type's rotary params for DecoderLM: rope_theta, and rope_scaling (a dict, compiler/rope.py) unless
+    the type is default; rope_dim where partial_rotary_factor < 1. Read as transformers 5.x standardises them:
+    `rope_parameters` (nested per layer type, or flat), the legacy `rope_scaling` taking precedence (Gemma-3: for
+    the global layers only), `rope_theta` / `rope_local_base_freq` where the dict has no base."""
+    rp = c.cfg.get("rope_parameters") or {}
+    nested = any(isinstance(v, dict) for v in rp.values())
+    entry = dict(rp.get(layer_type) or {}) if nested and layer_type else ({} if nested else dict(rp))
+    legacy = c.cfg.get("rope_scaling")
+    if legacy and (c.model_type != "gemma3_text" or layer_type == "full_attention"):
+        entry = {**entry, **legacy} if c.model_type == "gemma3_text" else dict(legacy)
+    if c.model_type == "phi3":
+        if entry.get("rope_type", entry.get("type")) in ("su", "yarn"):       # Phi-3's legacy names of longrope
+            entry["rope_type"] = "longrope"
+            entry.pop("type", None)
+        entry["original_max_position_embeddings"] = c["original_max_position_embeddings"]
+    if "rope_theta" in entry:
+        theta = entry["rope_theta"]
+    elif layer_type == "sliding_attention" and "rope_local_base_freq" in c.defaults:
+        theta = c["rope_local_base_freq"]
+    else:
+        theta = c["rope_theta"]
+    key = "rope_scaling" if legacy else "rope_parameters"
+    out: dict = {"rope_theta": float(theta)}
+    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    prf = entry.get("partial_rotary_factor", c.get("partial_rotary_factor", 1.0))
+    if prf != 1.0:
+        out["rope_dim"] = int(head_dim * prf)
+    try:
+        scaling = rope_from_hf(entry, c.get("max_position_embeddings"))
+    except (ValueError, TypeError) as e:          # pydantic's ValidationError is a ValueError
+        raise ValueError(f"{c.model_type} config: {key}: {e}") from None
+    _, errors = resolve_scaling(scaling, out.get("rope_dim", head_dim))
+    if errors:
+        raise ValueError(f"{c.model_type} config: {key}.{errors[0][0]}: {errors[0][1]} (as transformers' "
+                         f"modeling_rope_utils requires)")
+    if scaling.rope_type != "default":
+        out["rope_scaling"] = scaling.model_dump(exclude_none=True, exclude_defaults=True) | {
+            "rope_type": scaling.rope_type}
+    return out
 
 
-def _mlp(c: _Cfg, key: str) -> str:
-    act = c[key]
-    if act not in GATED_MLP:
-        _refuse(c.model_type, key, act, "gated MLP activations: " + ", ".join(GATED_MLP))
-    return GATED_MLP[act]
+def _mlp(c: _Cfg, key: str, gated: bool = True) -> str:
+    """The MLP kind of activation config key `key` (compiler/activations.py's table)."""
+    kind = act_from_hf(c[key], gated)
+    if kind is None:
+        _refuse(c.model_type, key, c[key], "activations of transformers' ACT2FN: " + ", ".join(hf_names()))
+    return kind
 
 
 def _attention(c: _Cfg) -> dict:
@@ -112,13 +186,97 @@ def lm_spec(name: str, params: dict) -> dict:
 
 
 # --- one function per model_type -------------------------------------------------------------------------------------
+def _dense(c: _Cfg, family: str, act_key: str = "hidden_act", **extra) -> dict:
+    """A DecoderLM spec of a dense family: the keys every such config has, the rope, then `extra`."""
+    p = dict(family=family, vocab_size=c["vocab_size"], **_attention(c), ff_dim=c["intermediate_size"],
+             mlp=_mlp(c, act_key), norm_eps=float(c["rms_norm_eps"]), **_rope(c),
+             tie=bool(c["tie_word_embeddings"]))
+    p.update(extra)
+    return lm_spec(c.cfg.get("_name_or_path") or family, p)
+
+
+def _all_bias(c: _Cfg) -> list[str]:
+    return ["q", "k", "v", "o"] if c["attention_bias"] else []
+
+
+def _sliding(types: list[str], window: Optional[int]) -> dict:
+    """layer_types and sliding_window for DecoderLM (omitted when every layer is full attention)."""
+    if window is None or "sliding_attention" not in types:
+        return {}
+    return dict(layer_types=types, sliding_window=window)
+
+
+def _qwen_types(c: _Cfg) -> dict:
+    """Qwen2 / Qwen3: sliding layers from max_window_layers on, when use_sliding_window."""
+    window = c["sliding_window"] if c["use_sliding_window"] else None
+    types = c["layer_types"] or ["sliding_attention" if window is not None and i >= c["max_window_layers"]
+                                 else "full_attention" for i in range(c["num_hidden_layers"])]
+    return _sliding(types, window)
+
+
 def _llama(cfg: dict) -> dict:
     c = _Cfg(cfg, "llama")
-    p = dict(family="llama", vocab_size=c["vocab_size"], **_attention(c), ff_dim=c["intermediate_size"],
-             mlp=_mlp(c, "hidden_act"), mlp_bias=bool(c["mlp_bias"]),
-             attn_bias=["q", "k", "v", "o"] if c["attention_bias"] else [], norm_eps=float(c["rms_norm_eps"]),
-             rope_theta=_rope(c), tie=bool(c["tie_word_embeddings"]))
-    return lm_spec(cfg.get("_name_or_path") or "llama", p)
+    return _dense(c, "llama", mlp_bias=bool(c["mlp_bias"]), attn_bias=_all_bias(c))
+
+
+def _qwen2(cfg: dict) -> dict:
+    c = _Cfg(cfg, "qwen2")
+    return _dense(c, "qwen2", attn_bias=["q", "k", "v"], **_qwen_types(c))
+
+
+def _qwen3(cfg: dict) -> dict:
+    c = _Cfg(cfg, "qwen3")
+    return _dense(c, "qwen3", attn_bias=_all_bias(c), qk_norm=True, **_qwen_types(c))
+
+
+def _mistral(cfg: dict) -> dict:
+    c = _Cfg(cfg, "mistral")
+    return _dense(c, "mistral", **_sliding(["sliding_attention"] * c["num_hidden_layers"], c["sliding_window"]))
+
+
+def _phi3(cfg: dict) -> dict:
+    c = _Cfg(cfg, "phi3")
+    return _dense(c, "phi3", **_sliding(["sliding_attention"] * c["num_hidden_layers"], c["sliding_window"]))
+
+
+def _smollm3(cfg: dict) -> dict:
+    c = _Cfg(cfg, "smollm3")
+    n = c["num_hidden_layers"]
+    use_rope = c["no_rope_layers"] or [int((i + 1) % c["no_rope_layer_interval"] != 0) for i in range(n)]
+    window = c["sliding_window"] if c["use_sliding_window"] else None
+    types = c["layer_types"] or ["sliding_attention" if window is not None and not use_rope[i] else "full_attention"
+                                 for i in range(n)]
+    nope = [i for i in range(n) if not use_rope[i]]
+    return _dense(c, "smollm3", mlp_bias=bool(c["mlp_bias"]), attn_bias=_all_bias(c),
+                  **({"nope_layers": nope} if nope else {}), **_sliding(types, window))
+
+
+def _olmo2(cfg: dict) -> dict:
+    c = _Cfg(cfg, "olmo2")
+    return _dense(c, "olmo2", attn_bias=_all_bias(c))
+
+
+def _gemma_types(c: _Cfg, pattern: int) -> list[str]:
+    return c["layer_types"] or ["sliding_attention" if (i + 1) % pattern else "full_attention"
+                                for i in range(c["num_hidden_layers"])]
+
+
+def _gemma_common(c: _Cfg) -> dict:
+    """What Gemma-2 and Gemma-3 configs share: attention scale, soft-caps, biases."""
+    if c["use_bidirectional_attention"]:
+        _refuse(c.model_type, "use_bidirectional_attention", True, "causal decoders only")
+    p = dict(attn_bias=_all_bias(c), query_pre_attn_scalar=float(c["query_pre_attn_scalar"]))
+    for key, ours in (("attn_logit_softcapping", "attn_softcap"), ("final_logit_softcapping", "final_softcap")):
+        if c[key] is not None:
+            p[ours] = float(c[key])
+    return p
+
+
+def _gemma2(cfg: dict) -> dict:
+    c = _Cfg(cfg, "gemma2")
+    types = _gemma_types(c, 2)
+    return _dense(c, "gemma2", "hidden_activation", **_gemma_common(c), layer_types=types,
+                  sliding_window=c["sliding_window"])
 
 
 def _gemma3(cfg: dict) -> dict:
@@ -129,22 +287,19 @@ def _gemma3(cfg: dict) -> dict:
 
 
 def _gemma3_text(cfg: dict) -> dict:
+    """Gemma-3: global and sliding layers have their own rotary params (4B and larger: linear scaling on the global
+    layers only)."""
     c = _Cfg(cfg, "gemma3_text")
-    for k in ("final_logit_softcapping", "attn_logit_softcapping"):
-        if c[k] is not None:
-            _refuse("gemma3_text", k, c[k], "no logit soft-capping")
-    if c["use_bidirectional_attention"]:
-        _refuse("gemma3_text", "use_bidirectional_attention", True, "causal decoders only")
-    n = c["num_hidden_layers"]
-    types = c["layer_types"] or ["sliding_attention" if (i + 1) % c["sliding_window_pattern"] else "full_attention"
-                                 for i in range(n)]
+    types = c["layer_types"] or _gemma_types(c, c["sliding_window_pattern"])
+    full, local = _rope(c, "full_attention"), _rope(c, "sliding_attention")
+    rope = dict(rope_theta=full["rope_theta"], rope_theta_local=local["rope_theta"])
+    if "rope_scaling" in full or "rope_scaling" in local:
+        rope["rope_scaling"] = full.get("rope_scaling", {"rope_type": "default"})
+        rope["rope_scaling_local"] = local.get("rope_scaling", {"rope_type": "default"})
     p = dict(family="gemma3", vocab_size=c["vocab_size"], **_attention(c), ff_dim=c["intermediate_size"],
-             mlp=_mlp(c, "hidden_activation"), mlp_bias=False,
-             attn_bias=["q", "k", "v", "o"] if c["attention_bias"] else [], norm_eps=float(c["rms_norm_eps"]),
-             norm_offset=1.0, post_norms=True, qk_norm=True, scale_embeddings=True,
-             query_pre_attn_scalar=float(c["query_pre_attn_scalar"]), layer_types=types,
-             sliding_window=c["sliding_window"], rope_theta=_rope(c, "full_attention"),
-             rope_theta_local=_rope(c, "sliding_attention"), tie=bool(c["tie_word_embeddings"]))
+             mlp=_mlp(c, "hidden_activation"), mlp_bias=False, norm_eps=float(c["rms_norm_eps"]),
+             norm_offset=1.0, post_norms=True, qk_norm=True, scale_embeddings=True, **_gemma_common(c),
+             layer_types=types, sliding_window=c["sliding_window"], **rope, tie=bool(c["tie_word_embeddings"]))
     return lm_spec(cfg.get("_name_or_path") or "gemma3", p)
 
 
@@ -170,17 +325,37 @@ def _lfm2(cfg: dict) -> dict:
     tie = cfg.get("tie_word_embeddings", cfg.get("tie_embedding", True))
     p = dict(family="lfm2", vocab_size=c["vocab_size"], **_attention(c), ff_dim=lfm2_ff_dim(c), mlp="swiglu",
              mlp_bias=False, attn_bias=[], norm_eps=float(c["norm_eps"]), qk_norm=True, layer_types=types,
-             conv_kernel=c["conv_L_cache"], conv_bias=bool(c["conv_bias"]), rope_theta=_rope(c), tie=bool(tie))
+             conv_kernel=c["conv_L_cache"], conv_bias=bool(c["conv_bias"]), **_rope(c), tie=bool(tie))
     return lm_spec(cfg.get("_name_or_path") or "lfm2", p)
+
+
+def _ffn_types(c: _Cfg) -> list[str] | None:
+    """Qwen2-MoE / Qwen3-MoE: layer i is MoE unless listed in mlp_only_layers or (i + 1) % decoder_sparse_step != 0
+    (or num_experts is 0), as their decoder layers decide; None when every layer is MoE."""
+    step, only = c["decoder_sparse_step"], set(c["mlp_only_layers"] or [])
+    if step < 1:
+        _refuse(c.model_type, "decoder_sparse_step", step, "a positive layer step")
+    types = ["moe" if i not in only and c["num_experts"] > 0 and (i + 1) % step == 0 else "dense"
+             for i in range(c["num_hidden_layers"])]
+    return None if "dense" not in types else types
+
+
+def _moe_stack(c: _Cfg, experts: int) -> dict:
+    """The mixture-of-experts params common to the Qwen MoE families, dense layers included."""
+    types = _ffn_types(c)
+    if types and "moe" not in types:
+        _refuse(c.model_type, "mlp_only_layers/decoder_sparse_step/num_experts", c["num_experts"],
+                "no layer has experts: import it as a dense model")
+    p = dict(num_experts=experts, top_k=c["num_experts_per_tok"], expert_dim=c["moe_intermediate_size"],
+             norm_topk_prob=bool(c["norm_topk_prob"]))
+    if types:
+        p.update(ffn_types=types, ff_dim=c["intermediate_size"])
+    return p
 
 
 def _qwen2_moe(cfg: dict) -> dict:
     c = _Cfg(cfg, "qwen2_moe")
     n = c["num_hidden_layers"]
-    dense = [i for i in range(n) if i in (c["mlp_only_layers"] or []) or (i + 1) % c["decoder_sparse_step"]]
-    if dense or not c["num_experts"]:
-        _refuse("qwen2_moe", "mlp_only_layers/decoder_sparse_step", dense or c["num_experts"],
-                "every layer must be a mixture-of-experts layer")
     types = c["layer_types"]
     if types is None:
         types = ["sliding_attention" if (i + 1) % 2 and i < c["max_window_layers"] and c["use_sliding_window"]
@@ -188,9 +363,8 @@ def _qwen2_moe(cfg: dict) -> dict:
     shared = c["shared_expert_intermediate_size"]
     p = dict(family="qwen2_moe", vocab_size=c["vocab_size"], **_attention(c), mlp=_mlp(c, "hidden_act"),
              attn_bias=["q", "k", "v"] if c["qkv_bias"] else [], norm_eps=float(c["rms_norm_eps"]),
-             layer_types=types, rope_theta=_rope(c), tie=bool(c["tie_word_embeddings"]),
-             num_experts=c["num_experts"], top_k=c["num_experts_per_tok"], expert_dim=c["moe_intermediate_size"],
-             norm_topk_prob=bool(c["norm_topk_prob"]))
+             layer_types=types, **_rope(c), tie=bool(c["tie_word_embeddings"]),
+             **_moe_stack(c, c["num_experts"]))
     if shared is not None:             # 0 too: transformers still builds a zero-width expert and its gate
         p["shared_expert_dim"] = shared
     if "sliding_attention" in types:
@@ -198,11 +372,51 @@ def _qwen2_moe(cfg: dict) -> dict:
     return lm_spec(cfg.get("_name_or_path") or "qwen2_moe", p)
 
 
+def _qwen3_moe(cfg: dict) -> dict:
+    """Qwen3-MoE: q/k RMSNorm per head, no shared expert, every layer sliding when use_sliding_window."""
+    if "num_local_experts" in cfg:         # transformers 5.x writes num_experts under this name (attribute_map)
+        cfg = {k: v for k, v in cfg.items() if k != "num_local_experts"} | {"num_experts": cfg["num_local_experts"]}
+    c = _Cfg(cfg, "qwen3_moe")
+    p = dict(family="qwen3_moe", vocab_size=c["vocab_size"], **_attention(c), mlp=_mlp(c, "hidden_act"),
+             attn_bias=["q", "k", "v", "o"] if c["attention_bias"] else [], norm_eps=float(c["rms_norm_eps"]),
+             qk_norm=True, **_rope(c), tie=bool(c["tie_word_embeddings"]), **_moe_stack(c, c["num_experts"]))
+    if c["use_sliding_window"] and c["sliding_window"]:
+        p.update(layer_types=["sliding_attention"] * c["num_hidden_layers"], sliding_window=c["sliding_window"])
+    return lm_spec(cfg.get("_name_or_path") or "qwen3_moe", p)
+
+
+def _deepseek_v3(cfg: dict) -> dict:
+    """DeepSeek-V3: multi-head latent attention (MLA_Layer), the first first_k_dense_replace layers dense, the
+    others group-routed sigmoid experts with n_shared_experts ungated shared experts."""
+    c = _Cfg(cfg, "deepseek_v3")
+    n, heads = c["num_hidden_layers"], c["num_attention_heads"]
+    kv = c.get("num_key_value_heads") or heads
+    if kv != heads:
+        _refuse("deepseek_v3", "num_key_value_heads", kv, "latent attention expands keys and values for every head")
+    dense = min(c["first_k_dense_replace"] or 0, n)
+    E = c.get("num_local_experts", c["n_routed_experts"])
+    rope = _rope(_Cfg({**cfg, "head_dim": c["qk_rope_head_dim"]}, "deepseek_v3"))   # rotated: qk_rope_head_dim
+    p = dict(family="deepseek_v3", vocab_size=c["vocab_size"], hidden=c["hidden_size"], layers=n, heads=heads,
+             mlp=_mlp(c, "hidden_act"), norm_eps=float(c["rms_norm_eps"]), **rope,
+             tie=bool(c["tie_word_embeddings"]), num_experts=E, top_k=c["num_experts_per_tok"],
+             expert_dim=c["moe_intermediate_size"], shared_expert_dim=c["moe_intermediate_size"] * c["n_shared_experts"],
+             norm_topk_prob=bool(c["norm_topk_prob"]), n_group=c["n_group"] or 1, topk_group=c["topk_group"] or 1,
+             routed_scaling_factor=float(c["routed_scaling_factor"]), q_lora_rank=c["q_lora_rank"],
+             kv_lora_rank=c["kv_lora_rank"], qk_nope_head_dim=c["qk_nope_head_dim"],
+             qk_rope_head_dim=c["qk_rope_head_dim"], v_head_dim=c["v_head_dim"],
+             rope_interleave=bool(c["rope_interleave"]), mla_bias=bool(c["attention_bias"]))
+    if not c["n_shared_experts"]:
+        del p["shared_expert_dim"]
+    if dense:
+        p.update(ffn_types=["dense"] * dense + ["moe"] * (n - dense), ff_dim=c["intermediate_size"])
+    return lm_spec(cfg.get("_name_or_path") or "deepseek_v3", p)
+
+
 def _mixtral(cfg: dict) -> dict:
     c = _Cfg(cfg, "mixtral")
     window = c["sliding_window"]
     p = dict(family="mixtral", vocab_size=c["vocab_size"], **_attention(c), mlp=_mlp(c, "hidden_act"),
-             attn_bias=[], norm_eps=float(c["rms_norm_eps"]), rope_theta=_rope(c),
+             attn_bias=[], norm_eps=float(c["rms_norm_eps"]), **_rope(c),
              tie=bool(c["tie_word_embeddings"]), num_experts=c["num_local_experts"], top_k=c["num_experts_per_tok"],
              expert_dim=c["intermediate_size"], norm_topk_prob=True)
     if window:
@@ -231,11 +445,6 @@ VISION_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 DEFAULTS.update(VISION_DEFAULTS)
 
-# transformers' activation names -> the plain (two-matrix) MLP kinds of TransformerBlock
-PLAIN_MLP = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
-             "silu": "silu", "swish": "silu", "relu": "relu"}
-
-
 def _side(c: _Cfg, key: str) -> int:
     """A square size (`image_size`, `patch_size`): an int, or a pair of equal ints."""
     v = c[key]
@@ -247,10 +456,7 @@ def _side(c: _Cfg, key: str) -> int:
 
 
 def _plain_mlp(c: _Cfg, key: str = "hidden_act") -> str:
-    act = c[key]
-    if act not in PLAIN_MLP:
-        _refuse(c.model_type, key, act, "MLP activations: " + ", ".join(PLAIN_MLP))
-    return PLAIN_MLP[act]
+    return _mlp(c, key, gated=False)
 
 
 def vision_spec(name: str, channels: int, size: int, params: dict, outputs: list[str] | None = None) -> dict:
@@ -332,10 +538,19 @@ def _dinov3_vit(cfg: dict) -> dict:
 
 IMPORTERS: dict[str, Callable[[dict], dict]] = {
     "llama": _llama,
+    "qwen2": _qwen2,
+    "qwen3": _qwen3,
+    "mistral": _mistral,
+    "phi3": _phi3,
+    "smollm3": _smollm3,
+    "olmo2": _olmo2,
+    "gemma2": _gemma2,
     "gemma3_text": _gemma3_text,
     "gemma3": _gemma3,
     "lfm2": _lfm2,
     "qwen2_moe": _qwen2_moe,
+    "qwen3_moe": _qwen3_moe,
+    "deepseek_v3": _deepseek_v3,
     "mixtral": _mixtral,
     "siglip_vision_model": _siglip_vision,
     "siglip2_vision_model": _siglip2_vision,

@@ -4,7 +4,8 @@ A family's key map is a list of rules applied in order to every name of a checkp
 runs them, for files and for in-memory state dicts, in both runtimes):
   (regex, replacement)   a rename with `re.sub`; a replacement of None drops the tensors the regex matches
   Merge(...)             several tensors become one: parts concatenated along dim 0 (gate|up), and per-expert
-                         tensors stacked into (E, ...) (Mixtral / Qwen2-MoE hub checkpoints -> transformers 5.x)
+                         tensors stacked into (E, ...) (Mixtral / Qwen2-MoE / Qwen3-MoE / DeepSeek-V3 hub
+                         checkpoints -> transformers 5.x)
   Split(...)             one tensor becomes several, chunked along `dim`; each chunk's size is the model's size of
                          the name it becomes (so unequal q|k|v splits need no numbers here), else equal chunks
   Tied(name, target)     a tied copy the model does not hold: dropped, or standing for `target` if that is absent
@@ -117,7 +118,19 @@ KEY_MAPS: dict[str, list[Rule]] = {
     "lfm2": _lm(),
     "gemma3_text": _lm(),
     "gemma3": _lm(*_GEMMA3_MULTIMODAL),
+    "qwen2": _lm(),
+    "qwen3": _lm(),
+    "mistral": _lm(),
+    "phi3": _lm(),
+    "smollm3": _lm(),
+    "olmo2": _lm(),
+    "gemma2": _lm(),
     "qwen2_moe": _lm(*QWEN2_MOE_EXPERTS),
+    "qwen3_moe": _lm(*QWEN2_MOE_EXPERTS),           # the same per-expert names as Qwen2-MoE
+    # DeepSeek-V3's hub files also hold its multi-token-prediction layer (model.layers.61), which transformers
+    # skips on load (_keys_to_ignore_on_load_unexpected) and does not build: dropped the same way. Its routed
+    # experts have Qwen2-MoE's per-expert names (the shared ones, `mlp.shared_experts.`, are one MLP each)
+    "deepseek_v3": _lm((r"^(model\.)?layers\.61\.", None), *QWEN2_MOE_EXPERTS),
     "mixtral": _lm((r"\.block_sparse_moe\.", ".mlp."), *MIXTRAL_EXPERTS),
     "siglip_vision_model": [(r"^vision_model\.", ""), (r"^", VISION_ID + ".vision_model.")],
     "siglip2_vision_model": [(r"^vision_model\.", ""), (r"^", VISION_ID + ".vision_model.")],

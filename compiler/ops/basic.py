@@ -9,11 +9,10 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
+from ..activations import ACTIVATION_NAMES, Activation
 from ..dims import Dim
 from ..ir import IDS, IMAGE, TOKENS, VECTOR, TensorType
 from ..registry import Ctx, Op, Params, Slot, W, linear_flops, register
-
-ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu", "tanh", "sigmoid", "identity")
 
 
 def check_width(diag, t: TensorType, want: Optional[int], field: str, what: str = "input width") -> None:
@@ -31,6 +30,8 @@ class LinearParams(Params):
                                                  "(a tied LM head); counted once.")
     tied_name: Optional[str] = Field(None, description="Resolved: full name of the shared tensor (set by the compiler).")
     role: Literal["linear", "head"] = Field("linear", description="'head' for LM heads (kept 16-bit by quantisers).")
+    softcap: Optional[float] = Field(None, gt=0, description="Outputs soft-capped, cap * tanh(y / cap) (Gemma-2/3 "
+                                                             "final_logit_softcapping).")
 
 
 @register
@@ -221,7 +222,7 @@ class RMSNorm(_Norm):
 
 # ---------------------------------------------------------------------------------------------------------------------
 class ActivationParams(Params):
-    fn: Literal[ACTIVATIONS] = Field("gelu", description="gelu (erf) | gelu_tanh | silu | relu | tanh | sigmoid | identity")
+    fn: Activation = Field("gelu", description="One of compiler/activations.py: " + " | ".join(ACTIVATION_NAMES))
 
 
 @register

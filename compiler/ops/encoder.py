@@ -22,7 +22,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from ..registry import Op, Params, register
-from .transformer import MLPKind
+from ..activations import MLPKind
 
 # per family: sub-layer ids (relative to the encoder's id), naming families, and the block/embedding defaults
 PRESETS: dict[str, dict] = {

@@ -1,17 +1,20 @@
 """DecoderLM: a decoder-only language model as one layer, expanded into the layers that make it.
 
-  ids (B, T) -> Embedding (x sqrt(D) for Gemma) -> TransformerBlock x layers (GQA_MoE_Layer when num_experts)
-             -> final RMSNorm -> LM head Linear (tied to the embedding when `tie`) -> logits (B, T, V)
+  ids (B, T) -> Embedding (x sqrt(D) for Gemma) -> TransformerBlock x layers (GQA_MoE_Layer when num_experts,
+             MLA_Layer when kv_lora_rank: multi-head latent attention) -> final RMSNorm -> LM head Linear (tied to the embedding when `tie`) -> logits (B, T, V)
 
 The sub-layer ids reproduce each family's checkpoint names, so a transformers state dict loads with the prefix map
 "" -> "<this layer's id>.":
-  llama, gemma3, qwen2_moe, mixtral   model.embed_tokens, model.layers.{i}, model.norm, lm_head
+  llama, gemma2, gemma3, qwen2, qwen3, mistral, phi3, smollm3, olmo2, qwen2_moe, qwen3_moe, mixtral, deepseek_v3
+                                      model.embed_tokens, model.layers.{i}, model.norm, lm_head
   lfm2                                model.embed_tokens, model.layers.{i}, model.embedding_norm, lm_head
   nanovlm_lm                          token_embedding, blocks.{i}, norm, head
 Every parameter left out takes the family's default from PRESETS (transformers' config defaults for the HF
 families; the published code's for nanoVLM), a table of data. Derived defaults (Gemma's layer pattern, embedding
 scale and attention scale) are computed once, in `settings()`.
-Sources: transformers/models/{llama,gemma3,lfm2,qwen2_moe,mixtral}/modeling_*.py; nanoVLM models/language_model.py.
+Mixed dense / MoE stacks: `ffn_types` (one "moe" or "dense" per layer; dense layers are gated MLPs of width ff_dim).
+Sources: transformers/models/{llama,gemma2,gemma3,qwen2,qwen3,mistral,phi3,smollm3,olmo2,lfm2,qwen2_moe,qwen3_moe,
+mixtral,deepseek_v3}/modeling_*.py; nanoVLM models/language_model.py.
 """
 from __future__ import annotations
 
@@ -22,9 +25,14 @@ from pydantic import Field
 
 from ..ir import IDS
 from ..registry import Op, Params, Slot, register
-from .transformer import LayerType, MLPKind
+from ..rope import RopeScaling
+from ..activations import MLPKind
+from .mla import check_rope_dim
+from .moe import check_experts
+from .transformer import LayerType
 
-Family = Literal["llama", "gemma3", "lfm2", "qwen2_moe", "mixtral", "nanovlm_lm"]
+Family = Literal["llama", "gemma2", "gemma3", "qwen2", "qwen3", "mistral", "phi3", "smollm3", "olmo2", "lfm2",
+                 "qwen2_moe", "qwen3_moe", "mixtral", "deepseek_v3", "nanovlm_lm"]
 
 _HF_IDS = {"embed": "model.embed_tokens", "layers": "model.layers", "norm": "model.norm", "head": "lm_head"}
 
@@ -34,19 +42,38 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gemma3": dict(ids=_HF_IDS, mlp="geglu_tanh", norm_eps=1e-6, norm_offset=1.0, post_norms=True, qk_norm=True,
                    head_dim=256, query_pre_attn_scalar=256.0, scale_embeddings=True, rope_theta=1e6,
                    rope_theta_local=1e4, sliding_window=4096, sliding_window_pattern=6, tie=True),
+    "gemma2": dict(ids=_HF_IDS, names="gemma3", mlp="geglu_tanh", norm_eps=1e-6, norm_offset=1.0, post_norms=True,
+                   head_dim=256, query_pre_attn_scalar=256.0, scale_embeddings=True, rope_theta=1e4,
+                   sliding_window=4096, sliding_window_pattern=2, attn_softcap=50.0, final_softcap=30.0, tie=True),
+    "qwen2": dict(ids=_HF_IDS, names="llama", mlp="swiglu", norm_eps=1e-6, rope_theta=10000.0,
+                  attn_bias=["q", "k", "v"], tie=False),
+    "qwen3": dict(ids=_HF_IDS, names="llama", mlp="swiglu", norm_eps=1e-6, rope_theta=10000.0, qk_norm=True,
+                  head_dim=128, tie=False),
+    "mistral": dict(ids=_HF_IDS, names="llama", mlp="swiglu", norm_eps=1e-6, rope_theta=10000.0, tie=False),
+    "phi3": dict(ids=_HF_IDS, mlp="swiglu", norm_eps=1e-5, rope_theta=10000.0, fused_qkv=True, fused_gate_up=True,
+                 tie=False),
+    "smollm3": dict(ids=_HF_IDS, names="llama", mlp="swiglu", norm_eps=1e-6, rope_theta=10000.0, tie=True),
+    "olmo2": dict(ids=_HF_IDS, mlp="swiglu", norm_eps=1e-5, rope_theta=10000.0, qk_norm=True, qk_norm_scope="all",
+                  pre_norms=False, post_norms=True, tie=False),
     "lfm2": dict(ids={**_HF_IDS, "norm": "model.embedding_norm"}, mlp="swiglu", norm_eps=1e-5, qk_norm=True,
                  rope_theta=1e6, conv_kernel=3, tie=True),
     "qwen2_moe": dict(ids=_HF_IDS, mlp="swiglu", norm_eps=1e-6, rope_theta=10000.0, attn_bias=["q", "k", "v"],
                       norm_topk_prob=False, tie=False),
+    "qwen3_moe": dict(ids=_HF_IDS, mlp="swiglu", norm_eps=1e-6, rope_theta=10000.0, qk_norm=True,
+                      norm_topk_prob=False, tie=False),
     "mixtral": dict(ids=_HF_IDS, mlp="swiglu", norm_eps=1e-5, rope_theta=1e6, norm_topk_prob=True, tie=False),
+    "deepseek_v3": dict(ids=_HF_IDS, mlp="swiglu", norm_eps=1e-6, rope_theta=10000.0, router="sigmoid_group",
+                        norm_topk_prob=True, shared_expert_gate=False, rope_interleave=True, tie=False),
     "nanovlm_lm": dict(ids={"embed": "token_embedding", "layers": "blocks", "norm": "norm", "head": "head"},
                        mlp="swiglu", norm_eps=1e-5, rope_theta=1e5, tie=True),
 }
 # defaults shared by every family unless its preset says otherwise
-BASE = dict(mlp_bias=False, attn_bias=[], norm_offset=0.0, post_norms=False, qk_norm=False, scale_embeddings=False,
-            query_pre_attn_scalar=None, attn_scale=None, rope_theta_local=None, rope_dim=None, head_dim=None,
-            layer_types=None, sliding_window=None, sliding_window_pattern=None, conv_kernel=3, conv_bias=False,
-            norm_topk_prob=True)
+BASE = dict(mlp_bias=False, attn_bias=[], norm_offset=0.0, post_norms=False, pre_norms=True, qk_norm=False,
+            qk_norm_scope="head", scale_embeddings=False, query_pre_attn_scalar=None, attn_scale=None,
+            attn_softcap=None, final_softcap=None, rope_theta_local=None, rope_dim=None, rope_scaling=None,
+            rope_scaling_local=None, nope_layers=None, head_dim=None, layer_types=None, sliding_window=None,
+            sliding_window_pattern=None, conv_kernel=3, conv_bias=False, fused_qkv=False, fused_gate_up=False,
+            norm_topk_prob=True, router="softmax", shared_expert_gate=True, rope_interleave=True, mla_bias=False)
 
 
 class DecoderLMParams(Params):
@@ -66,12 +93,21 @@ class DecoderLMParams(Params):
     attn_bias: Optional[list[Literal["q", "k", "v", "o"]]] = Field(None, description="Projections with a bias.")
     norm_eps: Optional[float] = Field(None, gt=0)
     norm_offset: Optional[float] = Field(None, description="RMSNorm scale offset (Gemma: 1).")
-    post_norms: Optional[bool] = Field(None, description="Gemma-3 sandwich norms.")
-    qk_norm: Optional[bool] = Field(None, description="Per-head RMSNorm of q and k (Gemma-3, LFM2).")
+    post_norms: Optional[bool] = Field(None, description="Gemma-2/3 sandwich norms (OLMo-2: its only norms).")
+    pre_norms: Optional[bool] = Field(None, description="Norm before attention and MLP (false: OLMo-2).")
+    qk_norm: Optional[bool] = Field(None, description="RMSNorm of q and k (Gemma-3, LFM2, Qwen3, OLMo-2).")
+    qk_norm_scope: Optional[Literal["head", "all"]] = Field(None, description="q/k norm per head, or over the whole "
+                                                                              "projection (OLMo-2).")
+    fused_qkv: Optional[bool] = Field(None, description="One q|k|v projection (Phi-3 qkv_proj).")
+    fused_gate_up: Optional[bool] = Field(None, description="One gate|up projection (Phi-3 gate_up_proj).")
     scale_embeddings: Optional[bool] = Field(None, description="Multiply embeddings by sqrt(hidden) (Gemma).")
     attn_scale: Optional[float] = Field(None, gt=0, description="Score scale; default query_pre_attn_scalar^-0.5 "
                                                                 "where the family has one, else head_dim^-0.5.")
     query_pre_attn_scalar: Optional[float] = Field(None, gt=0, description="Gemma: scores scaled by its -1/2 power.")
+    attn_softcap: Optional[float] = Field(None, gt=0, description="Attention scores soft-capped, cap * tanh(s / cap) "
+                                                                  "(Gemma-2 attn_logit_softcapping).")
+    final_softcap: Optional[float] = Field(None, gt=0, description="Logits soft-capped, cap * tanh(z / cap) "
+                                                                   "(Gemma-2/3 final_logit_softcapping).")
     layer_types: Optional[list[LayerType]] = Field(None, description="Mixer per layer: full_attention, "
                                                                      "sliding_attention, conv (LFM2).")
     sliding_window: Optional[int] = Field(None, ge=1, description="Keys a sliding layer's query sees, itself "
@@ -81,6 +117,11 @@ class DecoderLMParams(Params):
     rope_theta: Optional[float] = Field(None, gt=0)
     rope_theta_local: Optional[float] = Field(None, gt=0, description="rope_theta of sliding layers (Gemma-3).")
     rope_dim: Optional[int] = Field(None, ge=2, description="Rotated dims per head; default head_dim.")
+    rope_scaling: Optional[RopeScaling] = Field(None, description="Rotary scaling of every layer (transformers' "
+                                                                  "rope_parameters; Llama-3.x llama3, Phi-3 longrope).")
+    rope_scaling_local: Optional[RopeScaling] = Field(None, description="Rotary scaling of sliding layers where it "
+                                                                        "differs (Gemma-3: only global layers linear).")
+    nope_layers: Optional[list[int]] = Field(None, description="Layers without rotary positions (SmolLM3).")
     conv_kernel: Optional[int] = Field(None, ge=1, le=64, description="LFM2 short-convolution kernel (conv_L_cache).")
     conv_bias: Optional[bool] = None
     tie: Optional[bool] = Field(None, description="LM head shares the embedding matrix.")
@@ -88,14 +129,33 @@ class DecoderLMParams(Params):
     num_experts: Optional[int] = Field(None, ge=1, le=4096)
     top_k: Optional[int] = Field(None, ge=1, le=4096)
     expert_dim: Optional[int] = Field(None, ge=1, le=10_000_000)
-    shared_expert_dim: Optional[int] = Field(None, ge=0, le=10_000_000)
+    shared_expert_dim: Optional[int] = Field(None, ge=0, le=10_000_000, description="Shared expert width (0: "
+                                                                                    "present with no width).")
+    shared_expert_gate: Optional[bool] = Field(None, description="Sigmoid gate on the shared expert (Qwen2-MoE).")
     norm_topk_prob: Optional[bool] = None
+    router: Optional[Literal["softmax", "sigmoid_group"]] = Field(None, description="Expert routing (DeepSeek-V3: "
+                                                                                    "sigmoid_group).")
+    n_group: Optional[int] = Field(None, ge=1, le=4096, description="sigmoid_group: expert groups.")
+    topk_group: Optional[int] = Field(None, ge=1, le=4096, description="sigmoid_group: groups kept per token.")
+    routed_scaling_factor: Optional[float] = Field(None, gt=0, description="sigmoid_group: routed weight scale.")
+    ffn_types: Optional[list[Literal["moe", "dense"]]] = Field(
+        None, description="Feed-forward per layer in a mixture-of-experts stack: moe or dense (width ff_dim); "
+                          "default all moe.")
+    # multi-head latent attention (MLA_Layer blocks when kv_lora_rank is set; see compiler/ops/mla.py)
+    q_lora_rank: Optional[int] = Field(None, ge=1, le=1_000_000, description="Low-rank query width (MLA).")
+    kv_lora_rank: Optional[int] = Field(None, ge=1, le=1_000_000, description="Compressed key/value latent width: "
+                                                                              "MLA blocks when set.")
+    qk_nope_head_dim: Optional[int] = Field(None, ge=0, le=4096)
+    qk_rope_head_dim: Optional[int] = Field(None, ge=2, le=4096)
+    v_head_dim: Optional[int] = Field(None, ge=1, le=4096)
+    rope_interleave: Optional[bool] = Field(None, description="MLA: RoPE on interleaved pairs (DeepSeek).")
+    mla_bias: Optional[bool] = Field(None, description="MLA: biases on q_a, kv_a, o (config.attention_bias).")
 
 
 def settings(p: DecoderLMParams) -> dict[str, Any]:
     """Every parameter with the family defaults filled in and the derived defaults computed."""
-    s = {**BASE, **PRESETS[p.family]}
-    s.update({k: v for k, v in p.model_dump().items() if v is not None and k != "note"})
+    s = {**BASE, "names": p.family, **PRESETS[p.family]}
+    s.update({k: v for k, v in p.model_dump(exclude_none=True).items() if k != "note"})
     s["kv_heads"] = s.get("kv_heads") or p.heads
     if s["scale_embeddings"]:
         s["embed_scale"] = math.sqrt(p.hidden)
@@ -127,6 +187,26 @@ class DecoderLM(Op):
                     diag(f, f"{f} is a mixture-of-experts setting, but num_experts is not given")
         elif p.top_k is None:
             diag("top_k", "a mixture of experts needs top_k (experts per token)")
+        if p.num_experts is not None and p.top_k is not None:
+            s = settings(p)
+            check_experts(diag, p.num_experts, p.top_k, p.ffn_types, p.ff_dim, p.layers, s["router"],
+                          p.n_group or 1, p.topk_group or 1)
+        elif p.ffn_types is not None:
+            diag("ffn_types", "ffn_types mixes dense and mixture-of-experts layers, but num_experts is not given")
+        mla = ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+        if p.kv_lora_rank is not None:
+            if p.num_experts is None:
+                diag("kv_lora_rank", "latent attention blocks (kv_lora_rank) are built with experts: give "
+                                     "num_experts (all-dense stacks: ffn_types all dense)")
+            for f in mla:
+                if getattr(p, f) is None:
+                    diag(f, f"latent attention (kv_lora_rank) needs {f}")
+            if p.qk_rope_head_dim is not None:
+                check_rope_dim(diag, p.qk_rope_head_dim)
+        else:
+            for f in mla + ("q_lora_rank",):
+                if getattr(p, f) is not None:
+                    diag(f, f"{f} is a latent-attention setting, but kv_lora_rank is not given")
 
     @classmethod
     def expand(cls, p, layer):
@@ -138,21 +218,39 @@ class DecoderLM(Op):
                      attn_bias=s["attn_bias"], causal=True, qk_norm=s["qk_norm"], attn_scale=s["attn_scale"],
                      layer_types=s["layer_types"], rope="1d", rope_theta=s["rope_theta"],
                      rope_theta_local=s["rope_theta_local"], rope_dim=s["rope_dim"], conv_kernel=s["conv_kernel"],
-                     conv_bias=s["conv_bias"], names=p.family)
+                     conv_bias=s["conv_bias"], names=s["names"], pre_norms=s["pre_norms"],
+                     qk_norm_scope=s["qk_norm_scope"], attn_softcap=s["attn_softcap"], fused_qkv=s["fused_qkv"],
+                     fused_gate_up=s["fused_gate_up"], nope_layers=s["nope_layers"],
+                     rope_scaling=s["rope_scaling"], rope_scaling_local=s["rope_scaling_local"])
         if s["layer_types"] and "sliding_attention" in s["layer_types"]:
             block["sliding_window"] = s["sliding_window"]
         if p.num_experts:
             kind = "GQA_MoE_Layer"
             block.update(num_experts=p.num_experts, top_k=p.top_k, expert_dim=p.expert_dim,
-                         shared_expert_dim=p.shared_expert_dim, norm_topk_prob=s["norm_topk_prob"])
+                         shared_expert_dim=p.shared_expert_dim, shared_expert_gate=s["shared_expert_gate"],
+                         norm_topk_prob=s["norm_topk_prob"], router=s["router"], n_group=p.n_group,
+                         topk_group=p.topk_group, routed_scaling_factor=p.routed_scaling_factor,
+                         ffn_types=p.ffn_types, ff_dim=p.ff_dim)
+            if p.kv_lora_rank is not None:
+                kind = "MLA_Layer"
+                for k in ("num_kv_heads", "head_dim", "rope_dim", "attn_bias", "qk_norm"):
+                    block.pop(k)
+                block.update(q_lora_rank=p.q_lora_rank, kv_lora_rank=p.kv_lora_rank,
+                             qk_nope_head_dim=p.qk_nope_head_dim, qk_rope_head_dim=p.qk_rope_head_dim,
+                             v_head_dim=p.v_head_dim, rope_interleave=s["rope_interleave"],
+                             mla_bias=s["mla_bias"])
         else:
             kind = "TransformerBlock"
             block["ff_dim"] = p.ff_dim
-        block = {k: v for k, v in block.items() if v is not None}
+        # unset, or the block's default for what only some families change: left out, so specs stay as written
+        unchanged = dict(pre_norms=True, qk_norm_scope="head", fused_qkv=False, fused_gate_up=False)
+        block = {k: v for k, v in block.items() if v is not None and not (k in unchanged and unchanged[k] == v)}
         embed = dict(num_embeddings=p.vocab_size, embedding_dim=p.hidden)
         if s.get("embed_scale"):
             embed["scale"] = s["embed_scale"]
         head = dict(in_features=p.hidden, out_features=p.vocab_size, bias=False, role="head")
+        if s["final_softcap"]:
+            head["softcap"] = s["final_softcap"]
         if s["tie"]:
             head["tie"] = ids["embed"]
         return [

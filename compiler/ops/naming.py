@@ -1,13 +1,16 @@
 """Per-family parameter names of a transformer block: role -> dotted name, as data.
 
 Names are the interface (style.md, 4): each family uses the names of its checkpoints (transformers' for Llama,
-Gemma-3, SigLIP, DINOv2, DINOv3, LFM2, Qwen2-MoE, Mixtral; the published code's for nanoVLM), so real checkpoints
-load with only a prefix map. Both runtimes build their modules from these tables.
+Gemma-2/3, SigLIP, DINOv2, DINOv3, LFM2, Qwen2-MoE, Qwen3-MoE, Mixtral, DeepSeek-V3, Phi-3, OLMo-2 and the
+Llama-named families: Qwen2/3, Mistral, SmolLM3 (DecoderLM's presets pick the table); the published code's for
+nanoVLM), so real checkpoints load with only a prefix map. Both runtimes build their modules from these tables.
 
 Roles: norm1 (before attention), norm2 (before the MLP), post_attn_norm / post_mlp_norm (Gemma's sandwich norms),
-q k v o (projections), qkv (fused projection), q_norm k_norm (per-head norms), fc1 fc2 (plain MLP), gate up down
-(gated MLP), ls1 ls2 (LayerScale), conv_in conv conv_out (LFM2 short convolution), router, experts_gate_up,
-experts_down (stacked experts), shared_gate shared_up shared_down shared_router (shared expert).
+q k v o (projections), qkv (fused projection), q_norm k_norm (q/k norms), fc1 fc2 (plain MLP), gate up down
+(gated MLP), gate_up (fused gate|up), ls1 ls2 (LayerScale), conv_in conv conv_out (LFM2 short convolution), router,
+experts_gate_up, experts_down (stacked experts), shared_gate shared_up shared_down shared_router (shared expert),
+q_a q_a_norm q_b kv_a kv_a_norm kv_b (multi-head latent attention: low-rank query, compressed key/value latent;
+DeepSeek-V3).
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ _LLAMA = {
     "shared_gate": "mlp.shared_expert.gate_proj", "shared_up": "mlp.shared_expert.up_proj",
     "shared_down": "mlp.shared_expert.down_proj", "shared_router": "mlp.shared_expert_gate",
 }
+_MLA = {"q_a": "self_attn.q_a_proj", "q_a_norm": "self_attn.q_a_layernorm", "q_b": "self_attn.q_b_proj",
+        "kv_a": "self_attn.kv_a_proj_with_mqa", "kv_a_norm": "self_attn.kv_a_layernorm", "kv_b": "self_attn.kv_b_proj"}
 
 NAMES: dict[str, dict[str, str]] = {
     "omnic": {
@@ -32,12 +37,20 @@ NAMES: dict[str, dict[str, str]] = {
         "experts_down": "mlp.experts.down_proj", "shared_gate": "mlp.shared.gate_proj",
         "shared_up": "mlp.shared.up_proj", "shared_down": "mlp.shared.down_proj",
         "shared_router": "mlp.shared_gate",
+        "q_a": "attn.q_a_proj", "q_a_norm": "attn.q_a_norm", "q_b": "attn.q_b_proj", "kv_a": "attn.kv_a_proj",
+        "kv_a_norm": "attn.kv_a_norm", "kv_b": "attn.kv_b_proj",
     },
     "llama": _LLAMA,
     "qwen2_moe": _LLAMA,
+    "qwen3_moe": _LLAMA,
+    "deepseek_v3": {**_LLAMA, **_MLA, "shared_gate": "mlp.shared_experts.gate_proj",
+                    "shared_up": "mlp.shared_experts.up_proj", "shared_down": "mlp.shared_experts.down_proj"},
     "mixtral": _LLAMA,
     "gemma3": {**_LLAMA, "post_attn_norm": "post_attention_layernorm", "norm2": "pre_feedforward_layernorm",
                "post_mlp_norm": "post_feedforward_layernorm"},
+    "phi3": {**_LLAMA, "qkv": "self_attn.qkv_proj", "gate_up": "mlp.gate_up_proj"},
+    # OLMo-2 normalises each branch's output only, under the names Llama gives the pre-norms' second
+    "olmo2": {**_LLAMA, "post_attn_norm": "post_attention_layernorm", "post_mlp_norm": "post_feedforward_layernorm"},
     "siglip": {
         "norm1": "layer_norm1", "norm2": "layer_norm2",
         "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.out_proj",

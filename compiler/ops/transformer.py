@@ -3,6 +3,11 @@
 One declaration covers the families the seed systems use; they differ in values, not classes:
   Llama / SmolLM2   rmsnorm, swiglu, causal, rope 1d, no biases             names "llama"
   Gemma-3           rmsnorm offset 1, geglu (tanh), q/k norm, post norms, sliding/full pattern, attn_scale
+  Gemma-2           as Gemma-3 without q/k norm, attention logits soft-capped (attn_softcap)
+  Qwen2 / Qwen3     q/k/v biases / per-head q/k norm; Mistral: every layer sliding
+  Phi-3             fused q|k|v (GQA) and gate|up projections, longrope          names "phi3"
+  SmolLM3           no rotary positions on every 4th layer (nope_layers)
+  OLMo-2            post norms only (pre_norms false), q/k norm over the whole projection  names "olmo2"
   SigLIP(2) vision  layernorm, gelu_tanh MLP, all biases, bidirectional     names "siglip"
   DINOv2            layernorm, gelu, LayerScale                             names "dinov2"
   DINOv3            + 2-D RoPE on patch tokens, no key bias, registers      names "dinov3"
@@ -18,16 +23,13 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
+from ..activations import GATED, MLPKind, activation_of
 from ..ir import TOKENS
 from ..registry import Ctx, Op, Params, Slot, State, W, register
+from ..rope import RopeScaling, resolve_scaling
 from .naming import FAMILIES, NAMES, name_of
 
 LayerType = Literal["full_attention", "sliding_attention", "conv"]
-MLPKind = Literal["gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu", "geglu_tanh"]
-GATED = ("swiglu", "geglu", "geglu_tanh")
-#: the activation each MLP kind applies (to the gate of a gated MLP); runtimes hold one table of these names
-MLP_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_tanh", "relu": "relu", "silu": "silu", "swiglu": "silu",
-           "geglu": "gelu", "geglu_tanh": "gelu_tanh"}
 
 
 class BlockParams(Params):
@@ -41,19 +43,25 @@ class BlockParams(Params):
     depth: Optional[int] = Field(None, ge=1, le=4096, description="Number of stacked blocks (same as repeat).")
     repeat: Optional[int] = Field(None, ge=1, le=4096, description="Number of stacked blocks (seed spelling).")
     # structure ---------------------------------------------------------------------------------------------------
-    mlp: MLPKind = Field("gelu", description="gelu | gelu_tanh | relu | silu (plain 2-layer MLP) or swiglu | "
-                                             "geglu | geglu_tanh (gated, 3 matrices)")
+    mlp: MLPKind = Field("gelu", description="an activation of compiler/activations.py (plain 2-layer MLP), or a "
+                                             "gated kind (3 matrices): swiglu | geglu | geglu_tanh | gated_<act>")
     mlp_bias: bool = Field(True, description="Biases in the MLP.")
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: float = Field(1e-5, gt=0)
     norm_offset: float = Field(0.0, description="RMSNorm scale is offset + weight (Gemma: 1).")
     post_norms: bool = Field(False, description="Gemma-3 sandwich: also normalise each branch's output.")
+    pre_norms: bool = Field(True, description="Normalise each branch's input (false: OLMo-2, post norms only).")
     attn_bias: list[Literal["q", "k", "v", "o"]] = Field(
         ["q", "k", "v", "o"], description="Projections with a bias (DINOv3: q, v, o; Llama: none).")
-    fused_qkv: bool = Field(False, description="One q|k|v projection (nanoVLM vision).")
+    fused_qkv: bool = Field(False, description="One q|k|v projection, rows [q | k | v] (nanoVLM vision, Phi-3).")
+    fused_gate_up: bool = Field(False, description="One gate|up projection, rows [gate | up] (Phi-3).")
     causal: bool = Field(False, description="Causal self-attention (decoders).")
     qk_norm: bool = Field(False, description="RMSNorm on q and k per head (Gemma-3, LFM2).")
+    qk_norm_scope: Literal["head", "all"] = Field("head", description="q/k norm over each head (Qwen3, Gemma-3) or "
+                                                                      "over the whole projection (OLMo-2).")
     attn_scale: Optional[float] = Field(None, gt=0, description="Score scale; default head_dim^-0.5.")
+    attn_softcap: Optional[float] = Field(None, gt=0, description="Scores soft-capped, cap * tanh(s / cap), after "
+                                                                  "the scale and before the mask (Gemma-2).")
     sliding_window: Optional[int] = Field(None, ge=1, description="Window of sliding_attention layers.")
     layer_types: Optional[list[LayerType]] = Field(None, description="Mixer of each stacked layer.")
     layer_type: LayerType = Field("full_attention", description="Resolved per layer from layer_types.")
@@ -66,6 +74,13 @@ class BlockParams(Params):
     rope_rescale_past: Optional[int] = Field(
         None, ge=1, description="nanoVLM's RotaryEmbedding (lm_max_position_embeddings): when a call reaches past "
         "this many positions, every frequency of that call is divided by (last position + 1) / this.")
+    rope_scaling: Optional[RopeScaling] = Field(None, description="Rotary scaling (transformers' rope_parameters: "
+                                                                  "linear, dynamic, llama3, yarn, longrope); "
+                                                                  "resolved: this layer's, complete.")
+    rope_scaling_local: Optional[RopeScaling] = Field(None, description="Rotary scaling of sliding layers where it "
+                                                                        "differs (Gemma-3: global layers linear, "
+                                                                        "sliding ones default).")
+    nope_layers: Optional[list[int]] = Field(None, description="Stacked layers without rotary positions (SmolLM3).")
     rope_grid: Optional[list[int]] = Field(None, description="Resolved (2d rope): patch grid [h, w].")
     rope_prefix: int = Field(0, ge=0, description="Resolved (2d rope): leading tokens without rotation.")
     layer_scale: Optional[float] = Field(None, description="LayerScale init (DINOv2 1.0, DINOv3 1e-5).")
@@ -92,8 +107,9 @@ class BlockParams(Params):
     # derived values the runtimes read (never re-derive) -------------------------------------------------------------
     @property
     def act(self) -> str:
-        """The MLP's activation (of the gate, for gated MLPs): a name of the runtimes' activation table."""
-        return MLP_ACT[self.mlp]
+        """The MLP's activation (of the gate, for gated MLPs): a name of compiler/activations.py's table, which each
+        runtime's kernels implement."""
+        return activation_of(self.mlp)
 
     @property
     def scale(self) -> float:
@@ -160,6 +176,23 @@ def resolve_attention(p, ins, diag, default_ff: bool = True):
             diag("rope_dim", f"rope_dim {rd} must be even (a multiple of 4 for 2d) and at most head_dim {hd}")
             return p
         up["rope_dim"] = rd
+        scaling = p.rope_scaling
+        if p.layer_type == "sliding_attention" and p.rope_scaling_local is not None:
+            scaling = p.rope_scaling_local
+        if scaling is not None and p.rope == "1d":
+            scaling, errors = resolve_scaling(scaling, rd)
+            if scaling.rope_type == "yarn" and p.theta == 1.0:
+                errors.append(("rope_type", "yarn needs a rope base other than 1 (its ramp divides by log(theta))"))
+            for field, msg in errors:
+                diag("rope_scaling", msg, f"set rope_scaling.{field}")
+            if errors:
+                return p
+            up.update(rope_scaling=None if scaling.rope_type == "default" else scaling, rope_scaling_local=None)
+        elif scaling is not None:
+            diag("rope_scaling", "rope_scaling applies to 1d rope only")
+            return p
+    elif p.rope_scaling is not None or p.rope_scaling_local is not None:
+        up.update(rope_scaling=None, rope_scaling_local=None)      # a NoPE layer of a stack with scaled rope
     if p.rope == "2d":
         if x.grid is None:
             diag("rope", f"2d rope needs tokens from a patch grid; the input {x} has none")
@@ -168,8 +201,8 @@ def resolve_attention(p, ins, diag, default_ff: bool = True):
     if default_ff and p.ff_dim is None:
         up["ff_dim"] = 4 * D
         diag("ff_dim", f"ff_dim not given: using {4 * D} (4 x width {D})", "state ff_dim", severity="warning")
-    if p.fused_qkv and kv != nh:
-        diag("fused_qkv", "a fused qkv projection needs num_kv_heads == num_heads")
+    if p.fused_gate_up and p.mlp not in GATED:
+        diag("fused_gate_up", f"fused_gate_up needs a gated MLP (one of {', '.join(GATED)}), not {p.mlp!r}")
     if p.layer_type == "sliding_attention" and not p.sliding_window:
         diag("sliding_window", "sliding_attention layers need sliding_window")
     return p.model_copy(update=up)
@@ -180,9 +213,10 @@ def attention_weights(p, n) -> dict[str, W]:
     D, hd = p.D, p.head_dim
     w: dict[str, W] = {}
     if p.fused_qkv:
-        w[n("qkv") + ".weight"] = W((3 * p.inner, D))
+        rows = p.inner + 2 * p.kv * hd
+        w[n("qkv") + ".weight"] = W((rows, D))
         if "q" in p.attn_bias:
-            w[n("qkv") + ".bias"] = W((3 * p.inner,), "bias")
+            w[n("qkv") + ".bias"] = W((rows,), "bias")
     else:
         for r, out in (("q", p.inner), ("k", p.kv * hd), ("v", p.kv * hd)):
             w[n(r) + ".weight"] = W((out, D))
@@ -193,8 +227,9 @@ def attention_weights(p, n) -> dict[str, W]:
         w[n("o") + ".bias"] = W((D,), "bias")
     if p.qk_norm:
         init = "zeros" if p.norm_offset else None
-        w[n("q_norm") + ".weight"] = W((hd,), "norm", init=init)
-        w[n("k_norm") + ".weight"] = W((hd,), "norm", init=init)
+        whole = p.qk_norm_scope == "all"
+        w[n("q_norm") + ".weight"] = W((p.inner if whole else hd,), "norm", init=init)
+        w[n("k_norm") + ".weight"] = W((p.kv * hd if whole else hd,), "norm", init=init)
     return w
 
 
@@ -208,7 +243,14 @@ def norm_weights(p, name: str, dim: int) -> dict[str, W]:
 
 def mlp_weights(p, n, D: int, F: int) -> dict[str, W]:
     w: dict[str, W] = {}
-    if p.gated:
+    if p.gated and p.fused_gate_up:
+        w[n("gate_up") + ".weight"] = W((2 * F, D))
+        if p.mlp_bias:
+            w[n("gate_up") + ".bias"] = W((2 * F,), "bias")
+        w[n("down") + ".weight"] = W((D, F))
+        if p.mlp_bias:
+            w[n("down") + ".bias"] = W((D,), "bias")
+    elif p.gated:
         for r, shape in (("gate", (F, D)), ("up", (F, D)), ("down", (D, F))):
             w[n(r) + ".weight"] = W(shape)
             if p.mlp_bias:
@@ -269,6 +311,8 @@ class Block(Op):
         up = {"layer_index": i}
         if p.layer_types is not None:
             up["layer_type"] = p.layer_types[i]
+        if p.nope_layers and i in p.nope_layers:
+            up["rope"] = "none"
         return p.model_copy(update=up)
 
     @classmethod
@@ -276,6 +320,9 @@ class Block(Op):
         n = stack_count(p)
         if p.layer_types is not None and len(p.layer_types) != n:
             diag("layer_types", f"layer_types has {len(p.layer_types)} entries for {n} layers")
+        bad = [i for i in p.nope_layers or [] if not 0 <= i < n]
+        if bad:
+            diag("nope_layers", f"nope_layers {bad} are not layers of this stack (0..{n - 1})")
 
     @classmethod
     def shape(cls, p, ins):
@@ -303,11 +350,12 @@ class Block(Op):
     def weights(cls, p):
         n = lambda role: name_of(p.names, role)  # noqa: E731
         D = p.D
-        w = norm_weights(p, n("norm1"), D)
+        w = norm_weights(p, n("norm1"), D) if p.pre_norms else {}
         w.update(cls.mixer_weights(p, n))
         if p.post_norms:
             w.update(norm_weights(p, n("post_attn_norm"), D))
-        w.update(norm_weights(p, n("norm2"), D))
+        if p.pre_norms:
+            w.update(norm_weights(p, n("norm2"), D))
         w.update(cls.ffn_weights(p, n))
         if p.post_norms:
             w.update(norm_weights(p, n("post_mlp_norm"), D))

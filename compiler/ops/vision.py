@@ -22,6 +22,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
+from ..activations import Activation
 from ..dims import Dim
 from ..ir import IMAGE, TOKENS, VECTOR, TensorType
 from ..registry import Op, Params, Slot, W, linear_flops, register
@@ -200,7 +201,7 @@ class PoolParams(Params):
     embed_dim: Optional[int] = Field(None, ge=1, le=1_000_000, description="Width D; inferred.")
     num_heads: int = Field(ge=1, le=4096, description="Heads of the probe's attention.")
     ff_dim: int = Field(ge=1, le=10_000_000, description="Hidden width of the head's MLP.")
-    mlp: Literal["gelu", "gelu_tanh"] = Field("gelu_tanh", description="The MLP's activation.")
+    mlp: Activation = Field("gelu_tanh", description="The MLP's activation (compiler/activations.py).")
     norm_eps: float = Field(1e-6, gt=0)
     names: Literal[tuple(POOL_NAMES)] = "omnic"
 

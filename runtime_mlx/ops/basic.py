@@ -17,18 +17,23 @@ from ..registry import implements, tied, tied_owner
 
 @implements("Linear")
 class Linear(Node):
-    """y = x W^T + b; a tied head (`tied_name` set) owns no weight: it reads its owner's."""
+    """y = x W^T + b; a tied head (`tied_name` set) owns no weight: it reads its owner's. With `softcap` (Gemma's
+    final_logit_softcapping): cap * tanh(y / cap)."""
 
     def __init__(self, p, in_types):
         super().__init__(p, in_types)
-        self.is_tied = bool(p.tied_name)
+        self.is_tied, self.softcap = bool(p.tied_name), p.softcap
 
     def __call__(self, x):
         if not self.is_tied:
-            return dense(x, self)                         # (..., D) -> (..., out)
-        owner = tied_owner(self, "weight")[0]
-        y = owner.as_linear(x) if "scales" in owner else x @ tied(self, "weight").T   # quantised table: as_linear
-        return y + self.bias if "bias" in self else y
+            y = dense(x, self)                            # (..., D) -> (..., out)
+        else:
+            owner = tied_owner(self, "weight")[0]
+            y = owner.as_linear(x) if "scales" in owner else x @ tied(self, "weight").T   # quantised table: as_linear
+            y = y + self.bias if "bias" in self else y
+        if self.softcap is not None:
+            y = mx.tanh(y / self.softcap) * self.softcap
+        return y
 
     def to_quantized(self, group_size: int, bits: int, mode: str = "affine", **kw):
         """For `mlx.nn.quantize`: an `nn.QuantizedLinear` of this layer (the same names: weight, scales, biases,

@@ -1,7 +1,8 @@
 """MLX implementation of GQA_MoE_Layer (compiler/ops/moe.py); mirror of `runtime_torch/ops/moe.py`.
 
 Routing as transformers 5.x Qwen2-MoE / Mixtral: softmax over the E router logits in float32, the top_k largest,
-renormalised to sum 1 if norm_topk_prob, cast to the compute dtype. Dispatch with `mx.gather_mm` (as mlx-lm's
+renormalised to sum 1 if norm_topk_prob, cast to the compute dtype; DeepSeek-V3's group-limited sigmoid routing
+(`route_group`) as the torch runtime's. Dense layers of a mixed stack are TransformerBlock's gated MLP. Dispatch with `mx.gather_mm` (as mlx-lm's
 SwitchGLU): each (token, choice) pair multiplies by its expert's matrices without materialising them per token;
 pairs are sorted by expert first when there are many (contiguous expert runs), then restored. `gather_mm` runs
 float32 only on the CPU; other dtypes take one matrix product per expert that received tokens (the group sizes are
@@ -28,6 +29,23 @@ def route(h, router_w, top_k: int, renorm: bool):
     if renorm:
         w = w / w.sum(axis=-1, keepdims=True)
     return w.astype(h.dtype), idx
+
+
+def route_group(h, router_w, bias, top_k: int, n_group: int, topk_group: int, renorm: bool, scale: float):
+    """DeepSeek-V3's group-limited sigmoid routing (compiler/ops/moe.py) in float32; as `route`'s result."""
+    N, E = h.shape[0], router_w.shape[0]
+    scores = mx.sigmoid(h.astype(mx.float32) @ router_w.astype(mx.float32).T)   # (N, E)
+    choice = scores + bias.astype(mx.float32)
+    groups = mx.topk(choice.reshape(N, n_group, E // n_group), 2, axis=-1).sum(axis=-1)   # (N, G)
+    best = mx.argpartition(-groups, kth=topk_group - 1, axis=-1)[:, :topk_group]        # (N, topk_group)
+    keep = (mx.arange(n_group)[None, :, None] == best[:, None, :]).any(axis=-1)          # (N, G)
+    keep = mx.repeat(keep, E // n_group, axis=-1)                                        # (N, E)
+    choice = mx.where(keep, choice, -mx.inf)
+    idx = mx.argpartition(-choice, kth=top_k - 1, axis=-1)[:, :top_k]                    # (N, k)
+    w = mx.take_along_axis(scores, idx, axis=-1)
+    if renorm:
+        w = w / (w.sum(axis=-1, keepdims=True) + 1e-20)
+    return (w * scale).astype(h.dtype), idx
 
 
 def experts_grouped(h, idx, w, gate_up, down, act):
@@ -73,20 +91,32 @@ def experts(h, idx, w, gate_up, down, act):
 @implements("GQA_MoE_Layer")
 class GQAMoELayer(TransformerBlock):
     def init_ffn(self, p, names):
+        self.moe = p.ffn_type == "moe"
+        if not self.moe:                    # a dense layer of a mixed stack: TransformerBlock's gated MLP
+            return super().init_ffn(p, names)
         shared = p.shared_expert_dim is not None          # 0: a zero-width expert and its gate, as transformers
         self.keep(act=ACT[p.act], router=self.at(names["router"]), gate_up=self.ref(names["experts_gate_up"]),
                   down_w=self.ref(names["experts_down"]),
                   shared=tuple(self.at(names[r]) for r in ("shared_gate", "shared_up", "shared_down"))
-                  if shared else None, shared_router=self.at(names["shared_router"]) if shared else None)
+                  if shared else None,
+                  shared_router=self.at(names["shared_router"]) if shared and p.shared_expert_gate else None)
         self.top_k, self.renorm = p.top_k, p.norm_topk_prob
+        self.grouped = (p.n_group, p.topk_group, p.routed_scaling_factor) if p.router == "sigmoid_group" else None
 
     def ffn(self, h):
+        if not self.moe:
+            return super().ffn(h)
         shape = h.shape
         h = h.reshape(-1, shape[-1])                                              # (N, D)
-        w, idx = route(h, self.router.weight, self.top_k, self.renorm)
+        if self.grouped:
+            w, idx = route_group(h, self.router.weight, self.router.e_score_correction_bias, self.top_k,
+                                 *self.grouped[:2], self.renorm, self.grouped[2])
+        else:
+            w, idx = route(h, self.router.weight, self.top_k, self.renorm)
         (gm, gk), (dm, dk) = self.gate_up, self.down_w
         y = experts(h, idx, w, gm[gk], dm[dk], self.act)
         if self.shared is not None:
             g, u, d = self.shared
-            y = y + mx.sigmoid(dense(h, self.shared_router)) * dense(self.act(dense(h, g)) * dense(h, u), d)
+            s = dense(self.act(dense(h, g)) * dense(h, u), d)
+            y = y + (s if self.shared_router is None else mx.sigmoid(dense(h, self.shared_router)) * s)
         return y.reshape(shape)

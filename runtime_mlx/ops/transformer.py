@@ -3,11 +3,12 @@
     x = x + ls1 * post_attn_norm(mixer(norm1(x)))       mixer: attention (full / sliding) or LFM2 short convolution
     x = x + ls2 * post_mlp_norm(ffn(norm2(x)))          ffn: plain or gated MLP (GQA_MoE_Layer: experts, moe.py)
 The reference is the torch runtime (itself transformers 5.x): llama, gemma3 (offset RMSNorm, q/k norm, sandwich
-norms, sliding mask `q - W < k <= q`, local RoPE base, query_pre_attn_scalar), lfm2 (ShortConv), siglip, dinov2
-(LayerScale), dinov3 (2-D RoPE on patch tokens). The MLX kernels used where they compute the same thing:
-`mx.fast.rms_norm` / `layer_norm`, `mx.fast.rope` (traditional=False is transformers' rotate-half; `dims` < head
-size rotates the first `dims` features, frequencies base^(-2i/dims), as `apply_rope` there),
-`mx.fast.scaled_dot_product_attention` (GQA without repeating K/V; its "causal" mask is lower-right aligned).
+norms, sliding mask `q - W < k <= q`, local RoPE base, query_pre_attn_scalar), gemma2 (soft-capped scores: an
+explicit softmax, as the fused attention cannot cap), phi3 (fused q|k|v and gate|up), olmo2 (post norms only, q/k
+norm over the whole projection), smollm3 (NoPE layers), lfm2 (ShortConv), siglip, dinov2 (LayerScale), dinov3 (2-D
+RoPE on patch tokens). 1-D RoPE: kernels.Rope's rows (runtime_common/rope.py's frequencies, every scaling type),
+rotate-half on the first rope_dim features. The MLX kernels used where they compute the same thing:
+`mx.fast.rms_norm` / `layer_norm`, `mx.fast.scaled_dot_product_attention` (GQA without repeating K/V; its "causal" mask is lower-right aligned).
 
 Parameters are built from the op's declaration (`node.py`), at the names of the block's naming family; role
 handles (`self.q`, `self.norm1`, ...) are plain attributes outside MLX's parameter tree, so each array appears once,
@@ -30,7 +31,7 @@ import mlx.core as mx
 from compiler.ops.naming import NAMES
 
 from ..cache import LayerCache
-from ..kernels import ACT, apply_rope, dense, grid_angles, norm
+from ..kernels import ACT, Rope, apply_rope, dense, grid_angles, norm
 from ..node import Node
 from ..registry import implements
 
@@ -48,8 +49,12 @@ class TransformerBlock(Node):
         mixer = CONV if p.layer_type == "conv" else ATTENTION
         self.keep(p=p, **{a: self.at(names[r]) if r in names else None for r, a in {**NORMS, **mixer}.items()})
         self.keep(ls=(self.ref(names["ls1"]), self.ref(names["ls2"])) if p.layer_scale is not None else None)
+        if not p.pre_norms:                 # OLMo-2: its names for the post norms are Llama's pre-norms' (norm2)
+            self.keep(norm1=None, norm2=None)
         self.kind, self.causal, self.window = p.layer_type, p.causal, p.window
         self.H, self.KV, self.hd, self.rd = p.num_heads, p.kv, p.head_dim, p.rope_dims
+        self.keep(rot=Rope(p.theta, self.rd, p.rope_scaling), gate_up_fused=None)
+        self.qk_whole, self.softcap = p.qk_norm_scope == "all", p.attn_softcap
         if p.rope == "2d":
             ang = grid_angles(p.rope_grid, self.rd, p.theta)                              # (h*w, rd)
             self.keep(cos=mx.cos(ang), sin=mx.sin(ang))
@@ -58,6 +63,10 @@ class TransformerBlock(Node):
     def init_ffn(self, p, names):
         """Handles of the feed-forward part (GQA_MoE_Layer has its own)."""
         gated = p.gated
+        if p.fused_gate_up:                                      # Phi-3: gate | up in one matrix
+            self.keep(act=ACT[p.act], gate=None, up=None, gate_up_fused=self.at(names["gate_up"]),
+                      down=self.at(names["down"]), fc1=None, fc2=None)
+            return
         self.keep(act=ACT[p.act], gate=self.at(names["gate"]) if gated else None,
                   up=self.at(names["up"]) if gated else None, down=self.at(names["down"]) if gated else None,
                   fc1=None if gated else self.at(names["fc1"]), fc2=None if gated else self.at(names["fc2"]))
@@ -70,7 +79,7 @@ class TransformerBlock(Node):
 
     # --- forward ---------------------------------------------------------------------------------------------------
     def __call__(self, x, cache: Optional[LayerCache] = None):
-        h = self.norm(x, self.norm1)
+        h = self.norm(x, self.norm1) if self.norm1 is not None else x
         y = self._conv(h, cache) if self.kind == "conv" else self._attention(h, cache)
         if cache is not None:
             cache.seen += x.shape[1]
@@ -80,7 +89,7 @@ class TransformerBlock(Node):
             m, k = self.ls[0]
             y = y * m[k]
         x = x + y
-        y = self.ffn(self.norm(x, self.norm2))
+        y = self.ffn(self.norm(x, self.norm2) if self.norm2 is not None else x)
         if self.post_mlp_norm is not None:
             y = self.norm(y, self.post_mlp_norm)
         if self.ls is not None:
@@ -89,6 +98,9 @@ class TransformerBlock(Node):
         return x + y
 
     def ffn(self, h):
+        if self.gate_up_fused is not None:
+            g, u = mx.split(dense(h, self.gate_up_fused), 2, axis=-1)       # (B, T, F) each
+            return dense(self.act(g) * u, self.down)                         # (B, T, D)
         if self.gate is not None:
             return dense(self.act(dense(h, self.gate)) * dense(h, self.up), self.down)   # (B, T, F) -> (B, T, D)
         return dense(self.act(dense(h, self.fc1)), self.fc2)
@@ -96,21 +108,24 @@ class TransformerBlock(Node):
     def _attention(self, h, cache):
         B, T, _ = h.shape
         if self.qkv is not None:
-            q, k, v = mx.split(dense(h, self.qkv), 3, axis=-1)
+            qd, kd = self.H * self.hd, self.KV * self.hd
+            q, k, v = mx.split(dense(h, self.qkv), [qd, qd + kd], axis=-1)
         else:
             q, k, v = dense(h, self.q), dense(h, self.k), dense(h, self.v)
+        if self.q_norm is not None and self.qk_whole:
+            q, k = self.norm_qk(q, self.q_norm), self.norm_qk(k, self.k_norm)   # (B, T, H hs), (B, T, kv hs)
         q = q.reshape(B, T, self.H, self.hd)                                 # (B, T, H, hs)
         k = k.reshape(B, T, self.KV, self.hd)                                # (B, T, kv, hs)
         v = v.reshape(B, T, self.KV, self.hd).transpose(0, 2, 1, 3)          # (B, kv, T, hs)
-        if self.q_norm is not None:
+        if self.q_norm is not None and not self.qk_whole:
             q, k = self.norm_qk(q, self.q_norm), self.norm_qk(k, self.k_norm)
         q, k = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)              # (B, H, T, hs), (B, kv, T, hs)
         pos = cache.seen if cache is not None else 0
         if self.p.rope == "1d":
             n = self.p.rope_rescale_past          # nanoVLM: past n positions, the call's positions / ((pos + T) / n)
-            scale = n / (pos + T) if n is not None and pos + T > n else 1.0
-            q = mx.fast.rope(q, self.rd, traditional=False, base=self.p.theta, scale=scale, offset=pos)
-            k = mx.fast.rope(k, self.rd, traditional=False, base=self.p.theta, scale=scale, offset=pos)
+            div = (pos + T) / n if n is not None and pos + T > n else None
+            cos, sin = self.rot.rows(pos, T, q.dtype, div)                   # (T, rd) each
+            q, k = apply_rope(q, cos, sin, self.rd), apply_rope(k, cos, sin, self.rd)
         elif self.p.rope == "2d":
             n0 = self.p.rope_prefix
             cos, sin = self.cos.astype(h.dtype), self.sin.astype(h.dtype)
@@ -120,8 +135,26 @@ class TransformerBlock(Node):
         if cache is not None:
             k, v, n_cached = cache.extend(k, v, self.window)                 # (B, kv, S, hs)
         mask = self._mask(T, k.shape[2], pos, n_cached)
-        y = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.p.scale, mask=mask)   # (B, H, T, hs)
+        if self.softcap is not None:
+            y = self._attend_capped(q, k, v, mask, pos, n_cached)
+        else:
+            y = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.p.scale, mask=mask)   # (B, H, T, hs)
         return dense(y.transpose(0, 2, 1, 3).reshape(B, T, self.H * self.hd), self.o)   # (B, T, D)
+
+    def _attend_capped(self, q, k, v, mask, pos: int, n_cached: int):
+        """Soft-capped attention, transformers' eager path: scores x scale, cap * tanh(scores / cap), masked,
+        softmax in float32. q (B, H, T, hs); k, v (B, kv, S, hs); mask as `_mask` gives it."""
+        T, S, rep = q.shape[2], k.shape[2], self.H // self.KV
+        if rep > 1:
+            k, v = mx.repeat(k, rep, axis=1), mx.repeat(v, rep, axis=1)    # (B, H, S, hs)
+        s = (q @ k.transpose(0, 1, 3, 2)) * self.p.scale                     # (B, H, T, S)
+        s = mx.tanh(s / self.softcap) * self.softcap
+        if isinstance(mask, str):                                            # "causal", lower-right aligned
+            qp = mx.arange(pos, pos + T)[:, None]
+            mask = mx.arange(pos - n_cached, pos - n_cached + S)[None, :] <= qp
+        if mask is not None:
+            s = mx.where(mask, s, mx.finfo(s.dtype).min)
+        return mx.softmax(s.astype(mx.float32), axis=-1).astype(q.dtype) @ v   # (B, H, T, hs)
 
     def _mask(self, T: int, S: int, pos: int, n_cached: int):
         """None, "causal" (lower-right aligned) or a boolean (T, S) mask, True = attend, for T queries at positions

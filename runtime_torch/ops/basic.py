@@ -16,10 +16,18 @@ from ..registry import implements
 
 @implements("Linear")
 class Linear(Node):
-    """y = x W^T + b; a tied head (`tied_name` set) owns no weight: the model shares its owner's."""
+    """y = x W^T + b; a tied head (`tied_name` set) owns no weight: the model shares its owner's. With `softcap`
+    (Gemma's final_logit_softcapping): cap * tanh(y / cap), transformers' order of ops."""
+
+    def __init__(self, p, in_types):
+        super().__init__(p, in_types)
+        self.softcap = p.softcap
 
     def forward(self, x):
-        return dense(x, self)                           # (..., D) -> (..., out); few rows split across threads
+        y = dense(x, self)                              # (..., D) -> (..., out); few rows split across threads
+        if self.softcap is not None:
+            y = torch.tanh(y / self.softcap) * self.softcap
+        return y
 
 
 @implements("Embedding")

@@ -30,6 +30,22 @@ def route(h, router_w, top_k: int, renorm: bool):
     return w.to(h.dtype), idx
 
 
+def route_group(h, router_w, bias, top_k: int, n_group: int, topk_group: int, renorm: bool, scale: float):
+    """DeepSeek-V3's group-limited sigmoid routing (compiler/ops/moe.py), in float32 as transformers:
+    (weights (N, k) in h's dtype, expert ids (N, k)) of tokens h (N, D); bias (E,) the score correction."""
+    N, E = h.shape[0], router_w.shape[0]
+    scores = F.linear(h.float(), router_w.float()).sigmoid()                    # (N, E)
+    choice = scores + bias.float()
+    groups = choice.view(N, n_group, E // n_group).topk(2, dim=-1)[0].sum(dim=-1)   # (N, G)
+    keep = torch.zeros_like(groups).scatter_(1, torch.topk(groups, topk_group, dim=-1, sorted=False)[1], 1.0)
+    keep = keep.unsqueeze(-1).expand(N, n_group, E // n_group).reshape(N, E)   # (N, E)
+    idx = torch.topk(choice.masked_fill(keep == 0, float("-inf")), top_k, dim=-1, sorted=False)[1]   # (N, k)
+    w = scores.gather(1, idx)
+    if renorm:
+        w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
+    return (w * scale).to(h.dtype), idx
+
+
 def _aligned(*ts) -> bool:
     return all(t.shape[-1] * t.element_size() % 16 == 0 for t in ts)
 
@@ -101,19 +117,31 @@ def merge_experts(tensors: Mapping[str, torch.Tensor], merges: Sequence[tuple[st
 @implements("GQA_MoE_Layer")
 class GQAMoELayer(TransformerBlock):
     def init_ffn(self, p, names):
+        self.moe = p.ffn_type == "moe"
+        if not self.moe:                    # a dense layer of a mixed stack: TransformerBlock's gated MLP
+            return super().init_ffn(p, names)
         shared = p.shared_expert_dim is not None          # 0: a zero-width expert and its gate, as transformers
         self.keep(act=ACT[p.act], gate=None, router=self.at(names["router"]),     # no dense gate|up to pack
                   gate_up=self.ref(names["experts_gate_up"]), down=self.ref(names["experts_down"]),
                   shared=tuple(self.at(names[r]) for r in ("shared_gate", "shared_up", "shared_down"))
-                  if shared else None, shared_router=self.at(names["shared_router"]) if shared else None)
+                  if shared else None,
+                  shared_router=self.at(names["shared_router"]) if shared and p.shared_expert_gate else None)
         self.top_k, self.renorm = p.top_k, p.norm_topk_prob
+        self.grouped = (p.n_group, p.topk_group, p.routed_scaling_factor) if p.router == "sigmoid_group" else None
 
     def ffn(self, h):
+        if not self.moe:
+            return super().ffn(h)
         shape = h.shape
         h = h.reshape(-1, shape[-1])                                           # (N, D)
-        w, idx = route(h, self.router.weight, self.top_k, self.renorm)
+        if self.grouped:
+            w, idx = route_group(h, self.router.weight, self.router.e_score_correction_bias, self.top_k,
+                                 *self.grouped[:2], self.renorm, self.grouped[2])
+        else:
+            w, idx = route(h, self.router.weight, self.top_k, self.renorm)
         y = experts(h, idx, w, getattr(*self.gate_up), getattr(*self.down), self.act)
         if self.shared is not None:
             g, u, d = self.shared
-            y = y + torch.sigmoid(dense(h, self.shared_router)) * dense(self.act(dense(h, g)) * dense(h, u), d)
+            s = dense(self.act(dense(h, g)) * dense(h, u), d)
+            y = y + (s if self.shared_router is None else torch.sigmoid(dense(h, self.shared_router)) * s)
         return y.view(shape)

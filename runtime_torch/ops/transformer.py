@@ -4,8 +4,10 @@
     x = x + ls2 * post_mlp_norm(ffn(norm2(x)))          ffn: plain or gated MLP (GQA_MoE_Layer: experts, moe.py)
 (post norms only with `post_norms`, LayerScale only with `layer_scale`). The reference behaviour, bit for bit
 where the summation order allows, is transformers 5.x: llama (RoPE, GQA), gemma3 (offset RMSNorm, q/k norm, sandwich
-norms, sliding mask `q - W < k <= q`, local RoPE base, query_pre_attn_scalar), lfm2 (ShortConv), siglip, dinov2
-(LayerScale), dinov3_vit (2-D RoPE on patch tokens).
+norms, sliding mask `q - W < k <= q`, local RoPE base, query_pre_attn_scalar), gemma2 (attention logit soft-capping:
+the eager path, as SDPA cannot cap), phi3 (fused q|k|v and gate|up), olmo2 (post norms only, q/k norm over the
+whole projection), smollm3 (NoPE layers), lfm2 (ShortConv), siglip, dinov2 (LayerScale), dinov3_vit (2-D RoPE on
+patch tokens). Rotary frequencies of every scaling type come from runtime_common/rope.py (kernels.Rope).
 
 Parameters are built from the op's declaration (`node.py`), at the names of the block's naming family
 (compiler/ops/naming.py); this module keeps handles to them and holds forward code only. Every derived value (score
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from compiler.ops.naming import NAMES
 
 from ..cache import LayerCache
-from ..kernels import ACT, RopeTable, apply_rope, dense, grid_angles, linear, norm, rope_tables
+from ..kernels import ACT, Rope, RopeTable, apply_rope, dense, grid_angles, linear, norm, rope_tables
 from ..node import Node
 from ..registry import implements
 
@@ -48,15 +50,25 @@ class TransformerBlock(Node):
         names = NAMES[p.names]
         mixer = CONV if self.kind == "conv" else ATTENTION
         self.keep(**{a: self.at(names[r]) if r in names else None for r, a in {**NORMS, **mixer}.items()})
+        if not p.pre_norms:                 # OLMo-2: its names for the post norms are Llama's pre-norms' (norm2)
+            self.keep(norm1=None, norm2=None)
         self.keep(ls=(self.ref(names["ls1"]), self.ref(names["ls2"])) if p.layer_scale is not None else None)
         self.H, self.KV, self.hd, self.rd = p.num_heads, p.kv, p.head_dim, p.rope_dims
         self.grid = p.rope_grid
+        self.rot = Rope(p.theta, self.rd, p.rope_scaling)       # 1d rope: frequencies, scaling, the tables' key
+        self.qk_whole = p.qk_norm_scope == "all"                 # OLMo-2: q/k norm over the whole projection
+        self.softcap = p.attn_softcap
+        self.keep(gate_up_fused=None)
         self._groups: dict = {}            # "qkv", "gate_up": runtime_torch.pack.Packed, set by pack()
         self.init_ffn(p, names)
 
     def init_ffn(self, p, names):
         """Handles of the feed-forward part (GQA_MoE_Layer has its own)."""
         gated = p.gated
+        if p.fused_gate_up:                                      # Phi-3: gate | up in one matrix
+            self.keep(act=ACT[p.act], gate=None, up=None, gate_up_fused=self.at(names["gate_up"]),
+                      down=self.at(names["down"]), fc1=None, fc2=None)
+            return
         self.keep(act=ACT[p.act], gate=self.at(names["gate"]) if gated else None,
                   up=self.at(names["up"]) if gated else None, down=self.at(names["down"]) if gated else None,
                   fc1=None if gated else self.at(names["fc1"]), fc2=None if gated else self.at(names["fc2"]))
@@ -83,7 +95,7 @@ class TransformerBlock(Node):
 
     # --- forward ---------------------------------------------------------------------------------------------------
     def forward(self, x, cache: Optional[LayerCache] = None):
-        h = self.norm(x, self.norm1)
+        h = self.norm(x, self.norm1) if self.norm1 is not None else x
         y = self._conv(h, cache) if self.kind == "conv" else self._attention(h, cache)
         if cache is not None:
             cache.seen += x.shape[1]
@@ -92,7 +104,7 @@ class TransformerBlock(Node):
         if self.ls is not None:
             y = y * getattr(*self.ls[0])
         x = x + y
-        y = self.ffn(self.norm(x, self.norm2))
+        y = self.ffn(self.norm(x, self.norm2) if self.norm2 is not None else x)
         if self.post_mlp_norm is not None:
             y = self.norm(y, self.post_mlp_norm)
         if self.ls is not None:
@@ -100,6 +112,9 @@ class TransformerBlock(Node):
         return x + y
 
     def ffn(self, h):
+        if self.gate_up_fused is not None:
+            g, u = dense(h, self.gate_up_fused).chunk(2, dim=-1)             # (B, T, F) each
+            return dense(self.act(g) * u, self.down)                         # (B, T, D)
         if self.gate is not None:
             fused = self._fused("gate_up")
             g, u = fused(h) if fused is not None else (dense(h, self.gate), dense(h, self.up))   # (B, T, F) each
@@ -110,18 +125,20 @@ class TransformerBlock(Node):
         B, T, _ = h.shape
         fused = self._fused("qkv")
         if (fused is not None and T == 1 and cache is not None and self.q_norm is None and self.p.rope != "2d"
-                and self.rd == self.hd):
+                and self.rd == self.hd and self.softcap is None):
             return self._attend_one(h, cache, fused)
         if self.qkv is not None:
-            q, k, v = dense(h, self.qkv).split(self.H * self.hd, dim=-1)
+            q, k, v = dense(h, self.qkv).split((self.H * self.hd, self.KV * self.hd, self.KV * self.hd), dim=-1)
         elif fused is not None:
             q, k, v = fused(h)
         else:
             q, k, v = dense(h, self.q), dense(h, self.k), dense(h, self.v)
+        if self.q_norm is not None and self.qk_whole:
+            q, k = self.norm_qk(q, self.q_norm), self.norm_qk(k, self.k_norm)   # (B, T, H hs), (B, T, kv hs)
         q = q.view(B, T, self.H, self.hd)                                    # (B, T, H, hs)
         k = k.view(B, T, self.KV, self.hd)                                   # (B, T, kv, hs)
         v = v.view(B, T, self.KV, self.hd).transpose(1, 2)                   # (B, kv, T, hs)
-        if self.q_norm is not None:
+        if self.q_norm is not None and not self.qk_whole:
             q, k = self.norm_qk(q, self.q_norm), self.norm_qk(k, self.k_norm)
         q, k = q.transpose(1, 2), k.transpose(1, 2)                          # (B, H, T, hs), (B, kv, T, hs)
         pos = cache.seen if cache is not None else 0
@@ -138,9 +155,12 @@ class TransformerBlock(Node):
         if cache is not None:
             n_cached = cache.n
             k, v = cache.extend(k, v, self.window)                           # (B, kv, S, hs)
-        mask, is_causal = self._mask(T, k.shape[2], pos, n_cached, h.device)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.p.scale,
-                                           enable_gqa=self.KV != self.H)     # (B, H, T, hs)
+        if self.softcap is not None:
+            y = self._attend_capped(q, k, v, self._mask(T, k.shape[2], pos, n_cached, h.device, explicit=True)[0])
+        else:
+            mask, is_causal = self._mask(T, k.shape[2], pos, n_cached, h.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.p.scale,
+                                               enable_gqa=self.KV != self.H)     # (B, H, T, hs)
         return dense(y.transpose(1, 2).reshape(B, T, self.H * self.hd), self.o)   # (B, T, D)
 
     def _rope_rows(self, pos: int, T: int, h):
@@ -149,8 +169,20 @@ class TransformerBlock(Node):
         n = self.p.rope_rescale_past
         if n is not None and pos + T > n:
             t = torch.arange(pos, pos + T, device=h.device, dtype=torch.float) / ((pos + T) / n)   # (T,)
-            return RopeTable.angles(self.p.theta, self.rd, t, h.dtype)
-        return RopeTable.rows(self.p.theta, self.rd, pos, T, h)
+            rot = self.rot
+            return RopeTable.angles(rot, rot.length(pos + T) if rot.scaling is not None else None, t, h.dtype)
+        return RopeTable.rows(self.rot, pos, T, h)
+
+    def _attend_capped(self, q, k, v, keep):
+        """Attention with soft-capped scores, transformers' eager path (SDPA cannot cap): scores x scale, then
+        cap * tanh(scores / cap), masked, softmax in float32. q (B, H, T, hs); k, v (B, kv, S, hs); keep (T, S)."""
+        rep = self.H // self.KV
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)   # (B, H, S, hs)
+        s = torch.matmul(q, k.transpose(2, 3)) * self.p.scale                # (B, H, T, S)
+        s = torch.tanh(s / self.softcap) * self.softcap
+        if keep is not None:
+            s = s.masked_fill(~keep, torch.finfo(s.dtype).min)
+        return torch.matmul(F.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype), v)   # (B, H, T, hs)
 
     def _attend_one(self, h, cache, fused):
         """The attention below for one new token per row over a cache, from the packed q|k|v product, in fewer tensor
@@ -172,12 +204,13 @@ class TransformerBlock(Node):
     def norm_qk(self, x, m):
         return norm(x, m, "rmsnorm", self.p.norm_eps, self.p.norm_offset)
 
-    def _mask(self, T: int, S: int, pos: int, n_cached: int, device):
-        """(mask or None, is_causal) for T queries at positions pos.. over S keys at positions pos - n_cached.."""
+    def _mask(self, T: int, S: int, pos: int, n_cached: int, device, explicit: bool = False):
+        """(mask or None, is_causal) for T queries at positions pos.. over S keys at positions pos - n_cached..;
+        `explicit`: a causal mask is given as a tensor, not as is_causal."""
         W = self.window
         if W is None and not self.causal:
             return None, False
-        if self.causal and (W is None or W >= S) and (T == 1 or n_cached == 0):
+        if self.causal and (W is None or W >= S) and (T == 1 or n_cached == 0) and not explicit:
             return None, n_cached == 0     # plain causal; one query after a cache sees every key (no symbolic T test)
         q = torch.arange(pos, pos + T, device=device)[:, None]               # (T, 1)
         k = torch.arange(pos - n_cached, pos - n_cached + S, device=device)[None, :]   # (1, S)
