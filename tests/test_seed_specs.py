@@ -302,7 +302,7 @@ def test_flop_rule_matches_torch_counter(op):
 
     from tests.op_examples import ENV as OP_ENV
     from tests.op_examples import OP_EXAMPLES
-    from tests.test_torch_runtime import make_inputs as op_inputs
+    from runtime_common.inputs import example_inputs
     examples = OP_EXAMPLES[op] if isinstance(OP_EXAMPLES[op], list) else [OP_EXAMPLES[op]]
     for s in examples:
         c = compiler.compile(s, batch=OP_ENV["B"], context=OP_ENV["T"], frames=OP_ENV["F"], with_nodes=True)
@@ -314,7 +314,7 @@ def test_flop_rule_matches_torch_counter(op):
             want -= p.num_layers * 4 * OP_ENV["B"] * p.num_latents * (n_media + p.num_latents) * p.inner
         model = rt.build(c, seed=0)
         env, mod = {}, model.node(node.name)
-        inputs = {k: v for k, v in op_inputs(c.graph).items()}
+        inputs = {k: torch.from_numpy(v) for k, v in example_inputs(c.graph, OP_ENV).items()}
         with torch.no_grad():
             for n in c.graph.nodes():                # run up to the node, then count the node alone
                 if n.op == "Input":

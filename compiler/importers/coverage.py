@@ -26,41 +26,40 @@ class Row:
     pending: str = ""
 
 
-DENSE = "tests.test_parity_dense"
-LM = "tests.test_parity_lm"
+HF = "tests.hf_models"
 VISION = "tests.test_parity_vision"
 ACTS = "an activation outside compiler/activations.py"
 ROPE = "a rope type or rope key transformers' rope utilities do not define"
 
 ROWS: tuple[Row, ...] = (
-    Row("Llama / SmolLM2 / Llama-3.x", ("llama",), (DENSE, "CASES", "llama"), (DENSE, "CASES", "llama3"),
-        (LM, "FULL", "Llama-3.2-1B", 1_235_814_400), f"{ACTS}; {ROPE}"),
-    Row("Qwen2", ("qwen2",), (DENSE, "CASES", "qwen2"), (DENSE, "CASES", "qwen2"),
-        (LM, "FULL", "Qwen2.5-0.5B", 494_032_768), f"{ACTS}; {ROPE}"),
-    Row("Qwen3", ("qwen3",), (DENSE, "CASES", "qwen3"), (DENSE, "CASES", "qwen3"),
-        (LM, "FULL", "Qwen3-0.6B", 596_049_920), f"{ACTS}; {ROPE}"),
-    Row("Mistral", ("mistral",), (DENSE, "CASES", "mistral"), (DENSE, "CASES", "mistral"),
-        (LM, "FULL", "Mistral-7B-v0.1", 7_241_732_096), f"{ACTS}; {ROPE}"),
-    Row("Gemma-2", ("gemma2",), (DENSE, "CASES", "gemma2"), (DENSE, "CASES", "gemma2"),
-        (LM, "FULL", "gemma-2-2b", 2_614_341_888),
+    Row("Llama / SmolLM2 / Llama-3.x", ("llama",), (HF, "DENSE", "llama"), (HF, "DENSE", "llama3"),
+        (HF, "FULL", "Llama-3.2-1B", 1_235_814_400), f"{ACTS}; {ROPE}"),
+    Row("Qwen2", ("qwen2",), (HF, "DENSE", "qwen2"), (HF, "DENSE", "qwen2"),
+        (HF, "FULL", "Qwen2.5-0.5B", 494_032_768), f"{ACTS}; {ROPE}"),
+    Row("Qwen3", ("qwen3",), (HF, "DENSE", "qwen3"), (HF, "DENSE", "qwen3"),
+        (HF, "FULL", "Qwen3-0.6B", 596_049_920), f"{ACTS}; {ROPE}"),
+    Row("Mistral", ("mistral",), (HF, "DENSE", "mistral"), (HF, "DENSE", "mistral"),
+        (HF, "FULL", "Mistral-7B-v0.1", 7_241_732_096), f"{ACTS}; {ROPE}"),
+    Row("Gemma-2", ("gemma2",), (HF, "DENSE", "gemma2"), (HF, "DENSE", "gemma2"),
+        (HF, "FULL", "gemma-2-2b", 2_614_341_888),
         f"use_bidirectional_attention (causal decoders only); {ACTS}; {ROPE}"),
     Row("Gemma-3 (text; multimodal configs: the text model)", ("gemma3_text", "gemma3"),
-        (DENSE, "CASES", "gemma3"), (DENSE, "CASES", "gemma3-linear"),
-        (LM, "FULL", "gemma-3-4b (text)", 3_880_263_168),
+        (HF, "DENSE", "gemma3"), (HF, "DENSE", "gemma3-linear"),
+        (HF, "FULL", "gemma-3-4b (text)", 3_880_263_168),
         f"use_bidirectional_attention (causal decoders only); the vision tower of gemma3 (dropped by the key map); "
         f"{ACTS}; {ROPE}"),
-    Row("Phi-3", ("phi3",), (DENSE, "CASES", "phi3-longrope"), (DENSE, "CASES", "phi3-longrope"),
-        (LM, "FULL", "Phi-3-mini-4k", 3_821_079_552), f"{ACTS}; {ROPE}"),
-    Row("SmolLM3", ("smollm3",), (DENSE, "CASES", "smollm3"), (DENSE, "CASES", "smollm3"),
-        (LM, "FULL", "SmolLM3-3B", 3_075_098_624), f"{ACTS}; {ROPE}"),
-    Row("OLMo-2", ("olmo2",), (DENSE, "CASES", "olmo2"), (DENSE, "CASES", "olmo2"),
-        (LM, "FULL", "OLMo-2-1124-7B", 7_298_617_344), f"{ACTS}; {ROPE}"),
-    Row("LFM2", ("lfm2",), (LM, "TINY", "lfm2"), (DENSE, "CASES", "lfm2"),
-        (LM, "FULL", "LFM2-1.2B", 1_170_340_608), ROPE),
-    Row("Qwen2-MoE", ("qwen2_moe",), (LM, "TINY", "qwen2_moe"), None, None,
+    Row("Phi-3", ("phi3",), (HF, "DENSE", "phi3-longrope"), (HF, "DENSE", "phi3-longrope"),
+        (HF, "FULL", "Phi-3-mini-4k", 3_821_079_552), f"{ACTS}; {ROPE}"),
+    Row("SmolLM3", ("smollm3",), (HF, "DENSE", "smollm3"), (HF, "DENSE", "smollm3"),
+        (HF, "FULL", "SmolLM3-3B", 3_075_098_624), f"{ACTS}; {ROPE}"),
+    Row("OLMo-2", ("olmo2",), (HF, "DENSE", "olmo2"), (HF, "DENSE", "olmo2"),
+        (HF, "FULL", "OLMo-2-1124-7B", 7_298_617_344), f"{ACTS}; {ROPE}"),
+    Row("LFM2", ("lfm2",), (HF, "TINY", "lfm2"), (HF, "DENSE", "lfm2"),
+        (HF, "FULL", "LFM2-1.2B", 1_170_340_608), ROPE),
+    Row("Qwen2-MoE", ("qwen2_moe",), (HF, "TINY", "qwen2_moe"), None, None,
         "dense layers among MoE layers (mlp_only_layers, decoder_sparse_step > 1); zero-width shared experts",
         mlx_note="MLX = torch on the same weights (tests/test_mlx_parity.py); per-expert files need torch's merge"),
-    Row("Mixtral", ("mixtral",), (LM, "TINY", "mixtral"), None, None, f"{ACTS}; {ROPE}",
+    Row("Mixtral", ("mixtral",), (HF, "TINY", "mixtral"), None, None, f"{ACTS}; {ROPE}",
         mlx_note="per-expert files need torch's merge; the MoE op's MLX = torch (tests/test_mlx_runtime.py)"),
     Row("SigLIP / SigLIP2 vision (full configs: the vision tower)",
         ("siglip_vision_model", "siglip2_vision_model", "siglip", "siglip2"), (VISION, "__dict__", "test_siglip"),
@@ -82,7 +81,8 @@ ROWS: tuple[Row, ...] = (
 def _ref(ref: Optional[Ref], note: str = "") -> str:
     if ref is None:
         return note or "no"
-    return f"yes (`{ref[0].split('.')[-1]}.py` {ref[2]})"
+    test = {"DENSE": "test_parity_dense.py", "TINY": "test_parity_lm.py"}.get(ref[1], ref[0].split(".")[-1] + ".py")
+    return f"yes (`{test}` {ref[2]})"
 
 
 def table() -> str:
