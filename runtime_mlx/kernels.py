@@ -112,12 +112,17 @@ class Rope:
         self.theta, self.rd, self.scaling, self.scale = theta, rd, scaling, attention_factor(scaling)
         self._inv: dict = {}
 
-    def rows(self, pos: int, T: int, dtype) -> tuple[mx.array, mx.array]:
+    def rows(self, pos: int, T: int, dtype, divide: float = 1.0) -> tuple[mx.array, mx.array]:
+        """cos, sin (T, rd) of positions pos..pos+T-1, each divided by `divide` (nanoVLM's rescaling past its
+        context; 1: none)."""
         n = effective_length(self.scaling, pos + T) if self.scaling is not None else None
         inv = self._inv.get(n)
         if inv is None:
             inv = self._inv[n] = mx.array(inv_freq(self.theta, self.rd, self.scaling, n), dtype=mx.float32)
-        freqs = mx.arange(pos, pos + T, dtype=mx.float32)[:, None] * inv[None, :]   # (T, rd/2)
+        t = mx.arange(pos, pos + T, dtype=mx.float32)
+        if divide != 1.0:
+            t = t / divide
+        freqs = t[:, None] * inv[None, :]                                             # (T, rd/2)
         emb = mx.concatenate((freqs, freqs), axis=-1)                                 # (T, rd)
         cos, sin = mx.cos(emb), mx.sin(emb)
         if self.scale != 1.0:

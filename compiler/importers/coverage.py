@@ -27,6 +27,7 @@ class Row:
 
 
 HF = "tests.hf_models"
+CKPT = "tests.test_checkpoints"
 VISION = "tests.test_parity_vision"
 ACTS = "an activation outside compiler/activations.py"
 ROPE = "a rope type or rope key transformers' rope utilities do not define"
@@ -56,23 +57,17 @@ ROWS: tuple[Row, ...] = (
         (HF, "FULL", "OLMo-2-1124-7B", 7_298_617_344), f"{ACTS}; {ROPE}"),
     Row("LFM2", ("lfm2",), (HF, "TINY", "lfm2"), (HF, "DENSE", "lfm2"),
         (HF, "FULL", "LFM2-1.2B", 1_170_340_608), ROPE),
-    Row("Qwen2-MoE", ("qwen2_moe",), (HF, "TINY", "qwen2_moe"), None, None,
-        "dense layers among MoE layers (mlp_only_layers, decoder_sparse_step > 1); zero-width shared experts",
-        mlx_note="MLX = torch on the same weights (tests/test_mlx_parity.py); per-expert files need torch's merge"),
-    Row("Mixtral", ("mixtral",), (HF, "TINY", "mixtral"), None, None, f"{ACTS}; {ROPE}",
-        mlx_note="per-expert files need torch's merge; the MoE op's MLX = torch (tests/test_mlx_runtime.py)"),
+    Row("Qwen2-MoE", ("qwen2_moe",), (HF, "TINY", "qwen2_moe"), (CKPT, "TINY", "qwen2_moe"), None,
+        "dense layers among MoE layers (mlp_only_layers, decoder_sparse_step > 1), until the MoE change lands"),
+    Row("Mixtral", ("mixtral",), (HF, "TINY", "mixtral"), (CKPT, "TINY", "mixtral"), None, f"{ACTS}; {ROPE}"),
     Row("SigLIP / SigLIP2 vision (full configs: the vision tower)",
         ("siglip_vision_model", "siglip2_vision_model", "siglip", "siglip2"), (VISION, "__dict__", "test_siglip"),
-        None, (VISION, "_counts", "SigLIP2-SO400M/16-384", 428_256_704),
-        "non-square images or patches; a non-square NaFlex position table; the text tower (dropped)",
-        mlx_note="MLX = torch on the op examples (tests/test_mlx_runtime.py)"),
-    Row("DINOv2", ("dinov2",), (VISION, "__dict__", "test_dinov2"), None,
-        (VISION, "_counts", "DINOv2-small", 22_056_576),
-        "use_swiglu_ffn (its checkpoints fuse gate and up as weights_in); non-square images or patches",
-        mlx_note="MLX = torch on the op examples (tests/test_mlx_runtime.py)"),
-    Row("DINOv3 ViT", ("dinov3_vit",), (VISION, "__dict__", "test_dinov3"), None,
-        (VISION, "_counts", "DINOv3 ViT-L/16", 303_129_600), "non-square images or patches",
-        mlx_note="MLX = torch on the op examples (tests/test_mlx_runtime.py)"),
+        (CKPT, "VISION", "siglip"), (VISION, "_counts", "SigLIP2-SO400M/16-384", 428_256_704),
+        "non-square images or patches; a non-square NaFlex position table; the text tower (dropped)"),
+    Row("DINOv2 (SwiGLU too)", ("dinov2",), (VISION, "__dict__", "test_dinov2"), (CKPT, "VISION", "dinov2_swiglu"),
+        (VISION, "_counts", "DINOv2-small", 22_056_576), "non-square images or patches"),
+    Row("DINOv3 ViT", ("dinov3_vit",), (VISION, "__dict__", "test_dinov3"), (CKPT, "VISION", "dinov3"),
+        (VISION, "_counts", "DINOv3 ViT-L/16", 303_129_600), "non-square images or patches"),
     Row("Qwen3-MoE", ("qwen3_moe",), None, None, None, "", pending="the mixed dense/MoE change fills this row"),
     Row("DeepSeek-V3", ("deepseek_v3",), None, None, None, "", pending="the MLA / DeepSeek change fills this row"),
 )

@@ -78,6 +78,9 @@ class BlockParams(Params):
                                                                         "differs (Gemma-3: global layers linear, "
                                                                         "sliding ones default).")
     nope_layers: Optional[list[int]] = Field(None, description="Stacked layers without rotary positions (SmolLM3).")
+    rope_rescale_past: Optional[int] = Field(
+        None, ge=1, description="nanoVLM's RotaryEmbedding (lm_max_position_embeddings): when a call reaches past "
+        "this many positions, every frequency of that call is divided by (last position + 1) / this.")
     rope_grid: Optional[list[int]] = Field(None, description="Resolved (2d rope): patch grid [h, w].")
     rope_prefix: int = Field(0, ge=0, description="Resolved (2d rope): leading tokens without rotation.")
     layer_scale: Optional[float] = Field(None, description="LayerScale init (DINOv2 1.0, DINOv3 1e-5).")

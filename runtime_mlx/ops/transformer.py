@@ -122,7 +122,9 @@ class TransformerBlock(Node):
         q, k = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)              # (B, H, T, hs), (B, kv, T, hs)
         pos = cache.seen if cache is not None else 0
         if self.p.rope == "1d":
-            cos, sin = self.rot.rows(pos, T, q.dtype)                        # (T, rd) each
+            n = self.p.rope_rescale_past          # nanoVLM: past n positions, the call's positions / ((pos + T) / n)
+            divide = (pos + T) / n if n is not None and pos + T > n else 1.0
+            cos, sin = self.rot.rows(pos, T, q.dtype, divide)                # (T, rd) each
             q, k = apply_rope(q, cos, sin, self.rd), apply_rope(k, cos, sin, self.rd)
         elif self.p.rope == "2d":
             n0 = self.p.rope_prefix
