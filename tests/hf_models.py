@@ -65,7 +65,54 @@ def omnic_from_hf(hf, tmp_path):
     return model.eval()
 
 
-# --- full-size configurations (backbones.md): config kwargs and the parameter count ----------------------------------
+# --- tiny dense decoders from save_pretrained files (test_parity_dense.py) ------------------------------------------
+V = 128
+BASE = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+SHORT = [1.0 + 0.25 * i for i in range(8)]
+LONG = [1.5 + 0.5 * i for i in range(8)]
+
+# dense families and rope scalings (tests/test_parity_dense.py): case -> (model class, config class, config kwargs)
+DENSE = {
+    "llama": (tf.LlamaForCausalLM, tf.LlamaConfig, dict(BASE, attention_bias=True, mlp_bias=True)),
+    "gemma3": (tf.Gemma3ForCausalLM, tf.Gemma3TextConfig, dict(
+        BASE, num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=16, sliding_window=4,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"])),
+    "lfm2": (tf.Lfm2ForCausalLM, tf.Lfm2Config, dict(
+        BASE, num_hidden_layers=4, layer_types=["conv", "full_attention", "conv", "full_attention"], conv_L_cache=3,
+        block_multiple_of=16)),
+    "qwen2": (tf.Qwen2ForCausalLM, tf.Qwen2Config, dict(
+        BASE, num_hidden_layers=3, use_sliding_window=True, sliding_window=4, max_window_layers=1)),
+    "qwen3": (tf.Qwen3ForCausalLM, tf.Qwen3Config, dict(BASE, head_dim=16, attention_bias=True)),
+    "mistral": (tf.MistralForCausalLM, tf.MistralConfig, dict(BASE, sliding_window=4)),
+    "gemma2": (tf.Gemma2ForCausalLM, tf.Gemma2Config, dict(
+        BASE, num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=16, sliding_window=4,
+        attn_logit_softcapping=1.5, final_logit_softcapping=4.0)),
+    "phi3-longrope": (tf.Phi3ForCausalLM, tf.Phi3Config, dict(
+        BASE, max_position_embeddings=64, original_max_position_embeddings=8,
+        rope_scaling={"type": "longrope", "short_factor": SHORT, "long_factor": LONG})),
+    "phi3-partial": (tf.Phi3ForCausalLM, tf.Phi3Config, dict(BASE, partial_rotary_factor=0.5, sliding_window=5)),
+    "smollm3": (tf.SmolLM3ForCausalLM, tf.SmolLM3Config, dict(BASE, num_hidden_layers=4, tie_word_embeddings=True)),
+    "olmo2": (tf.Olmo2ForCausalLM, tf.Olmo2Config, dict(BASE)),
+    "llama3": (tf.LlamaForCausalLM, tf.LlamaConfig, dict(
+        BASE, max_position_embeddings=128, rope_theta=500000.0, rope_scaling={
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8})),
+    "llama-yarn": (tf.LlamaForCausalLM, tf.LlamaConfig, dict(
+        BASE, max_position_embeddings=64, rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                                        "original_max_position_embeddings": 16})),
+    "llama-dynamic": (tf.LlamaForCausalLM, tf.LlamaConfig, dict(
+        BASE, max_position_embeddings=8, rope_scaling={"rope_type": "dynamic", "factor": 2.0})),
+    "llama-relu2": (tf.LlamaForCausalLM, tf.LlamaConfig, dict(BASE, hidden_act="relu2")),
+    "gemma3-linear": (tf.Gemma3ForCausalLM, tf.Gemma3TextConfig, dict(
+        BASE, num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=16, sliding_window=4,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        rope_scaling={"rope_type": "linear", "factor": 8.0}, final_logit_softcapping=6.0)),
+}
+
+
+# --- full-size configurations (backbones.md, and one published config per imported family): config kwargs and the
+# parameter count ----------------------------------
 FULL = {
     "SmolLM2-135M": (tf.LlamaForCausalLM, tf.LlamaConfig, dict(
         vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,

@@ -7,7 +7,8 @@ only) a tiny transformers model (eager attention, the exact path; weights pertur
 written with `save_pretrained`; its config.json is imported, the spec built in each runtime, model.safetensors loaded
 through `hf_key_map` strictly, and the fp32 logits compared (atol 1e-4 x max(1, |logits|)). Greedy generation equals
 transformers' token for token for every case, in both runtimes (the rope-scaled ones cross their original context).
-Full-size counts of one published config per family: tests/test_parity_lm.py's FULL.
+The cases are tests/hf_models.py's DENSE; full-size counts of one published config per family are its FULL
+(tests/test_parity_lm.py).
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import pytest
 import runtime_mlx  # noqa: F401  (first: the OpenBLAS preload precedes `import mlx`)
 import mlx.core as mx
 import torch
-import transformers as tf
 from safetensors import safe_open
 
 import compiler
@@ -27,51 +27,8 @@ import runtime_torch as rt
 from compiler.importers import hf_key_map, spec_from_hf_config
 from runtime_mlx import generate as mlx_generate
 from runtime_torch.generate import generate as torch_generate
-
-V = 128
-BASE = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-SHORT = [1.0 + 0.25 * i for i in range(8)]
-LONG = [1.5 + 0.5 * i for i in range(8)]
-
-# case: (model class, config class, config kwargs)
-CASES = {
-    "llama": (tf.LlamaForCausalLM, tf.LlamaConfig, dict(BASE, attention_bias=True, mlp_bias=True)),
-    "gemma3": (tf.Gemma3ForCausalLM, tf.Gemma3TextConfig, dict(
-        BASE, num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=16, sliding_window=4,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention"])),
-    "lfm2": (tf.Lfm2ForCausalLM, tf.Lfm2Config, dict(
-        BASE, num_hidden_layers=4, layer_types=["conv", "full_attention", "conv", "full_attention"], conv_L_cache=3,
-        block_multiple_of=16)),
-    "qwen2": (tf.Qwen2ForCausalLM, tf.Qwen2Config, dict(
-        BASE, num_hidden_layers=3, use_sliding_window=True, sliding_window=4, max_window_layers=1)),
-    "qwen3": (tf.Qwen3ForCausalLM, tf.Qwen3Config, dict(BASE, head_dim=16, attention_bias=True)),
-    "mistral": (tf.MistralForCausalLM, tf.MistralConfig, dict(BASE, sliding_window=4)),
-    "gemma2": (tf.Gemma2ForCausalLM, tf.Gemma2Config, dict(
-        BASE, num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=16, sliding_window=4,
-        attn_logit_softcapping=1.5, final_logit_softcapping=4.0)),
-    "phi3-longrope": (tf.Phi3ForCausalLM, tf.Phi3Config, dict(
-        BASE, max_position_embeddings=64, original_max_position_embeddings=8,
-        rope_scaling={"type": "longrope", "short_factor": SHORT, "long_factor": LONG})),
-    "phi3-partial": (tf.Phi3ForCausalLM, tf.Phi3Config, dict(BASE, partial_rotary_factor=0.5, sliding_window=5)),
-    "smollm3": (tf.SmolLM3ForCausalLM, tf.SmolLM3Config, dict(BASE, num_hidden_layers=4, tie_word_embeddings=True)),
-    "olmo2": (tf.Olmo2ForCausalLM, tf.Olmo2Config, dict(BASE)),
-    "llama3": (tf.LlamaForCausalLM, tf.LlamaConfig, dict(
-        BASE, max_position_embeddings=128, rope_theta=500000.0, rope_scaling={
-            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8})),
-    "llama-yarn": (tf.LlamaForCausalLM, tf.LlamaConfig, dict(
-        BASE, max_position_embeddings=64, rope_scaling={"rope_type": "yarn", "factor": 4.0,
-                                                        "original_max_position_embeddings": 16})),
-    "llama-dynamic": (tf.LlamaForCausalLM, tf.LlamaConfig, dict(
-        BASE, max_position_embeddings=8, rope_scaling={"rope_type": "dynamic", "factor": 2.0})),
-    "llama-relu2": (tf.LlamaForCausalLM, tf.LlamaConfig, dict(BASE, hidden_act="relu2")),
-    "gemma3-linear": (tf.Gemma3ForCausalLM, tf.Gemma3TextConfig, dict(
-        BASE, num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=16, sliding_window=4,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        rope_scaling={"rope_type": "linear", "factor": 8.0}, final_logit_softcapping=6.0)),
-}
-
+from tests.hf_models import DENSE as CASES
+from tests.hf_models import V
 
 def tolerance(want: np.ndarray) -> float:
     return 1e-4 * max(1.0, float(np.abs(want).max()))

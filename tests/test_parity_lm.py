@@ -5,9 +5,8 @@ LFM2 with conv + attention layers, Qwen2-MoE with a shared expert, Mixtral) a tr
 tiny config with a fixed seed (eager attention and experts, the exact reference paths), its weights perturbed so
 that every tensor matters, saved with safetensors; its config is imported to a spec, the spec built as an omnic
 torch model, the file loaded through `hf_key_map` (strict), and the logits compared (fp32, atol 1e-4).
-Counts (backbones.md's models and one published config per imported family): transformers on the meta device ==
-the figure written here == the compiler's report of the imported spec == omnic's torch model on the meta device, and
-transformers' state-dict names, through the key map, are omnic's with the same shapes.
+Counts: transformers on the meta device == backbones.md == the compiler's report of the imported spec == omnic's
+torch model on the meta device.
 """
 from __future__ import annotations
 

@@ -26,8 +26,8 @@ class Row:
     pending: str = ""
 
 
-DENSE = "tests.test_parity_dense"
-LM = "tests.test_parity_lm"
+HF = "tests.hf_models"
+CKPT = "tests.test_checkpoints"
 VISION = "tests.test_parity_vision"
 MOE = "tests.test_moe_families"
 MOE_MLX = "tests.test_moe_families_mlx"
@@ -35,48 +35,43 @@ ACTS = "an activation outside compiler/activations.py"
 ROPE = "a rope type or rope key transformers' rope utilities do not define"
 
 ROWS: tuple[Row, ...] = (
-    Row("Llama / SmolLM2 / Llama-3.x", ("llama",), (DENSE, "CASES", "llama"), (DENSE, "CASES", "llama3"),
-        (LM, "FULL", "Llama-3.2-1B", 1_235_814_400), f"{ACTS}; {ROPE}"),
-    Row("Qwen2", ("qwen2",), (DENSE, "CASES", "qwen2"), (DENSE, "CASES", "qwen2"),
-        (LM, "FULL", "Qwen2.5-0.5B", 494_032_768), f"{ACTS}; {ROPE}"),
-    Row("Qwen3", ("qwen3",), (DENSE, "CASES", "qwen3"), (DENSE, "CASES", "qwen3"),
-        (LM, "FULL", "Qwen3-0.6B", 596_049_920), f"{ACTS}; {ROPE}"),
-    Row("Mistral", ("mistral",), (DENSE, "CASES", "mistral"), (DENSE, "CASES", "mistral"),
-        (LM, "FULL", "Mistral-7B-v0.1", 7_241_732_096), f"{ACTS}; {ROPE}"),
-    Row("Gemma-2", ("gemma2",), (DENSE, "CASES", "gemma2"), (DENSE, "CASES", "gemma2"),
-        (LM, "FULL", "gemma-2-2b", 2_614_341_888),
+    Row("Llama / SmolLM2 / Llama-3.x", ("llama",), (HF, "DENSE", "llama"), (HF, "DENSE", "llama3"),
+        (HF, "FULL", "Llama-3.2-1B", 1_235_814_400), f"{ACTS}; {ROPE}"),
+    Row("Qwen2", ("qwen2",), (HF, "DENSE", "qwen2"), (HF, "DENSE", "qwen2"),
+        (HF, "FULL", "Qwen2.5-0.5B", 494_032_768), f"{ACTS}; {ROPE}"),
+    Row("Qwen3", ("qwen3",), (HF, "DENSE", "qwen3"), (HF, "DENSE", "qwen3"),
+        (HF, "FULL", "Qwen3-0.6B", 596_049_920), f"{ACTS}; {ROPE}"),
+    Row("Mistral", ("mistral",), (HF, "DENSE", "mistral"), (HF, "DENSE", "mistral"),
+        (HF, "FULL", "Mistral-7B-v0.1", 7_241_732_096), f"{ACTS}; {ROPE}"),
+    Row("Gemma-2", ("gemma2",), (HF, "DENSE", "gemma2"), (HF, "DENSE", "gemma2"),
+        (HF, "FULL", "gemma-2-2b", 2_614_341_888),
         f"use_bidirectional_attention (causal decoders only); {ACTS}; {ROPE}"),
     Row("Gemma-3 (text; multimodal configs: the text model)", ("gemma3_text", "gemma3"),
-        (DENSE, "CASES", "gemma3"), (DENSE, "CASES", "gemma3-linear"),
-        (LM, "FULL", "gemma-3-4b (text)", 3_880_263_168),
+        (HF, "DENSE", "gemma3"), (HF, "DENSE", "gemma3-linear"),
+        (HF, "FULL", "gemma-3-4b (text)", 3_880_263_168),
         f"use_bidirectional_attention (causal decoders only); the vision tower of gemma3 (dropped by the key map); "
         f"{ACTS}; {ROPE}"),
-    Row("Phi-3", ("phi3",), (DENSE, "CASES", "phi3-longrope"), (DENSE, "CASES", "phi3-longrope"),
-        (LM, "FULL", "Phi-3-mini-4k", 3_821_079_552), f"{ACTS}; {ROPE}"),
-    Row("SmolLM3", ("smollm3",), (DENSE, "CASES", "smollm3"), (DENSE, "CASES", "smollm3"),
-        (LM, "FULL", "SmolLM3-3B", 3_075_098_624), f"{ACTS}; {ROPE}"),
-    Row("OLMo-2", ("olmo2",), (DENSE, "CASES", "olmo2"), (DENSE, "CASES", "olmo2"),
-        (LM, "FULL", "OLMo-2-1124-7B", 7_298_617_344), f"{ACTS}; {ROPE}"),
-    Row("LFM2", ("lfm2",), (LM, "TINY", "lfm2"), (DENSE, "CASES", "lfm2"),
-        (LM, "FULL", "LFM2-1.2B", 1_170_340_608), ROPE),
+    Row("Phi-3", ("phi3",), (HF, "DENSE", "phi3-longrope"), (HF, "DENSE", "phi3-longrope"),
+        (HF, "FULL", "Phi-3-mini-4k", 3_821_079_552), f"{ACTS}; {ROPE}"),
+    Row("SmolLM3", ("smollm3",), (HF, "DENSE", "smollm3"), (HF, "DENSE", "smollm3"),
+        (HF, "FULL", "SmolLM3-3B", 3_075_098_624), f"{ACTS}; {ROPE}"),
+    Row("OLMo-2", ("olmo2",), (HF, "DENSE", "olmo2"), (HF, "DENSE", "olmo2"),
+        (HF, "FULL", "OLMo-2-1124-7B", 7_298_617_344), f"{ACTS}; {ROPE}"),
+    Row("LFM2", ("lfm2",), (HF, "TINY", "lfm2"), (HF, "DENSE", "lfm2"),
+        (HF, "FULL", "LFM2-1.2B", 1_170_340_608), ROPE),
     Row("Qwen2-MoE (dense layers mixed in: decoder_sparse_step, mlp_only_layers)", ("qwen2_moe",),
         (MOE, "TINY", "qwen2_moe_mixed"), (MOE_MLX, "TINY", "qwen2_moe_mixed"),
         (MOE, "FULL", "Qwen1.5-MoE-A2.7B", 14_315_784_192),
         f"no layer with experts; {ACTS}; {ROPE}"),
-    Row("Mixtral", ("mixtral",), (LM, "TINY", "mixtral"), None, None, f"{ACTS}; {ROPE}",
-        mlx_note="yes (`test_checkpoints.py` mixtral per_expert and save_pretrained: files loaded without torch)"),
+    Row("Mixtral", ("mixtral",), (HF, "TINY", "mixtral"), (CKPT, "TINY", "mixtral"), None, f"{ACTS}; {ROPE}"),
     Row("SigLIP / SigLIP2 vision (full configs: the vision tower)",
         ("siglip_vision_model", "siglip2_vision_model", "siglip", "siglip2"), (VISION, "__dict__", "test_siglip"),
-        None, (VISION, "_counts", "SigLIP2-SO400M/16-384", 428_256_704),
-        "non-square images or patches; a non-square NaFlex position table; the text tower (dropped)",
-        mlx_note="MLX = torch on the op examples (tests/test_mlx_runtime.py)"),
-    Row("DINOv2", ("dinov2",), (VISION, "__dict__", "test_dinov2"), None,
-        (VISION, "_counts", "DINOv2-small", 22_056_576),
-        "use_swiglu_ffn (its checkpoints fuse gate and up as weights_in); non-square images or patches",
-        mlx_note="MLX = torch on the op examples (tests/test_mlx_runtime.py)"),
-    Row("DINOv3 ViT", ("dinov3_vit",), (VISION, "__dict__", "test_dinov3"), None,
-        (VISION, "_counts", "DINOv3 ViT-L/16", 303_129_600), "non-square images or patches",
-        mlx_note="MLX = torch on the op examples (tests/test_mlx_runtime.py)"),
+        (CKPT, "VISION", "siglip"), (VISION, "_counts", "SigLIP2-SO400M/16-384", 428_256_704),
+        "non-square images or patches; a non-square NaFlex position table; the text tower (dropped)"),
+    Row("DINOv2 (SwiGLU too)", ("dinov2",), (VISION, "__dict__", "test_dinov2"), (CKPT, "VISION", "dinov2_swiglu"),
+        (VISION, "_counts", "DINOv2-small", 22_056_576), "non-square images or patches"),
+    Row("DINOv3 ViT", ("dinov3_vit",), (VISION, "__dict__", "test_dinov3"), (CKPT, "VISION", "dinov3"),
+        (VISION, "_counts", "DINOv3 ViT-L/16", 303_129_600), "non-square images or patches"),
     Row("Qwen3-MoE", ("qwen3_moe",), (MOE, "TINY", "qwen3_moe"), (MOE_MLX, "TINY", "qwen3_moe_mixed"),
         (MOE, "FULL", "Qwen3-30B-A3B", 30_532_122_624), f"no layer with experts; {ACTS}; {ROPE}"),
     Row("DeepSeek-V3 (latent attention, latent KV cache, group-limited routing, yarn)", ("deepseek_v3",),
@@ -88,7 +83,10 @@ ROWS: tuple[Row, ...] = (
 def _ref(ref: Optional[Ref], note: str = "") -> str:
     if ref is None:
         return note or "no"
-    return f"yes (`{ref[0].split('.')[-1]}.py` {ref[2]})"
+    # tests/hf_models.py holds the cases; the tests that compare them are test_parity_dense.py and test_parity_lm.py
+    hf_tests = {"DENSE": "test_parity_dense.py", "TINY": "test_parity_lm.py"}
+    test = hf_tests[ref[1]] if ref[0] == HF else ref[0].split(".")[-1] + ".py"
+    return f"yes (`{test}` {ref[2]})"
 
 
 def table() -> str:

@@ -115,6 +115,8 @@ _SIGLIP_FULL = [(r"^(?!vision_model\.)", None), (r"^vision_model\.", VISION_ID +
 
 KEY_MAPS: dict[str, list[Rule]] = {
     "llama": _lm(),
+    **{t: _lm() for t in ("qwen2", "qwen3", "mistral", "gemma2", "smollm3", "olmo2")},
+    "phi3": _lm(),                   # its files fuse q|k|v (qkv_proj) and gate|up as omnic's phi3 names do
     "lfm2": _lm(),
     "gemma3_text": _lm(),
     "gemma3": _lm(*_GEMMA3_MULTIMODAL),
