@@ -1,14 +1,16 @@
 """MLX implementations of `compiler/ops/generative.py` (mirror of `runtime_torch/ops/generative.py`):
-FlowMatchingHead, VQVAEDecoder.
+AdaLNZeroBlock, FlowMatchingHead, VQVAEDecoder.
 
-The computations are those of the op docstrings. VQVAEDecoder keeps its maps channels-last (B, h, w, c) inside, with
+The computations are those of the op docstrings (AdaLNZeroBlock: DiT's `DiTBlock`, attention through
+`mx.fast.scaled_dot_product_attention`). VQVAEDecoder keeps its maps channels-last (B, h, w, c) inside, with
 channels-last kernels (`layout.py`); its input and output are (B, C, h, w) as in the graph.
 
 Memory: MLX's CPU convolution unfolds its input (im2col, 9 x the input for a 3x3 kernel), and the nearest-code
 search scores every position against every code. Where those buffers would exceed BAND_BYTES, the decoder works in
 bands (rows of the map, chunks of positions), each evaluated before the next, so the transient stays near the
 compiler's workspace figure (measured on omni_lite's 512 px decoder: 705 MB -> 185 MB for one 64-channel conv).
-Shapes: B batch, N tokens, D input width, F hidden width, C latent channels, K codes, h x w the latent grid.
+Shapes: B batch, N tokens, D input width, F hidden width, C latent channels (of the VQ decoder) or conditioning
+width (of AdaLNZeroBlock), K codes, h x w the latent grid, H heads, hs head size.
 """
 from __future__ import annotations
 
@@ -18,10 +20,14 @@ from typing import Optional
 import mlx.core as mx
 from mlx import nn
 
+from compiler.ops.generative import AdaLNZeroBlock as AdaLNZeroOp
 from compiler.ops.generative import VQVAEDecoder as VQOp
+from compiler.ops.generative import adaln_zero_weights
 
 from ..registry import implements
+from .basic import ACT
 from .transformer import Box, Lin, _ref, place
+from .vision import Named
 
 BAND_BYTES = 64 * 2 ** 20      # the largest im2col / distance buffer built at once
 
@@ -50,6 +56,45 @@ def timestep_embedding(t: mx.array, dim: int, max_period: float = 10000.0) -> mx
     return mx.concatenate([mx.cos(args), mx.sin(args)], axis=-1)                # (B, dim)
 
 
+def adaln_zero(t, x, c, heads: int, act, eps: float = 1e-6):
+    """One DiT block with adaLN-Zero over tokens x (B, N, D) and the condition c (B, C); `t(name)` returns the
+    block's tensor `name` (a declared name of `adaln_zero_weights`, or None for an absent bias)."""
+    B, N, D = x.shape
+
+    def lin(h, name):
+        y, b = h @ t(name + ".weight").T, t(name + ".bias")
+        return y if b is None else y + b
+
+    mod = lin(nn.silu(c), "adaLN_modulation.1")[:, None]                                     # (B, 1, 6D)
+    shift1, scale1, gate1, shift2, scale2, gate2 = mx.split(mod, 6, axis=-1)                  # (B, 1, D) each
+    h = mx.fast.layer_norm(x, None, None, eps) * (1 + scale1) + shift1
+    qkv = lin(h, "attn.qkv").reshape(B, N, 3, heads, D // heads).transpose(2, 0, 3, 1, 4)    # (3, B, H, N, hs)
+    y = mx.fast.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=(D // heads) ** -0.5)   # (B, H, N, hs)
+    x = x + gate1 * lin(y.transpose(0, 2, 1, 3).reshape(B, N, D), "attn.proj")                # (B, N, D)
+    h = mx.fast.layer_norm(x, None, None, eps) * (1 + scale2) + shift2
+    return x + gate2 * lin(act(lin(h, "mlp.fc1")), "mlp.fc2")                                # (B, N, D)
+
+
+class _Block(Named):
+    """The declared tensors of one AdaLN-Zero block; `get(name)` is None for a tensor it does not declare."""
+
+    def get(self, name: str):
+        try:
+            return self.t(name)
+        except (KeyError, AttributeError):
+            return None
+
+
+@implements("AdaLNZeroBlock")
+class AdaLNZeroBlock(_Block):
+    def __init__(self, p, in_types):
+        super().__init__("AdaLNZeroBlock", AdaLNZeroOp.weights(p))
+        _ref(self, heads=p.num_heads, act=ACT[p.mlp])
+
+    def __call__(self, x, c):
+        return adaln_zero(self.get, x, c, self.heads, self.act)
+
+
 @implements("FlowMatchingHead")
 class FlowMatchingHead(nn.Module):
     def __init__(self, p, in_types):
@@ -60,13 +105,17 @@ class FlowMatchingHead(nn.Module):
         self.time_embed.fc1, self.time_embed.fc2 = Lin(Fw, p.freq_dim, True), Lin(Fw, Fw, True)
         self.in_proj = Lin(Fw, D, True)
         self.blocks = []
-        for _ in range(p.num_blocks):
+        _ref(self, dit=p.block == "adaln_zero", heads=p.num_heads)
+        for _ in range(p.num_blocks if not self.dit else 0):
             b = Box()
             b.mlp = Box()
             b.mlp.fc1, b.mlp.fc2 = Lin(Fw, Fw, True), Lin(Fw, Fw, True)
             if self.adaln:
                 b.ada = Lin(3 * Fw, Fw, True)
             self.blocks.append(b)
+        if self.dit:
+            self.blocks.extend(_Block("FlowMatchingHead", adaln_zero_weights(Fw, Fw, p.ff_dim))
+                               for _ in range(p.num_blocks))
         if self.adaln:
             self.final_ada = Lin(2 * Fw, Fw, True)
         self.out_proj = Lin(p.out_dim, Fw, True)
@@ -83,7 +132,9 @@ class FlowMatchingHead(nn.Module):
         if not self.adaln:
             h = h + c
         for b in self.blocks:
-            if self.adaln:
+            if self.dit:
+                h = adaln_zero(b.get, h, c[:, 0], self.heads, ACT["gelu_tanh"])
+            elif self.adaln:
                 shift, scale, gate = mx.split(b.ada(nn.silu(c)), 3, axis=-1)    # (B, 1, F) each
                 h = h + gate * b.mlp.fc2(nn.silu(b.mlp.fc1(ln(h) * (1 + scale) + shift)))
             else:

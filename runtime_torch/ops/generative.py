@@ -1,7 +1,8 @@
-"""Torch implementations of `compiler/ops/generative.py`: FlowMatchingHead, VQVAEDecoder.
+"""Torch implementations of `compiler/ops/generative.py`: AdaLNZeroBlock, FlowMatchingHead, VQVAEDecoder.
 
-The computations are those of the op docstrings. Shapes: B batch, N tokens, D input width, F hidden width,
-C latent channels, K codes, h x w the latent grid.
+The computations are those of the op docstrings (AdaLNZeroBlock: DiT's `DiTBlock`, attention through
+F.scaled_dot_product_attention). Shapes: B batch, N tokens, D input width, F hidden width, C latent channels (of
+the VQ decoder) or conditioning width (of AdaLNZeroBlock), K codes, h x w the latent grid, H heads, hs head size.
 """
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compiler.ops.generative import AdaLNZeroBlock as AdaLNZeroOp
+from compiler.ops.generative import adaln_zero_weights
+
 from ..registry import implements
-from .transformer import Box, Lin, place
+from .transformer import ACT, Box, Lin, place
+from .vision import _Named
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -22,6 +27,42 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]                                     # (B, dim/2)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)                # (B, dim)
+
+
+def adaln_zero(t, x, c, heads: int, act, eps: float = 1e-6):
+    """One DiT block with adaLN-Zero over tokens x (B, N, D) and the condition c (B, C); `t(name)` returns the
+    block's tensor `name` (a declared name of `adaln_zero_weights`, or None for an absent bias)."""
+    B, N, D = x.shape
+    mod = F.linear(F.silu(c), t("adaLN_modulation.1.weight"), t("adaLN_modulation.1.bias"))[:, None]   # (B, 1, 6D)
+    shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)                               # (B, 1, D)
+    h = F.layer_norm(x, (D,), eps=eps) * (1 + scale1) + shift1
+    qkv = F.linear(h, t("attn.qkv.weight"), t("attn.qkv.bias"))
+    q, k, v = qkv.view(B, N, 3, heads, D // heads).permute(2, 0, 3, 1, 4)                  # (B, H, N, hs) each
+    y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, D)            # (B, N, D)
+    x = x + gate1 * F.linear(y, t("attn.proj.weight"), t("attn.proj.bias"))
+    h = F.layer_norm(x, (D,), eps=eps) * (1 + scale2) + shift2
+    h = act(F.linear(h, t("mlp.fc1.weight"), t("mlp.fc1.bias")))                            # (B, N, F)
+    return x + gate2 * F.linear(h, t("mlp.fc2.weight"), t("mlp.fc2.bias"))                  # (B, N, D)
+
+
+class _Block(_Named):
+    """The declared tensors of one AdaLN-Zero block; `get(name)` is None for a tensor it does not declare."""
+
+    def get(self, name: str):
+        try:
+            return self.t(name)
+        except KeyError:
+            return None
+
+
+@implements("AdaLNZeroBlock")
+class AdaLNZeroBlock(_Block):
+    def __init__(self, p, in_types):
+        super().__init__(AdaLNZeroOp.weights(p))
+        self.heads, self.act = p.num_heads, ACT[p.mlp]
+
+    def forward(self, x, c):
+        return adaln_zero(self.get, x, c, self.heads, self.act)
 
 
 @implements("FlowMatchingHead")
@@ -34,13 +75,17 @@ class FlowMatchingHead(nn.Module):
         self.time_embed.fc1, self.time_embed.fc2 = Lin(Fw, p.freq_dim, True), Lin(Fw, Fw, True)
         self.in_proj = Lin(Fw, D, True)
         self.blocks = nn.ModuleList()
-        for _ in range(p.num_blocks):
+        self.dit = p.block == "adaln_zero"
+        self.heads = p.num_heads
+        for _ in range(p.num_blocks if not self.dit else 0):
             b = Box()
             b.mlp = Box()
             b.mlp.fc1, b.mlp.fc2 = Lin(Fw, Fw, True), Lin(Fw, Fw, True)
             if self.adaln:
                 b.ada = Lin(3 * Fw, Fw, True)
             self.blocks.append(b)
+        if self.dit:
+            self.blocks.extend(_Block(adaln_zero_weights(Fw, Fw, p.ff_dim)) for _ in range(p.num_blocks))
         self.final_ada = Lin(2 * Fw, Fw, True) if self.adaln else None
         self.out_proj = Lin(p.out_dim, Fw, True)
         self.width = Fw
@@ -57,7 +102,9 @@ class FlowMatchingHead(nn.Module):
         if not self.adaln:
             h = h + c
         for b in self.blocks:
-            if self.adaln:
+            if self.dit:
+                h = adaln_zero(b.get, h, c[:, 0], self.heads, ACT["gelu_tanh"])
+            elif self.adaln:
                 shift, scale, gate = b.ada(F.silu(c)).chunk(3, dim=-1)           # (B, 1, F) each
                 h = h + gate * b.mlp.fc2(F.silu(b.mlp.fc1(ln(h) * (1 + scale) + shift)))
             else:

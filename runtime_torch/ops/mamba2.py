@@ -1,0 +1,107 @@
+"""Torch implementation of Mamba2Block (compiler/ops/mamba2.py): norm -> Mamba-2 mixer -> residual.
+
+The numerics are transformers 5.x's `Mamba2Mixer` torch path: float32 inside the scan, softplus(dt + dt_bias),
+A = -exp(A_log), the D skip, the gated RMSNorm over n_groups groups (float32, weight applied after the cast back).
+The scan is the chunked SSD form written as four matrix products per chunk (the op docstring's FLOP convention):
+within a chunk of l tokens y_i = sum_{j<=i} exp(a_i - a_j) (C_i . B_j) dt_j x_j, plus the carried state's read-out
+exp(a_i) C_i S; the chunk then leaves S <- exp(a_l) S + sum_j exp(a_l - a_j) dt_j x_j B_j^T (a = cumulative dt A
+from the chunk's start). A decoded token is a chunk of one.
+
+Decoding: `forward(x, cache=None)`; the cache holds `ssm` (B, H, P, N) and `conv` (B, I + 2 G N, K - 1), the
+last K - 1 inputs of the convolution, both in x's dtype.
+Shape vocabulary: B batch, T tokens of this call, l tokens of a chunk, D width, I inner width, H heads, P head
+size, G groups, N state size, K kernel.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from compiler.ops.mamba2 import Mamba2Block as Op
+
+from ..registry import implements
+from .vision import _Named
+
+
+def causal_conv(u: torch.Tensor, weight: torch.Tensor, bias, past) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depthwise causal convolution of u (B, C, T) continuing `past` (B, C, K-1) (zeros when None), then SiLU;
+    returns (B, C, T) and the new past (the last K-1 inputs)."""
+    K = weight.shape[-1]
+    if past is None:
+        past = u.new_zeros(u.shape[0], u.shape[1], K - 1)                   # (B, C, K-1)
+    full = torch.cat((past, u), dim=-1)                                      # (B, C, K-1+T)
+    y = F.conv1d(full, weight, bias, groups=u.shape[1])                      # (B, C, T)
+    return F.silu(y), full[..., full.shape[-1] - (K - 1):].clone()
+
+
+def ssd_scan(x, dt, A, Bm, Cm, chunk: int, S=None):
+    """The selective scan without the D skip: x (B, T, H, P), dt (B, T, H) (after softplus), A (H,),
+    Bm, Cm (B, T, G, N), S (B, H, P, N) or None -> y (B, T, H, P) float32, final S float32."""
+    b, T, H, P = x.shape
+    G, N = Bm.shape[2:]
+    r = H // G                                                               # heads per group
+    x, dt, Bm, Cm = x.float(), dt.float(), Bm.float(), Cm.float()
+    S = x.new_zeros(b, H, P, N) if S is None else S.float()
+    ys = []
+    for s in range(0, T, chunk):
+        l = min(chunk, T - s)
+        xc = x[:, s:s + l].transpose(1, 2)                                   # (B, H, l, P)
+        dtc = dt[:, s:s + l].transpose(1, 2)                                 # (B, H, l)
+        Bc = Bm[:, s:s + l].transpose(1, 2).unsqueeze(2)                     # (B, G, 1, l, N)
+        Cc = Cm[:, s:s + l].transpose(1, 2).unsqueeze(2)                     # (B, G, 1, l, N)
+        a = torch.cumsum(dtc * A[:, None], dim=-1)                           # (B, H, l)
+        causal = torch.ones(l, l, dtype=torch.bool, device=x.device).tril()
+        decay = (a[..., :, None] - a[..., None, :]).masked_fill(~causal, float("-inf")).exp()   # (B, H, l, l)
+        scores = Cc @ Bc.transpose(-1, -2)                                   # (B, G, 1, l, l)
+        M = (scores * decay.view(b, G, r, l, l)).view(b, H, l, l) * dtc[..., None, :]   # (B, H, l, l)
+        Sg = S.view(b, G, r, P, N)
+        y = M @ xc + a.exp()[..., None] * (Cc @ Sg.transpose(-1, -2)).view(b, H, l, P)   # (B, H, l, P)
+        w = (a[..., -1:] - a).exp() * dtc                                    # (B, H, l)
+        new = ((xc * w[..., None]).transpose(-1, -2).reshape(b, G, r, P, l) @ Bc).view(b, H, P, N)
+        S = a[..., -1].exp()[..., None, None] * S + new                      # (B, H, P, N)
+        ys.append(y)
+    return torch.cat(ys, dim=2).transpose(1, 2), S                           # (B, T, H, P)
+
+
+def gated_rms_norm(y, z, weight, groups: int, eps: float):
+    """transformers' MambaRMSNormGated: y * silu(z), RMS-normalised over `groups` equal groups, times weight."""
+    dtype = y.dtype
+    h = y.float() * F.silu(z.float())
+    g = h.view(*h.shape[:-1], groups, -1)                                    # (..., G, I/G)
+    g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * g.view(h.shape).to(dtype)
+
+
+@implements("Mamba2Block")
+class Mamba2Block(_Named):
+    def __init__(self, p, in_types):
+        super().__init__(Op.weights(p))
+        self.I, self.H, self.P, self.G, self.N = p.inner, p.num_heads, p.head_dim, p.n_groups, p.state_size
+        self.eps, self.chunk = p.norm_eps, p.chunk_size
+        self.bias = {k: (k + ".bias") if (p.use_bias if "proj" in k else p.use_conv_bias) else None
+                     for k in ("mixer.in_proj", "mixer.conv1d", "mixer.out_proj")}
+
+    def forward(self, x, cache=None):
+        t, bias = self.t, self.bias
+        b, T, _ = x.shape
+        I, H, P, G, N = self.I, self.H, self.P, self.G, self.N
+        h = x.float()
+        h = t("norm.weight") * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        ib = bias["mixer.in_proj"]
+        z, xbc, dt = F.linear(h, t("mixer.in_proj.weight"), ib and t(ib)).split([I, I + 2 * G * N, H], dim=-1)
+        cb = bias["mixer.conv1d"]
+        xbc, past = causal_conv(xbc.transpose(1, 2), t("mixer.conv1d.weight"), cb and t(cb),
+                                None if cache is None else cache.conv)       # (B, I + 2GN, T)
+        xs, Bm, Cm = xbc.transpose(1, 2).split([I, G * N, G * N], dim=-1)    # (B, T, I), (B, T, GN) x 2
+        dt = F.softplus(dt.float() + t("mixer.dt_bias").float())             # (B, T, H)
+        A = -torch.exp(t("mixer.A_log").float())                             # (H,)
+        xs = xs.reshape(b, T, H, P)                                          # (B, T, H, P)
+        y, S = ssd_scan(xs, dt, A, Bm.reshape(b, T, G, N), Cm.reshape(b, T, G, N), self.chunk,
+                        None if cache is None else cache.ssm)
+        y = y + t("mixer.D").float()[:, None] * xs.float()                   # (B, T, H, P)
+        if cache is not None:
+            cache.conv, cache.ssm = past, S.to(x.dtype)
+            cache.seen += T
+        y = gated_rms_norm(y.reshape(b, T, I), z, t("mixer.norm.weight"), G, self.eps)   # (B, T, I)
+        ob = bias["mixer.out_proj"]
+        return x + F.linear(y.to(x.dtype), t("mixer.out_proj.weight"), ob and t(ob))      # (B, T, D)
