@@ -215,12 +215,17 @@ def _mixtral(cfg: dict) -> dict:
     return lm_spec(cfg.get("_name_or_path") or "mixtral", p)
 
 
+def _json_float(v: Any) -> float:
+    """A float as config.json files write it: a number, "Infinity", or transformers 5.x's {"__float__": "Infinity"}."""
+    return float(v["__float__"] if isinstance(v, dict) and "__float__" in v else v)
+
+
 def _mamba2(cfg: dict) -> dict:
     """Mamba2ForCausalLM: one Mamba2LM layer (compiler/ops/mamba2.py) with id LM_ID."""
     c = _Cfg(cfg, "mamba2")
     if c["hidden_act"] not in ("silu", "swish"):
         _refuse("mamba2", "hidden_act", c["hidden_act"], "the convolution's activation is silu")
-    lo, hi = (float(v) for v in c["time_step_limit"])
+    lo, hi = (_json_float(v) for v in c["time_step_limit"])
     if (lo, hi) != (0.0, float("inf")):
         _refuse("mamba2", "time_step_limit", c["time_step_limit"], "dt is not clamped: only (0, inf)")
     p = dict(vocab_size=c["vocab_size"], hidden=c["hidden_size"], layers=c["num_hidden_layers"],

@@ -86,7 +86,6 @@ class AdaLNZeroParams(Params):
     ff_dim: Optional[int] = Field(None, ge=1, le=10_000_000, description="MLP width; default 4 D (mlp_ratio 4).")
     mlp: Literal[ADALN_ACTS] = Field("gelu_tanh", description="MLP activation: gelu_tanh (DiT) | gelu | silu.")
     qkv_bias: bool = Field(True, description="Bias in attn.qkv (DiT: yes).")
-    depth: int = Field(1, ge=1, le=4096, description="Stacked blocks (each reads the same c).")
 
 
 @register
@@ -99,10 +98,6 @@ class AdaLNZeroBlock(Op):
     @classmethod
     def in_width(cls, p):
         return p.embed_dim
-
-    @classmethod
-    def stack(cls, p) -> int:
-        return p.depth
 
     @classmethod
     def resolve(cls, p, ins, diag):

@@ -1,0 +1,209 @@
+"""Mamba2Block / Mamba2LM against transformers 5.x's Mamba2Model / Mamba2ForCausalLM (its torch path).
+
+A tiny transformers model (two layers, two groups of four heads, a scan chunk of 5 so that 13 tokens span three
+chunks) is built with a fixed seed, its weights perturbed so that every tensor matters, and written with
+`save_pretrained`; its config is imported (`omnic import-hf`'s importer), the spec compiled and built, the file
+loaded strictly through the importer's key map, and the outputs compared (fp32, 1e-4) in torch and in MLX.
+Counts: the compiler's report == the instantiated transformers modules (tiny, tied and untied) == transformers on
+the meta device for published configs (mamba2-130m, mamba2-370m). FLOPs: the rule == torch's FlopCounterMode on
+the block. Decoding: see test_mamba2_decode.py.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+import transformers as tf
+from safetensors.torch import load_file
+
+import compiler
+import runtime_torch as rt
+from compiler.importers import hf_key_map, spec_from_hf_config
+
+warnings.filterwarnings("ignore", message=".*(causal_conv1d|mamba_ssm).*")
+
+TINY = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_heads=8, head_dim=8, state_size=16, n_groups=2,
+            conv_kernel=4, chunk_size=5, expand=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+# published Mamba-2 checkpoints (state-spaces/mamba2-*, as transformers' conversion writes their configs)
+PUBLISHED = {
+    "mamba2-130m": dict(vocab_size=50288, hidden_size=768, num_hidden_layers=24, num_heads=24, head_dim=64,
+                        state_size=128, n_groups=1, conv_kernel=4, expand=2, tie_word_embeddings=True),
+    "mamba2-370m": dict(vocab_size=50288, hidden_size=1024, num_hidden_layers=48, num_heads=32, head_dim=64,
+                        state_size=128, n_groups=1, conv_kernel=4, expand=2, tie_word_embeddings=True),
+}
+
+
+def hf_mamba2(tie: bool = False, seed: int = 0, **over):
+    """The tiny transformers Mamba2ForCausalLM, weights perturbed from `seed` (A_log, dt_bias, D, norms too)."""
+    torch.manual_seed(seed)
+    m = tf.Mamba2ForCausalLM(tf.Mamba2Config(**{**TINY, **over}, tie_word_embeddings=tie)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.2)
+            else:
+                p.add_(0.1 * torch.randn_like(p))
+    return m
+
+
+def saved(hf, tmp_path) -> dict[str, torch.Tensor]:
+    """The tensors of hf's `save_pretrained` file, and the config.json it wrote (parsed)."""
+    hf.save_pretrained(tmp_path)
+    with open(tmp_path / "config.json", encoding="utf-8") as f:
+        cfg = json.load(f)
+    return load_file(str(tmp_path / "model.safetensors")), cfg
+
+
+def compiled_from(cfg: dict, **kw):
+    c = compiler.compile(spec_from_hf_config(cfg), with_nodes=True, **kw)
+    assert c.ok, "\n".join(d.render() for d in c.errors)
+    return c
+
+
+def omnic_torch(tmp_path, tie: bool = False):
+    """(transformers model, omnic torch model loaded from its save_pretrained file, compiled spec)."""
+    hf = hf_mamba2(tie)
+    tensors, cfg = saved(hf, tmp_path)
+    c = compiled_from(cfg)
+    model = rt.build(c, init=False)
+    rt.load_state_dict_mapped(model, tensors, hf_key_map("mamba2"), strict=True)
+    return hf, model.eval(), c
+
+
+IDS = torch.randint(3, 96, (2, 13), generator=torch.Generator().manual_seed(1))
+
+
+# --- counts ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tie", [False, True])
+def test_counts_equal_the_instantiated_transformers_modules(tie):
+    hf = hf_mamba2(tie)
+    c = compiled_from(hf.config.to_dict())
+    n_hf = sum(p.numel() for p in hf.parameters())              # tied lm_head counted once, as in the report
+    assert c.report["params"]["total"] == n_hf
+    backbone = sum(n["params"] for n in c.report["nodes"] if n["name"].startswith("lm.backbone."))
+    assert backbone == sum(p.numel() for p in tf.Mamba2Model(hf.config).parameters())
+    assert sum(p.numel() for p in rt.build(c, init=False).parameters()) == n_hf
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_full_size_counts_equal_transformers_on_meta(name):
+    cfg = tf.Mamba2Config(**PUBLISHED[name])
+    with torch.device("meta"):
+        want = sum(p.numel() for p in tf.Mamba2ForCausalLM(cfg).parameters())
+    c = compiled_from(cfg.to_dict(), batch=1, context=2048)
+    assert c.report["params"]["total"] == want, name
+    print(f"{name}: {want:,} parameters")
+
+
+def test_declared_names_are_the_checkpoints(tmp_path):
+    """Every tensor transformers saves, mapped by the importer's key map, is a declared weight, and no more."""
+    hf = hf_mamba2()
+    tensors, cfg = saved(hf, tmp_path)
+    c = compiled_from(cfg)
+    from compiler.cost import node_weights
+    declared = {k: tuple(w.shape) for n in c.graph.nodes() for k, w in node_weights(n).items()}
+    got = {"lm." + k: tuple(t.shape) for k, t in tensors.items()}
+    assert got == declared
+
+
+def test_older_embedding_name_loads(tmp_path):
+    """Checkpoints that name the embedding `backbone.embedding.weight` (renamed by transformers' load hook) load."""
+    hf, model, c = omnic_torch(tmp_path)
+    tensors = {k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in hf.state_dict().items()}
+    again = rt.build(c, init=False)
+    rt.load_state_dict_mapped(again, tensors, hf_key_map("mamba2"), strict=True)
+    assert torch.equal(again.state_dict()["lm.backbone.embeddings.weight"], hf.backbone.embeddings.weight)
+
+
+# --- numerics --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tie", [False, True])
+def test_logits_match_transformers(tie, tmp_path):
+    hf, model, _ = omnic_torch(tmp_path, tie)
+    with torch.no_grad():
+        want = hf(input_ids=IDS).logits
+        hidden = hf.backbone(input_ids=IDS).last_hidden_state
+        got = model(input_ids=IDS)
+    diff = (got["lm.lm_head"] - want).abs().max().item()
+    print(f"tie={tie}: max |logits diff| = {diff:.2e} (logits up to {want.abs().max().item():.1f})")
+    assert diff < 1e-4
+    assert want.abs().max() > 1.0, "degenerate test: tiny logits"
+
+
+def test_backbone_matches_mamba2model(tmp_path):
+    """The final norm's output equals Mamba2Model's last_hidden_state."""
+    hf, _, _ = omnic_torch(tmp_path)
+    tensors, cfg = load_file(str(tmp_path / "model.safetensors")), hf.config.to_dict()
+    spec = spec_from_hf_config(cfg)
+    spec["outputs"] = ["lm.backbone.norm_f"]
+    c = compiler.compile(spec).raise_for_errors()
+    model = rt.build(c, init=False)
+    rt.load_state_dict_mapped(model, tensors, hf_key_map("mamba2"), strict=False)
+    with torch.no_grad():
+        want = hf.backbone(input_ids=IDS).last_hidden_state
+        got = model(input_ids=IDS)["lm.backbone.norm_f"]
+    assert (got - want).abs().max().item() < 1e-4
+
+
+def test_mlx_matches_transformers(tmp_path):
+    import numpy as np
+
+    import runtime_mlx  # first: the OpenBLAS preload precedes `import mlx`
+    import mlx.core as mx
+    from runtime_mlx import weights as mlx_weights
+    hf = hf_mamba2()
+    _, cfg = saved(hf, tmp_path)
+    c = compiled_from(cfg)
+    model = runtime_mlx.build(c, init=False)
+    tensors = {k: mx.array(v.numpy()) for k, v in load_file(str(tmp_path / "model.safetensors")).items()}
+    mlx_weights.load_state_dict_mapped(model, tensors, hf_key_map("mamba2"))
+    with torch.no_grad():
+        want = hf(input_ids=IDS).logits.numpy()
+    got = np.array(model(input_ids=mx.array(IDS.numpy()))["lm.lm_head"])
+    diff = float(np.abs(got - want).max())
+    print(f"MLX: max |logits diff| = {diff:.2e}")
+    assert diff < 1e-4
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 64])
+def test_chunk_size_does_not_change_the_result(chunk, tmp_path):
+    hf, model, c = omnic_torch(tmp_path)
+    cfg = hf.config.to_dict()
+    cfg["chunk_size"] = chunk
+    other = rt.build(compiled_from(cfg), init=False)
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        a, b = model(input_ids=IDS)["lm.lm_head"], other(input_ids=IDS)["lm.lm_head"]
+    assert (a - b).abs().max().item() < 1e-4
+
+
+# --- accounting ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("T,chunk", [(13, 5), (13, 256), (1, 5), (10, 5)])
+def test_flop_rule_matches_torch_counter(T, chunk):
+    """Prefill FLOPs of one block == torch's FlopCounterMode over its forward (in_proj, convolution, the scan's
+    products, out_proj), for sequences of whole and partial chunks."""
+    from torch.utils.flop_counter import FlopCounterMode
+    cfg = {**TINY, "chunk_size": chunk, "num_hidden_layers": 1, "model_type": "mamba2"}
+    c = compiled_from(cfg, batch=2, context=T)
+    node = next(n for n in c.report["nodes"] if n["op"] == "Mamba2Block")
+    block = rt.build(c, seed=0).node(node["name"])
+    with FlopCounterMode(display=False) as fc:
+        block(torch.randn(2, T, TINY["hidden_size"]))
+    assert fc.get_total_flops() == node["flops_prefill"]
+
+
+# --- import ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("key,value", [("time_step_limit", [0.0, 100.0]), ("hidden_act", "gelu")])
+def test_importer_refuses_what_it_cannot_run(key, value):
+    cfg = {**TINY, "model_type": "mamba2", key: value}
+    with pytest.raises(ValueError, match=key):
+        spec_from_hf_config(cfg)
+
+
+def test_bad_head_layout_is_a_located_error():
+    cfg = {**TINY, "model_type": "mamba2", "num_heads": 6}
+    c = compiler.compile(spec_from_hf_config(cfg))
+    assert not c.ok
+    (err,) = c.errors
+    assert "num_heads" in err.render() and "inner width 64" in err.render()
