@@ -187,6 +187,17 @@ class Mamba2Block(Op):
         l = min(t, p.chunk_size)
         return rows * (p.proj_dim + p.conv_dim + p.inner) + 2 * b * p.num_heads * l * l
 
+    @classmethod
+    def saved(cls, p, ins, outs, ctx):
+        """Inputs of every product and nonlinearity: the normed input, in_proj's output, the convolution's input
+        and output, the scan's output, its gated and normed forms; per chunk the (B, H, l, l) decays and scores
+        and the state it starts from."""
+        x = ins[0]
+        rows, b, t = ctx.full(x.rows()), ctx.full(x.shape[0]), ctx.full(x.shape[1])
+        chunks = chunk_lengths(t, p.chunk_size)
+        per_chunk = sum(2 * p.num_heads * l * l for l in chunks) + len(chunks) * p.num_heads * p.head_dim * p.state_size
+        return rows * (p.D + p.proj_dim + 2 * p.conv_dim + 3 * p.inner) + b * per_chunk
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 class Mamba2LMParams(SSMParams):
