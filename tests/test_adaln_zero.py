@@ -143,7 +143,7 @@ def test_bad_params_are_located_errors(bad, match):
     assert match in c.errors[0].render() and "layers[0].params" in c.errors[0].render()
 
 
-# --- in the flow-matching head -----------------------------------------------------------------------------------------
+# --- in the flow-matching head ---------------------------------------------------------------------------------------
 HEAD = {"out_dim": 8, "hidden_dim": 12, "freq_dim": 8, "num_blocks": 2, "block": "adaln_zero", "num_heads": 3}
 
 

@@ -9,7 +9,7 @@ D (hidden), I = expand D (inner), H heads of size P (H P = I), G groups sharing 
     xBC        = silu(mixer.conv1d(xBC))                                 depthwise causal, kernel K, over T
     x | B | C  = xBC                                                     (B, T, H, P) | (B, T, G, N) | (B, T, G, N)
     dt         = softplus(dt + mixer.dt_bias);  A = -exp(mixer.A_log)    (B, T, H), (H,)
-    S_t        = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T                    per head: (P, N); heads share their group's B, C
+    S_t        = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T                    per head (P, N); a group's heads share B, C
     y_t        = S_t C_t + mixer.D x_t                                   (B, T, H, P)
     y          = mixer.norm(y * silu(z))                                 RMSNorm over G groups of I / G, eps norm_eps
     out        = x + mixer.out_proj(y)                                   (B, T, D)
@@ -195,7 +195,8 @@ class Mamba2Block(Op):
         x = ins[0]
         rows, b, t = ctx.full(x.rows()), ctx.full(x.shape[0]), ctx.full(x.shape[1])
         chunks = chunk_lengths(t, p.chunk_size)
-        per_chunk = sum(2 * p.num_heads * l * l for l in chunks) + len(chunks) * p.num_heads * p.head_dim * p.state_size
+        H = p.num_heads
+        per_chunk = sum(2 * H * l * l for l in chunks) + len(chunks) * H * p.head_dim * p.state_size
         return rows * (p.D + p.proj_dim + 2 * p.conv_dim + 3 * p.inner) + b * per_chunk
 
 
