@@ -207,3 +207,19 @@ def test_bad_head_layout_is_a_located_error():
     assert not c.ok
     (err,) = c.errors
     assert "num_heads" in err.render() and "inner width 64" in err.render()
+
+
+def test_omnic_import_hf_reads_the_config_transformers_wrote(tmp_path):
+    """`omnic import-hf` on the config.json of save_pretrained (time_step_limit's infinity as transformers 5.x
+    writes it) gives a spec that compiles to the model's count."""
+    from click.testing import CliRunner
+
+    from compiler.cli import cli
+    hf = hf_mamba2(tie=True)
+    hf.config.save_pretrained(tmp_path)
+    out = tmp_path / "spec.json"
+    r = CliRunner().invoke(cli, ["import-hf", str(tmp_path / "config.json"), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    spec = json.loads(out.read_text(encoding="utf-8"))
+    assert [l["type"] for l in spec["layers"]] == ["Mamba2LM"]
+    assert compiler.compile(str(out)).report["params"]["total"] == sum(p.numel() for p in hf.parameters())
