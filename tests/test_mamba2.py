@@ -6,13 +6,16 @@ chunks) is built with a fixed seed, its weights perturbed so that every tensor m
 loaded strictly through the importer's key map, and the outputs compared (fp32, 1e-4) in torch and in MLX.
 Counts: the compiler's report == the instantiated transformers modules (tiny, tied and untied) == transformers on
 the meta device for published configs (mamba2-130m, mamba2-370m). FLOPs: the rule == torch's FlopCounterMode on
-the block. Decoding: see test_mamba2_decode.py.
+the block. Decoding through the declared state (SSM state, convolution inputs), in both runtimes: `generate` ==
+transformers' generate, cached steps == the full forward, the caches' bytes == the report's decode state, the FLOPs
+of a decoded token == the counter's.
 """
 from __future__ import annotations
 
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import transformers as tf
@@ -21,6 +24,7 @@ from safetensors.torch import load_file
 import compiler
 import runtime_torch as rt
 from compiler.importers import hf_key_map, spec_from_hf_config
+from runtime_torch.generate import DecodeSession, generate
 
 warnings.filterwarnings("ignore", message=".*(causal_conv1d|mamba_ssm).*")
 
@@ -75,6 +79,13 @@ def omnic_torch(tmp_path, tie: bool = False):
 IDS = torch.randint(3, 96, (2, 13), generator=torch.Generator().manual_seed(1))
 
 
+@pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])
+def tiny(request, tmp_path_factory):
+    """(transformers model, omnic torch model, compiled spec, the save_pretrained directory), untied and tied."""
+    path = tmp_path_factory.mktemp("mamba2")
+    return (*omnic_torch(path, request.param), path)
+
+
 # --- counts ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("tie", [False, True])
 def test_counts_equal_the_instantiated_transformers_modules(tie):
@@ -108,9 +119,9 @@ def test_declared_names_are_the_checkpoints(tmp_path):
     assert got == declared
 
 
-def test_older_embedding_name_loads(tmp_path):
+def test_older_embedding_name_loads(tiny):
     """Checkpoints that name the embedding `backbone.embedding.weight` (renamed by transformers' load hook) load."""
-    hf, model, c = omnic_torch(tmp_path)
+    hf, model, c, _ = tiny
     tensors = {k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in hf.state_dict().items()}
     again = rt.build(c, init=False)
     rt.load_state_dict_mapped(again, tensors, hf_key_map("mamba2"), strict=True)
@@ -118,12 +129,11 @@ def test_older_embedding_name_loads(tmp_path):
 
 
 # --- numerics --------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("tie", [False, True])
-def test_logits_match_transformers(tie, tmp_path):
-    hf, model, _ = omnic_torch(tmp_path, tie)
+def test_logits_match_transformers(tiny):
+    hf, model, _, _ = tiny
+    tie = hf.config.tie_word_embeddings
     with torch.no_grad():
         want = hf(input_ids=IDS).logits
-        hidden = hf.backbone(input_ids=IDS).last_hidden_state
         got = model(input_ids=IDS)
     diff = (got["lm.lm_head"] - want).abs().max().item()
     print(f"tie={tie}: max |logits diff| = {diff:.2e} (logits up to {want.abs().max().item():.1f})")
@@ -131,10 +141,10 @@ def test_logits_match_transformers(tie, tmp_path):
     assert want.abs().max() > 1.0, "degenerate test: tiny logits"
 
 
-def test_backbone_matches_mamba2model(tmp_path):
+def test_backbone_matches_mamba2model(tiny):
     """The final norm's output equals Mamba2Model's last_hidden_state."""
-    hf, _, _ = omnic_torch(tmp_path)
-    tensors, cfg = load_file(str(tmp_path / "model.safetensors")), hf.config.to_dict()
+    hf, _, _, path = tiny
+    tensors, cfg = load_file(str(path / "model.safetensors")), hf.config.to_dict()
     spec = spec_from_hf_config(cfg)
     spec["outputs"] = ["lm.backbone.norm_f"]
     c = compiler.compile(spec).raise_for_errors()
@@ -146,17 +156,13 @@ def test_backbone_matches_mamba2model(tmp_path):
     assert (got - want).abs().max().item() < 1e-4
 
 
-def test_mlx_matches_transformers(tmp_path):
-    import numpy as np
-
+def test_mlx_matches_transformers(tiny):
     import runtime_mlx  # first: the OpenBLAS preload precedes `import mlx`
     import mlx.core as mx
     from runtime_mlx import weights as mlx_weights
-    hf = hf_mamba2()
-    _, cfg = saved(hf, tmp_path)
-    c = compiled_from(cfg)
+    hf, _, c, path = tiny
     model = runtime_mlx.build(c, init=False)
-    tensors = {k: mx.array(v.numpy()) for k, v in load_file(str(tmp_path / "model.safetensors")).items()}
+    tensors = {k: mx.array(v.numpy()) for k, v in load_file(str(path / "model.safetensors")).items()}
     mlx_weights.load_state_dict_mapped(model, tensors, hf_key_map("mamba2"))
     with torch.no_grad():
         want = hf(input_ids=IDS).logits.numpy()
@@ -167,8 +173,8 @@ def test_mlx_matches_transformers(tmp_path):
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 64])
-def test_chunk_size_does_not_change_the_result(chunk, tmp_path):
-    hf, model, c = omnic_torch(tmp_path)
+def test_chunk_size_does_not_change_the_result(chunk, tiny):
+    hf, model, c, _ = tiny
     cfg = hf.config.to_dict()
     cfg["chunk_size"] = chunk
     other = rt.build(compiled_from(cfg), init=False)
@@ -223,3 +229,87 @@ def test_omnic_import_hf_reads_the_config_transformers_wrote(tmp_path):
     spec = json.loads(out.read_text(encoding="utf-8"))
     assert [l["type"] for l in spec["layers"]] == ["Mamba2LM"]
     assert compiler.compile(str(out)).report["params"]["total"] == sum(p.numel() for p in hf.parameters())
+
+
+# --- decoding ------------------------------------------------------------------------------------------------------
+PROMPT, NEW = 6, 14
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """(transformers model, omnic torch model, compiled spec) of the untied tiny model."""
+    return omnic_torch(tmp_path_factory.mktemp("mamba2_decode"))
+
+
+def test_greedy_equals_transformers(pair):
+    hf, model, _ = pair
+    ids = torch.randint(3, 96, (2, PROMPT), generator=torch.Generator().manual_seed(2))
+    want = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, num_beams=1, max_new_tokens=NEW,
+                       eos_token_id=None, pad_token_id=0)
+    got = generate(model, ids, NEW)
+    assert got.tolist() == want.tolist()
+    assert len(set(got[0, PROMPT:].tolist())) > 2, "degenerate test: the model repeats one token"
+
+
+@pytest.mark.parametrize("parts", [(1,) * 11, (3, 1, 5, 2), (6, 5)])
+def test_cached_steps_equal_the_full_forward(pair, parts):
+    """Feeding the sequence token by token, or in chunks (which cross the scan's 5-token chunks), through the
+    state gives the full forward's logits."""
+    _, model, _ = pair
+    ids = torch.randint(0, 96, (2, sum(parts)), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(input_ids=ids)["lm.lm_head"]
+    s = DecodeSession(model)
+    out, start = [], 0
+    for n in parts:
+        out.append(s.step(ids[:, start:start + n]))
+        start += n
+    assert s.seen == sum(parts)
+    assert (torch.cat(out, dim=1) - full).abs().max().item() < 1e-4
+
+
+def test_cache_bytes_equal_the_reports_decode_state(pair):
+    """After a prefill of 5 and 4 decoded tokens at batch 2, the caches hold exactly the compiler's decode state
+    (fp32): per layer (B, H, P, N) + (B, I + 2 G N, K - 1), independent of the length."""
+    hf, model, _ = pair
+    s = DecodeSession(model, reserve=9)
+    s.step(torch.zeros(2, 5, dtype=torch.long))
+    for _ in range(4):
+        s.step(torch.zeros(2, 1, dtype=torch.long))
+    held = sum(t.untyped_storage().nbytes() for c in s.caches.values() for t in c.tensors())
+    report = compiler.compile(spec_from_hf_config(hf.config.to_dict()), batch=2, context=9).report
+    assert held == report["memory"]["decode_state"]["fp32"]
+    cfg = hf.config
+    per_layer = 2 * (cfg.num_heads * cfg.head_dim * cfg.state_size
+                     + (cfg.expand * cfg.hidden_size + 2 * cfg.n_groups * cfg.state_size) * (cfg.conv_kernel - 1))
+    assert held == 4 * per_layer * cfg.num_hidden_layers
+
+
+def test_decode_flops_match_torch_counter(pair):
+    """The report's FLOPs per decoded token == torch's FlopCounterMode over one cached step (batch 1)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    hf, model, _ = pair
+    report = compiler.compile(spec_from_hf_config(hf.config.to_dict()), batch=1, context=8).report
+    s = DecodeSession(model, pack=False)
+    s.step(torch.zeros(1, 7, dtype=torch.long))
+    with FlopCounterMode(display=False) as fc:
+        s.step(torch.zeros(1, 1, dtype=torch.long))
+    assert fc.get_total_flops() == report["flops"]["decode_per_token"]
+
+
+def test_mlx_generate_equals_torch_and_holds_the_declared_state(pair):
+    import runtime_mlx  # first: the OpenBLAS preload precedes `import mlx`
+    import mlx.core as mx
+    from runtime_mlx import generate as mlx_generate
+    from runtime_mlx import weights as mlx_weights
+    hf, model, c = pair
+    m = runtime_mlx.build(c, init=False)
+    mlx_weights.load_state_dict_mapped(m, {k: mx.array(v.numpy()) for k, v in hf.state_dict().items()},
+                                       hf_key_map("mamba2"))
+    ids = torch.randint(3, 96, (2, PROMPT), generator=torch.Generator().manual_seed(2))
+    ours = np.array(mlx_generate.generate(m, mx.array(ids.numpy()), NEW))
+    assert ours.tolist() == generate(model, ids, NEW).tolist()
+    s = mlx_generate.DecodeSession(m)
+    mx.eval(s.step(mx.array(ids.numpy())))
+    report = compiler.compile(spec_from_hf_config(hf.config.to_dict()), batch=2, context=PROMPT).report
+    assert s.cache_nbytes() == report["memory"]["decode_state"]["fp32"]
