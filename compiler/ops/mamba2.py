@@ -40,7 +40,7 @@ from typing import Optional
 from pydantic import Field
 
 from ..ir import IDS, TOKENS
-from ..registry import Op, Params, Slot, W, linear_flops, register
+from ..registry import Op, Params, Slot, State, W, linear_flops, register
 from .basic import check_width
 
 DT_INIT = 0.01                                          # softplus(dt_bias) at initialisation
@@ -174,9 +174,11 @@ class Mamba2Block(Op):
                 + linear_flops(rows, p.inner, p.D))
 
     @classmethod
-    def state(cls, p, ins, outs, ctx):
-        b = ctx.full(ins[0].shape[0])
-        return b * (p.num_heads * p.head_dim * p.state_size + p.conv_dim * (p.conv_kernel - 1))   # S + conv inputs
+    def decode_state(cls, p, ins):
+        """Per example: the SSM state (H, P, N) and the convolution's last K - 1 inputs (I + 2 G N, K - 1); both
+        replaced at each call, neither grows."""
+        return (State("ssm", "ssm", (p.num_heads, p.head_dim, p.state_size)),
+                State("conv", "conv", (p.conv_dim, p.conv_kernel - 1)))
 
     @classmethod
     def workspace(cls, p, ins, outs, ctx):

@@ -2,8 +2,9 @@
 AdaLNZeroBlock, FlowMatchingHead, VQVAEDecoder.
 
 The computations are those of the op docstrings (AdaLNZeroBlock: DiT's `DiTBlock`, attention through
-`mx.fast.scaled_dot_product_attention`). VQVAEDecoder keeps its maps channels-last (B, h, w, c) inside, with
-channels-last kernels (`layout.py`); its input and output are (B, C, h, w) as in the graph.
+`mx.fast.scaled_dot_product_attention`), forward code over the tensors the declarations built (`Node`).
+VQVAEDecoder keeps its maps channels-last (B, h, w, c) inside, with channels-last kernels (`layout.py`); its input
+and output are (B, C, h, w) as in the graph.
 
 Memory: MLX's CPU convolution unfolds its input (im2col, 9 x the input for a 3x3 kernel), and the nearest-code
 search scores every position against every code. Where those buffers would exceed BAND_BYTES, the decoder works in
@@ -20,14 +21,11 @@ from typing import Optional
 import mlx.core as mx
 from mlx import nn
 
-from compiler.ops.generative import AdaLNZeroBlock as AdaLNZeroOp
 from compiler.ops.generative import VQVAEDecoder as VQOp
-from compiler.ops.generative import adaln_zero_weights
 
+from ..kernels import ACT, dense
+from ..node import Node
 from ..registry import implements
-from .basic import ACT
-from .transformer import Box, Lin, _ref, place
-from .vision import Named
 
 BAND_BYTES = 64 * 2 ** 20      # the largest im2col / distance buffer built at once
 
@@ -56,69 +54,36 @@ def timestep_embedding(t: mx.array, dim: int, max_period: float = 10000.0) -> mx
     return mx.concatenate([mx.cos(args), mx.sin(args)], axis=-1)                # (B, dim)
 
 
-def adaln_zero(t, x, c, heads: int, act, eps: float = 1e-6):
-    """One DiT block with adaLN-Zero over tokens x (B, N, D) and the condition c (B, C); `t(name)` returns the
-    block's tensor `name` (a declared name of `adaln_zero_weights`, or None for an absent bias)."""
+def adaln_zero(blk: nn.Module, x, c, heads: int, act, eps: float = 1e-6):
+    """One DiT block with adaLN-Zero over tokens x (B, N, D) and the condition c (B, C); `blk` holds the block's
+    declared modules (attn.qkv, attn.proj, mlp.fc1, mlp.fc2, adaLN_modulation.1)."""
     B, N, D = x.shape
-
-    def lin(h, name):
-        y, b = h @ t(name + ".weight").T, t(name + ".bias")
-        return y if b is None else y + b
-
-    mod = lin(nn.silu(c), "adaLN_modulation.1")[:, None]                                     # (B, 1, 6D)
-    shift1, scale1, gate1, shift2, scale2, gate2 = mx.split(mod, 6, axis=-1)                  # (B, 1, D) each
+    mod = dense(nn.silu(c), blk["adaLN_modulation"]["1"])[:, None]                        # (B, 1, 6D)
+    shift1, scale1, gate1, shift2, scale2, gate2 = mx.split(mod, 6, axis=-1)                # (B, 1, D) each
     h = mx.fast.layer_norm(x, None, None, eps) * (1 + scale1) + shift1
-    qkv = lin(h, "attn.qkv").reshape(B, N, 3, heads, D // heads).transpose(2, 0, 3, 1, 4)    # (3, B, H, N, hs)
+    qkv = dense(h, blk["attn"]["qkv"]).reshape(B, N, 3, heads, D // heads).transpose(2, 0, 3, 1, 4)  # (3,B,H,N,hs)
     y = mx.fast.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=(D // heads) ** -0.5)   # (B, H, N, hs)
-    x = x + gate1 * lin(y.transpose(0, 2, 1, 3).reshape(B, N, D), "attn.proj")                # (B, N, D)
+    x = x + gate1 * dense(y.transpose(0, 2, 1, 3).reshape(B, N, D), blk["attn"]["proj"])    # (B, N, D)
     h = mx.fast.layer_norm(x, None, None, eps) * (1 + scale2) + shift2
-    return x + gate2 * lin(act(lin(h, "mlp.fc1")), "mlp.fc2")                                # (B, N, D)
-
-
-class _Block(Named):
-    """The declared tensors of one AdaLN-Zero block; `get(name)` is None for a tensor it does not declare."""
-
-    def get(self, name: str):
-        try:
-            return self.t(name)
-        except (KeyError, AttributeError):
-            return None
+    return x + gate2 * dense(act(dense(h, blk["mlp"]["fc1"])), blk["mlp"]["fc2"])          # (B, N, D)
 
 
 @implements("AdaLNZeroBlock")
-class AdaLNZeroBlock(_Block):
+class AdaLNZeroBlock(Node):
     def __init__(self, p, in_types):
-        super().__init__("AdaLNZeroBlock", AdaLNZeroOp.weights(p))
-        _ref(self, heads=p.num_heads, act=ACT[p.mlp])
+        super().__init__(p, in_types)
+        self.keep(heads=p.num_heads, act=ACT[p.mlp])
 
     def __call__(self, x, c):
-        return adaln_zero(self.get, x, c, self.heads, self.act)
+        return adaln_zero(self, x, c, self.heads, self.act)
 
 
 @implements("FlowMatchingHead")
-class FlowMatchingHead(nn.Module):
+class FlowMatchingHead(Node):
     def __init__(self, p, in_types):
-        super().__init__()
-        D, Fw = p.in_dim, p.hidden_dim
-        self.freq_dim, self.time_scale, self.adaln = p.freq_dim, p.time_scale, p.conditioning == "adaln"
-        self.time_embed = Box()
-        self.time_embed.fc1, self.time_embed.fc2 = Lin(Fw, p.freq_dim, True), Lin(Fw, Fw, True)
-        self.in_proj = Lin(Fw, D, True)
-        self.blocks = []
-        _ref(self, dit=p.block == "adaln_zero", heads=p.num_heads)
-        for _ in range(p.num_blocks if not self.dit else 0):
-            b = Box()
-            b.mlp = Box()
-            b.mlp.fc1, b.mlp.fc2 = Lin(Fw, Fw, True), Lin(Fw, Fw, True)
-            if self.adaln:
-                b.ada = Lin(3 * Fw, Fw, True)
-            self.blocks.append(b)
-        if self.dit:
-            self.blocks.extend(_Block("FlowMatchingHead", adaln_zero_weights(Fw, Fw, p.ff_dim))
-                               for _ in range(p.num_blocks))
-        if self.adaln:
-            self.final_ada = Lin(2 * Fw, Fw, True)
-        self.out_proj = Lin(p.out_dim, Fw, True)
+        super().__init__(p, in_types)
+        self.keep(freq_dim=p.freq_dim, time_scale=p.time_scale, heads=p.num_heads, adaln=p.conditioning == "adaln",
+                  dit=p.block == "adaln_zero", layers=[self.at(f"blocks.{i}") for i in range(p.num_blocks)])
 
     def __call__(self, x, t: Optional[mx.array] = None):
         """x (B, N, D); t (B,) in [0, 1]: the wired `time` input, or this keyword when the spec wires none."""
@@ -126,43 +91,31 @@ class FlowMatchingHead(nn.Module):
             raise TypeError("FlowMatchingHead needs the flow time t (B,): wire a scalar input to it, or call the "
                             "module with t=...")
         e = timestep_embedding(t * self.time_scale, self.freq_dim).astype(x.dtype)   # (B, freq)
-        c = self.time_embed.fc2(nn.silu(self.time_embed.fc1(e)))[:, None]      # (B, 1, F)
-        h = self.in_proj(x)                                                     # (B, N, F)
+        c = dense(nn.silu(dense(e, self["time_embed"]["fc1"])), self["time_embed"]["fc2"])   # (B, F)
+        h = dense(x, self["in_proj"])                                           # (B, N, F)
         ln = lambda z: mx.fast.layer_norm(z, None, None, 1e-6)                 # noqa: E731
         if not self.adaln:
-            h = h + c
-        for b in self.blocks:
+            h = h + c[:, None]
+        for b in self.layers:
             if self.dit:
-                h = adaln_zero(b.get, h, c[:, 0], self.heads, ACT["gelu_tanh"])
+                h = adaln_zero(b, h, c, self.heads, ACT["gelu_tanh"])
             elif self.adaln:
-                shift, scale, gate = mx.split(b.ada(nn.silu(c)), 3, axis=-1)    # (B, 1, F) each
-                h = h + gate * b.mlp.fc2(nn.silu(b.mlp.fc1(ln(h) * (1 + scale) + shift)))
+                shift, scale, gate = mx.split(dense(nn.silu(c), b["ada"])[:, None], 3, axis=-1)   # (B, 1, F) each
+                h = h + gate * dense(nn.silu(dense(ln(h) * (1 + scale) + shift, b["mlp"]["fc1"])), b["mlp"]["fc2"])
             else:
-                h = h + b.mlp.fc2(nn.silu(b.mlp.fc1(ln(h))))
+                h = h + dense(nn.silu(dense(ln(h), b["mlp"]["fc1"])), b["mlp"]["fc2"])
         if self.adaln:
-            shift, scale = mx.split(self.final_ada(nn.silu(c)), 2, axis=-1)
-            return self.out_proj(ln(h) * (1 + scale) + shift)                   # (B, N, out)
-        return self.out_proj(ln(h))
+            shift, scale = mx.split(dense(nn.silu(c), self["final_ada"])[:, None], 2, axis=-1)
+            return dense(ln(h) * (1 + scale) + shift, self["out_proj"])         # (B, N, out)
+        return dense(ln(h), self["out_proj"])
 
 
 @implements("VQVAEDecoder")
-class VQVAEDecoder(nn.Module):
+class VQVAEDecoder(Node):
     def __init__(self, p, in_types):
-        super().__init__()
-        self.quantize = p.codebook_size is not None and p.quantize
-        if p.codebook_size is not None:
-            place(self, "codebook.weight", param=(p.codebook_size, p.in_channels))
-        convs = VQOp.convs(p)                                                   # (name, in, out, upsample)
-        for name, cin, cout, _ in convs:
-            place(self, name + ".weight", param=(cout, 3, 3, cin))              # MLX layout (O, kh, kw, I)
-            place(self, name + ".bias", param=(cout,))
-        _ref(self, convs=convs)
-
-    def module(self, name: str) -> nn.Module:
-        m = self
-        for part in name.split("."):
-            m = m[int(part)] if isinstance(m, list) else m[part]
-        return m
+        super().__init__(p, in_types)
+        self.keep(quantize=p.codebook_size is not None and p.quantize,
+                  convs=[(self.at(name), up) for name, _, _, up in VQOp.convs(p)])     # (module, upsample)
 
     def nearest_code(self, z):
         """(B, h, w, C) -> the nearest codebook vector at every position (positions in chunks of BAND_BYTES of
@@ -187,12 +140,11 @@ class VQVAEDecoder(nn.Module):
         x = z.transpose(0, 2, 3, 1)                                             # (B, h, w, C)
         if self.quantize:
             x = self.nearest_code(x)
-        for i, (name, _, _, up) in enumerate(self.convs):
-            m = self.module(name)
+        for i, (m, up) in enumerate(self.convs):
             if up:
                 B, h, w, c = x.shape                                            # nearest x2, one copy:
                 x = mx.broadcast_to(nn.silu(x)[:, :, None, :, None], (B, h, 2, w, 2, c)).reshape(B, 2 * h, 2 * w, c)
-            elif name == "conv_out" and i:
+            elif i and i == len(self.convs) - 1:                                # before conv_out
                 x = nn.silu(x)
             x = conv3x3(x, m["weight"], m["bias"])
         return x.transpose(0, 3, 1, 2)                                          # (B, 3, h*2^s, w*2^s)

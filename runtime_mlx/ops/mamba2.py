@@ -3,8 +3,8 @@
 The same chunked SSD scan in float32 (four matrix products per chunk), softplus(dt + dt_bias), A = -exp(A_log), the
 D skip and the gated RMSNorm over n_groups groups. The convolution kernel is channels-last (I + 2 G N, K, 1)
 (`runtime_mlx/layout.py`) and runs as `mx.conv1d` on (B, T, C).
-Decoding: `__call__(x, cache=None)`; the cache holds `ssm` (B, H, P, N) and `conv` (B, K - 1, I + 2 G N) (the torch
-runtime's (B, C, K-1) transposed, the same bytes), in x's dtype.
+Decoding: `__call__(x, cache=None)`; the declared states live in `cache.state`: "ssm" (B, H, P, N) and "conv"
+(B, K - 1, I + 2 G N) (the torch runtime's (B, C, K-1) transposed, the same bytes), in x's dtype.
 Shape vocabulary: B batch, T tokens of this call, l tokens of a chunk, D width, I inner width, H heads, P head
 size, G groups, N state size, K kernel.
 """
@@ -12,24 +12,21 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from compiler.ops.mamba2 import Mamba2Block as Op
-
+from ..kernels import dense, rms_norm, silu
+from ..node import Node
 from ..registry import implements
-from .basic import rms_norm, silu
-from .vision import Named
 
 
-def causal_conv(u: mx.array, weight: mx.array, bias, past) -> tuple[mx.array, mx.array]:
-    """Depthwise causal convolution of u (B, T, C) continuing `past` (B, K-1, C) (zeros when None), then SiLU;
-    returns (B, T, C) and the new past (the last K-1 inputs)."""
-    K = weight.shape[1]
+def causal_conv(u: mx.array, conv, past) -> tuple[mx.array, mx.array]:
+    """Depthwise causal convolution (module `conv`: weight (C, K, 1), bias optional) of u (B, T, C) continuing
+    `past` (B, K-1, C) (zeros when None), then SiLU; returns (B, T, C) and the new past (the last K-1 inputs)."""
+    w, bias = conv["weight"], conv.get("bias")
+    K = w.shape[1]
     if past is None:
         past = mx.zeros((u.shape[0], K - 1, u.shape[2]), dtype=u.dtype)      # (B, K-1, C)
     full = mx.concatenate((past, u), axis=1)                                 # (B, K-1+T, C)
-    y = mx.conv1d(full, weight, groups=u.shape[2])                           # (B, T, C)
-    if bias is not None:
-        y = y + bias
-    return silu(y), full[:, full.shape[1] - (K - 1):]
+    y = mx.conv1d(full, w, groups=u.shape[2])                                # (B, T, C)
+    return silu(y if bias is None else y + bias), full[:, full.shape[1] - (K - 1):]
 
 
 def ssd_scan(x, dt, A, Bm, Cm, chunk: int, S=None):
@@ -72,37 +69,28 @@ def gated_rms_norm(y, z, weight, groups: int, eps: float):
 
 
 @implements("Mamba2Block")
-class Mamba2Block(Named):
+class Mamba2Block(Node):
     def __init__(self, p, in_types):
-        super().__init__("Mamba2Block", Op.weights(p))
-        self._dims = (p.inner, p.num_heads, p.head_dim, p.n_groups, p.state_size)
-        self._eps, self._chunk = p.norm_eps, p.chunk_size
-        self._bias = {k: (k + ".bias") if (p.use_bias if "proj" in k else p.use_conv_bias) else None
-                      for k in ("mixer.in_proj", "mixer.conv1d", "mixer.out_proj")}
+        super().__init__(p, in_types)
+        self.keep(dims=(p.inner, p.num_heads, p.head_dim, p.n_groups, p.state_size), eps=p.norm_eps,
+                  chunk=p.chunk_size)
 
     def __call__(self, x, cache=None):
-        t, bias = self.t, self._bias
         b, T, _ = x.shape
-        I, H, P, G, N = self._dims
-        h = rms_norm(x, t("norm.weight"), self._eps, 0.0)
-        ib = bias["mixer.in_proj"]
-        zxbcdt = h @ t("mixer.in_proj.weight").T
-        if ib:
-            zxbcdt = zxbcdt + t(ib)
-        z, xbc, dt = mx.split(zxbcdt, [I, 2 * I + 2 * G * N], axis=-1)
-        cb = bias["mixer.conv1d"]
-        xbc, past = causal_conv(xbc, t("mixer.conv1d.weight"), cb and t(cb), None if cache is None else cache.conv)
+        I, H, P, G, N = self.dims
+        mixer, state = self["mixer"], {} if cache is None else cache.state
+        f32 = mx.float32
+        h = rms_norm(x, self["norm"]["weight"], self.eps)
+        z, xbc, dt = mx.split(dense(h, mixer["in_proj"]), [I, 2 * I + 2 * G * N], axis=-1)
+        xbc, state["conv"] = causal_conv(xbc, mixer["conv1d"], state.get("conv"))     # (B, T, I + 2GN)
         xs, Bm, Cm = mx.split(xbc, [I, I + G * N], axis=-1)                  # (B, T, I), (B, T, GN) x 2
-        dt = mx.logaddexp(dt.astype(mx.float32) + t("mixer.dt_bias").astype(mx.float32), 0.0)   # softplus (B, T, H)
-        A = -mx.exp(t("mixer.A_log").astype(mx.float32))                     # (H,)
+        dt = mx.logaddexp(dt.astype(f32) + mixer["dt_bias"].astype(f32), 0.0)   # softplus, (B, T, H)
+        A = -mx.exp(mixer["A_log"].astype(f32))                              # (H,)
         xs = xs.reshape(b, T, H, P)                                          # (B, T, H, P)
-        y, S = ssd_scan(xs, dt, A, Bm.reshape(b, T, G, N), Cm.reshape(b, T, G, N), self._chunk,
-                        None if cache is None else cache.ssm)
-        y = y + t("mixer.D").astype(mx.float32)[:, None] * xs.astype(mx.float32)   # (B, T, H, P)
+        y, S = ssd_scan(xs, dt, A, Bm.reshape(b, T, G, N), Cm.reshape(b, T, G, N), self.chunk, state.get("ssm"))
+        state["ssm"] = S.astype(x.dtype)
         if cache is not None:
-            cache.conv, cache.ssm = past, S.astype(x.dtype)
             cache.seen += T
-        y = gated_rms_norm(y.reshape(b, T, I), z, t("mixer.norm.weight"), G, self._eps)   # (B, T, I)
-        out = y.astype(x.dtype) @ t("mixer.out_proj.weight").T
-        ob = bias["mixer.out_proj"]
-        return x + (out + t(ob) if ob else out)                              # (B, T, D)
+        y = y + mixer["D"].astype(f32)[:, None] * xs.astype(f32)             # (B, T, H, P)
+        y = gated_rms_norm(y.reshape(b, T, I), z, mixer["norm"]["weight"], G, self.eps)   # (B, T, I)
+        return x + dense(y.astype(x.dtype), mixer["out_proj"])               # (B, T, D)

@@ -1,8 +1,9 @@
 """Torch implementations of `compiler/ops/generative.py`: AdaLNZeroBlock, FlowMatchingHead, VQVAEDecoder.
 
 The computations are those of the op docstrings (AdaLNZeroBlock: DiT's `DiTBlock`, attention through
-F.scaled_dot_product_attention). Shapes: B batch, N tokens, D input width, F hidden width, C latent channels (of
-the VQ decoder) or conditioning width (of AdaLNZeroBlock), K codes, h x w the latent grid, H heads, hs head size.
+F.scaled_dot_product_attention). AdaLNZeroBlock and FlowMatchingHead are forward code over the tensors their
+declarations built (`Node`). Shapes: B batch, N tokens, D input width, F hidden width, C latent channels (of the VQ
+decoder) or conditioning width (of AdaLNZeroBlock), K codes, h x w the latent grid, H heads, hs head size.
 """
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compiler.ops.generative import AdaLNZeroBlock as AdaLNZeroOp
-from compiler.ops.generative import adaln_zero_weights
+from compiler.ops.generative import VQVAEDecoder as VQOp
 
+from ..kernels import ACT, dense
+from ..node import Node
 from ..registry import implements
-from .transformer import ACT, Box, Lin, place
-from .vision import _Named
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -29,66 +29,37 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)                # (B, dim)
 
 
-def adaln_zero(t, x, c, heads: int, act, eps: float = 1e-6):
-    """One DiT block with adaLN-Zero over tokens x (B, N, D) and the condition c (B, C); `t(name)` returns the
-    block's tensor `name` (a declared name of `adaln_zero_weights`, or None for an absent bias)."""
+def adaln_zero(blk: nn.Module, x, c, heads: int, act, eps: float = 1e-6):
+    """One DiT block with adaLN-Zero over tokens x (B, N, D) and the condition c (B, C); `blk` holds the block's
+    declared modules (attn.qkv, attn.proj, mlp.fc1, mlp.fc2, adaLN_modulation.1)."""
     B, N, D = x.shape
-    mod = F.linear(F.silu(c), t("adaLN_modulation.1.weight"), t("adaLN_modulation.1.bias"))[:, None]   # (B, 1, 6D)
-    shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)                               # (B, 1, D)
+    mod = dense(F.silu(c), getattr(blk.adaLN_modulation, "1"))[:, None]                   # (B, 1, 6D)
+    shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)                     # (B, 1, D) each
     h = F.layer_norm(x, (D,), eps=eps) * (1 + scale1) + shift1
-    qkv = F.linear(h, t("attn.qkv.weight"), t("attn.qkv.bias"))
-    q, k, v = qkv.view(B, N, 3, heads, D // heads).permute(2, 0, 3, 1, 4)                  # (B, H, N, hs) each
+    q, k, v = dense(h, blk.attn.qkv).view(B, N, 3, heads, D // heads).permute(2, 0, 3, 1, 4)   # (B, H, N, hs)
     y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, D)            # (B, N, D)
-    x = x + gate1 * F.linear(y, t("attn.proj.weight"), t("attn.proj.bias"))
+    x = x + gate1 * dense(y, blk.attn.proj)
     h = F.layer_norm(x, (D,), eps=eps) * (1 + scale2) + shift2
-    h = act(F.linear(h, t("mlp.fc1.weight"), t("mlp.fc1.bias")))                            # (B, N, F)
-    return x + gate2 * F.linear(h, t("mlp.fc2.weight"), t("mlp.fc2.bias"))                  # (B, N, D)
-
-
-class _Block(_Named):
-    """The declared tensors of one AdaLN-Zero block; `get(name)` is None for a tensor it does not declare."""
-
-    def get(self, name: str):
-        try:
-            return self.t(name)
-        except KeyError:
-            return None
+    return x + gate2 * dense(act(dense(h, blk.mlp.fc1)), blk.mlp.fc2)                      # (B, N, D)
 
 
 @implements("AdaLNZeroBlock")
-class AdaLNZeroBlock(_Block):
+class AdaLNZeroBlock(Node):
     def __init__(self, p, in_types):
-        super().__init__(AdaLNZeroOp.weights(p))
-        self.heads, self.act = p.num_heads, ACT[p.mlp]
+        super().__init__(p, in_types)
+        self.keep(heads=p.num_heads, act=ACT[p.mlp])
 
     def forward(self, x, c):
-        return adaln_zero(self.get, x, c, self.heads, self.act)
+        return adaln_zero(self, x, c, self.heads, self.act)
 
 
 @implements("FlowMatchingHead")
-class FlowMatchingHead(nn.Module):
+class FlowMatchingHead(Node):
     def __init__(self, p, in_types):
-        super().__init__()
-        D, Fw = p.in_dim, p.hidden_dim
-        self.freq_dim, self.time_scale, self.adaln = p.freq_dim, p.time_scale, p.conditioning == "adaln"
-        self.time_embed = Box()
-        self.time_embed.fc1, self.time_embed.fc2 = Lin(Fw, p.freq_dim, True), Lin(Fw, Fw, True)
-        self.in_proj = Lin(Fw, D, True)
-        self.blocks = nn.ModuleList()
-        self.dit = p.block == "adaln_zero"
-        self.heads = p.num_heads
-        for _ in range(p.num_blocks if not self.dit else 0):
-            b = Box()
-            b.mlp = Box()
-            b.mlp.fc1, b.mlp.fc2 = Lin(Fw, Fw, True), Lin(Fw, Fw, True)
-            if self.adaln:
-                b.ada = Lin(3 * Fw, Fw, True)
-            self.blocks.append(b)
-        if self.dit:
-            self.blocks.extend(_Block(adaln_zero_weights(Fw, Fw, p.ff_dim)) for _ in range(p.num_blocks))
-        self.final_ada = Lin(2 * Fw, Fw, True) if self.adaln else None
-        self.out_proj = Lin(p.out_dim, Fw, True)
-        self.width = Fw
+        super().__init__(p, in_types)
+        self.keep(freq_dim=p.freq_dim, time_scale=p.time_scale, width=p.hidden_dim, heads=p.num_heads,
+                  adaln=p.conditioning == "adaln", dit=p.block == "adaln_zero",
+                  layers=[self.at(f"blocks.{i}") for i in range(p.num_blocks)])
 
     def forward(self, x, t: Optional[torch.Tensor] = None):
         """x (B, N, D); t (B,) in [0, 1]: the wired `time` input, or this keyword when the spec wires none."""
@@ -96,37 +67,31 @@ class FlowMatchingHead(nn.Module):
             raise TypeError("FlowMatchingHead needs the flow time t (B,): wire a scalar input to it, or call the "
                             "module with t=...")
         e = timestep_embedding(t * self.time_scale, self.freq_dim).to(x.dtype)   # (B, freq)
-        c = self.time_embed.fc2(F.silu(self.time_embed.fc1(e)))[:, None]        # (B, 1, F)
-        h = self.in_proj(x)                                                     # (B, N, F)
+        c = dense(F.silu(dense(e, self.time_embed.fc1)), self.time_embed.fc2)  # (B, F)
+        h = dense(x, self.in_proj)                                             # (B, N, F)
         ln = lambda z: F.layer_norm(z, (self.width,), eps=1e-6)                # noqa: E731
         if not self.adaln:
-            h = h + c
-        for b in self.blocks:
+            h = h + c[:, None]
+        for b in self.layers:
             if self.dit:
-                h = adaln_zero(b.get, h, c[:, 0], self.heads, ACT["gelu_tanh"])
+                h = adaln_zero(b, h, c, self.heads, ACT["gelu_tanh"])
             elif self.adaln:
-                shift, scale, gate = b.ada(F.silu(c)).chunk(3, dim=-1)           # (B, 1, F) each
-                h = h + gate * b.mlp.fc2(F.silu(b.mlp.fc1(ln(h) * (1 + scale) + shift)))
+                shift, scale, gate = dense(F.silu(c), b.ada)[:, None].chunk(3, dim=-1)   # (B, 1, F) each
+                h = h + gate * dense(F.silu(dense(ln(h) * (1 + scale) + shift, b.mlp.fc1)), b.mlp.fc2)
             else:
-                h = h + b.mlp.fc2(F.silu(b.mlp.fc1(ln(h))))
+                h = h + dense(F.silu(dense(ln(h), b.mlp.fc1)), b.mlp.fc2)
         if self.adaln:
-            shift, scale = self.final_ada(F.silu(c)).chunk(2, dim=-1)
-            return self.out_proj(ln(h) * (1 + scale) + shift)                   # (B, N, out)
-        return self.out_proj(ln(h))
+            shift, scale = dense(F.silu(c), self.final_ada)[:, None].chunk(2, dim=-1)
+            return dense(ln(h) * (1 + scale) + shift, self.out_proj)            # (B, N, out)
+        return dense(ln(h), self.out_proj)
 
 
 @implements("VQVAEDecoder")
-class VQVAEDecoder(nn.Module):
+class VQVAEDecoder(Node):
     def __init__(self, p, in_types):
-        super().__init__()
-        from compiler.ops.generative import VQVAEDecoder as Op
-        self.quantize = p.codebook_size is not None and p.quantize
-        if p.codebook_size is not None:
-            place(self, "codebook.weight", param=(p.codebook_size, p.in_channels))
-        self.convs = Op.convs(p)                                                # (name, in, out, upsample)
-        for name, cin, cout, _ in self.convs:
-            place(self, name + ".weight", param=(cout, cin, 3, 3))
-            place(self, name + ".bias", param=(cout,))
+        super().__init__(p, in_types)
+        self.keep(quantize=p.codebook_size is not None and p.quantize,
+                  convs=[(self.at(name), up) for name, _, _, up in VQOp.convs(p)])     # (module, upsample)
 
     def nearest_code(self, z):
         """(B, C, h, w) -> the nearest codebook vector at every position, straight-through for gradients."""
@@ -137,19 +102,12 @@ class VQVAEDecoder(nn.Module):
         zq = E[d.argmin(dim=1)].reshape(B, h, w, C).permute(0, 3, 1, 2)          # (B, C, h, w)
         return z + (zq - z).detach()
 
-    def module(self, name: str) -> nn.Module:
-        m = self
-        for part in name.split("."):
-            m = m._modules[part]
-        return m
-
     def forward(self, z):
         x = self.nearest_code(z) if self.quantize else z                        # (B, C, h, w)
-        for i, (name, _, _, up) in enumerate(self.convs):
-            m = self.module(name)
+        for i, (m, up) in enumerate(self.convs):
             if up:
                 x = F.interpolate(F.silu(x), scale_factor=2.0, mode="nearest")   # (B, c, 2h, 2w)
-            elif name == "conv_out" and i:
+            elif i and i == len(self.convs) - 1:                                # before conv_out
                 x = F.silu(x)
             x = F.conv2d(x, m.weight, m.bias, padding=1)
         return x                                                                # (B, 3, h*2^s, w*2^s)

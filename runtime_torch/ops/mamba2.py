@@ -7,8 +7,8 @@ within a chunk of l tokens y_i = sum_{j<=i} exp(a_i - a_j) (C_i . B_j) dt_j x_j,
 exp(a_i) C_i S; the chunk then leaves S <- exp(a_l) S + sum_j exp(a_l - a_j) dt_j x_j B_j^T (a = cumulative dt A
 from the chunk's start). A decoded token is a chunk of one.
 
-Decoding: `forward(x, cache=None)`; the cache holds `ssm` (B, H, P, N) and `conv` (B, I + 2 G N, K - 1), the
-last K - 1 inputs of the convolution, both in x's dtype.
+Decoding: `forward(x, cache=None)`; the op's declared states live in `cache.state`: "ssm" (B, H, P, N) and "conv"
+(B, I + 2 G N, K - 1), the last K - 1 inputs of the convolution, both in x's dtype.
 Shape vocabulary: B batch, T tokens of this call, l tokens of a chunk, D width, I inner width, H heads, P head
 size, G groups, N state size, K kernel.
 """
@@ -17,21 +17,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from compiler.ops.mamba2 import Mamba2Block as Op
-
+from ..kernels import dense, rms_norm
+from ..node import Node
 from ..registry import implements
-from .vision import _Named
 
 
-def causal_conv(u: torch.Tensor, weight: torch.Tensor, bias, past) -> tuple[torch.Tensor, torch.Tensor]:
-    """Depthwise causal convolution of u (B, C, T) continuing `past` (B, C, K-1) (zeros when None), then SiLU;
-    returns (B, C, T) and the new past (the last K-1 inputs)."""
-    K = weight.shape[-1]
+def causal_conv(u: torch.Tensor, conv, past) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depthwise causal convolution (module `conv`: weight (C, 1, K), bias or None) of u (B, C, T) continuing
+    `past` (B, C, K-1) (zeros when None), then SiLU; returns (B, C, T) and the new past (the last K-1 inputs)."""
+    K = conv.weight.shape[-1]
     if past is None:
         past = u.new_zeros(u.shape[0], u.shape[1], K - 1)                   # (B, C, K-1)
     full = torch.cat((past, u), dim=-1)                                      # (B, C, K-1+T)
-    y = F.conv1d(full, weight, bias, groups=u.shape[1])                      # (B, C, T)
-    return F.silu(y), full[..., full.shape[-1] - (K - 1):].clone()
+    y = F.conv1d(full, conv.weight, conv.bias, groups=u.shape[1])            # (B, C, T)
+    return F.silu(y), full[..., full.shape[-1] - (K - 1):].clone()          # own storage: the state
 
 
 def ssd_scan(x, dt, A, Bm, Cm, chunk: int, S=None):
@@ -73,35 +72,28 @@ def gated_rms_norm(y, z, weight, groups: int, eps: float):
 
 
 @implements("Mamba2Block")
-class Mamba2Block(_Named):
+class Mamba2Block(Node):
     def __init__(self, p, in_types):
-        super().__init__(Op.weights(p))
-        self.I, self.H, self.P, self.G, self.N = p.inner, p.num_heads, p.head_dim, p.n_groups, p.state_size
-        self.eps, self.chunk = p.norm_eps, p.chunk_size
-        self.bias = {k: (k + ".bias") if (p.use_bias if "proj" in k else p.use_conv_bias) else None
-                     for k in ("mixer.in_proj", "mixer.conv1d", "mixer.out_proj")}
+        super().__init__(p, in_types)
+        self.keep(dims=(p.inner, p.num_heads, p.head_dim, p.n_groups, p.state_size), eps=p.norm_eps,
+                  chunk=p.chunk_size, dt_bias=self.ref("mixer.dt_bias"), A_log=self.ref("mixer.A_log"),
+                  D=self.ref("mixer.D"))
 
     def forward(self, x, cache=None):
-        t, bias = self.t, self.bias
         b, T, _ = x.shape
-        I, H, P, G, N = self.I, self.H, self.P, self.G, self.N
-        h = x.float()
-        h = t("norm.weight") * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-        ib = bias["mixer.in_proj"]
-        z, xbc, dt = F.linear(h, t("mixer.in_proj.weight"), ib and t(ib)).split([I, I + 2 * G * N, H], dim=-1)
-        cb = bias["mixer.conv1d"]
-        xbc, past = causal_conv(xbc.transpose(1, 2), t("mixer.conv1d.weight"), cb and t(cb),
-                                None if cache is None else cache.conv)       # (B, I + 2GN, T)
+        I, H, P, G, N = self.dims
+        mixer, state = self.mixer, {} if cache is None else cache.state
+        h = rms_norm(x, self.norm.weight, self.eps)
+        z, xbc, dt = dense(h, mixer.in_proj).split([I, I + 2 * G * N, H], dim=-1)
+        xbc, state["conv"] = causal_conv(xbc.transpose(1, 2), mixer.conv1d, state.get("conv"))   # (B, I+2GN, T)
         xs, Bm, Cm = xbc.transpose(1, 2).split([I, G * N, G * N], dim=-1)    # (B, T, I), (B, T, GN) x 2
-        dt = F.softplus(dt.float() + t("mixer.dt_bias").float())             # (B, T, H)
-        A = -torch.exp(t("mixer.A_log").float())                             # (H,)
+        dt = F.softplus(dt.float() + getattr(*self.dt_bias).float())         # (B, T, H)
+        A = -torch.exp(getattr(*self.A_log).float())                         # (H,)
         xs = xs.reshape(b, T, H, P)                                          # (B, T, H, P)
-        y, S = ssd_scan(xs, dt, A, Bm.reshape(b, T, G, N), Cm.reshape(b, T, G, N), self.chunk,
-                        None if cache is None else cache.ssm)
-        y = y + t("mixer.D").float()[:, None] * xs.float()                   # (B, T, H, P)
+        y, S = ssd_scan(xs, dt, A, Bm.reshape(b, T, G, N), Cm.reshape(b, T, G, N), self.chunk, state.get("ssm"))
+        state["ssm"] = S.to(x.dtype)
         if cache is not None:
-            cache.conv, cache.ssm = past, S.to(x.dtype)
             cache.seen += T
-        y = gated_rms_norm(y.reshape(b, T, I), z, t("mixer.norm.weight"), G, self.eps)   # (B, T, I)
-        ob = bias["mixer.out_proj"]
-        return x + F.linear(y.to(x.dtype), t("mixer.out_proj.weight"), ob and t(ob))      # (B, T, D)
+        y = y + getattr(*self.D).float()[:, None] * xs.float()               # (B, T, H, P)
+        y = gated_rms_norm(y.reshape(b, T, I), z, mixer.norm.weight, G, self.eps)   # (B, T, I)
+        return x + dense(y.to(x.dtype), mixer.out_proj)                      # (B, T, D)
