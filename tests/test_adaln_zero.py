@@ -112,8 +112,8 @@ def test_identity_at_initialisation():
     with torch.no_grad():
         out = model(x=x, c=torch.randn(2, 16))["dit2"]
     assert torch.equal(out, x)
-    mod = model.node("dit0").get("adaLN_modulation.1.weight")
-    assert torch.count_nonzero(mod) == 0 and torch.count_nonzero(model.node("dit0").get("mlp.fc1.weight")) > 0
+    mod = model.node("dit0").t("adaLN_modulation.1.weight")
+    assert torch.count_nonzero(mod) == 0 and torch.count_nonzero(model.node("dit0").t("mlp.fc1.weight")) > 0
 
 
 def test_flop_rule_matches_torch_counter():
