@@ -5,7 +5,7 @@ A = -exp(A_log), the D skip, the gated RMSNorm over n_groups groups (float32, we
 The scan is the chunked SSD form written as four matrix products per chunk (the op docstring's FLOP convention):
 within a chunk of l tokens y_i = sum_{j<=i} exp(a_i - a_j) (C_i . B_j) dt_j x_j, plus the carried state's read-out
 exp(a_i) C_i S; the chunk then leaves S <- exp(a_l) S + sum_j exp(a_l - a_j) dt_j x_j B_j^T (a = cumulative dt A
-from the chunk's start). A decoded token is a chunk of one.
+from the chunk's start). A decoded token is a chunk of one; a traced forward (torch.export, ONNX) is one chunk.
 
 Decoding: `forward(x, cache=None)`; the op's declared states live in `cache.state`: "ssm" (B, H, P, N) and "conv"
 (B, I + 2 G N, K - 1), the last K - 1 inputs of the convolution, both in x's dtype.
@@ -42,12 +42,14 @@ def ssd_scan(x, dt, A, Bm, Cm, chunk: int, S=None):
     x, dt, Bm, Cm = x.float(), dt.float(), Bm.float(), Cm.float()
     S = x.new_zeros(b, H, P, N) if S is None else S.float()
     ys = []
-    for s in range(0, T, chunk):
-        l = min(chunk, T - s)
-        xc = x[:, s:s + l].transpose(1, 2)                                   # (B, H, l, P)
-        dtc = dt[:, s:s + l].transpose(1, 2)                                 # (B, H, l)
-        Bc = Bm[:, s:s + l].transpose(1, 2).unsqueeze(2)                     # (B, G, 1, l, N)
-        Cc = Cm[:, s:s + l].transpose(1, 2).unsqueeze(2)                     # (B, G, 1, l, N)
+    # traced (torch.export, ONNX): one chunk, as a symbolic length cannot drive the loop (the same result)
+    spans = [(0, T)] if torch.compiler.is_compiling() else [(s, min(s + chunk, T)) for s in range(0, T, chunk)]
+    for s, e in spans:
+        l = e - s
+        xc = x[:, s:e].transpose(1, 2)                                       # (B, H, l, P)
+        dtc = dt[:, s:e].transpose(1, 2)                                     # (B, H, l)
+        Bc = Bm[:, s:e].transpose(1, 2).unsqueeze(2)                         # (B, G, 1, l, N)
+        Cc = Cm[:, s:e].transpose(1, 2).unsqueeze(2)                         # (B, G, 1, l, N)
         a = torch.cumsum(dtc * A[:, None], dim=-1)                           # (B, H, l)
         causal = torch.ones(l, l, dtype=torch.bool, device=x.device).tril()
         decay = (a[..., :, None] - a[..., None, :]).masked_fill(~causal, float("-inf")).exp()   # (B, H, l, l)
