@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
 import re
@@ -43,12 +44,21 @@ class Compiled:
         return self
 
     def to_torch(self, **kw):
-        from runtime_torch import build
-        return build(self.raise_for_errors(), **kw)
+        """A `runtime_torch.OmnicModel` (kw as `runtime_torch.build`); raises SpecError on an invalid spec."""
+        return self.build_with("torch", **kw)
 
     def to_mlx(self, **kw):
-        from runtime_mlx import build
-        return build(self.raise_for_errors(), **kw)
+        """A `runtime_mlx.OmnicModel` (kw as `runtime_mlx.build`)."""
+        return self.build_with("mlx", **kw)
+
+    def build_with(self, runtime: str, **kw):
+        """The model of the runtime named `runtime` (RUNTIMES). The compiler imports no runtime: the runtime module
+        is looked up by name when a model is asked for, so runtimes depend on the compiler and never the reverse."""
+        return importlib.import_module(RUNTIMES[runtime]).build(self.raise_for_errors(), **kw)
+
+
+#: runtime name -> the module whose `build(compiled, **kw)` makes its model
+RUNTIMES = {"torch": "runtime_torch", "mlx": "runtime_mlx"}
 
 
 def load_source(spec: Union[str, os.PathLike, dict]) -> Source:

@@ -293,7 +293,7 @@ def test_vqvae_decoder_snaps_to_codes_straight_through():
 
 # --- FLOP rules against torch's counter (on the operations it counts: linear, conv, matmul) --------------------------
 FLOP_OPS = ["SegmentationHead", "ClassificationHead", "DetectionHead", "OCRHead", "FlowMatchingHead", "VQVAEDecoder",
-            "PerceiverResampler"]
+            "PerceiverResampler", "AdaLNZeroBlock", "Mamba2Block"]
 
 
 def _cpu_sdpa_flops(q, k, v, *args, **kwargs) -> int:
@@ -312,7 +312,7 @@ def test_flop_rule_matches_torch_counter(op):
 
     from tests.op_examples import ENV as OP_ENV
     from tests.op_examples import OP_EXAMPLES
-    from tests.test_torch_runtime import make_inputs as op_inputs
+    from runtime_common.inputs import example_inputs
     examples = OP_EXAMPLES[op] if isinstance(OP_EXAMPLES[op], list) else [OP_EXAMPLES[op]]
     for s in examples:
         c = compiler.compile(s, batch=OP_ENV["B"], context=OP_ENV["T"], frames=OP_ENV["F"], with_nodes=True)
@@ -320,7 +320,7 @@ def test_flop_rule_matches_torch_counter(op):
         want = next(n["flops_prefill"] for n in c.report["nodes"] if n["name"] == node.name)
         model = rt.build(c, seed=0)
         env, mod = {}, model.node(node.name)
-        inputs = {k: v for k, v in op_inputs(c.graph).items()}
+        inputs = {k: torch.from_numpy(v) for k, v in example_inputs(c.graph, OP_ENV).items()}
         with torch.no_grad():
             for n in c.graph.nodes():                # run up to the node, then count the node alone
                 if n.op == "Input":

@@ -2,9 +2,8 @@
 AdaLNZeroBlock, FlowMatchingHead, VQVAEDecoder.
 
 The computations are those of the op docstrings (AdaLNZeroBlock: DiT's `DiTBlock`, attention through
-`mx.fast.scaled_dot_product_attention`), forward code over the tensors the declarations built (`Node`).
-VQVAEDecoder keeps its maps channels-last (B, h, w, c) inside, with channels-last kernels (`layout.py`); its input
-and output are (B, C, h, w) as in the graph.
+`mx.fast.scaled_dot_product_attention`). VQVAEDecoder keeps its maps channels-last (B, h, w, c) inside, with
+channels-last kernels (`layout.py`); its input and output are (B, C, h, w) as in the graph.
 
 Memory: MLX's CPU convolution unfolds its input (im2col, 9 x the input for a 3x3 kernel), and the nearest-code
 search scores every position against every code. Where those buffers would exceed BAND_BYTES, the decoder works in
@@ -82,8 +81,9 @@ class AdaLNZeroBlock(Node):
 class FlowMatchingHead(Node):
     def __init__(self, p, in_types):
         super().__init__(p, in_types)
-        self.keep(freq_dim=p.freq_dim, time_scale=p.time_scale, heads=p.num_heads, adaln=p.conditioning == "adaln",
-                  dit=p.block == "adaln_zero", layers=[self.at(f"blocks.{i}") for i in range(p.num_blocks)])
+        self.freq_dim, self.time_scale, self.adaln = p.freq_dim, p.time_scale, p.conditioning == "adaln"
+        self.keep(stack=tuple(self.at(f"blocks.{i}") for i in range(p.num_blocks)), dit=p.block == "adaln_zero",
+                  heads=p.num_heads)
 
     def __call__(self, x, t: Optional[mx.array] = None):
         """x (B, N, D); t (B,) in [0, 1]: the wired `time` input, or this keyword when the spec wires none."""
@@ -91,31 +91,32 @@ class FlowMatchingHead(Node):
             raise TypeError("FlowMatchingHead needs the flow time t (B,): wire a scalar input to it, or call the "
                             "module with t=...")
         e = timestep_embedding(t * self.time_scale, self.freq_dim).astype(x.dtype)   # (B, freq)
-        c = dense(nn.silu(dense(e, self["time_embed"]["fc1"])), self["time_embed"]["fc2"])   # (B, F)
-        h = dense(x, self["in_proj"])                                           # (B, N, F)
+        c = dense(nn.silu(dense(e, self.time_embed.fc1)), self.time_embed.fc2)[:, None]   # (B, 1, F)
+        h = dense(x, self.in_proj)                                              # (B, N, F)
         ln = lambda z: mx.fast.layer_norm(z, None, None, 1e-6)                 # noqa: E731
         if not self.adaln:
-            h = h + c[:, None]
-        for b in self.layers:
+            h = h + c
+        for b in self.stack:
+            mlp = lambda z: dense(nn.silu(dense(z, b.mlp.fc1)), b.mlp.fc2)      # noqa: E731
             if self.dit:
-                h = adaln_zero(b, h, c, self.heads, ACT["gelu_tanh"])
+                h = adaln_zero(b, h, c[:, 0], self.heads, ACT["gelu_tanh"])
             elif self.adaln:
-                shift, scale, gate = mx.split(dense(nn.silu(c), b["ada"])[:, None], 3, axis=-1)   # (B, 1, F) each
-                h = h + gate * dense(nn.silu(dense(ln(h) * (1 + scale) + shift, b["mlp"]["fc1"])), b["mlp"]["fc2"])
+                shift, scale, gate = mx.split(dense(nn.silu(c), b.ada), 3, axis=-1)   # (B, 1, F) each
+                h = h + gate * mlp(ln(h) * (1 + scale) + shift)
             else:
-                h = h + dense(nn.silu(dense(ln(h), b["mlp"]["fc1"])), b["mlp"]["fc2"])
+                h = h + mlp(ln(h))
         if self.adaln:
-            shift, scale = mx.split(dense(nn.silu(c), self["final_ada"])[:, None], 2, axis=-1)
-            return dense(ln(h) * (1 + scale) + shift, self["out_proj"])         # (B, N, out)
-        return dense(ln(h), self["out_proj"])
+            shift, scale = mx.split(dense(nn.silu(c), self.final_ada), 2, axis=-1)
+            return dense(ln(h) * (1 + scale) + shift, self.out_proj)           # (B, N, out)
+        return dense(ln(h), self.out_proj)
 
 
 @implements("VQVAEDecoder")
 class VQVAEDecoder(Node):
     def __init__(self, p, in_types):
         super().__init__(p, in_types)
-        self.keep(quantize=p.codebook_size is not None and p.quantize,
-                  convs=[(self.at(name), up) for name, _, _, up in VQOp.convs(p)])     # (module, upsample)
+        self.quantize = p.codebook_size is not None and p.quantize
+        self.keep(convs=[(self.at(name), name, up) for name, _, _, up in VQOp.convs(p)])   # (module, name, upsample)
 
     def nearest_code(self, z):
         """(B, h, w, C) -> the nearest codebook vector at every position (positions in chunks of BAND_BYTES of
@@ -140,11 +141,11 @@ class VQVAEDecoder(Node):
         x = z.transpose(0, 2, 3, 1)                                             # (B, h, w, C)
         if self.quantize:
             x = self.nearest_code(x)
-        for i, (m, up) in enumerate(self.convs):
+        for i, (m, name, up) in enumerate(self.convs):
             if up:
                 B, h, w, c = x.shape                                            # nearest x2, one copy:
                 x = mx.broadcast_to(nn.silu(x)[:, :, None, :, None], (B, h, 2, w, 2, c)).reshape(B, 2 * h, 2 * w, c)
-            elif i and i == len(self.convs) - 1:                                # before conv_out
+            elif name == "conv_out" and i:
                 x = nn.silu(x)
             x = conv3x3(x, m["weight"], m["bias"])
         return x.transpose(0, 3, 1, 2)                                          # (B, 3, h*2^s, w*2^s)

@@ -1,9 +1,8 @@
 """Torch implementations of `compiler/ops/generative.py`: AdaLNZeroBlock, FlowMatchingHead, VQVAEDecoder.
 
 The computations are those of the op docstrings (AdaLNZeroBlock: DiT's `DiTBlock`, attention through
-F.scaled_dot_product_attention). AdaLNZeroBlock and FlowMatchingHead are forward code over the tensors their
-declarations built (`Node`). Shapes: B batch, N tokens, D input width, F hidden width, C latent channels (of the VQ
-decoder) or conditioning width (of AdaLNZeroBlock), K codes, h x w the latent grid, H heads, hs head size.
+F.scaled_dot_product_attention). Shapes: B batch, N tokens, D input width, F hidden width, C latent channels (of
+the VQ decoder) or conditioning width (of AdaLNZeroBlock), K codes, h x w the latent grid, H heads, hs head size.
 """
 from __future__ import annotations
 
@@ -57,9 +56,9 @@ class AdaLNZeroBlock(Node):
 class FlowMatchingHead(Node):
     def __init__(self, p, in_types):
         super().__init__(p, in_types)
-        self.keep(freq_dim=p.freq_dim, time_scale=p.time_scale, width=p.hidden_dim, heads=p.num_heads,
-                  adaln=p.conditioning == "adaln", dit=p.block == "adaln_zero",
-                  layers=[self.at(f"blocks.{i}") for i in range(p.num_blocks)])
+        self.freq_dim, self.time_scale, self.adaln = p.freq_dim, p.time_scale, p.conditioning == "adaln"
+        self.dit, self.heads = p.block == "adaln_zero", p.num_heads
+        self.keep(stack=tuple(self.at(f"blocks.{i}") for i in range(p.num_blocks)))
 
     def forward(self, x, t: Optional[torch.Tensor] = None):
         """x (B, N, D); t (B,) in [0, 1]: the wired `time` input, or this keyword when the spec wires none."""
@@ -67,22 +66,23 @@ class FlowMatchingHead(Node):
             raise TypeError("FlowMatchingHead needs the flow time t (B,): wire a scalar input to it, or call the "
                             "module with t=...")
         e = timestep_embedding(t * self.time_scale, self.freq_dim).to(x.dtype)   # (B, freq)
-        c = dense(F.silu(dense(e, self.time_embed.fc1)), self.time_embed.fc2)  # (B, F)
-        h = dense(x, self.in_proj)                                             # (B, N, F)
-        ln = lambda z: F.layer_norm(z, (self.width,), eps=1e-6)                # noqa: E731
+        c = dense(F.silu(dense(e, self.time_embed.fc1)), self.time_embed.fc2)[:, None]   # (B, 1, F)
+        h = dense(x, self.in_proj)                                              # (B, N, F)
+        ln = lambda z: F.layer_norm(z, (z.shape[-1],), eps=1e-6)               # noqa: E731
         if not self.adaln:
-            h = h + c[:, None]
-        for b in self.layers:
+            h = h + c
+        for b in self.stack:
+            mlp = lambda z: dense(F.silu(dense(z, b.mlp.fc1)), b.mlp.fc2)       # noqa: E731
             if self.dit:
-                h = adaln_zero(b, h, c, self.heads, ACT["gelu_tanh"])
+                h = adaln_zero(b, h, c[:, 0], self.heads, ACT["gelu_tanh"])
             elif self.adaln:
-                shift, scale, gate = dense(F.silu(c), b.ada)[:, None].chunk(3, dim=-1)   # (B, 1, F) each
-                h = h + gate * dense(F.silu(dense(ln(h) * (1 + scale) + shift, b.mlp.fc1)), b.mlp.fc2)
+                shift, scale, gate = dense(F.silu(c), b.ada).chunk(3, dim=-1)    # (B, 1, F) each
+                h = h + gate * mlp(ln(h) * (1 + scale) + shift)
             else:
-                h = h + dense(F.silu(dense(ln(h), b.mlp.fc1)), b.mlp.fc2)
+                h = h + mlp(ln(h))
         if self.adaln:
-            shift, scale = dense(F.silu(c), self.final_ada)[:, None].chunk(2, dim=-1)
-            return dense(ln(h) * (1 + scale) + shift, self.out_proj)            # (B, N, out)
+            shift, scale = dense(F.silu(c), self.final_ada).chunk(2, dim=-1)
+            return dense(ln(h) * (1 + scale) + shift, self.out_proj)           # (B, N, out)
         return dense(ln(h), self.out_proj)
 
 
@@ -90,8 +90,8 @@ class FlowMatchingHead(Node):
 class VQVAEDecoder(Node):
     def __init__(self, p, in_types):
         super().__init__(p, in_types)
-        self.keep(quantize=p.codebook_size is not None and p.quantize,
-                  convs=[(self.at(name), up) for name, _, _, up in VQOp.convs(p)])     # (module, upsample)
+        self.quantize = p.codebook_size is not None and p.quantize
+        self.convs = [(self.at(name), name, up) for name, _, _, up in VQOp.convs(p)]   # (module, name, upsample)
 
     def nearest_code(self, z):
         """(B, C, h, w) -> the nearest codebook vector at every position, straight-through for gradients."""
@@ -104,10 +104,10 @@ class VQVAEDecoder(Node):
 
     def forward(self, z):
         x = self.nearest_code(z) if self.quantize else z                        # (B, C, h, w)
-        for i, (m, up) in enumerate(self.convs):
+        for i, (m, name, up) in enumerate(self.convs):
             if up:
                 x = F.interpolate(F.silu(x), scale_factor=2.0, mode="nearest")   # (B, c, 2h, 2w)
-            elif i and i == len(self.convs) - 1:                                # before conv_out
+            elif name == "conv_out" and i:
                 x = F.silu(x)
             x = F.conv2d(x, m.weight, m.bias, padding=1)
         return x                                                                # (B, 3, h*2^s, w*2^s)
