@@ -128,6 +128,18 @@ def test_older_embedding_name_loads(tiny):
     assert torch.equal(again.state_dict()["lm.backbone.embeddings.weight"], hf.backbone.embeddings.weight)
 
 
+def test_base_model_file_loads(tmp_path):
+    """A Mamba2Model save_pretrained file (no `backbone.` prefix, no head) loads strictly into a tied Mamba2LM."""
+    hf = hf_mamba2(tie=True)
+    hf.backbone.save_pretrained(tmp_path)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    assert "embeddings.weight" in tensors
+    model = rt.build(compiled_from(hf.config.to_dict()), init=False)
+    rt.load_state_dict_mapped(model, tensors, hf_key_map("mamba2"), strict=True)
+    with torch.no_grad():
+        assert (model(input_ids=IDS)["lm.lm_head"] - hf(input_ids=IDS).logits).abs().max().item() < 1e-4
+
+
 # --- numerics --------------------------------------------------------------------------------------------------------
 def test_logits_match_transformers(tiny):
     hf, model, _, _ = tiny
