@@ -22,6 +22,12 @@ from . import layout
 class Box(nn.Module):
     """A plain module on the path to a parameter (`self_attn` in `self_attn.q_proj.weight`)."""
 
+    def to_quantized(self, group_size: int, bits: int, mode: str = "affine", **kw):
+        """For `mlx.nn.quantize` (runtime_mlx/quantize.py, which asks only boxes holding a projection's `weight`
+        that the op reads through `kernels.dense`): an `nn.QuantizedLinear` with the same names (weight, scales,
+        biases, bias)."""
+        return nn.QuantizedLinear.from_linear(self, group_size, bits, mode)
+
 
 class MLXParams:
     """The MLX callbacks of `runtime_common.params`: zeros in MLX layout (build() initialises)."""

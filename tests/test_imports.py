@@ -13,9 +13,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("compiler", "runtime_common", "runtime_torch", "runtime_mlx")
 RUNTIMES = ("runtime_torch", "runtime_mlx")
-#: the ONNX emitter exports a torch model: a client of the torch runtime that lives beside the other emitters and is
-#: imported only by `omnic build --onnx`
-RUNTIME_CLIENTS = {"compiler.emit.onnx"}
+#: the ONNX and GGUF emitters export a torch model's weights: clients of the torch runtime that live beside the other
+#: emitters and are imported only by `omnic build --target onnx|gguf`
+RUNTIME_CLIENTS = {"compiler.emit.onnx", "compiler.emit.gguf"}
 #: open: the `fit` command reads cli.py's helpers lazily while cli.py imports it (to split into a shared module)
 KNOWN_CYCLES = {("compiler.cli", "compiler.cli_parallel")}
 
