@@ -278,6 +278,26 @@ OP_EXAMPLES["MergeImageTokens"] = spec(
      layer("MergeImageTokens", {"image_token_id": 0}, inputs=["emb", "img", "input_ids"])],
     [ids(), tokens(8, name="img")])
 
+# --- Mamba-2 (compiler/ops/mamba2.py) and the DiT block (compiler/ops/generative.py) -------------------------------
+_TINY_SSM = {"expand": 2, "head_dim": 4, "state_size": 6, "n_groups": 2, "conv_kernel": 3, "chunk_size": 2}
+OP_EXAMPLES.update({
+    "Mamba2Block": [
+        spec([layer("Mamba2Block", dict(_TINY_SSM, depth=2))], [tokens(8)]),                  # T 5: chunks 2, 2, 1
+        spec([layer("Mamba2Block", dict(_TINY_SSM, n_groups=1, use_bias=True, use_conv_bias=False))], [tokens(8)]),
+    ],
+    "Mamba2LM": [
+        spec([layer("Mamba2LM", dict(_TINY_SSM, vocab_size=16, hidden=8, layers=2), id="lm")], [ids()]),
+        spec([layer("Mamba2LM", dict(_TINY_SSM, vocab_size=16, hidden=8, layers=1, tie=True), id="lm")], [ids()]),
+    ],
+    "AdaLNZeroBlock": [
+        spec([layer("AdaLNZeroBlock", {"num_heads": 2}, inputs=["x", "c"])], [tokens(8), vector(6, "c")]),
+        spec([layer("AdaLNZeroBlock", {"num_heads": 4, "ff_dim": 12, "mlp": "silu", "qkv_bias": False},
+                    inputs=["x", "c"])], [tokens(8), vector(8, "c")]),
+    ],
+})
+OP_EXAMPLES["FlowMatchingHead"].append(
+    spec([layer("FlowMatchingHead", {"out_dim": 8, "hidden_dim": 12, "freq_dim": 8, "block": "adaln_zero",
+                                     "num_heads": 3, "ff_dim": 16}, inputs=["x", "time"])], [tokens(8), _SCALAR_T]))
 
 CASES: list[tuple[str, int, dict]] = [(op, i, s) for op, specs in OP_EXAMPLES.items()
                                       for i, s in enumerate(specs if isinstance(specs, list) else [specs])]

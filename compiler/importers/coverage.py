@@ -31,6 +31,7 @@ CKPT = "tests.test_checkpoints"
 VISION = "tests.test_parity_vision"
 MOE = "tests.test_moe_families"
 MOE_MLX = "tests.test_moe_families_mlx"
+MAMBA = "tests.test_mamba2"
 ACTS = "an activation outside compiler/activations.py"
 ROPE = "a rope type or rope key transformers' rope utilities do not define"
 
@@ -64,6 +65,9 @@ ROWS: tuple[Row, ...] = (
         (MOE, "FULL", "Qwen1.5-MoE-A2.7B", 14_315_784_192),
         f"no layer with experts; {ACTS}; {ROPE}"),
     Row("Mixtral", ("mixtral",), (HF, "TINY", "mixtral"), (CKPT, "TINY", "mixtral"), None, f"{ACTS}; {ROPE}"),
+    Row("Mamba-2", ("mamba2",), (MAMBA, "CASES", "tiny"), (MAMBA, "CASES", "tiny"),
+        (MAMBA, "COUNTS", "mamba2-130m", 128_989_632),
+        "a clamped time_step_limit; an activation other than silu"),
     Row("SigLIP / SigLIP2 vision (full configs: the vision tower)",
         ("siglip_vision_model", "siglip2_vision_model", "siglip", "siglip2"), (VISION, "__dict__", "test_siglip"),
         (CKPT, "VISION", "siglip"), (VISION, "_counts", "SigLIP2-SO400M/16-384", 428_256_704),

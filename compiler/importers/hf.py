@@ -3,7 +3,8 @@
 `spec_from_hf_config(config)` dispatches on `config["model_type"]` through IMPORTERS (model_type -> function
 returning a whole spec). Language models become one `DecoderLM` layer (id "lm", see compiler/ops/lm.py) whose
 parameters are all written out, so the spec says everything and does not lean on the family presets; a
-transformers state dict then loads with `hf_key_map(model_type)` (the prefix "lm." added to every name).
+transformers state dict then loads with `hf_key_map(model_type)` (the prefix "lm." added to every name). Mamba-2
+(`mamba2`) becomes one `Mamba2LM` layer (compiler/ops/mamba2.py), the same way.
 Missing config keys take the defaults of transformers 5.x's config classes (DEFAULTS, data); legacy spellings
 (`rope_theta`, `rope_scaling`, `full_attn_idxs`, `block_ff_dim`, `tie_embedding`) are read as transformers reads
 them. Rotary parameters (`rope_parameters`, per layer type for Gemma-3; legacy `rope_scaling`) become `rope_theta`
@@ -99,6 +100,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                     num_attention_heads=32, num_key_value_heads=8, head_dim=None, hidden_act="silu",
                     rms_norm_eps=1e-5, tie_word_embeddings=False, sliding_window=None, num_experts_per_tok=2,
                     num_local_experts=8, rope_theta=1_000_000.0, max_position_embeddings=131072),
+    "mamba2": dict(vocab_size=32768, hidden_size=4096, num_hidden_layers=64, num_heads=128, head_dim=64,
+                   state_size=128, expand=2, n_groups=8, conv_kernel=4, use_bias=False, use_conv_bias=True,
+                   hidden_act="silu", layer_norm_epsilon=1e-5, chunk_size=256, time_step_limit=(0.0, float("inf")),
+                   tie_word_embeddings=False),
 }
 
 class _Cfg:
@@ -179,10 +184,10 @@ def _attention(c: _Cfg) -> dict:
                 head_dim=c.get("head_dim") or c["hidden_size"] // heads)
 
 
-def lm_spec(name: str, params: dict) -> dict:
-    """A spec of one DecoderLM layer with id LM_ID over (B, T) token ids."""
+def lm_spec(name: str, params: dict, op: str = "DecoderLM") -> dict:
+    """A spec of one language-model layer (DecoderLM, Mamba2LM) with id LM_ID over (B, T) token ids."""
     return {"name": name, "inputs": [{"name": "input_ids", "kind": "ids", "shape": ["B", "T"]}],
-            "layers": [{"id": LM_ID, "type": "DecoderLM", "params": params}]}
+            "layers": [{"id": LM_ID, "type": op, "params": params}]}
 
 
 # --- one function per model_type -------------------------------------------------------------------------------------
@@ -424,6 +429,27 @@ def _mixtral(cfg: dict) -> dict:
     return lm_spec(cfg.get("_name_or_path") or "mixtral", p)
 
 
+def _json_float(v: Any) -> float:
+    """A float as config.json files write it: a number, "Infinity", or transformers 5.x's {"__float__": "Infinity"}."""
+    return float(v["__float__"] if isinstance(v, dict) and "__float__" in v else v)
+
+
+def _mamba2(cfg: dict) -> dict:
+    """Mamba2ForCausalLM: one Mamba2LM layer (compiler/ops/mamba2.py) with id LM_ID."""
+    c = _Cfg(cfg, "mamba2")
+    if c["hidden_act"] not in ("silu", "swish"):
+        _refuse("mamba2", "hidden_act", c["hidden_act"], "the convolution's activation is silu")
+    lo, hi = (_json_float(v) for v in c["time_step_limit"])
+    if (lo, hi) != (0.0, float("inf")):
+        _refuse("mamba2", "time_step_limit", c["time_step_limit"], "dt is not clamped: only (0, inf)")
+    p = dict(vocab_size=c["vocab_size"], hidden=c["hidden_size"], layers=c["num_hidden_layers"],
+             expand=c["expand"], num_heads=c["num_heads"], head_dim=c["head_dim"], state_size=c["state_size"],
+             n_groups=c["n_groups"], conv_kernel=c["conv_kernel"], use_bias=bool(c["use_bias"]),
+             use_conv_bias=bool(c["use_conv_bias"]), norm_eps=float(c["layer_norm_epsilon"]),
+             chunk_size=c["chunk_size"], tie=bool(c["tie_word_embeddings"]))
+    return lm_spec(cfg.get("_name_or_path") or "mamba2", p, "Mamba2LM")
+
+
 # --- vision encoders (one VisionEncoder layer with id VISION_ID; see compiler/ops/encoder.py) ----------------------------
 VISION_ID = "vision"
 
@@ -552,6 +578,7 @@ IMPORTERS: dict[str, Callable[[dict], dict]] = {
     "qwen3_moe": _qwen3_moe,
     "deepseek_v3": _deepseek_v3,
     "mixtral": _mixtral,
+    "mamba2": _mamba2,
     "siglip_vision_model": _siglip_vision,
     "siglip2_vision_model": _siglip2_vision,
     "siglip": _siglip_full,

@@ -134,6 +134,10 @@ KEY_MAPS: dict[str, list[Rule]] = {
     # experts have Qwen2-MoE's per-expert names (the shared ones, `mlp.shared_experts.`, are one MLP each)
     "deepseek_v3": _lm((r"^(model\.)?layers\.61\.", None), *QWEN2_MOE_EXPERTS),
     "mixtral": _lm((r"\.block_sparse_moe\.", ".mlp."), *MIXTRAL_EXPERTS),
+    # Mamba2ForCausalLM (a Mamba2LM with id "lm"): base-model files (Mamba2Model: `embeddings.`, `layers.`,
+    # `norm_f.`) get `backbone.`; `embedding.` is the older name transformers' load hook renames
+    "mamba2": [(r"^(?!backbone\.|lm_head\.)", "backbone."), (r"^backbone\.embedding\.", "backbone.embeddings."),
+               (r"^", LM_ID + ".")],
     "siglip_vision_model": [(r"^vision_model\.", ""), (r"^", VISION_ID + ".vision_model.")],
     "siglip2_vision_model": [(r"^vision_model\.", ""), (r"^", VISION_ID + ".vision_model.")],
     "siglip": _SIGLIP_FULL,

@@ -1,14 +1,16 @@
 """MLX implementations of `compiler/ops/generative.py` (mirror of `runtime_torch/ops/generative.py`):
-FlowMatchingHead, VQVAEDecoder.
+AdaLNZeroBlock, FlowMatchingHead, VQVAEDecoder.
 
-The computations are those of the op docstrings. VQVAEDecoder keeps its maps channels-last (B, h, w, c) inside, with
+The computations are those of the op docstrings (AdaLNZeroBlock: DiT's `DiTBlock`, attention through
+`mx.fast.scaled_dot_product_attention`). VQVAEDecoder keeps its maps channels-last (B, h, w, c) inside, with
 channels-last kernels (`layout.py`); its input and output are (B, C, h, w) as in the graph.
 
 Memory: MLX's CPU convolution unfolds its input (im2col, 9 x the input for a 3x3 kernel), and the nearest-code
 search scores every position against every code. Where those buffers would exceed BAND_BYTES, the decoder works in
 bands (rows of the map, chunks of positions), each evaluated before the next, so the transient stays near the
 compiler's workspace figure (measured on omni_lite's 512 px decoder: 705 MB -> 185 MB for one 64-channel conv).
-Shapes: B batch, N tokens, D input width, F hidden width, C latent channels, K codes, h x w the latent grid.
+Shapes: B batch, N tokens, D input width, F hidden width, C latent channels (of the VQ decoder) or conditioning
+width (of AdaLNZeroBlock), K codes, h x w the latent grid, H heads, hs head size.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from mlx import nn
 
 from compiler.ops.generative import VQVAEDecoder as VQOp
 
-from ..kernels import dense
+from ..kernels import ACT, dense
 from ..node import Node
 from ..registry import implements
 
@@ -51,12 +53,37 @@ def timestep_embedding(t: mx.array, dim: int, max_period: float = 10000.0) -> mx
     return mx.concatenate([mx.cos(args), mx.sin(args)], axis=-1)                # (B, dim)
 
 
+def adaln_zero(blk: nn.Module, x, c, heads: int, act, eps: float = 1e-6):
+    """One DiT block with adaLN-Zero over tokens x (B, N, D) and the condition c (B, C); `blk` holds the block's
+    declared modules (attn.qkv, attn.proj, mlp.fc1, mlp.fc2, adaLN_modulation.1)."""
+    B, N, D = x.shape
+    mod = dense(nn.silu(c), blk["adaLN_modulation"]["1"])[:, None]                        # (B, 1, 6D)
+    shift1, scale1, gate1, shift2, scale2, gate2 = mx.split(mod, 6, axis=-1)                # (B, 1, D) each
+    h = mx.fast.layer_norm(x, None, None, eps) * (1 + scale1) + shift1
+    qkv = dense(h, blk["attn"]["qkv"]).reshape(B, N, 3, heads, D // heads).transpose(2, 0, 3, 1, 4)  # (3,B,H,N,hs)
+    y = mx.fast.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=(D // heads) ** -0.5)   # (B, H, N, hs)
+    x = x + gate1 * dense(y.transpose(0, 2, 1, 3).reshape(B, N, D), blk["attn"]["proj"])    # (B, N, D)
+    h = mx.fast.layer_norm(x, None, None, eps) * (1 + scale2) + shift2
+    return x + gate2 * dense(act(dense(h, blk["mlp"]["fc1"])), blk["mlp"]["fc2"])          # (B, N, D)
+
+
+@implements("AdaLNZeroBlock")
+class AdaLNZeroBlock(Node):
+    def __init__(self, p, in_types):
+        super().__init__(p, in_types)
+        self.keep(heads=p.num_heads, act=ACT[p.mlp])
+
+    def __call__(self, x, c):
+        return adaln_zero(self, x, c, self.heads, self.act)
+
+
 @implements("FlowMatchingHead")
 class FlowMatchingHead(Node):
     def __init__(self, p, in_types):
         super().__init__(p, in_types)
         self.freq_dim, self.time_scale, self.adaln = p.freq_dim, p.time_scale, p.conditioning == "adaln"
-        self.keep(stack=tuple(self.at(f"blocks.{i}") for i in range(p.num_blocks)))
+        self.keep(stack=tuple(self.at(f"blocks.{i}") for i in range(p.num_blocks)), dit=p.block == "adaln_zero",
+                  heads=p.num_heads)
 
     def __call__(self, x, t: Optional[mx.array] = None):
         """x (B, N, D); t (B,) in [0, 1]: the wired `time` input, or this keyword when the spec wires none."""
@@ -71,7 +98,9 @@ class FlowMatchingHead(Node):
             h = h + c
         for b in self.stack:
             mlp = lambda z: dense(nn.silu(dense(z, b.mlp.fc1)), b.mlp.fc2)      # noqa: E731
-            if self.adaln:
+            if self.dit:
+                h = adaln_zero(b, h, c[:, 0], self.heads, ACT["gelu_tanh"])
+            elif self.adaln:
                 shift, scale, gate = mx.split(dense(nn.silu(c), b.ada), 3, axis=-1)   # (B, 1, F) each
                 h = h + gate * mlp(ln(h) * (1 + scale) + shift)
             else:

@@ -1,7 +1,8 @@
-"""Torch implementations of `compiler/ops/generative.py`: FlowMatchingHead, VQVAEDecoder.
+"""Torch implementations of `compiler/ops/generative.py`: AdaLNZeroBlock, FlowMatchingHead, VQVAEDecoder.
 
-The computations are those of the op docstrings. Shapes: B batch, N tokens, D input width, F hidden width,
-C latent channels, K codes, h x w the latent grid.
+The computations are those of the op docstrings (AdaLNZeroBlock: DiT's `DiTBlock`, attention through
+F.scaled_dot_product_attention). Shapes: B batch, N tokens, D input width, F hidden width, C latent channels (of
+the VQ decoder) or conditioning width (of AdaLNZeroBlock), K codes, h x w the latent grid, H heads, hs head size.
 """
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from compiler.ops.generative import VQVAEDecoder as VQOp
 
-from ..kernels import dense
+from ..kernels import ACT, dense
 from ..node import Node
 from ..registry import implements
 
@@ -26,11 +28,36 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)                # (B, dim)
 
 
+def adaln_zero(blk: nn.Module, x, c, heads: int, act, eps: float = 1e-6):
+    """One DiT block with adaLN-Zero over tokens x (B, N, D) and the condition c (B, C); `blk` holds the block's
+    declared modules (attn.qkv, attn.proj, mlp.fc1, mlp.fc2, adaLN_modulation.1)."""
+    B, N, D = x.shape
+    mod = dense(F.silu(c), getattr(blk.adaLN_modulation, "1"))[:, None]                   # (B, 1, 6D)
+    shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)                     # (B, 1, D) each
+    h = F.layer_norm(x, (D,), eps=eps) * (1 + scale1) + shift1
+    q, k, v = dense(h, blk.attn.qkv).view(B, N, 3, heads, D // heads).permute(2, 0, 3, 1, 4)   # (B, H, N, hs)
+    y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, D)            # (B, N, D)
+    x = x + gate1 * dense(y, blk.attn.proj)
+    h = F.layer_norm(x, (D,), eps=eps) * (1 + scale2) + shift2
+    return x + gate2 * dense(act(dense(h, blk.mlp.fc1)), blk.mlp.fc2)                      # (B, N, D)
+
+
+@implements("AdaLNZeroBlock")
+class AdaLNZeroBlock(Node):
+    def __init__(self, p, in_types):
+        super().__init__(p, in_types)
+        self.keep(heads=p.num_heads, act=ACT[p.mlp])
+
+    def forward(self, x, c):
+        return adaln_zero(self, x, c, self.heads, self.act)
+
+
 @implements("FlowMatchingHead")
 class FlowMatchingHead(Node):
     def __init__(self, p, in_types):
         super().__init__(p, in_types)
         self.freq_dim, self.time_scale, self.adaln = p.freq_dim, p.time_scale, p.conditioning == "adaln"
+        self.dit, self.heads = p.block == "adaln_zero", p.num_heads
         self.keep(stack=tuple(self.at(f"blocks.{i}") for i in range(p.num_blocks)))
 
     def forward(self, x, t: Optional[torch.Tensor] = None):
@@ -46,7 +73,9 @@ class FlowMatchingHead(Node):
             h = h + c
         for b in self.stack:
             mlp = lambda z: dense(F.silu(dense(z, b.mlp.fc1)), b.mlp.fc2)       # noqa: E731
-            if self.adaln:
+            if self.dit:
+                h = adaln_zero(b, h, c[:, 0], self.heads, ACT["gelu_tanh"])
+            elif self.adaln:
                 shift, scale, gate = dense(F.silu(c), b.ada).chunk(3, dim=-1)    # (B, 1, F) each
                 h = h + gate * mlp(ln(h) * (1 + scale) + shift)
             else:
