@@ -12,6 +12,7 @@ from safetensors.torch import save_model
 import compiler
 import runtime_torch as rt
 from compiler.importers import hf_key_map, spec_from_hf_config
+from runtime_common import checkpoint as ckpt
 
 # family: (model class, config class, tiny config, std of the perturbed matrices)
 TINY = {
@@ -177,4 +178,16 @@ FULL = {
         sliding_window_pattern=6, max_position_embeddings=131072, rope_theta=1000000.0,
         rope_local_base_freq=10000.0, rope_scaling={"factor": 8.0, "rope_type": "linear"}, rms_norm_eps=1e-6),
         3_880_263_168),
+    "Mixtral-8x7B-v0.1": (tf.MixtralForCausalLM, tf.MixtralConfig, dict(
+        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=32768,
+        rope_theta=1e6, rms_norm_eps=1e-5, sliding_window=None, tie_word_embeddings=False), 46_702_792_704),
 }
+
+
+def plan_names(shapes: dict, key_map, model_shapes: dict | None = None) -> dict:
+    """{model name: shape} that the checkpoint loader's plan makes of checkpoint tensors {name: shape}."""
+    refs = {k: ckpt.Ref(k, shape, "F32") for k, shape in shapes.items()}
+    planned, problems = ckpt.plan(refs, key_map, model_shapes or {})
+    assert not problems, problems
+    return {k: tuple(src.shape) for k, src in planned.items()}

@@ -22,7 +22,7 @@ from safetensors import safe_open
 import compiler
 import runtime_torch as rt
 from compiler.importers import hf_key_map, spec_from_hf_config
-from runtime_common import checkpoint as ckpt
+from tests.hf_models import plan_names
 
 warnings.filterwarnings("ignore", message=".*causal_conv1d.*")
 
@@ -73,14 +73,6 @@ def test_full_size_counts_agree(name):
     mine = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
     planned = plan_names({k: tuple(v.shape) for k, v in hf.state_dict().items()}, hf_key_map(cfg.model_type), mine)
     assert planned == mine
-
-
-def plan_names(shapes: dict, key_map, model_shapes: dict | None = None) -> dict:
-    """{model name: shape} that the checkpoint loader's plan makes of checkpoint tensors {name: shape}."""
-    refs = {k: ckpt.Ref(k, shape, "F32") for k, shape in shapes.items()}
-    planned, problems = ckpt.plan(refs, key_map, model_shapes or {})
-    assert not problems, problems
-    return {k: tuple(src.shape) for k, src in planned.items()}
 
 
 # --- tiny configs -----------------------------------------------------------------------------------------------------
