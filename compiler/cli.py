@@ -49,13 +49,11 @@ def parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
 def _format_option(ctx, param, value: Optional[str]) -> Optional[str]:
     if value is None:
         return None
-    from .diagnostics import did_you_mean
-    from .formats import FORMATS, get_format
+    from .formats import get_format, suggest
     try:
         return get_format(value).name
     except KeyError:
-        raise click.BadParameter(f"unknown storage format {value!r}; "
-                                 + (did_you_mean(value, FORMATS) or "formats: " + ", ".join(FORMATS)))
+        raise click.BadParameter(f"unknown storage format {value!r}; {suggest(value)}")
 
 
 def _size_option(ctx, param, value: Optional[str]) -> Optional[str]:
@@ -98,7 +96,10 @@ def echo_diagnostics(diags, verbose: bool = False, quiet: bool = False) -> None:
         if d.severity == "note" and not verbose or d.severity == "warning" and quiet:
             continue
         head, _, rest = d.render().partition(f"{d.severity}:")
-        click.echo(head + click.style(d.severity + ":", fg=_COLORS.get(d.severity), bold=True) + rest, err=True)
+        first, nl, hint = rest.partition("\n")
+        src = d.excerpt() if d.severity == "error" else ""
+        click.echo(head + click.style(d.severity + ":", fg=_COLORS.get(d.severity), bold=True) + first
+                   + (f"\n{src}" if src else "") + nl + hint, err=True)
 
 
 def console():
@@ -205,7 +206,7 @@ def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, se
         echo_diagnostics(c.diagnostics, verbose, quiet)
         if rc == EXIT_INVALID:
             n = len(c.errors)
-            if c.report is not None and out is not None:
+            if c.report is not None and out is not None and verbose:    # what could be counted: only when asked
                 from .tables import check_tables
                 out.print(f"partial report: the parts that could not be wired are counted by their weights only "
                           f"({', '.join(c.report.get('unaccounted') or []) or 'none'} without shapes or FLOPs)")

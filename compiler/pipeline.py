@@ -86,14 +86,30 @@ def apply_overrides(data: Any, overrides: dict[str, Any], diag: Diagnostics) -> 
             diag.error((), f"override {key!r}: empty or unusable path", code="override")
             continue
         if segs[0] not in data and isinstance(data.get("layers"), list):
-            # a layer id: `<id>.<param>` or `<id>.params.<param>`
-            idx = next((i for i, l in enumerate(data["layers"]) if isinstance(l, dict) and l.get("id") == segs[0]),
-                       None)
+            # a layer id, which may itself be dotted (`decoder.blocks`): the longest prefix of the key that names a
+            # layer, then `<param>` or `params.<param>` (or a layer key: repeat, frozen, inputs, type, include)
+            ids = {l.get("id"): i for i, l in enumerate(data["layers"]) if isinstance(l, dict)
+                   and isinstance(l.get("id"), str)}
+            idx = n = None
+            for n in range(len(segs), 0, -1):
+                if all(isinstance(s, str) for s in segs[:n]) and ".".join(segs[:n]) in ids:
+                    idx = ids[".".join(segs[:n])]
+                    break
             if idx is None:
-                diag.error((), f"override {key!r}: no top-level key or layer id {segs[0]!r}", code="override")
+                from .diagnostics import did_you_mean
+                head = key.split("[")[0].split("=")[0]
+                near = [i for i in ids if head.startswith(i.split(".")[0] + ".") or i.startswith(segs[0] + ".")]
+                diag.error((), f"override {key!r}: no top-level key or layer id is a prefix of it",
+                           did_you_mean(".".join(s for s in segs[:2] if isinstance(s, str)), list(ids))
+                           or ("layer ids starting so: " + ", ".join(near[:8]) if near else
+                               "layer ids: " + ", ".join(list(ids)[:12]) if ids else "the spec's layers have no ids"),
+                           code="override")
                 continue
-            rest = segs[1:]
-            if rest and rest[0] != "params" and rest[0] not in ("repeat", "frozen", "inputs", "type", "include"):
+            rest = segs[n:]
+            layer = data["layers"][idx]
+            in_params = isinstance(layer.get("params"), dict) and rest and rest[0] in layer["params"]
+            if rest and rest[0] != "params" and (rest[0] not in ("repeat", "frozen", "inputs", "type", "include")
+                                                 or rest[0] not in layer and in_params):   # the seed's params.repeat
                 rest = ["params"] + rest
             segs = ["layers", idx] + rest
         cur = data
@@ -136,6 +152,12 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
         if not isinstance(data, dict):
             diag.error((), "a spec must be a JSON object with 'name' and 'layers'", code="type")
             raise SpecError(diag.items)
+        if "layers" not in data and ("model_type" in data or "architectures" in data):
+            diag.error(("model_type",) if "model_type" in data else ("architectures",),
+                       "this is a transformers config.json, not an omnic spec",
+                       f"write a spec from it: omnic import-hf {src.file or 'config.json'} -o spec.json",
+                       code="hf-config")
+            raise SpecError(diag.items)
         try:
             doc = SpecDoc.model_validate(data)
         except ValidationError as e:
@@ -159,10 +181,8 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
     try:
         settings["format"] = get_format(settings["format"]).name
     except KeyError:
-        from .formats import FORMATS
-        from .diagnostics import did_you_mean
-        diag.error(("budget", "format"), f"unknown storage format {settings['format']!r}",
-                   did_you_mean(settings["format"], FORMATS) or "formats: " + ", ".join(FORMATS))
+        from .formats import suggest
+        diag.error(("budget", "format"), f"unknown storage format {settings['format']!r}", suggest(settings["format"]))
         return Compiled(doc, graph, None, diag.sorted(), src, settings)
     # the budget in force: the spec's, with the caller's keys over it; options without a limit set no budget
     n_diags = len(diag.items)

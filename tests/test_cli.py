@@ -91,7 +91,11 @@ def test_invalid_spec_exits_2_with_location_and_no_traceback(tmp_path):
     assert re.search(re.escape(path) + r":\d+:\d+: error: layers\[3\]\.params\.out_featurs: unknown key", r.output)
     assert "did you mean 'out_features'?" in r.output
     assert "Traceback" not in r.output
-    assert "partial report" in r.stdout          # what could be counted still is, and says so
+    # errors first, each with its source line and a caret under the column; no tables of a half-wired model
+    assert re.search(r'\n  \d+ \| .*"out_featurs": 100.*\n\s+\| +\^', r.output)
+    assert r.stdout == ""
+    rv = run("check", path, "-v")                # asked for: what could be counted still is, and says so
+    assert "partial report" in rv.stdout
 
 
 @pytest.mark.parametrize("text, needle", [
