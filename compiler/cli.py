@@ -140,7 +140,7 @@ def _compile(spec: str, sets: tuple[str, ...], **kw):
 
 # --- commands --------------------------------------------------------------------------------------------------------
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(package_name="omnic", prog_name="omnic")
+@click.version_option(None, "-V", "--version", package_name="omnic", prog_name="omnic")
 def cli() -> None:
     """omnic: compile declarative JSON model specs; check budgets; build PyTorch / MLX / ONNX models."""
 
@@ -395,6 +395,14 @@ def import_hf(config, out_file):
         click.echo(f"wrote {out_file}, which does not compile (see above)", err=True)
         sys.exit(EXIT_INVALID)
     click.echo(f"wrote {out_file}: {c.report['name']}, {c.report['params']['total']:,} parameters")
+
+
+@cli.command()
+def doctor():
+    """What this installation can do: versions, devices, MLX's BLAS, and the command for each missing part."""
+    from .doctor import rows
+    for part, ok, text in rows():
+        click.echo(f"{click.style('ok ' if ok else '-- ', fg='green' if ok else 'yellow', bold=True)} {part:<13} {text}")
 
 
 # --- entry point -----------------------------------------------------------------------------------------------------
