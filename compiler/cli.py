@@ -138,6 +138,11 @@ def _compile(spec: str, sets: tuple[str, ...], **kw):
     return compile(spec, overrides=parse_sets(sets), **kw)
 
 
+def _run_options(f):
+    from .cli_run import common_options
+    return common_options(f)
+
+
 # --- commands --------------------------------------------------------------------------------------------------------
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(None, "-V", "--version", package_name="omnic", prog_name="omnic")
@@ -395,6 +400,38 @@ def import_hf(config, out_file):
         click.echo(f"wrote {out_file}, which does not compile (see above)", err=True)
         sys.exit(EXIT_INVALID)
     click.echo(f"wrote {out_file}: {c.report['name']}, {c.report['params']['total']:,} parameters")
+
+
+@cli.command("run")
+@_run_options
+@click.option("--tokens", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Random text tokens per example (after any image placeholders).")
+def run_cmd(**kw):
+    """Run SPEC (or an omnic build directory) once on inputs it declares: output shapes, time, measured peak memory
+    beside the predicted one (compiler.cli_run)."""
+    from .cli_run import do_run, guard
+    guard(do_run, *(kw[k] for k in ("source", "runtime", "weights", "seed", "dtype", "sets", "batch", "images",
+                                    "mean", "std", "as_json", "tokens")))
+
+
+@cli.command("generate")
+@_run_options
+@click.option("--prompt", help="Text of the prompt (needs --tokenizer).")
+@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False),
+              help="A local tokenizer folder (transformers' save_pretrained files); nothing is downloaded.")
+@click.option("--ids", help="The prompt as token ids, e.g. 1,2,3 (default: 8 random ids).")
+@click.option("-n", "--max-new-tokens", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="0: greedy; above 0: sampling at this temperature (seeded by --seed).")
+@click.option("--top-k", type=click.IntRange(min=1), help="Sample from the k most likely tokens only.")
+@click.option("--eos", type=int, help="Stop token id (default: the tokenizer's).")
+def generate_cmd(**kw):
+    """Decode from SPEC (or an omnic build directory) with a KV cache: the tokens (or text), prompt and generation
+    tokens-per-sec, and measured peak memory beside the predicted one, as mlx-lm's generate prints (compiler.cli_run)."""
+    from .cli_run import do_generate, guard
+    guard(do_generate, *(kw[k] for k in ("source", "runtime", "weights", "seed", "dtype", "sets", "batch", "images",
+                                         "mean", "std", "as_json", "prompt", "tokenizer", "ids", "max_new_tokens",
+                                         "temperature", "top_k", "eos")))
 
 
 @cli.command()
