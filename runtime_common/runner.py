@@ -268,8 +268,14 @@ def run(m: Loaded, arrays: dict[str, np.ndarray]) -> dict:
             _sync(m, out)
     stats = {}
     for k, v in out.items():
-        a = np.array(v.float() if m.runtime == "torch" else v.astype(__import__("mlx.core").core.float32))
-        stats[k] = {"shape": list(a.shape), "mean": float(a.mean()), "std": float(a.std())}
+        if m.runtime == "torch":
+            a = v.double()
+            mean, std = a.mean().item(), a.std(correction=0).item()
+        else:
+            import mlx.core as mx
+            a = v.astype(mx.float32)
+            mean, std = mx.mean(a).item(), mx.sqrt(mx.var(a)).item()
+        stats[k] = {"shape": list(v.shape), "mean": float(mean), "std": float(std)}
     n_tok = int(next((arrays[s.name].size for s in m.specs if s.kind == "ids"), 0))
     return {"outputs": stats, "seconds": secs, "tokens": n_tok, "peak": peak.value, "peak_how": peak.how,
             "predicted": predicted(m)}
