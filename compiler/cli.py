@@ -434,6 +434,22 @@ def generate_cmd(**kw):
                                          "temperature", "top_k", "eos")))
 
 
+@cli.command("ops")
+@click.argument("type_", metavar="[TYPE]", required=False)
+def ops_cmd(type_):
+    """List the layer types, or print one: its params (type, default, description), inputs, outputs
+    (compiler.op_docs; docs/ops.md has them all, with a minimal spec each)."""
+    from .diagnostics import did_you_mean
+    from .op_docs import find, index, ops, text
+    if type_ is None:
+        click.echo(index(), nl=False)
+        return
+    op = find(type_)
+    if op is None:
+        raise UserError(f"unknown layer type {type_!r}; " + (did_you_mean(type_, ops()) or "`omnic ops` lists them"))
+    click.echo(text(op), nl=False)
+
+
 @cli.command()
 def doctor():
     """What this installation can do: versions, devices, MLX's BLAS, and the command for each missing part."""
