@@ -7,6 +7,7 @@ allocations weigh more than in real models, whose figures bench/bench_mlx.py com
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -174,3 +175,25 @@ def test_doctor_and_version():
     if sys.platform == "linux" and "mlx" in sys.modules:
         import runtime_mlx
         assert ("BLAS: OpenBLAS" if runtime_mlx.BLAS["loaded"] else "reference BLAS") in lines["mlx"]
+
+
+# --- 16. progress in logs -------------------------------------------------------------------------------------------------
+def test_slow_work_reports_progress_without_a_terminal(monkeypatch, capsys):
+    """Off a terminal, quick work is silent and slow work prints plain lines (the clock is made to run fast)."""
+    from runtime_common import progress
+    items = [str(i) for i in range(20)]
+    assert list(progress.track(items, "initialising weights")) == items
+    assert capsys.readouterr().err == ""                         # quick: silent
+    clock = iter(range(0, 10_000, 3))
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    assert list(progress.track(items, "initialising weights")) == items
+    err = capsys.readouterr().err.splitlines()
+    assert all(re.fullmatch(r"initialising weights: \d+% \(\d+ s\)", line) for line in err[:-1]), err
+    assert len(err) >= 5 and err[-2].startswith("initialising weights: 100% (")
+    assert err[-1].startswith("initialising weights: done (")
+    monkeypatch.setattr(progress, "HEARTBEAT_S", 0.01)
+    with progress.steps("building") as step:
+        step("tracing (torch.export)")
+        __import__("time").sleep(0.1)
+    err = capsys.readouterr().err
+    assert "tracing (torch.export): still working (" in err and err.splitlines()[-1].startswith("building: done (")
