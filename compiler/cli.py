@@ -209,6 +209,7 @@ def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, se
         if len(specs) > 1 and out is not None:
             out.rule(path)
         echo_diagnostics(c.diagnostics, verbose, quiet)
+        name = f"{path}: " if len(specs) > 1 else ""      # over several specs each verdict line names its spec
         if rc == EXIT_INVALID:
             n = len(c.errors)
             if c.report is not None and out is not None and verbose:    # what could be counted: only when asked
@@ -217,9 +218,15 @@ def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, se
                           f"({', '.join(c.report.get('unaccounted') or []) or 'none'} without shapes or FLOPs)")
                 for t in check_tables(c.report):
                     out.print(t)
-            click.echo(f"{path}: invalid spec ({n} error{'s' if n != 1 else ''})", err=True)
+            click.echo(f"{path}: " + click.style("invalid spec", fg="red", bold=True)
+                       + f" ({n} error{'s' if n != 1 else ''})", err=True)
             continue
-        _print_verdicts(out, c, budget, quiet)
+        _print_verdicts(out, c, budget, quiet, name)
+        if quiet and name and not c.report.get("budget") and not any(not e["ok"] for e in c.report.get("expect") or []):
+            click.echo(f"{name}" + click.style("ok", fg="green", bold=True) + " (no budget; expectations met)")
+    if len(specs) > 1 and not as_json:
+        n = {k: sum(r["exit_code"] == k for r in results) for k in (EXIT_OK, EXIT_UNMET, EXIT_INVALID)}
+        click.echo(f"{len(specs)} specs: {n[EXIT_OK]} pass, {n[EXIT_UNMET]} FAIL, {n[EXIT_INVALID]} invalid")
     for file, kind in docs:
         text = document(results, kind, dump_json)
         if file:
@@ -229,7 +236,16 @@ def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, se
     sys.exit(code)
 
 
-def _print_verdicts(out, c, budget_text: Optional[str], quiet: bool) -> None:
+def _verdict_colour(line: str) -> str:
+    """`: pass` green, `: FAIL` red (on a terminal; click drops the colour elsewhere)."""
+    for word, colour in ((": pass", "green"), (": FAIL", "red"), (": ok", "green")):
+        head, sep, tail = line.rpartition(word)
+        if sep and (not tail or tail.startswith(" (")):
+            return head + ": " + click.style(word[2:], fg=colour, bold=True) + tail
+    return line
+
+
+def _print_verdicts(out, c, budget_text: Optional[str], quiet: bool, name: str = "") -> None:
     from .tables import budget_line, check_tables, expect_line
     rep = c.report
     if out is not None:
@@ -237,13 +253,13 @@ def _print_verdicts(out, c, budget_text: Optional[str], quiet: bool) -> None:
             out.print(t)
     for e in rep.get("expect") or []:
         if not e["ok"]:
-            click.echo(f"expect {expect_line(e)}")
+            click.echo(_verdict_colour(f"{name}expect {expect_line(e)}"))
     b = rep.get("budget")
     if b:
         limit = budget_text or (c.doc.budget.vram if c.doc and c.doc.budget else None)
-        click.echo(f"budget {budget_line(b, rep, str(limit) if limit is not None else None)}")
+        click.echo(_verdict_colour(f"{name}budget {budget_line(b, rep, str(limit) if limit is not None else None)}"))
     elif not quiet:
-        click.echo("budget: none (set one with --budget 6GiB or a 'budget' in the spec)")
+        click.echo(f"{name}budget: none (set one with --budget 6GiB or a 'budget' in the spec)")
 
 
 @cli.command()
@@ -252,7 +268,7 @@ def _print_verdicts(out, c, budget_text: Optional[str], quiet: bool) -> None:
 @_options(size_options)
 @set_option
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
-@click.option("-v", "--verbose", is_flag=True, help="Also print notes.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print notes, and a \"connected to\" column.")
 def summary(spec, depth, batch, context, frames, sets, as_json, verbose):
     """Per-layer table of SPEC: type, output shape, params, active params, prefill FLOPs, output memory.
 
@@ -274,7 +290,8 @@ def summary(spec, depth, batch, context, frames, sets, as_json, verbose):
     if as_json:
         click.echo(dump_json({"file": spec, "ok": True, **summary_json(rep, rows)}))
     else:
-        console().print(summary_table(rep, rows))
+        out = console()
+        out.print(summary_table(rep, rows, out.width, connections=verbose))
 
 
 @cli.command()
