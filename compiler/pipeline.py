@@ -42,13 +42,30 @@ class Compiled:
             raise SpecError(self.errors)
         return self
 
-    def to_torch(self, **kw):
-        from runtime_torch import build
-        return build(self.raise_for_errors(), **kw)
+    def to_torch(self, device: Any = None, dtype: Any = None, seed: int = 0, init: bool = True):
+        """The model as a `runtime_torch.OmnicModel` (an `nn.Module`; imports torch only now).
 
-    def to_mlx(self, **kw):
+        device: where to allocate (`"cpu"`, `"cuda"`, `"meta"` for shapes without memory); default torch's.
+        dtype: floating tensors' dtype (`"float32"`, `"bfloat16"`, a `torch.dtype`); default float32.
+        seed: weights drawn from it (the same values as `to_mlx(seed=...)`); init=False leaves them unset (load a
+        checkpoint next: `runtime_torch.load_weights(model, path)`).
+        Call it with one keyword per model input: `model(input_ids=ids)` -> {output name: tensor}; inputs are
+        checked against the spec's (shape, dtype, placeholders). Raises SpecError on an invalid spec.
+        """
+        from runtime_torch import build
+        return build(self.raise_for_errors(), device=device, dtype=dtype, seed=seed, init=init)
+
+    def to_mlx(self, dtype: Any = None, seed: int = 0, init: bool = True):
+        """The model as a `runtime_mlx.OmnicModel` (an `mlx.nn.Module`; imports mlx only now).
+
+        dtype: floating tensors' dtype (`"float32"`, `"bfloat16"`, an `mx.Dtype`); default float32.
+        seed: weights drawn from it (the same values as `to_torch(seed=...)`); init=False leaves them unset (load a
+        checkpoint next: `runtime_mlx.load_weights(model, path)`, which reads torch-layout safetensors).
+        Call it with one keyword per model input: `model(input_ids=ids)` -> {output name: mx.array} (lazy until
+        `mx.eval`); inputs are checked against the spec's. Raises SpecError on an invalid spec.
+        """
         from runtime_mlx import build
-        return build(self.raise_for_errors(), **kw)
+        return build(self.raise_for_errors(), dtype=dtype, seed=seed, init=init)
 
 
 def load_source(spec: Union[str, os.PathLike, dict]) -> Source:
