@@ -37,7 +37,7 @@ def parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
     for item in values:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE (e.g. lm.layers=2)", param_hint="--set")
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE (e.g. decoder.blocks.depth=2)", param_hint="--set")
         try:
             value = json.loads(raw)
         except ValueError:
@@ -69,7 +69,7 @@ def _size_option(ctx, param, value: Optional[str]) -> Optional[str]:
 
 
 set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                          help="Override a spec value before compiling, e.g. --set lm.layers=2 or "
+                          help="Override a spec value before compiling, e.g. --set decoder.blocks.depth=2 or "
                                "--set 'layers[4].params.num_experts=4' (VALUE is JSON, else a string).")
 size_options = [
     click.option("--batch", type=click.IntRange(min=1), help="Batch size B (default: the spec's)."),
@@ -331,7 +331,7 @@ def diff(spec_a, spec_b, budget, sets, sets_a, sets_b, as_json, verbose):
     """What changed from spec A to spec B: layers added / removed / changed (parameter by parameter, repeated
     blocks as one row), parameters, FLOPs, memory and budget verdicts, with deltas (compiler.diff).
 
-    Exit 0 whatever changed; 2 when a spec is invalid. `omnic diff m.json m.json --set-b lm.layers=32` compares a
+    Exit 0 whatever changed; 2 when a spec is invalid. `omnic diff m.json m.json --set-b decoder.blocks.depth=32` compares a
     spec with a variant of itself.
     """
     from .diff import diff as do_diff, tables

@@ -85,11 +85,13 @@ def _gb(x: Optional[int]) -> str:
     return "?" if x is None else fmt_bytes(x)
 
 
-def _memory_line(res: dict) -> str:
+def _memory_line(res: dict, m) -> str:
     line = f"Peak memory: {_gb(res['peak'])}"
     if res["predicted"]:
+        s = (m.report or {}).get("settings", {})
+        at = f" at batch {s.get('batch')}, context {s.get('context')}" if s else ""
         ratio = f", measured/predicted {res['peak'] / res['predicted']:.2f}" if res["peak"] else ""
-        line += f" (predicted {_gb(res['predicted'])}{ratio}; {res['peak_how']})"
+        line += f" (predicted {_gb(res['predicted'])}{at}{ratio}; {res['peak_how']})"
     return line
 
 
@@ -126,7 +128,7 @@ def do_run(source, runtime, weights, seed, dtype, sets, batch, images, mean, std
     click.echo("=" * 10)
     tps = f", {res['tokens'] / res['seconds']:.1f} tokens-per-sec" if res["tokens"] else ""
     click.echo(f"Forward: {res['seconds']:.3f} s{tps}")
-    click.echo(_memory_line(res))
+    click.echo(_memory_line(res, m))
 
 
 def _tokenizer(path: Optional[str]):
@@ -184,7 +186,7 @@ def do_generate(source, runtime, weights, seed, dtype, sets, batch, images, mean
     gtps = f", {res['generation_tps']:.1f} tokens-per-sec" if res["generation_tps"] else ""
     click.echo(f"Prompt: {res['prompt_tokens']} tokens{ptps}")
     click.echo(f"Generation: {res['generated']} tokens{gtps}")
-    click.echo(_memory_line(res))
+    click.echo(_memory_line(res, m))
 
 
 def guard(fn, *args: Any) -> None:

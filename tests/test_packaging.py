@@ -59,3 +59,13 @@ def test_example_kinds():
     assert "MergeImageTokens" in ops["tiny_vlm"] and "GQA_MoE_Layer" in ops["tiny_moe"]
     rep = compile(str(ROOT / "examples" / "tiny_moe.json")).report
     assert rep["params"]["active"] < rep["params"]["total"]
+
+
+def test_the_readme_error_example_is_what_omnic_prints(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## A first spec\n\n```json\n(.*?)```", readme, re.S).group(1)
+    shown = re.search(r"```\n(tiny\.json:\d+:\d+: error: .*?)```", readme, re.S).group(1)
+    (tmp_path / "tiny.json").write_text(block.replace('"num_embeddings": 32000, ', ""))
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["check", "tiny.json"])
+    assert r.exit_code == 2 and r.stderr == shown
