@@ -197,3 +197,22 @@ def test_slow_work_reports_progress_without_a_terminal(monkeypatch, capsys):
         __import__("time").sleep(0.1)
     err = capsys.readouterr().err
     assert "tracing (torch.export): still working (" in err and err.splitlines()[-1].startswith("building: done (")
+
+
+# --- 11. the built model says what it needs --------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", ["torch", "mlx"])
+def test_build_states_each_input(tmp_path, target):
+    out = tmp_path / "b"
+    r = omnic("build", spec(tmp_path, VLM), "--target", target, "-o", out)
+    assert r.exit_code == 0, r.output
+    tail = r.output.splitlines()[-3:]
+    assert tail == ["inputs (model.py's INPUTS):", "  image: image (B, 3, 32, 32) float",
+                    "  input_ids: ids (B, T) int, ids < 64; each example holds 4 tokens of id 5 (image placeholders "
+                    "for merge)"]
+    import ast
+    tree = ast.parse((out / "model.py").read_text())
+    inputs = next(ast.literal_eval(s.value) for s in tree.body if isinstance(s, ast.Assign)
+                  and s.targets[0].id == "INPUTS")
+    assert inputs == {"image": "image (B, 3, 32, 32) float",
+                      "input_ids": "ids (B, T) int, ids < 64; each example holds 4 tokens of id 5 (image "
+                                   "placeholders for merge)"}
