@@ -15,7 +15,7 @@ Pillow; resized to the compiled size, scaled to [0, 1], normalised by `mean` / `
 Memory: MLX's allocator peak (`mx.get_peak_memory()`, what mlx-lm prints); torch's peak allocated bytes on CUDA, and
 on the CPU the peak of live tensors that torch's MemTracker counts (weights, caches, activations) over one prefill.
 The prediction is the report's `memory.inference` in the format of the dtype at the run's batch and length.
-Frameworks are imported only when a runtime is chosen.
+Frameworks (and numpy) are imported only when a runtime is chosen.
 """
 from __future__ import annotations
 
@@ -26,11 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import numpy as np
-
 from compiler.graph_data import from_data, to_data
-
-from .inputs import InputSpec, describe
+from runtime_common.inputs import InputSpec, describe
 
 FORMAT_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
@@ -107,8 +104,10 @@ def load(source: str, runtime: Optional[str] = None, weights: Optional[str] = No
 
 
 # --- inputs ----------------------------------------------------------------------------------------------------------
-def read_image(path: str, spec: InputSpec, mean: float = 0.0, std: float = 1.0) -> np.ndarray:
+def read_image(path: str, spec: InputSpec, mean: float = 0.0, std: float = 1.0) -> "np.ndarray":
     """A (C, H, W) float32 array at the spec's size: .npy / .safetensors as stored, PNG / JPEG through Pillow."""
+    import numpy as np
+
     c, h, w = (d.const if d.is_const else None for d in spec.shape[-3:])
     ext = os.path.splitext(path)[1].lower()
     if not os.path.isfile(path):
@@ -139,9 +138,11 @@ def read_image(path: str, spec: InputSpec, mean: float = 0.0, std: float = 1.0) 
 
 def make_inputs(m: Loaded, tokens: int = 16, images: Optional[dict[str, str]] = None, seed: int = 0,
                 prompt_ids: Optional[list[int]] = None, mean: float = 0.0, std: float = 1.0,
-                batch: int = 1, frames: Optional[int] = None) -> dict[str, np.ndarray]:
+                batch: int = 1, frames: Optional[int] = None) -> dict[str, "np.ndarray"]:
     """One numpy array per model input: ids (with any placeholders first, then `prompt_ids` or `tokens` random
     ids), images from `images` (name -> file) or random, other inputs random."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     images = dict(images or {})
     unknown = set(images) - {s.name for s in m.specs}
@@ -179,7 +180,7 @@ def make_inputs(m: Loaded, tokens: int = 16, images: Optional[dict[str, str]] = 
     return out
 
 
-def _to_runtime(m: Loaded, arrays: dict[str, np.ndarray]) -> dict:
+def _to_runtime(m: Loaded, arrays: dict[str, "np.ndarray"]) -> dict:
     if m.runtime == "torch":
         import torch
         dt = getattr(torch, m.dtype)
@@ -187,7 +188,7 @@ def _to_runtime(m: Loaded, arrays: dict[str, np.ndarray]) -> dict:
         return {k: torch.from_numpy(v).to(dev, dt if v.dtype.kind == "f" else torch.int64) for k, v in arrays.items()}
     import mlx.core as mx
     dt = getattr(mx, m.dtype)
-    return {k: mx.array(v).astype(dt) if v.dtype.kind == "f" else mx.array(v.astype(np.int32)) for k, v in arrays.items()}
+    return {k: mx.array(v).astype(dt) if v.dtype.kind == "f" else mx.array(v).astype(mx.int32) for k, v in arrays.items()}
 
 
 # --- measuring -------------------------------------------------------------------------------------------------------
@@ -246,7 +247,7 @@ class _Peak:
         return False
 
 
-def run(m: Loaded, arrays: dict[str, np.ndarray]) -> dict:
+def run(m: Loaded, arrays: dict[str, "np.ndarray"]) -> dict:
     """One forward: {"outputs": {name: (shape, dtype, mean, std)}, "seconds", "peak", "predicted", ...}."""
     inputs = _to_runtime(m, arrays)
     if m.runtime == "torch":
@@ -281,10 +282,12 @@ def run(m: Loaded, arrays: dict[str, np.ndarray]) -> dict:
             "predicted": predicted(m)}
 
 
-def generate(m: Loaded, arrays: dict[str, np.ndarray], max_new_tokens: int, do_sample: bool = False,
+def generate(m: Loaded, arrays: dict[str, "np.ndarray"], max_new_tokens: int, do_sample: bool = False,
              temperature: float = 1.0, top_k: Optional[int] = None, seed: int = 0,
              eos_token_id: Optional[int] = None) -> dict:
     """Decode after the prompt: {"tokens": [[ids]], "prompt_tps", "generation_tps", "peak", "predicted", ...}."""
+    import numpy as np
+
     ids_spec = [s for s in m.specs if s.kind == "ids"]
     if len(ids_spec) != 1:
         raise RunError(f"generate needs a model with one token-id input; this one has "
