@@ -34,6 +34,7 @@ import onnxruntime as ort
 import torch
 
 import runtime_torch
+from runtime_common.progress import steps
 from runtime_torch.weights import save_weights
 
 from .build import BuildError
