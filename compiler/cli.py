@@ -381,7 +381,7 @@ def build(spec, target, out_dir, weights, seed, sets, verbose):
     except BuildError as e:
         raise UserError(str(e))
     click.echo(f"built {c.report['name']!r} for {target} in {out_dir} ({len(files)} files)")
-    from runtime_common.inputs import describe
+    from runtime_common.input_spec import describe
     click.echo("inputs (model.py's INPUTS):")
     for spec in describe(c.graph):
         click.echo(f"  {spec.describe()}")

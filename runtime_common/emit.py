@@ -3,7 +3,7 @@ that runtime (`runtime_torch/emit.py` and `runtime_mlx/emit.py` name theirs with
 
 `write(compiled, out_dir, target)` writes
   model.py           the graph as a data literal (`GRAPH`, see `compiler/graph_data.py`), what each input must hold
-                     (`INPUTS`, from `runtime_common/inputs.py`), `build(**kw)` which
+                     (`INPUTS`, from `runtime_common/input_spec.py`), `build(**kw)` which
                      rebuilds the runtime's OmnicModel from it, and `forward(model, inputs)`: the same computation
                      written out, one line per node with its op and output shape;
   report.json        the compiler's report (sorted keys, indent 2);
@@ -93,7 +93,7 @@ def source(compiled, target: Target) -> str:
     graph = compiled if isinstance(compiled, Graph) else compiled.raise_for_errors().graph
     data = to_data(graph)
     name = compiled.report["name"] if not isinstance(compiled, Graph) and compiled.report else None
-    from .inputs import describe
+    from .input_spec import describe
     inputs = {i.name: i.describe().split(": ", 1)[1] for i in describe(graph)}     # plain strings, through repr()
     text = (HEADER.format(runtime=target.runtime) + f"NAME = {name!r}\n"
             + "INPUTS = " + pprint.pformat(inputs, width=112, sort_dicts=False) + "\n" + _literal(data)

@@ -6,7 +6,7 @@ part of `runtime_torch/model.py` and `runtime_mlx/model.py`).
                                                 inputs, where its outputs go, and which slots die after it
                                                 (intermediates are released at their last use);
   run(plan, steps, inputs, modules)             one call of the model: {output name: value}; the inputs are checked
-                                                first against what the graph declares (runtime_common/inputs.py);
+                                                first against what the graph declares (runtime_common/input_spec.py);
   resolve_ties(weight_decls, check)             {tied full name: owner full name}, chains followed, shapes checked;
   check_declared(...)                           the error for a module that does not build its op's tensors.
 """
@@ -29,7 +29,7 @@ class Plan:
     outputs: tuple[tuple[str, int], ...]          # (output name `node` or `node.output`, slot)
     steps: tuple[Step, ...]                       # the node of each step is its name
     input_set: frozenset[str]
-    input_specs: tuple = ()                       # runtime_common.inputs.InputSpec of each input a live node reads
+    input_specs: tuple = ()                       # runtime_common.input_spec.InputSpec of each input a live node reads
 
 
 def make_plan(g: Graph, input_names: list[str], output_names: list[str]) -> Plan:
@@ -63,7 +63,7 @@ def make_plan(g: Graph, input_names: list[str], output_names: list[str]) -> Plan
             out = tuple((o, slot[(n, o)]) for o in node.outputs if (n, o) in slot)
         free = tuple(sorted({s for s, j in last.items() if j == i and s not in keep}))
         steps.append((n, tuple(slot[e] for e in node.inputs), out, free))
-    from .inputs import describe
+    from .input_spec import describe
     read = {n for n, _ in slot if g[n].op == "Input"}
     return Plan(n_slots=len(slot), outputs=outputs, steps=tuple(steps), input_set=frozenset(input_names),
                 input_specs=tuple(s for s in describe(g) if s.name in read),
@@ -78,7 +78,7 @@ def run(plan: Plan, steps: tuple[Step, ...], inputs: Mapping[str, Any],
         extra = sorted(inputs.keys() - plan.input_set)
         raise TypeError(f"model inputs are {sorted(plan.input_set)}; missing {missing}, unexpected {extra}")
     if plan.input_specs:
-        from .inputs import check
+        from .input_spec import check
         check(plan.input_specs, inputs)
     env: list = [None] * plan.n_slots
     for name, i in plan.input_slots:

@@ -8,7 +8,7 @@ and how much memory, beside the compiler's prediction (as mlx-lm's `generate` pr
 A source is a spec file (compiled here, with `overrides`) or a directory written by `omnic build` (its model.py's
 graph and report.json; its model.safetensors unless other weights are given). Weights come from a safetensors file
 (torch layout, either runtime's `save_weights`) or are drawn from `seed`. Inputs are made from what the graph
-declares (`runtime_common/inputs.py`): token ids drawn from the seed inside the vocabulary, with the image
+declares (`runtime_common/input_spec.py`): token ids drawn from the seed inside the vocabulary, with the image
 placeholder tokens a MergeImageTokens node needs in front; images from files (.npy, .safetensors, or PNG / JPEG with
 Pillow; resized to the compiled size, scaled to [0, 1], normalised by `mean` / `std`) or drawn from the seed.
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from compiler.graph_data import from_data, to_data
-from runtime_common.inputs import InputSpec, describe
+from runtime_common.input_spec import InputSpec, describe
 
 FORMAT_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
