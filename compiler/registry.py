@@ -7,7 +7,10 @@ An op declares
   shape       input types -> output types;
   weights     the parameter tensors: dotted names relative to the node, shapes, roles; counts derive from these;
   flops       FLOPs (2 x multiply-accumulates) for a prefill or one decoded token;
-  state       decode state (KV cache, conv state) in elements;
+  decode_state  the decode state a node keeps between calls (`State`: kind, shape per example, growth per token);
+  state       its size in elements (by default from `decode_state`);
+  decode      how decoding runs a stateless node on new tokens alone: "positionwise" or "text_join" (None: it cannot);
+  ids_bound   for ops that read token ids: the exclusive bound of valid ids (`runtime_common/inputs.py` draws below it);
   workspace   transient elements inside the op at inference (attention scores, MLP hidden), for the memory peak;
   saved       elements kept for the backward pass besides the outputs (training memory);
   expand      composites return a list of layers instead of being a node.
@@ -67,6 +70,34 @@ class W:
 
 
 @dataclass(frozen=True)
+class State:
+    """One tensor of decode state a node keeps per example between decoding calls.
+
+    kind: "kv" (keys or values: `grows` positions per token, the last `cap` kept; a sliding window keeps window - 1),
+          "conv" (a convolution's last inputs), "ssm" (a recurrent state); the last two are replaced at each call.
+    shape: per example, without the batch axis; for a growing state, the shape of one position, the position axis
+          `axis` holding 1.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    grows: int = 0
+    axis: int = 0
+    cap: Optional[int] = None
+
+    def numel(self, tokens: int) -> int:
+        """Elements per example after `tokens` tokens."""
+        n = 1
+        for d in self.shape:
+            n *= d
+        if self.grows:
+            held = tokens * self.grows
+            n *= min(held, self.cap) if self.cap is not None else held
+        return n
+
+
+@dataclass(frozen=True)
 class Slot:
     name: str
     kinds: tuple[str, ...]
@@ -103,6 +134,9 @@ class Op:
     #: spec spellings that select this op through a parent type, e.g. TransformerBlock + params.type
     kind_of: ClassVar[Optional[str]] = None
     composite: ClassVar[bool] = False
+    #: how decoding runs the node on new tokens alone: "positionwise" (each token independently), "text_join" (joins
+    #: the text stream with a fixed one: new tokens pass through); None: only as a stateful node, or not at all
+    decode: ClassVar[Optional[str]] = None
 
     # --- wiring -------------------------------------------------------------------------------------------------
     @classmethod
@@ -144,8 +178,29 @@ class Op:
         return 0
 
     @classmethod
+    def decode_state(cls, p, ins: list[TensorType]) -> tuple[State, ...]:
+        """The state the node keeps between decoding calls (none: stateless)."""
+        return ()
+
+    @classmethod
     def state(cls, p, ins: list[TensorType], outs: dict[str, TensorType], ctx: Ctx) -> int:
-        return 0
+        """Decode state in elements: the declared `decode_state` of a batch (B, N, ...) input after N tokens."""
+        states = cls.decode_state(p, ins)
+        if not states:
+            return 0
+        x = ins[0]
+        b, n = ctx.full(x.shape[0]), ctx.full(x.shape[1])
+        return b * sum(s.numel(n) for s in states)
+
+    @classmethod
+    def ids_bound(cls, p) -> Optional[int]:
+        """For an op reading token ids: ids valid for it are below this (a vocabulary); None: no bound."""
+        return None
+
+    @classmethod
+    def place_ids(cls, p, ids, ins: list[TensorType], env: dict[str, int]) -> None:
+        """Make example ids (an int array (B, T), drawn below every consumer's `ids_bound`) valid for this op in
+        place (e.g. image placeholders)."""
 
     @classmethod
     def workspace(cls, p, ins: list[TensorType], outs: dict[str, TensorType], ctx: Ctx) -> int:

@@ -1,29 +1,31 @@
 """Token-by-token decoding of an OmnicModel of a decoder graph, for either runtime: which nodes run in the prefill
 and which at each new token, and the caches between calls (`DecodeSession`). `runtime_torch/generate.py` and
-`runtime_mlx/generate.py` subclass it with their TransformerBlock and LayerCache, and write their own `generate`
-(sampling is framework code).
+`runtime_mlx/generate.py` subclass it with their LayerCache, and write their own `generate` (sampling is framework
+code).
+
+What each node does when decoding is its op's declaration (compiler/registry.py), never its type: a node whose op
+declares `decode_state` keeps a cache (any kind: K/V, convolution inputs, an SSM state); a stateless node runs on
+the new tokens alone if its op is `decode = "positionwise"`, passes new text tokens through if "text_join".
 """
 from __future__ import annotations
 
 from typing import Optional
 
-POSITIONWISE = {"Embedding", "Linear", "RMSNorm", "LayerNorm", "Activation"}
-# joins of the text stream with a fixed one (image tokens): when decoding, the new tokens are text only
-TEXT_PASSTHROUGH = {"Concat", "MergeImageTokens"}
+from compiler import registry
 
 
 class DecodeSession:
     """Runs `model` on (B, T) token ids, keeping per-layer caches between calls (a runtime subclasses it, naming its
-    `block` and `cache` classes).
+    `cache` class, made as `cache(reserve=...)`).
 
     The first `step` is the prefill: the whole graph the logits depend on runs, other inputs (images) included,
-    and every causal block on the text path fills its cache with the full sequence (image tokens too). Later steps
-    run only the text path: nodes that depend on the token ids. There, a sequence Concat or a MergeImageTokens
-    passes the new text tokens through (the image part is already in the caches), position-wise nodes run on the
-    new tokens, and causal blocks continue their caches. Anything else on the text path is refused.
+    and every stateful node on the text path fills its cache with the full sequence (image tokens too). Later steps
+    run only the text path: nodes that depend on the token ids. There, a text join (a sequence Concat, a
+    MergeImageTokens) passes the new text tokens through (the image part is already in the caches), position-wise
+    nodes run on the new tokens, and stateful nodes continue their caches. Anything else on the text path is
+    refused.
     """
 
-    block: type    # the runtime's TransformerBlock: a causal (or conv) one on the text path keeps a cache
     cache: type    # the runtime's LayerCache
 
     def __init__(self, model, logits: Optional[str] = None, reserve: int = 0):
@@ -53,39 +55,36 @@ class DecodeSession:
             mod = model.node(node.name)
             keys = [f"{s}.{o}" if o != "out" else s for s, o in node.inputs]
             on_text = node.name in text
-            cached = on_text and isinstance(mod, self.block) and (mod.kind == "conv" or mod.causal)
+            op = registry.get(node.op)
+            cached = on_text and bool(op.decode_state(node.params, g.input_types(node)))
             self.prefill.append((node.name, mod, keys, cached))
             if not on_text:
                 continue
             if list(node.outputs) != ["out"]:
                 raise ValueError(f"node {node.name} has several outputs; decoding runs single-output text nodes")
-            if node.op in TEXT_PASSTHROUGH:
+            if op.decode == "text_join":
                 tk = [k for (s, _), k in zip(node.inputs, keys) if s in text and g[s].out.kind != "ids"]
                 if len(tk) != 1 or (node.op == "Concat" and node.params.axis != "sequence"):
                     raise ValueError(f"node {node.name} ({node.op}) does not join one text stream along the "
                                      f"sequence; it cannot be decoded token by token")
                 self.decode.append((node.name, None, tk, False))
-            elif cached or node.op in POSITIONWISE:
+            elif cached or op.decode == "positionwise":
                 self.decode.append((node.name, mod, keys, cached))
             else:
                 raise ValueError(f"generate decodes token by token; node {node.name} ({node.op}) on the text path "
-                                 f"is neither a causal block, position-wise, nor a join with a fixed stream")
+                                 f"declares no decode state, is not position-wise, nor a join with a fixed stream")
         self.plan = self.decode
         # `step(..., last=True)`: after the last cached block only position-wise nodes run, so they may run on
         # the last token alone (generation needs no other logits)
         cached_at = [i for i, (_, _, _, c) in enumerate(self.prefill) if c]
         tail = self.prefill[cached_at[-1] + 1:] if cached_at else []
         self.last_block = self.prefill[cached_at[-1]][0] if cached_at and all(
-            g[n].op in POSITIONWISE for n, _, _, _ in tail) else None
+            registry.get(g[n].op).decode == "positionwise" for n, _, _, _ in tail) else None
         self.reserve = reserve     # tokens the caches make room for at once (the runtime's cache may ignore it)
         self.reset()
 
     def reset(self) -> None:
-        self.caches = {name: self.cache() for name, _, _, cached in self.prefill if cached}
-        if self.reserve:
-            for c in self.caches.values():
-                if hasattr(c, "reserve"):
-                    c.reserve = self.reserve
+        self.caches = {name: self.cache(reserve=self.reserve) for name, _, _, cached in self.prefill if cached}
         self.started = False
 
     @property

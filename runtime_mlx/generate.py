@@ -4,8 +4,8 @@
     out = generate(model, ids, 20, do_sample=True, temperature=0.8, top_k=50, seed=0)
 
 The prompt runs once (prefill, the whole graph, images included), then one token per step through the text path;
-every causal TransformerBlock / GQA_MoE_Layer node on it keeps a `LayerCache` (K, V trimmed to its window, or the
-conv state; see runtime_mlx/ops/transformer.py), and every other text node must be position-wise (embedding,
+every node on it whose op declares decode state keeps a `LayerCache` (runtime_mlx/cache.py: K, V trimmed to its
+window, the conv state, ...), and every other text node must be position-wise (embedding,
 linear, norm, activation) or a join with the fixed image stream, so running it on the new token alone is exact.
 Greedy decoding equals the torch runtime's token for token on the same weights (tests/test_mlx_parity.py); sampling
 draws from `mx.random` keyed by `seed` (reproducible, not the torch runtime's stream).
@@ -20,18 +20,18 @@ import mlx.core as mx
 
 from runtime_common.decode import DecodeSession as SharedDecodeSession
 
-from .ops.transformer import LayerCache, TransformerBlock
+from .cache import LayerCache
 
 
 class DecodeSession(SharedDecodeSession):
-    """`runtime_common.decode.DecodeSession` with MLX's TransformerBlock and LayerCache, and the size of its caches."""
-    block, cache = TransformerBlock, LayerCache
+    """`runtime_common.decode.DecodeSession` with MLX's LayerCache, and the size of its caches."""
+    cache = LayerCache
 
     def cache_arrays(self) -> list[mx.array]:
         return [a for c in self.caches.values() for a in c.arrays()]
 
     def cache_nbytes(self) -> int:
-        """Bytes of decode state held: K, V and conv states of every layer."""
+        """Bytes of decode state held: every declared state of every layer."""
         return sum(a.nbytes for a in self.cache_arrays())
 
     def step(self, ids: mx.array, last: bool = False, **inputs: mx.array) -> mx.array:

@@ -28,7 +28,7 @@ from mlx.utils import tree_flatten
 from compiler import registry as ops
 from compiler.ir import Graph
 from compiler.registry import W
-from runtime_common import plan
+from runtime_common import inputs as example, plan
 
 from . import layout
 from . import registry as impls
@@ -150,10 +150,22 @@ class OmnicModel(nn.Module):
     def __call__(self, **inputs: mx.array) -> dict[str, mx.array]:
         return plan.run(self._schedule, self._plan, inputs, self._nodes)
 
+    def example_inputs(self, sizes: Optional[dict[str, int]] = None, seed: int = 0) -> dict[str, mx.array]:
+        """Valid random inputs by name (`runtime_common/inputs.py`: ids below their consumers' vocabularies, image
+        placeholders in place) at `sizes` (default B 2, T 8, F 2), floats in the model's dtype: the torch
+        runtime's values, so `model(**model.example_inputs())` runs and compares across runtimes."""
+        env = example.sizes(self.graph, {**example.DEFAULT_SIZES, **(sizes or {})})
+        params = [a for a in self.named_parameters().values() if mx.issubdtype(a.dtype, mx.floating)]
+        out = {k: mx.array(v) for k, v in example.example_inputs(self.graph, env, seed).items()}
+        if params:
+            out = {k: v.astype(params[0].dtype) if mx.issubdtype(v.dtype, mx.floating) else v
+                   for k, v in out.items()}
+        return out
+
 
 def _is_box(m) -> bool:
     """A module that only holds others on a dotted path (a node-name Container, or an op's Box)."""
-    from .ops.transformer import Box
+    from .node import Box
     return type(m) in (Container, Box)
 
 

@@ -3,10 +3,10 @@
     out = generate(model, input_ids, max_new_tokens=20)                          # greedy, (B, T + 20)
     out = generate(model, ids, 20, do_sample=True, temperature=0.8, top_k=50, seed=0)
 
-The prompt runs once (prefill), then one token per step; every causal TransformerBlock / GQA_MoE_Layer node keeps
-a `LayerCache` (K, V trimmed to its window, or the conv state; see runtime_torch/ops/transformer.py), and every
-other node must be position-wise (embedding, linear, norm, activation), so running it on the new token alone is
-exact. Greedy decoding equals transformers' `generate(do_sample=False)` token for token on the same weights.
+The prompt runs once (prefill), then one token per step; every node whose op declares decode state (a causal
+TransformerBlock: K, V trimmed to its window, or the conv state) keeps a `LayerCache` (runtime_torch/cache.py), and
+every other node must be position-wise (embedding, linear, norm, activation), so running it on the new token alone
+is exact. Greedy decoding equals transformers' `generate(do_sample=False)` token for token on the same weights.
 A batch holds prompts of one length (no padding: positions are 0..T-1 in every row).
 Speed: the session packs the model's weights for matrix-vector products first (runtime_torch/pack.py: fused
 q|k|v and gate|up, column-major storage, products split across threads; names, shapes and values unchanged;
@@ -23,13 +23,13 @@ import torch
 
 from runtime_common.decode import DecodeSession as SharedDecodeSession
 
-from .ops.transformer import LayerCache, TransformerBlock
+from .cache import LayerCache
 from .pack import pack as pack_model
 
 
 class DecodeSession(SharedDecodeSession):
-    """`runtime_common.decode.DecodeSession` with torch's TransformerBlock and LayerCache; steps run without grad."""
-    block, cache = TransformerBlock, LayerCache
+    """`runtime_common.decode.DecodeSession` with torch's LayerCache; steps run without grad."""
+    cache = LayerCache
 
     def __init__(self, model, logits: Optional[str] = None, reserve: int = 0, pack: bool = True):
         """`reserve`: tokens (prompt included) the KV caches make room for at once; `pack`: store the model's

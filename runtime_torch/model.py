@@ -17,7 +17,7 @@ in the report.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from torch import nn
 from compiler import registry as ops
 from compiler.ir import Graph
 from compiler.registry import W
-from runtime_common import plan
+from runtime_common import inputs as example, plan
 
 from . import registry as impls
 
@@ -130,6 +130,16 @@ class OmnicModel(nn.Module):
 
     def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         return plan.run(self._schedule, self._plan, inputs)
+
+    def example_inputs(self, sizes: Optional[dict[str, int]] = None, seed: int = 0) -> dict[str, torch.Tensor]:
+        """Valid random inputs by name (`runtime_common/inputs.py`: ids below their consumers' vocabularies, image
+        placeholders in place) at `sizes` (default B 2, T 8, F 2), floats in the model's dtype, on its device:
+        `model(**model.example_inputs())` runs."""
+        env = example.sizes(self.graph, {**example.DEFAULT_SIZES, **(sizes or {})})
+        p = next((t for t in self.parameters() if t.is_floating_point()), None)
+        dev, dt = (p.device, p.dtype) if p is not None else (None, None)
+        out = {k: torch.from_numpy(v).to(dev) for k, v in example.example_inputs(self.graph, env, seed).items()}
+        return {k: v.to(dt) if dt is not None and v.is_floating_point() else v for k, v in out.items()}
 
 
 def _check_declared(node, mod: nn.Module, decl: dict[str, W]) -> None:

@@ -17,7 +17,7 @@ With more than one intra-op thread, MKL still runs a matrix-vector product on on
 threads on the head, while a 2-thread read reaches 24). `linear(x, w, b)` therefore splits the product of a few
 rows into P = torch.get_num_threads() blocks of output columns, one batched product (torch.bmm runs batches in
 parallel) over views of the weight, either layout, no copy: 2 threads reach 26 GB/s on the head, 16-20 on the
-block's matrices (`bench/bench_torch.py` prints the model-level figure).
+block's matrices (`bench/bench_torch.py` prints the model-level figure); that product is `kernels.linear`.
 
 Values are untouched, so `state_dict()`, `save_weights` (which writes contiguous copies) and checkpoints are the
 same. `load_weights` copies in place and keeps the layout; `model.to(...)` re-packs a packed model. Products over
@@ -29,32 +29,9 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-SPLIT_ROWS = 8     # products of at most this many rows are split across threads (more rows: MKL's GEMM threads them)
-
-
-def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """F.linear(x, w, b) (x (..., in), w (out, in)), with the product of at most SPLIT_ROWS rows split into P blocks
-    of output columns run in parallel by one torch.bmm when there are P > 1 threads, on the CPU (module docstring)."""
-    out, d = w.shape
-    if torch.compiler.is_compiling() or not x.is_cpu or x.numel() > SPLIT_ROWS * d:
-        return F.linear(x, w, b)                        # traced graphs stay plain; other devices have their own
-    P = torch.get_num_threads()
-    if P == 1 or out % P or out < 64 * P:
-        return F.linear(x, w, b)
-    if w.stride() == (1, out):                                                 # column-major: w.t() contiguous
-        wv = w.t().view(d, P, out // P).permute(1, 0, 2)                       # (P, in, out/P)
-    elif w.is_contiguous():
-        wv = w.view(P, out // P, d).transpose(1, 2)                            # (P, in, out/P)
-    else:
-        return F.linear(x, w, b)
-    M = x.numel() // d
-    y = torch.bmm(x.reshape(1, M, d).expand(P, M, d), wv)                     # (P, M, out/P)
-    y = y.transpose(0, 1).reshape(*x.shape[:-1], out)                          # (..., out)
-    return y if b is None else y + b
+from .kernels import linear
 
 
 class Packed:
@@ -122,13 +99,13 @@ def pack(model: nn.Module) -> nn.Module:
 
 
 def _pack(model: nn.Module) -> nn.Module:
-    from .ops.basic import Embedding
     grouped: set[int] = set()
     for mod in model.modules():
         if hasattr(mod, "pack"):
             grouped |= {id(p) for p in mod.pack()}
     heads = {id(model.param(owner)) for owner in getattr(model, "ties", {}).values()}   # tables a head reads too
-    lookups = {id(m.weight) for m in model.modules() if isinstance(m, Embedding)} - heads
+    lookups = {id(model.param(n)) for n, w in model.weight_decls.items()
+               if w.role == "embedding" and not w.tied_to} - heads               # tables read by lookups only
     for p in model.parameters():
         if id(p) not in grouped and id(p) not in lookups and p.dim() == 2 and p.shape[0] >= p.shape[1]:
             column_major(p)

@@ -1,7 +1,7 @@
 """The shrink table: overrides that make every shipped spec tiny enough to build and run in a test.
 
     compiled = compiler.compile(path, overrides=SHRINK[path])
-    inputs = make_inputs(compiled, seed=0)          # torch-free: numpy arrays (cast with torch.from_numpy / mx.array)
+    inputs = make_inputs(compiled, seed=0)          # runtime_common/inputs.py: numpy arrays
 
 `SHRINK` maps each spec path (relative to the repository root) to `compile()` overrides. They are written below by
 layer id (`_TABLE`: {spec: {"top": {key: value}, "<layer id>": {param: value}}}) and resolved to the
@@ -26,6 +26,8 @@ import os
 from typing import Any
 
 import numpy as np
+
+from runtime_common.inputs import example_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {"B": 2, "T": 12, "F": 3}
@@ -110,33 +112,5 @@ SPECS = sorted(SHRINK)
 
 
 def make_inputs(compiled, seed: int = 0, env: dict[str, int] = ENV) -> dict[str, np.ndarray]:
-    """Random inputs for a compiled spec at `env`: floats N(0, 1) (scalar times uniform in [0, 1)), ids below the
-    smallest vocabulary among their consumers, with each example's image placeholders (MergeImageTokens) at
-    positions 1 .. N."""
-    rng = np.random.default_rng(seed)
-    g = compiled.graph
-    out: dict[str, np.ndarray] = {}
-    for n in g.nodes():
-        if n.op != "Input":
-            continue
-        shape = [d.eval(env) for d in n.out.shape]
-        users = [g[c] for c in g.consumers(n.name)]
-        if n.out.dtype == "int":
-            vocab = [getattr(u.params, a) for u in users for a in ("num_embeddings", "vocab_size")
-                     if isinstance(getattr(u.params, a, None), int)]
-            vocab += [u.params.llm.vocab_size for u in users if u.op == "FoveatedVLM"]
-            merges = [u for u in users if u.op == "MergeImageTokens"]
-            high = min(vocab, default=2)
-            if merges:
-                token = merges[0].params.image_token_id
-                high = min(high, token)
-            ids = rng.integers(0, high, size=shape)
-            for m in merges:
-                n_img = g.input_types(m)[1].shape[1].eval(env)
-                ids[:, 1:1 + n_img] = m.params.image_token_id
-            out[n.name] = ids.astype(np.int64)
-        elif n.out.kind == "scalar":
-            out[n.name] = rng.random(shape).astype(np.float32)
-        else:
-            out[n.name] = rng.standard_normal(shape).astype(np.float32)
-    return out
+    """Valid random inputs for a compiled spec at `env` (runtime_common/inputs.py)."""
+    return example_inputs(compiled.graph, env, seed)

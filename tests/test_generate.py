@@ -53,7 +53,7 @@ def test_cache_sizes(pair):
     for name, cache in s.caches.items():
         blk = model.node(name)
         if blk.kind == "conv":
-            assert cache.conv.shape == (2, blk.p.D, blk.p.conv_kernel - 1) and cache.k is None
+            assert cache.state["conv"].shape == (2, blk.p.D, blk.p.conv_kernel - 1) and cache.k is None
         elif blk.window:
             assert cache.k.shape[2] == min(9, blk.window - 1)
         else:
@@ -102,8 +102,7 @@ def test_cache_bytes_equal_the_reports_decode_state(pair):
     s.step(torch.zeros(2, 5, dtype=torch.long))
     for _ in range(4):
         s.step(torch.zeros(2, 1, dtype=torch.long))
-    held = sum(t.untyped_storage().nbytes() for c in s.caches.values() for t in (c.kbuf, c.vbuf, c.conv)
-               if t is not None)
+    held = sum(t.untyped_storage().nbytes() for c in s.caches.values() for t in c.tensors())
     report = compiler.compile(_spec_of(family), batch=2, context=9).report
     assert held == report["memory"]["decode_state"]["fp32"], family
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 import runtime_torch as rt
 from runtime_torch.generate import DecodeSession, generate
-from runtime_torch.ops.transformer import LayerCache, apply_rope
+from runtime_torch.cache import LayerCache
+from runtime_torch.kernels import apply_rope
 from tests.test_parity_lm import hf_model, omnic_from_hf
 
 

@@ -164,7 +164,7 @@ def test_fvlm_matches_transformers_in_every_mode_and_loads_checkpoint_names():
                                       for k, v in kv])
             seq.append(node.visual(z)[:, None])
             h = llm.model(inputs_embeds=torch.cat(seq, 1)).last_hidden_state      # full recompute, no cache
-            q = node.llm_to_query(h[:, -1])
+            q = torch.nn.functional.linear(h[:, -1], node.llm_to_query.weight, node.llm_to_query.bias)
         full = torch.cat(seq + [llm.model.embed_tokens(ids)], 1)
         torch.testing.assert_close(ar, llm.lm_head(llm.model(inputs_embeds=full).last_hidden_state),
                                    atol=2e-5, rtol=1e-4)

@@ -34,6 +34,7 @@ import onnxruntime as ort
 import torch
 
 import runtime_torch
+from runtime_common import inputs
 from runtime_common.progress import steps
 from runtime_torch.weights import save_weights
 
@@ -48,45 +49,17 @@ EXTERNAL_DATA_BYTES = 2 * 2**30 - 2**20     # protobuf's 2 GiB limit, with room 
 
 # --- inputs --------------------------------------------------------------------------------------------------------
 def sizes(compiled, want: dict[str, int]) -> dict[str, int]:
-    """Symbol values for example inputs: `want`, T long enough for the image placeholders MergeImageTokens
-    needs (plus text around them), T and F within the spec's context and frames."""
-    s, g = compiled.settings, compiled.graph
-    out = dict(want)
-    for m in (n for n in g.nodes() if n.op == "MergeImageTokens"):
-        n_img = g.input_types(m)[1].shape[1].eval({**out, "T": 1})
-        out["T"] = max(out["T"], n_img + want["T"])
+    """Symbol values for example inputs (`runtime_common/inputs.py`), T and F within the spec's context and frames."""
+    s = compiled.settings
+    out = inputs.sizes(compiled.graph, want)
     for sym, limit in (("T", s["context"]), ("F", s["frames"])):
         out[sym] = max(2, min(out[sym], limit))
     return out
 
 
 def example_inputs(graph, env: dict[str, int], seed: int = 0) -> dict[str, torch.Tensor]:
-    """One tensor per model input at the sizes `env`: token ids below the smallest vocabulary of their consumers
-    (with each example's image placeholders at positions 1 .. N where MergeImageTokens reads them), times in
-    [0, 1) for scalar inputs, standard normal values otherwise."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for n in graph.nodes():
-        if n.op != "Input":
-            continue
-        shape = [d.eval(env) for d in n.out.shape]
-        users = [graph[c] for c in graph.consumers(n.name)]
-        if n.out.dtype == "int":
-            vocab = [getattr(u.params, a) for u in users for a in ("num_embeddings", "vocab_size")
-                     if isinstance(getattr(u.params, a, None), int)]
-            vocab += [u.params.llm.vocab_size for u in users if u.op == "FoveatedVLM"]
-            merges = [u for u in users if u.op == "MergeImageTokens"]
-            high = min(vocab + [m.params.image_token_id for m in merges], default=2)
-            ids = torch.randint(0, high, shape, generator=g)
-            for m in merges:
-                n_img = graph.input_types(m)[1].shape[1].eval(env)
-                ids[:, 1:1 + n_img] = m.params.image_token_id
-            out[n.name] = ids
-        elif n.out.kind == "scalar":
-            out[n.name] = torch.rand(shape, generator=g)
-        else:
-            out[n.name] = torch.randn(shape, generator=g)
-    return out
+    """One tensor per model input at the sizes `env`, valid for their consumers (`runtime_common/inputs.py`)."""
+    return {k: torch.from_numpy(v) for k, v in inputs.example_inputs(graph, env, seed).items()}
 
 
 def dynamic_shapes(graph, compiled) -> tuple[dict[int, Any], ...]:

@@ -39,6 +39,7 @@ class Linear(Op):
     Params = LinearParams
     slots = (Slot("x", (TOKENS, VECTOR)),)
     doc = "y = x W^T + b on the last dimension."
+    decode = "positionwise"
 
     @classmethod
     def in_width(cls, p):
@@ -82,6 +83,11 @@ class Embedding(Op):
     Params = EmbeddingParams
     slots = (Slot("ids", (IDS,)),)
     doc = "Token embedding: (B, T) ids -> (B, T, D). Starts a text stream."
+    decode = "positionwise"
+
+    @classmethod
+    def ids_bound(cls, p):
+        return p.num_embeddings
 
     @classmethod
     def shape(cls, p, ins):
@@ -166,6 +172,7 @@ class NormParams(Params):
 
 class _Norm(Op):
     slots = (Slot("x", (TOKENS, VECTOR)),)
+    decode = "positionwise"
 
     @classmethod
     def in_width(cls, p):
@@ -223,6 +230,7 @@ class Activation(Op):
     Params = ActivationParams
     slots = (Slot("x", (TOKENS, VECTOR, IMAGE)),)
     doc = "Elementwise nonlinearity."
+    decode = "positionwise"
 
     @classmethod
     def shape(cls, p, ins):

@@ -87,6 +87,11 @@ class FoveatedParams(Params):
     mode: Mode = Field("coarse_fine", description="Default forward mode (and the mode the costs describe).")
     grid: int = Field(0, ge=0, description="Resolved: patches per side of the input frames.")
 
+    @property
+    def dino_head_dim(self) -> int:
+        """The encoder's head size (the runtimes read it)."""
+        return self.dino.hidden // self.dino.heads
+
 
 def dino_embed(p: FoveatedParams) -> PatchEmbedParams:
     """DINOv2's embeddings as a PatchEmbed (transformers Dinov2Embeddings; 4.x and 5.x use the same names)."""
@@ -98,7 +103,7 @@ def dino_embed(p: FoveatedParams) -> PatchEmbedParams:
 
 def dino_block(p: FoveatedParams) -> BlockParams:
     d = p.dino
-    return BlockParams(embed_dim=d.hidden, num_heads=d.heads, num_kv_heads=d.heads, head_dim=d.hidden // d.heads,
+    return BlockParams(embed_dim=d.hidden, num_heads=d.heads, num_kv_heads=d.heads, head_dim=p.dino_head_dim,
                        ff_dim=d.ff_dim, mlp="gelu", norm="layernorm", norm_eps=d.norm_eps,
                        layer_scale=d.layer_scale, names="dinov2")
 
@@ -115,6 +120,10 @@ class FoveatedVLM(Op):
     name = "FoveatedVLM"
     Params = FoveatedParams
     slots = (Slot("frames", (VIDEO,)), Slot("ids", (IDS,)))
+    @classmethod
+    def ids_bound(cls, p):
+        return p.llm.vocab_size
+
     doc = ("fVLM: DINOv2 with a deep query (one token per frame) + a Llama LM; video (B, F, 3, S, S) and ids (B, T) "
            "-> logits (B, F + T, V). Modes coarse_only | coarse_fine | autoregressive.")
 

@@ -25,6 +25,17 @@ class MergeImageTokens(Op):
     Params = MergeParams
     slots = (Slot("text", (TOKENS,)), Slot("image", (TOKENS,)), Slot("ids", (IDS,)))
     doc = "Text embeddings (B, T, D) with the placeholders' rows replaced, in order, by image tokens (B, N, D)."
+    decode = "text_join"      # new text tokens pass through: the image part is in the caches after the prefill
+
+    @classmethod
+    def ids_bound(cls, p):
+        return p.image_token_id          # text ids below the placeholder; `place_ids` writes the placeholders
+
+    @classmethod
+    def place_ids(cls, p, ids, ins, env) -> None:
+        """Valid example ids: each example's N image placeholders at positions 1 .. N."""
+        n_img = ins[1].shape[1].eval(env)
+        ids[:, 1:1 + n_img] = p.image_token_id
 
     @classmethod
     def resolve(cls, p, ins, diag):

@@ -22,6 +22,7 @@ class Concat(Op):
     Params = ConcatParams
     slots = (Slot("x", (TOKENS, IMAGE, VECTOR), variadic=True),)
     doc = "Concatenate two or more streams along the sequence or the channels."
+    decode = "text_join"      # along the sequence, with a fixed stream (checked by runtime_common/decode.py)
 
     @classmethod
     def resolve(cls, p, ins, diag):

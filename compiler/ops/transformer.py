@@ -19,12 +19,15 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from ..ir import TOKENS
-from ..registry import Ctx, Op, Params, Slot, W, register
+from ..registry import Ctx, Op, Params, Slot, State, W, register
 from .naming import FAMILIES, NAMES, name_of
 
 LayerType = Literal["full_attention", "sliding_attention", "conv"]
 MLPKind = Literal["gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu", "geglu_tanh"]
 GATED = ("swiglu", "geglu", "geglu_tanh")
+#: the activation each MLP kind applies (to the gate of a gated MLP); runtimes hold one table of these names
+MLP_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_tanh", "relu": "relu", "silu": "silu", "swiglu": "silu",
+           "geglu": "gelu", "geglu_tanh": "gelu_tanh"}
 
 
 class BlockParams(Params):
@@ -82,6 +85,32 @@ class BlockParams(Params):
     @property
     def inner(self) -> int:
         return self.num_heads * self.head_dim
+
+    # derived values the runtimes read (never re-derive) -------------------------------------------------------------
+    @property
+    def act(self) -> str:
+        """The MLP's activation (of the gate, for gated MLPs): a name of the runtimes' activation table."""
+        return MLP_ACT[self.mlp]
+
+    @property
+    def scale(self) -> float:
+        """The attention score scale: attn_scale, default head_dim^-0.5."""
+        return self.attn_scale if self.attn_scale is not None else self.head_dim ** -0.5
+
+    @property
+    def window(self) -> Optional[int]:
+        """The attention window of this layer (sliding layers only); None: every earlier key."""
+        return self.sliding_window if self.layer_type == "sliding_attention" else None
+
+    @property
+    def theta(self) -> float:
+        """The RoPE base of this layer (rope_theta_local on sliding layers where given)."""
+        return self.rope_theta_local if (self.window and self.rope_theta_local) else self.rope_theta
+
+    @property
+    def rope_dims(self) -> int:
+        """Rotated dims per head: rope_dim, default head_dim."""
+        return self.rope_dim or self.head_dim
 
 
 def stack_count(p) -> int:
@@ -296,18 +325,15 @@ class Block(Op):
         return mix + cls.ffn_flops(p, rows)
 
     @classmethod
-    def state(cls, p, ins, outs, ctx):
-        x = ins[0]
-        b = ctx.full(x.shape[0])
+    def decode_state(cls, p, ins):
         if p.layer_type == "conv":
-            return b * p.D * (p.conv_kernel - 1)                    # (B, D, K-1) conv state
+            return (State("conv", "conv", (p.D, p.conv_kernel - 1)),)     # the last K-1 inputs, (B, D, K-1)
         if not p.causal:
-            return 0                                                # encoders cache nothing
-        n = ctx.full(x.shape[1])
-        if p.layer_type == "sliding_attention" and p.sliding_window:
-            # a token sees the window including itself: between steps the cache keeps window - 1 positions
-            n = min(n, p.sliding_window - 1)
-        return 2 * b * p.kv * p.head_dim * n                        # K and V: (B, kv, N, hs) each
+            return ()                                                   # encoders cache nothing
+        # a token sees the window including itself: between steps the cache keeps window - 1 positions
+        cap = p.window - 1 if p.window else None
+        one = (p.kv, 1, p.head_dim)                                     # (B, kv, N, hs) per position
+        return (State("k", "kv", one, grows=1, axis=1, cap=cap), State("v", "kv", one, grows=1, axis=1, cap=cap))
 
     @classmethod
     def ffn_width(cls, p) -> int:

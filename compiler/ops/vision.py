@@ -203,6 +203,16 @@ class PoolParams(Params):
     norm_eps: float = Field(1e-6, gt=0)
     names: Literal[tuple(POOL_NAMES)] = "omnic"
 
+    @property
+    def head_dim(self) -> int:
+        """Head size (the runtimes read it): D / num_heads."""
+        return self.embed_dim // self.num_heads
+
+    @property
+    def scale(self) -> float:
+        """Attention score scale: head_dim^-0.5."""
+        return self.head_dim ** -0.5
+
 
 @register
 class AttentionPoolingHead(Op):

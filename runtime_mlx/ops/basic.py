@@ -1,45 +1,40 @@
 """MLX implementations of the leaf layers of `compiler/ops/basic.py` (mirror of `runtime_torch/ops/basic.py`).
 
-Linear, Embedding, Conv2d, LayerNorm, RMSNorm, Activation, Flatten. Parameter names are the ops' declarations;
-layouts are torch's except convolution kernels, which are channels-last (`runtime_mlx/layout.py`). Images stay
-(B, C, H, W) between nodes, as in torch; Conv2d transposes to (B, H, W, C) and back around `mx.conv2d`.
-Parameters are allocated as zeros; `runtime_mlx.build` initialises them from the seed.
+Linear, Embedding, Conv2d, LayerNorm, RMSNorm, Activation, Flatten: forward code over the parameters the op
+declarations built (`runtime_mlx/node.py`; layouts are torch's except convolution kernels, which are channels-last,
+`runtime_mlx/layout.py`), with the shared kernels of `runtime_mlx/kernels.py`. Images stay (B, C, H, W) between
+nodes, as in torch; Conv2d transposes to (B, H, W, C) and back around `mx.conv2d`.
 """
 from __future__ import annotations
 
-import math
-
 import mlx.core as mx
-from mlx import nn
 
+from ..kernels import ACT, dense, rms_norm
+from ..node import Node
 from ..registry import implements, tied
 
 
 @implements("Linear")
-class Linear(nn.Module):
+class Linear(Node):
     """y = x W^T + b; a tied head (`tied_name` set) owns no weight: it reads its owner's."""
 
     def __init__(self, p, in_types):
-        super().__init__()
+        super().__init__(p, in_types)
         self.is_tied = bool(p.tied_name)
-        if not self.is_tied:
-            self.weight = mx.zeros((p.out_features, p.in_features))
-        if p.bias:
-            self.bias = mx.zeros((p.out_features,))
 
     def __call__(self, x):
-        w = tied(self, "weight") if self.is_tied else self.weight
-        y = x @ w.T                                       # (..., D) -> (..., out)
+        if not self.is_tied:
+            return dense(x, self)                         # (..., D) -> (..., out)
+        y = x @ tied(self, "weight").T
         return y + self.bias if "bias" in self else y
 
 
 @implements("Embedding")
-class Embedding(nn.Module):
+class Embedding(Node):
     """(B, T) ids -> (B, T, D); `scale` is rounded to the compute dtype first, as transformers' Gemma does."""
 
     def __init__(self, p, in_types):
-        super().__init__()
-        self.weight = mx.zeros((p.num_embeddings, p.embedding_dim))
+        super().__init__(p, in_types)
         self.scale = p.scale
 
     def __call__(self, ids):
@@ -50,15 +45,11 @@ class Embedding(nn.Module):
 
 
 @implements("Conv2d")
-class Conv2d(nn.Module):
+class Conv2d(Node):
     """Kernel (O, kh, kw, I/groups) (MLX layout); input and output (B, C, H, W)."""
 
     def __init__(self, p, in_types):
-        super().__init__()
-        k = p.kernel_size
-        self.weight = mx.zeros((p.out_channels, k, k, p.in_channels // p.groups))
-        if p.bias:
-            self.bias = mx.zeros((p.out_channels,))
+        super().__init__(p, in_types)
         self.stride, self.padding, self.groups = p.stride, p.padding, p.groups
 
     def __call__(self, x):
@@ -70,86 +61,33 @@ class Conv2d(nn.Module):
 
 
 @implements("LayerNorm")
-class LayerNorm(nn.Module):
+class LayerNorm(Node):
     def __init__(self, p, in_types):
-        super().__init__()
-        self.weight = mx.zeros((p.dim,))
-        if p.bias:
-            self.bias = mx.zeros((p.dim,))
+        super().__init__(p, in_types)
         self.eps = p.eps
 
     def __call__(self, x):
         return mx.fast.layer_norm(x, self.weight, self.get("bias"), self.eps)
 
 
-def rms_norm(x, weight, eps: float, offset: float):
-    """x * rsqrt(mean(x^2) + eps) * (offset + weight), as `runtime_torch`'s RMSNorm: offset 0 casts the normalised x
-    to the input dtype before the weight; offset != 0 (Gemma) multiplies in float32, then casts."""
-    if offset == 0.0:
-        return mx.fast.rms_norm(x, weight, eps)
-    h = mx.fast.rms_norm(x.astype(mx.float32), offset + weight.astype(mx.float32), eps)
-    return h.astype(x.dtype)
-
-
 @implements("RMSNorm")
-class RMSNorm(nn.Module):
+class RMSNorm(Node):
     def __init__(self, p, in_types):
-        super().__init__()
-        self.weight = mx.zeros((p.dim,))
+        super().__init__(p, in_types)
         self.eps, self.offset = p.eps, p.offset
 
     def __call__(self, x):
         return rms_norm(x, self.weight, self.eps, self.offset)
 
 
-def fused(f):
-    """`f` compiled into one elementwise kernel (`mx.compile`, shapeless, as mlx-lm's activations): no temporaries
-    (the compiler's workspace counts none) and one pass over memory. Falls back to `f` where MLX cannot compile
-    (no C++ compiler for the CPU backend), checked once on a tiny input."""
-    g = mx.compile(f, shapeless=True)
-    try:
-        mx.eval(g(mx.zeros((2,))))
-    except Exception:                                      # noqa: BLE001 - any failure means: run uncompiled
-        return f
-    return g
-
-
-@fused
-def gelu(x):
-    """The exact form: x * Phi(x) with erf."""
-    return x * (1 + mx.erf(x / math.sqrt(2.0))) / 2
-
-
-@fused
-def gelu_tanh(x):
-    """The tanh approximation (torch's approximate="tanh", transformers' gelu_pytorch_tanh)."""
-    return 0.5 * x * (1 + mx.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
-
-
-@fused
-def silu(x):
-    return x * mx.sigmoid(x)
-
-
-ACT = {
-    "gelu": gelu,
-    "gelu_tanh": gelu_tanh,
-    "silu": silu,
-    "relu": lambda x: mx.maximum(x, 0),
-    "tanh": mx.tanh,
-    "sigmoid": mx.sigmoid,
-    "identity": lambda x: x,
-}
-
-
 @implements("Activation")
-class Activation(nn.Module):
+class Activation(Node):
     """gelu is the exact (erf) form, gelu_tanh the tanh approximation."""
 
     def __init__(self, p, in_types):
-        super().__init__()
+        super().__init__(p, in_types)
         self.fn_name = p.fn
-        object.__setattr__(self, "fn", ACT[p.fn])
+        self.keep(fn=ACT[p.fn])
 
     def __call__(self, x):
         return self.fn(x)
@@ -159,11 +97,8 @@ class Activation(nn.Module):
 
 
 @implements("Flatten")
-class Flatten(nn.Module):
+class Flatten(Node):
     """(B, C, H, W) -> (B, H*W, C), row-major over the grid (token i is at row i // W, column i % W)."""
-
-    def __init__(self, p, in_types):
-        super().__init__()
 
     def __call__(self, x):
         b, c = x.shape[:2]

@@ -22,54 +22,45 @@ from compiler.ops.fvlm import MODES, dino_block, dino_embed, llm_block
 
 from .. import registry as impls
 from ..registry import implements
-from .transformer import LayerCache, Lin, Norm, _ref, place
+from ..cache import LayerCache
+from ..kernels import dense, norm
+from ..node import Node
 
 
 @implements("FoveatedVLM")
-class FoveatedVLM(nn.Module):
+class FoveatedVLM(Node):
     def __init__(self, p, in_types):
-        super().__init__()
-        d, m, D, H, Q = p.dino, p.llm, p.dino.hidden, p.llm.hidden, p.query_dim
-        g, S = p.grid, p.grid * d.patch_size
-        self.mode, self.scale, self.tie = p.mode, p.visual_scale, m.tie
-        self.heads, self.hs = d.heads, D // d.heads
-        image = TensorType.make(["B", 3, S, S], IMAGE)
+        d, m, D, H, g = p.dino, p.llm, p.dino.hidden, p.llm.hidden, p.grid
+        image = TensorType.make(["B", 3, g * d.patch_size, g * d.patch_size], IMAGE)
         dino_tokens = TensorType.make(["B", 1 + g * g, D], TOKENS, grid=(g, g), prefix=1)
         text = TensorType.make(["B", "T", H], TOKENS)
         Block = impls.get("TransformerBlock")
-        place(self, "encoder.dino.embeddings", impls.get("PatchEmbed")(dino_embed(p), [image]))
-        self["encoder"]["dino"]["encoder"] = nn.Module()
-        self["encoder"]["dino"]["encoder"]["layer"] = [Block(dino_block(p), [dino_tokens]) for _ in range(d.layers)]
-        place(self, "encoder.dino.layernorm", Norm(D, "layernorm", d.norm_eps))
-        place(self, "encoder.query_input_proj", Lin(D, Q, False))
-        place(self, "encoder.output_proj", Lin(D, D, True))
-        place(self, "llm.model.embed_tokens.weight", param=(m.vocab_size, H))
-        self["llm"]["model"]["layers"] = [Block(llm_block(p), [text]) for _ in range(m.layers)]
-        place(self, "llm.model.norm", Norm(H, "rmsnorm", m.norm_eps))
-        if not m.tie:
-            place(self, "llm.lm_head", Lin(m.vocab_size, H, False))
-        self.dino_to_llm, self.llm_to_query = Lin(H, D, True), Lin(Q, H, True)
-        self.q_static, self.q_init = mx.zeros((1, Q)), mx.zeros((1, Q))
+        super().__init__(p, in_types, parts={
+            "encoder.dino.embeddings": impls.get("PatchEmbed")(dino_embed(p), [image]),
+            "encoder.dino.encoder.layer": [Block(dino_block(p), [dino_tokens]) for _ in range(d.layers)],
+            "llm.model.layers": [Block(llm_block(p), [text]) for _ in range(m.layers)]})
+        self.mode, self.scale, self.tie = p.mode, p.visual_scale, m.tie
+        self.heads, self.hs = d.heads, p.dino_head_dim
         dino = self["encoder"]["dino"]
-        _ref(self, dino=dino, dino_layers=dino["encoder"]["layer"], llm_layers=self["llm"]["model"]["layers"])
+        self.keep(p=p, dino=dino, dino_layers=dino["encoder"]["layer"], llm_layers=self["llm"]["model"]["layers"])
 
     # --- the encoder ------------------------------------------------------------------------------------------------
     def _attend(self, layer, x, h, k, v):
         """One DINO layer for tokens x (N, s, D) whose normed form is h, attending to k, v (N, n, D)."""
         N, s, D = x.shape
         heads = lambda t: t.reshape(N, t.shape[1], self.heads, self.hs).transpose(0, 2, 1, 3)   # noqa: E731
-        y = mx.fast.scaled_dot_product_attention(heads(layer.q(h)), heads(k), heads(v), scale=self.hs ** -0.5)
+        y = mx.fast.scaled_dot_product_attention(heads(dense(h, layer.q)), heads(k), heads(v), scale=layer.p.scale)
         (m1, k1), (m2, k2) = layer.ls
-        x = x + m1[k1] * layer.o(y.transpose(0, 2, 1, 3).reshape(N, s, D))
-        return x + m2[k2] * layer.ffn(layer.norm2(x))                                # (N, s, D)
+        x = x + m1[k1] * dense(y.transpose(0, 2, 1, 3).reshape(N, s, D), layer.o)
+        return x + m2[k2] * layer.ffn(layer.norm(x, layer.norm2))                    # (N, s, D)
 
     def encode_frames(self, images):
         """(N, 3, S, S) -> per DINO layer (K, V) of norm1 of its input, each (N, n, D)."""
         x = self.dino["embeddings"](images)                                     # (N, n, D)
         cache = []
         for layer in self.dino_layers:
-            h = layer.norm1(x)
-            k, v = layer.k(h), layer.v(h)
+            h = layer.norm(x, layer.norm1)
+            k, v = dense(h, layer.k), dense(h, layer.v)
             cache.append((k, v))
             x = self._attend(layer, x, h, k, v)
         return cache
@@ -77,22 +68,23 @@ class FoveatedVLM(nn.Module):
     def query_attend(self, query, cache):
         """query (N, Q) -> one token per frame (N, D) through every layer's cached K, V (deep query)."""
         enc = self["encoder"]
-        x = enc["query_input_proj"](query)[:, None]                            # (N, 1, D)
+        x = dense(query, enc["query_input_proj"])[:, None]                     # (N, 1, D)
         for layer, (k, v) in zip(self.dino_layers, cache):
-            x = self._attend(layer, x, layer.norm1(x), k, v)
-        return enc["output_proj"](self.dino["layernorm"](x)[:, 0])             # (N, D)
+            x = self._attend(layer, x, layer.norm(x, layer.norm1), k, v)
+        x = norm(x, self.dino["layernorm"], "layernorm", self.p.dino.norm_eps)
+        return dense(x[:, 0], enc["output_proj"])                              # (N, D)
 
     # --- the language model -----------------------------------------------------------------------------------------
     def embed(self, ids):
         return self["llm"]["model"]["embed_tokens"]["weight"][ids]             # (B, T, H)
 
     def visual(self, z):
-        return self.dino_to_llm(z) * self.scale                                 # (..., H)
+        return dense(z, self["dino_to_llm"]) * self.scale                      # (..., H)
 
     def hidden(self, x, caches: Optional[list] = None):
         for i, layer in enumerate(self.llm_layers):
             x = layer(x, caches[i] if caches is not None else None)
-        return self["llm"]["model"]["norm"](x)                                  # (B, s, H)
+        return norm(x, self["llm"]["model"]["norm"], "rmsnorm", self.p.llm.norm_eps)   # (B, s, H)
 
     def logits(self, h):
         llm = self["llm"]
@@ -115,12 +107,12 @@ class FoveatedVLM(nn.Module):
                 z = self.query_attend(q, [(k[:, t], v[:, t]) for k, v in per_frame])   # (B, D)
                 h = self.hidden(self.visual(z)[:, None], caches)                       # (B, 1, H)
                 hs.append(h)
-                q = self.llm_to_query(h[:, -1])                                         # (B, Q)
+                q = dense(h[:, -1], self["llm_to_query"])                               # (B, Q)
             return mx.concatenate(hs + [self.hidden(text, caches)], axis=1)
         q = mx.broadcast_to(self.q_static, (B * Fr, self.q_static.shape[1]))   # (B*F, Q)
         z = self.query_attend(q, kv).reshape(B, Fr, -1)                         # (B, F, D)
         if mode == "coarse_fine":
-            queries = self.llm_to_query(self.hidden(self.visual(z)))            # (B, F, Q): coarse pass, visual only
+            queries = dense(self.hidden(self.visual(z)), self["llm_to_query"])  # (B, F, Q): coarse pass, visual only
             first = mx.broadcast_to(self.q_init[None], (B, 1, self.q_init.shape[1]))
             shifted = mx.concatenate([first, queries[:, :-1]], axis=1)          # frame t <- frame t-1
             z = self.query_attend(shifted.reshape(B * Fr, -1), kv).reshape(B, Fr, -1)

@@ -21,7 +21,7 @@ from mlx import nn
 from compiler.ops.generative import VQVAEDecoder as VQOp
 
 from ..registry import implements
-from .transformer import Box, Lin, _ref, place
+from ..node import Box, Lin, _ref, place
 
 BAND_BYTES = 64 * 2 ** 20      # the largest im2col / distance buffer built at once
 

@@ -12,8 +12,8 @@ import mlx.core as mx
 from mlx import nn
 
 from ..registry import implements
-from .basic import gelu
-from .transformer import Lin, place
+from ..kernels import gelu
+from ..node import Lin, place
 
 
 class _MLP(nn.Module):

@@ -13,9 +13,9 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
+from ..kernels import ACT, dense
 from ..registry import implements
-from .basic import gelu, gelu_tanh, silu
-from .transformer import Lin, TransformerBlock, _ref, place
+from .transformer import TransformerBlock
 
 SORT_FROM = 64   # sort (token, choice) pairs by expert from this many on
 
@@ -72,21 +72,13 @@ def experts(h, idx, w, gate_up, down, act):
 
 @implements("GQA_MoE_Layer")
 class GQAMoELayer(TransformerBlock):
-    def _init_ffn(self, p, n):
-        D, E, Fw = p.D, p.num_experts, p.expert_dim
-        _ref(self, act={"swiglu": silu, "geglu": gelu, "geglu_tanh": gelu_tanh}[p.mlp])
+    def init_ffn(self, p, names):
+        shared = bool(p.shared_expert_dim)
+        self.keep(act=ACT[p.act], router=self.at(names["router"]), gate_up=self.ref(names["experts_gate_up"]),
+                  down_w=self.ref(names["experts_down"]),
+                  shared=tuple(self.at(names[r]) for r in ("shared_gate", "shared_up", "shared_down"))
+                  if shared else None, shared_router=self.at(names["shared_router"]) if shared else None)
         self.top_k, self.renorm = p.top_k, p.norm_topk_prob
-        _ref(self, router=place(self, n("router"), Lin(E, D, False)),
-             gate_up=place(self, n("experts_gate_up"), param=(E, 2 * Fw, D)),     # (module, key)
-             down_w=place(self, n("experts_down"), param=(E, D, Fw)))
-        if p.shared_expert_dim:
-            S = p.shared_expert_dim
-            _ref(self, shared=(place(self, n("shared_gate"), Lin(S, D, False)),
-                               place(self, n("shared_up"), Lin(S, D, False)),
-                               place(self, n("shared_down"), Lin(D, S, False))),
-                 shared_router=place(self, n("shared_router"), Lin(1, D, False)))
-        else:
-            _ref(self, shared=None)
 
     def ffn(self, h):
         shape = h.shape
@@ -96,5 +88,5 @@ class GQAMoELayer(TransformerBlock):
         y = experts(h, idx, w, gm[gk], dm[dk], self.act)
         if self.shared is not None:
             g, u, d = self.shared
-            y = y + mx.sigmoid(self.shared_router(h)) * d(self.act(g(h)) * u(h))
+            y = y + mx.sigmoid(dense(h, self.shared_router)) * dense(self.act(dense(h, g)) * dense(h, u), d)
         return y.reshape(shape)

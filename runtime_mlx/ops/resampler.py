@@ -9,8 +9,8 @@ import mlx.core as mx
 from mlx import nn
 
 from ..registry import implements
-from .basic import gelu
-from .transformer import Box, Lin, Norm
+from ..kernels import gelu
+from ..node import Box, Lin, Norm
 
 
 class _Layer(nn.Module):

@@ -12,38 +12,20 @@ import mlx.core as mx
 from mlx import nn
 
 from compiler.ops.vision import EMBED_NAMES, POOL_NAMES
-from compiler.ops.vision import AttentionPoolingHead as PoolOp
-from compiler.ops.vision import PatchEmbed as PatchEmbedOp
 
-from .. import layout, resize
+from .. import resize
+from ..kernels import ACT
+from ..node import Node
 from ..registry import implements
-from .basic import gelu, gelu_tanh
-from .transformer import _ref, place
-
-
-class Named(nn.Module):
-    """A module whose parameters are exactly a weight declaration {dotted name: W} of op `op`, in MLX layout."""
-
-    def __init__(self, op: str, decl):
-        super().__init__()
-        for name, w in decl.items():
-            place(self, name, param=layout.mlx_shape(w.shape, layout.perm_of(op, name, w)))
-
-    def t(self, name: str) -> mx.array:
-        m = self
-        *path, attr = name.split(".")
-        for part in path:
-            m = m[part]
-        return m[attr]
 
 
 @implements("PatchEmbed")
-class PatchEmbed(Named):
+class PatchEmbed(Node):
     """(B, C, H, W) -> (B, prefix + h*w, D): patches (Conv2d, or Linear over (py, px, c)-flattened patches), plus
     positions (resized from pos_grid to the grid in float32 when they differ), then [CLS, registers, patches]."""
 
     def __init__(self, p, in_types):
-        super().__init__("PatchEmbed", PatchEmbedOp.weights(p))
+        super().__init__(p, in_types)
         t = EMBED_NAMES[p.names]
         self.kind, self.P, self.D = p.kind, p.patch_size, p.embed_dim
         self.h, self.w = p.grid
@@ -53,7 +35,7 @@ class PatchEmbed(Named):
         self.cls = t["cls"] if p.cls_token else None
         self.reg = t["registers"] if p.registers else None
         resized = self.pos is not None and tuple(p.pos_grid) != (self.h, self.w)
-        _ref(self, pos_grid=tuple(p.pos_grid) if p.pos_grid else None,
+        self.keep(pos_grid=tuple(p.pos_grid) if p.pos_grid else None,
              mats=resize.matrices(tuple(p.pos_grid), (self.h, self.w), p.interpolate, p.antialias)
              if resized else None)
 
@@ -96,47 +78,42 @@ class PatchEmbed(Named):
         return mx.concatenate(parts + [t], axis=1) if parts else t                 # (B, prefix + h*w, D)
 
 
-_ACT = {"gelu": gelu, "gelu_tanh": gelu_tanh}
-
-
 @implements("AttentionPoolingHead")
-class AttentionPoolingHead(Named):
+class AttentionPoolingHead(Node):
     """SigLIP's MAP head: probe -> multi-head attention over x (packed q|k|v in_proj) -> out_proj = a;
     a + MLP(LayerNorm(a)); (B, N, D) -> (B, D)."""
 
     def __init__(self, p, in_types):
-        super().__init__("AttentionPoolingHead", PoolOp.weights(p))
-        _ref(self, n=POOL_NAMES[p.names], act=_ACT[p.mlp])
-        self.D, self.nh, self.eps = p.embed_dim, p.num_heads, p.norm_eps
+        super().__init__(p, in_types)
+        self.keep(n=POOL_NAMES[p.names], act=ACT[p.mlp], p=p)
 
     def _lin(self, x, w, b):
         return x @ w.T + b
 
     def __call__(self, x):
-        n, D, nh = self.n, self.D, self.nh
+        n, D, nh, hs = self.n, self.p.embed_dim, self.p.num_heads, self.p.head_dim
         B, N, _ = x.shape
-        hs = D // nh
         w, b = self.t(n["in_proj"] + "weight"), self.t(n["in_proj"] + "bias")
         probe = mx.broadcast_to(self.t(n["probe"]), (B, 1, D))
         q = self._lin(probe, w[:D], b[:D]).reshape(B, 1, nh, hs).transpose(0, 2, 1, 3)             # (B, nh, 1, hs)
         k = self._lin(x, w[D:2 * D], b[D:2 * D]).reshape(B, N, nh, hs).transpose(0, 2, 1, 3)       # (B, nh, N, hs)
         v = self._lin(x, w[2 * D:], b[2 * D:]).reshape(B, N, nh, hs).transpose(0, 2, 1, 3)         # (B, nh, N, hs)
-        a = mx.fast.scaled_dot_product_attention(q, k, v, scale=hs ** -0.5)                         # (B, nh, 1, hs)
+        a = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.p.scale)                         # (B, nh, 1, hs)
         a = a.transpose(0, 2, 1, 3).reshape(B, 1, D)                                                 # (B, 1, D)
         a = self._lin(a, self.t(n["out"] + ".weight"), self.t(n["out"] + ".bias"))
-        h = mx.fast.layer_norm(a, self.t(n["norm"] + ".weight"), self.t(n["norm"] + ".bias"), self.eps)
+        h = mx.fast.layer_norm(a, self.t(n["norm"] + ".weight"), self.t(n["norm"] + ".bias"), self.p.norm_eps)
         h = self._lin(self.act(self._lin(h, self.t(n["fc1"] + ".weight"), self.t(n["fc1"] + ".bias"))),
                       self.t(n["fc2"] + ".weight"), self.t(n["fc2"] + ".bias"))
         return (a + h)[:, 0]                                                                         # (B, D)
 
 
 @implements("PixelShuffle")
-class PixelShuffle(nn.Module):
+class PixelShuffle(Node):
     """nanoVLM's order: (B, h*w, D) -> (B, h, w, D) -> (B, h/s, s, w/s, s, D) -> permute (0, 1, 3, 2, 4, 5)
     -> (B, (h/s)*(w/s), D*s*s)."""
 
     def __init__(self, p, in_types):
-        super().__init__()
+        super().__init__(p, in_types)
         self.s = p.factor
         self.h, self.w = in_types[0].grid
 
@@ -149,16 +126,16 @@ class PixelShuffle(nn.Module):
 
 
 @implements("GridResample")
-class GridResample(nn.Module):
+class GridResample(Node):
     """(B, prefix + h*w, D) -> (B, prefix + H*W, D): bilinear (align_corners False, no antialias) or area
     (adaptive average pooling) over the grid; prefix tokens pass through."""
 
     def __init__(self, p, in_types):
-        super().__init__()
+        super().__init__(p, in_types)
         t = in_types[0]
         self.prefix, (self.h, self.w) = t.prefix, t.grid
         self.H, self.W = p.size
-        _ref(self, mats=resize.matrices((self.h, self.w), (self.H, self.W), p.mode))
+        self.keep(mats=resize.matrices((self.h, self.w), (self.H, self.W), p.mode))
 
     def __call__(self, x):
         pre, x = x[:, :self.prefix], x[:, self.prefix:]

@@ -1,46 +1,33 @@
 """Torch implementations of the leaf layers of `compiler/ops/basic.py`.
 
-Linear, Embedding, Conv2d, LayerNorm, RMSNorm, Activation, Flatten. Parameter names and layouts are the ops' weight
-declarations (torch's and transformers': Linear `weight` (out, in), Conv2d `weight` (out, in/groups, k, k)).
-Parameters are allocated uninitialised; `runtime_torch.build` initialises them from the seed.
+Linear, Embedding, Conv2d, LayerNorm, RMSNorm, Activation, Flatten: forward code over the parameters the op
+declarations built (`runtime_torch/node.py`; torch's and transformers' layouts: Linear `weight` (out, in), Conv2d
+`weight` (out, in/groups, k, k)), with the shared kernels of `runtime_torch/kernels.py`.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..pack import linear
+from ..kernels import ACT, dense, rms_norm
+from ..node import Node
 from ..registry import implements
 
 
-def _param(*shape: int) -> nn.Parameter:
-    return nn.Parameter(torch.empty(shape))
-
-
 @implements("Linear")
-class Linear(nn.Module):
+class Linear(Node):
     """y = x W^T + b; a tied head (`tied_name` set) owns no weight: the model shares its owner's."""
 
-    def __init__(self, p, in_types):
-        super().__init__()
-        if p.tied_name:
-            self.register_parameter("weight", None)     # set to the owner's Parameter by OmnicModel
-        else:
-            self.weight = _param(p.out_features, p.in_features)
-        self.bias = _param(p.out_features) if p.bias else None
-
     def forward(self, x):
-        return linear(x, self.weight, self.bias)        # (..., D) -> (..., out); few rows split across threads
+        return dense(x, self)                           # (..., D) -> (..., out); few rows split across threads
 
 
 @implements("Embedding")
-class Embedding(nn.Module):
+class Embedding(Node):
     """(B, T) ids -> (B, T, D); `scale` is rounded to the compute dtype first, as transformers' Gemma does."""
 
     def __init__(self, p, in_types):
-        super().__init__()
-        self.weight = _param(p.num_embeddings, p.embedding_dim)
+        super().__init__(p, in_types)
         self.scale = p.scale
 
     def forward(self, ids):
@@ -51,11 +38,9 @@ class Embedding(nn.Module):
 
 
 @implements("Conv2d")
-class Conv2d(nn.Module):
+class Conv2d(Node):
     def __init__(self, p, in_types):
-        super().__init__()
-        self.weight = _param(p.out_channels, p.in_channels // p.groups, p.kernel_size, p.kernel_size)
-        self.bias = _param(p.out_channels) if p.bias else None
+        super().__init__(p, in_types)
         self.stride, self.padding, self.groups = p.stride, p.padding, p.groups
 
     def forward(self, x):
@@ -63,11 +48,9 @@ class Conv2d(nn.Module):
 
 
 @implements("LayerNorm")
-class LayerNorm(nn.Module):
+class LayerNorm(Node):
     def __init__(self, p, in_types):
-        super().__init__()
-        self.weight = _param(p.dim)
-        self.bias = _param(p.dim) if p.bias else None
+        super().__init__(p, in_types)
         self.shape, self.eps = (p.dim,), p.eps
 
     def forward(self, x):
@@ -75,46 +58,25 @@ class LayerNorm(nn.Module):
 
 
 @implements("RMSNorm")
-class RMSNorm(nn.Module):
-    """x * rsqrt(mean(x^2) + eps) * (offset + weight), normalised in float32 and cast back.
-
-    The two forms of transformers, bit for bit: offset 0 (Llama, Qwen, Mistral) casts the normalised x back to the
-    input dtype and then multiplies by `weight`; offset != 0 (Gemma: 1 + weight) multiplies in float32, then casts.
-    """
+class RMSNorm(Node):
+    """x * rsqrt(mean(x^2) + eps) * (offset + weight), as transformers computes it (`kernels.rms_norm`)."""
 
     def __init__(self, p, in_types):
-        super().__init__()
-        self.weight = _param(p.dim)
+        super().__init__(p, in_types)
         self.eps, self.offset = p.eps, p.offset
 
     def forward(self, x):
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.offset == 0.0:
-            return (self.weight * h.to(dtype)).to(dtype)
-        return (h * (self.offset + self.weight.float())).to(dtype)
-
-
-_ACT = {
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "silu": F.silu,
-    "relu": F.relu,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "identity": lambda x: x,
-}
+        return rms_norm(x, self.weight, self.eps, self.offset)
 
 
 @implements("Activation")
-class Activation(nn.Module):
+class Activation(Node):
     """gelu is the exact (erf) form, gelu_tanh the tanh approximation."""
 
     def __init__(self, p, in_types):
-        super().__init__()
+        super().__init__(p, in_types)
         self.fn_name = p.fn
-        self.fn = _ACT[p.fn]
+        self.fn = ACT[p.fn]
 
     def forward(self, x):
         return self.fn(x)
@@ -124,11 +86,8 @@ class Activation(nn.Module):
 
 
 @implements("Flatten")
-class Flatten(nn.Module):
+class Flatten(Node):
     """(B, C, H, W) -> (B, H*W, C), row-major over the grid (token i is at row i // W, column i % W)."""
-
-    def __init__(self, p, in_types):
-        super().__init__()
 
     def forward(self, x):
         return x.flatten(2).transpose(1, 2)             # (B, C, H*W) -> (B, H*W, C)

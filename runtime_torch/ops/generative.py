@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import implements
-from .transformer import Box, Lin, place
+from ..node import Box, Lin, place
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

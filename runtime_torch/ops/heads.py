@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import implements
-from .transformer import Lin, place
+from ..node import Lin, place
 
 
 class _MLP(nn.Module):

@@ -16,10 +16,9 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from compiler.ops.naming import name_of
-
+from ..kernels import ACT, dense
 from ..registry import implements
-from .transformer import Lin, TransformerBlock, place
+from .transformer import TransformerBlock
 
 
 def route(h, router_w, top_k: int, renorm: bool):
@@ -101,22 +100,13 @@ def merge_experts(tensors: Mapping[str, torch.Tensor], merges: Sequence[tuple[st
 
 @implements("GQA_MoE_Layer")
 class GQAMoELayer(TransformerBlock):
-    def _init_ffn(self, p, n):
-        D, E, Fw = p.D, p.num_experts, p.expert_dim
-        self.act = {"swiglu": F.silu, "geglu": F.gelu,
-                    "geglu_tanh": lambda x: F.gelu(x, approximate="tanh")}[p.mlp]
+    def init_ffn(self, p, names):
+        shared = bool(p.shared_expert_dim)
+        self.keep(act=ACT[p.act], gate=None, router=self.at(names["router"]),     # no dense gate|up to pack
+                  gate_up=self.ref(names["experts_gate_up"]), down=self.ref(names["experts_down"]),
+                  shared=tuple(self.at(names[r]) for r in ("shared_gate", "shared_up", "shared_down"))
+                  if shared else None, shared_router=self.at(names["shared_router"]) if shared else None)
         self.top_k, self.renorm = p.top_k, p.norm_topk_prob
-        self._keep("gate", None, None)      # no dense gate|up: the experts' are stacked tensors
-        self._keep("router", n("router"), Lin(E, D, False))
-        self._keep("gate_up", None, place(self, n("experts_gate_up"), param=(E, 2 * Fw, D)))   # (module, name)
-        self._keep("down", None, place(self, n("experts_down"), param=(E, D, Fw)))
-        self._keep("shared", None, None)
-        if p.shared_expert_dim:
-            S = p.shared_expert_dim
-            self._keep("shared", None, (place(self, n("shared_gate"), Lin(S, D, False)),
-                                        place(self, n("shared_up"), Lin(S, D, False)),
-                                        place(self, n("shared_down"), Lin(D, S, False))))
-            self._keep("shared_router", n("shared_router"), Lin(1, D, False))
 
     def ffn(self, h):
         shape = h.shape
@@ -125,5 +115,5 @@ class GQAMoELayer(TransformerBlock):
         y = experts(h, idx, w, getattr(*self.gate_up), getattr(*self.down), self.act)
         if self.shared is not None:
             g, u, d = self.shared
-            y = y + torch.sigmoid(self.shared_router(h)) * d(self.act(g(h)) * u(h))
+            y = y + torch.sigmoid(dense(h, self.shared_router)) * dense(self.act(dense(h, g)) * dense(h, u), d)
         return y.view(shape)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import implements
-from .transformer import Box, Lin
+from ..node import Box, Lin
 
 
 class _LayerNorm(nn.Module):

@@ -11,50 +11,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from compiler.ops.vision import EMBED_NAMES, POOL_NAMES
-from compiler.ops.vision import AttentionPoolingHead as PoolOp
-from compiler.ops.vision import PatchEmbed as PatchEmbedOp
 
+from ..kernels import ACT
+from ..node import Node
 from ..registry import implements
 
 
-def _declare(root: nn.Module, name: str, shape: tuple[int, ...]) -> None:
-    """Register an uninitialised parameter at the dotted `name` under `root`, making plain submodules on the way."""
-    *path, attr = name.split(".")
-    m = root
-    for part in path:
-        if part not in m._modules:
-            m._modules[part] = nn.Module()
-        m = m._modules[part]
-    m.register_parameter(attr, nn.Parameter(torch.empty(shape)))
-
-
-def _get(root: nn.Module, name: str) -> torch.Tensor:
-    *path, attr = name.split(".")
-    m = root
-    for part in path:
-        m = m._modules[part]
-    return m._parameters[attr]
-
-
-class _Named(nn.Module):
-    """A module whose parameters are exactly a weight declaration {dotted name: W}."""
-
-    def __init__(self, decl):
-        super().__init__()
-        for name, w in decl.items():
-            _declare(self, name, tuple(w.shape))
-
-    def t(self, name: str) -> torch.Tensor:
-        return _get(self, name)
-
-
 @implements("PatchEmbed")
-class PatchEmbed(_Named):
+class PatchEmbed(Node):
     """(B, C, H, W) -> (B, prefix + h*w, D): patches (Conv2d, or Linear over (py, px, c)-flattened patches), plus
     positions (resized from pos_grid to the grid in float32 when they differ), then [CLS, registers, patches]."""
 
     def __init__(self, p, in_types):
-        super().__init__(PatchEmbedOp.weights(p))
+        super().__init__(p, in_types)
         t = EMBED_NAMES[p.names]
         self.kind, self.P, self.D = p.kind, p.patch_size, p.embed_dim
         self.h, self.w = p.grid
@@ -100,44 +69,40 @@ class PatchEmbed(_Named):
         return torch.cat(parts + [t], dim=1) if parts else t                    # (B, prefix + h*w, D)
 
 
-_ACT = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
-
-
 @implements("AttentionPoolingHead")
-class AttentionPoolingHead(_Named):
+class AttentionPoolingHead(Node):
     """SigLIP's MAP head: probe -> multi-head attention over x (packed q|k|v in_proj) -> out_proj = a;
     a + MLP(LayerNorm(a)); (B, N, D) -> (B, D)."""
 
     def __init__(self, p, in_types):
-        super().__init__(PoolOp.weights(p))
+        super().__init__(p, in_types)
         self.n = POOL_NAMES[p.names]
-        self.D, self.nh, self.eps, self.act = p.embed_dim, p.num_heads, p.norm_eps, _ACT[p.mlp]
+        self.p, self.act = p, ACT[p.mlp]
 
     def forward(self, x):
-        n, D, nh = self.n, self.D, self.nh
+        n, D, nh, hs = self.n, self.p.embed_dim, self.p.num_heads, self.p.head_dim
         B, N, _ = x.shape
-        hs = D // nh
         w, b = self.t(n["in_proj"] + "weight"), self.t(n["in_proj"] + "bias")
         probe = self.t(n["probe"]).expand(B, 1, D)
         q = F.linear(probe, w[:D], b[:D]).view(B, 1, nh, hs).transpose(1, 2)               # (B, nh, 1, hs)
         k = F.linear(x, w[D:2 * D], b[D:2 * D]).view(B, N, nh, hs).transpose(1, 2)         # (B, nh, N, hs)
         v = F.linear(x, w[2 * D:], b[2 * D:]).view(B, N, nh, hs).transpose(1, 2)           # (B, nh, N, hs)
-        att = torch.softmax((q @ k.transpose(-1, -2)) * hs ** -0.5, dim=-1)                  # (B, nh, 1, N)
+        att = torch.softmax((q @ k.transpose(-1, -2)) * self.p.scale, dim=-1)                  # (B, nh, 1, N)
         a = (att @ v).transpose(1, 2).reshape(B, 1, D)                                       # (B, 1, D)
         a = F.linear(a, self.t(n["out"] + ".weight"), self.t(n["out"] + ".bias"))
-        h = F.layer_norm(a, (D,), self.t(n["norm"] + ".weight"), self.t(n["norm"] + ".bias"), self.eps)
+        h = F.layer_norm(a, (D,), self.t(n["norm"] + ".weight"), self.t(n["norm"] + ".bias"), self.p.norm_eps)
         h = F.linear(self.act(F.linear(h, self.t(n["fc1"] + ".weight"), self.t(n["fc1"] + ".bias"))),
                      self.t(n["fc2"] + ".weight"), self.t(n["fc2"] + ".bias"))
         return (a + h)[:, 0]                                                                 # (B, D)
 
 
 @implements("PixelShuffle")
-class PixelShuffle(nn.Module):
+class PixelShuffle(Node):
     """nanoVLM's order: (B, h*w, D) -> (B, h, w, D) -> (B, h/s, s, w/s, s, D) -> permute (0, 1, 3, 2, 4, 5)
     -> (B, (h/s)*(w/s), D*s*s)."""
 
     def __init__(self, p, in_types):
-        super().__init__()
+        super().__init__(p, in_types)
         self.s = p.factor
         self.h, self.w = in_types[0].grid
 
@@ -153,12 +118,12 @@ class PixelShuffle(nn.Module):
 
 
 @implements("GridResample")
-class GridResample(nn.Module):
+class GridResample(Node):
     """(B, prefix + h*w, D) -> (B, prefix + H*W, D): bilinear (align_corners False, no antialias) or area
     (adaptive average pooling) over the grid; prefix tokens pass through."""
 
     def __init__(self, p, in_types):
-        super().__init__()
+        super().__init__(p, in_types)
         t = in_types[0]
         self.prefix, (self.h, self.w), self.size, self.mode = t.prefix, t.grid, tuple(p.size), p.mode
 

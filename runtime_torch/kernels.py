@@ -1,0 +1,146 @@
+"""The torch kernels every op shares: linear, the norms, rotary positions, and the one activation table.
+
+Op modules (`runtime_torch/ops/`) are forward code over parameters the declaration built (`node.py`); what they
+compute in common lives here, once. Numerics are transformers 5.x's, bit for bit where the summation order allows:
+RMSNorm in float32 (offset 0 casts before the weight, Gemma's offset after), rotate-half RoPE with float32 angles.
+Shape vocabulary: B batch, H heads, N positions, hs head size, rd rotated dims.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+SPLIT_ROWS = 8     # products of at most this many rows are split across threads (more rows: MKL's GEMM threads them)
+
+#: activations by the name the compiler resolves (`Activation.fn`, a block's `act`)
+ACT = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "relu": F.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "identity": lambda x: x,
+}
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.linear(x, w, b) (x (..., in), w (out, in)), with the product of at most SPLIT_ROWS rows split into P blocks
+    of output columns run in parallel by one torch.bmm when there are P > 1 threads, on the CPU (see pack.py)."""
+    out, d = w.shape
+    if torch.compiler.is_compiling() or not x.is_cpu or x.numel() > SPLIT_ROWS * d:
+        return F.linear(x, w, b)                        # traced graphs stay plain; other devices have their own
+    P = torch.get_num_threads()
+    if P == 1 or out % P or out < 64 * P:
+        return F.linear(x, w, b)
+    if w.stride() == (1, out):                                                 # column-major: w.t() contiguous
+        wv = w.t().view(d, P, out // P).permute(1, 0, 2)                       # (P, in, out/P)
+    elif w.is_contiguous():
+        wv = w.view(P, out // P, d).transpose(1, 2)                            # (P, in, out/P)
+    else:
+        return F.linear(x, w, b)
+    M = x.numel() // d
+    y = torch.bmm(x.reshape(1, M, d).expand(P, M, d), wv)                     # (P, M, out/P)
+    y = y.transpose(0, 1).reshape(*x.shape[:-1], out)                          # (..., out)
+    return y if b is None else y + b
+
+
+def dense(x: torch.Tensor, m) -> torch.Tensor:
+    """`linear` with the weight and bias of module `m` (a declared projection: `m.weight`, `m.bias` or None)."""
+    return linear(x, m.weight, m.bias)
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
+    """x * rsqrt(mean(x^2) + eps) * (offset + w), normalised in float32: offset 0 (Llama, Qwen) casts the normalised
+    x back to the input dtype and then multiplies by w; offset != 0 (Gemma: 1 + w) multiplies in float32, then
+    casts."""
+    if offset == 0.0 and x.dtype == w.dtype == torch.float32:
+        return torch.rms_norm(x, (x.shape[-1],), w, eps)             # one call, bit-equal to the lines below
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    if offset == 0.0:
+        return (w * h.to(x.dtype)).to(x.dtype)
+    return (h * (offset + w.float())).to(x.dtype)
+
+
+def norm(x: torch.Tensor, m, kind: str, eps: float, offset: float = 0.0) -> torch.Tensor:
+    """LayerNorm ("layernorm", `m.bias` may be None) or RMSNorm over the last axis, with module `m`'s tensors."""
+    if kind == "layernorm":
+        return F.layer_norm(x, (x.shape[-1],), m.weight, m.bias, eps)
+    return rms_norm(x, m.weight, eps, offset)
+
+
+# --- rotary positions ----------------------------------------------------------------------------------------------
+def apply_rope(x, cos, sin, rd: int):
+    """Rotate-half RoPE on the first rd dims of the last axis: x * cos + rotate_half(x) * sin, written as
+    x * cos + roll(x, rd/2) * sin with the sign of rotate_half moved into `sin` (its first half negated; exact in
+    floating point). x (B, H, N, hs); cos, sin (N, rd)."""
+    if rd == x.shape[-1]:
+        return x * cos + x.roll(rd // 2, dims=-1) * sin
+    xr, xp = x[..., :rd], x[..., rd:]
+    return torch.cat((xr * cos + xr.roll(rd // 2, dims=-1) * sin, xp), dim=-1)
+
+
+def rope_tables(ang: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin (see apply_rope) of angles (N, rd) in float32, cast to the compute dtype (as
+    transformers does)."""
+    h = ang.shape[-1] // 2
+    sin = ang.sin()
+    return ang.cos().to(dtype), torch.cat((-sin[:, :h], sin[:, h:]), dim=-1).to(dtype)
+
+
+class RopeTable:
+    """cos and signed sin (see apply_rope) of positions 0.. for one (theta, rd, dtype, device), shared by every block
+    that uses them: computed with transformers' float32 ops (inverse frequencies, positions x frequencies, cos / sin,
+    cast), elementwise, so a row does not depend on the table's size; grown by doubling. The rows of the last
+    (pos, T) asked for are kept, so the blocks of one decoding step slice the table once."""
+
+    _all: dict = {}
+
+    def __init__(self, theta: float, rd: int, dtype: torch.dtype, device: torch.device):
+        self.theta, self.rd, self.dtype, self.device = theta, rd, dtype, device
+        self.cos = self.sin = torch.empty(0, rd, dtype=dtype, device=device)
+        self.last: tuple = (-1, -1, None)
+
+    @classmethod
+    def rows(cls, theta: float, rd: int, pos: int, T: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():          # compile or export, symbolic T: no Python-side cache
+            return cls.angles(theta, rd, torch.arange(pos, pos + T, device=like.device, dtype=torch.float), like.dtype)
+        key = (theta, rd, like.dtype, like.device)
+        tab = cls._all.get(key)
+        last = tab.last if tab is not None else None
+        if last is not None and last[0] == pos and last[1] == T:
+            return last[2]
+        with torch.inference_mode(False):          # normal tensors: a later training forward may save them
+            if tab is None:
+                tab = cls._all[key] = cls(theta, rd, like.dtype, like.device)
+            if pos + T > tab.cos.shape[0]:
+                tab._grow(max(pos + T, 64, 2 * tab.cos.shape[0]))
+            out = (tab.cos.narrow(0, pos, T), tab.sin.narrow(0, pos, T))      # (T, rd) each
+        tab.last = (pos, T, out)
+        return out
+
+    def _grow(self, n: int) -> None:
+        self.cos, self.sin = self.angles(self.theta, self.rd, torch.arange(0, n, device=self.device,
+                                                                           dtype=torch.float), self.dtype)
+
+    @staticmethod
+    def angles(theta: float, rd: int, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, signed sin (N, rd) of positions t (N,) in float32."""
+        inv = 1.0 / (theta ** (torch.arange(0, rd, 2, device=t.device, dtype=torch.float) / rd))
+        freqs = t[:, None] * inv[None, :]                                    # (N, rd/2)
+        return rope_tables(torch.cat((freqs, freqs), dim=-1), dtype)         # (N, rd) each
+
+
+def grid_angles(grid, rd: int, theta: float) -> torch.Tensor:
+    """DINOv3's 2-D RoPE angles (h*w, rd): patch centres in [-1, 1], layout [y | x | y | x] of rd/4 frequencies."""
+    h, w = grid
+    inv = 1 / theta ** torch.arange(0, 1, 4 / rd, dtype=torch.float32)                 # (rd/4,)
+    cy = torch.arange(0.5, h, dtype=torch.float32) / h
+    cx = torch.arange(0.5, w, dtype=torch.float32) / w
+    coords = torch.stack(torch.meshgrid(cy, cx, indexing="ij"), -1).flatten(0, 1) * 2.0 - 1.0   # (h*w, 2) (y, x)
+    ang = 2 * math.pi * coords[:, :, None] * inv[None, None, :]                          # (h*w, 2, rd/4)
+    return ang.flatten(1, 2).tile(2)                                                     # (h*w, rd)
