@@ -104,7 +104,7 @@ def _input_line(m, arrays) -> str:
     parts = []
     for s in m.specs:
         a = arrays[s.name]
-        extra = "".join(f", {p.count} placeholders of id {p.token_id} first" for p in s.placeholders)
+        extra = "".join(f", {p.count} placeholders of id {p.token_id}" for p in s.placeholders)
         parts.append(f"{s.name} {tuple(a.shape)} {a.dtype}{extra}")
     return "inputs: " + "; ".join(parts)
 

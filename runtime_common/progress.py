@@ -21,6 +21,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 MIN_ELEMENTS = 200_000_000      # about 0.8 GB of fp32: below this, initialising takes a few seconds at most
 HEARTBEAT_S = 15.0              # off a terminal: a line this often while one stage runs
+LOG_MIN_ELEMENTS = 20_000_000   # off a terminal: weights this large (80 MB in fp32) may take long enough to log
 LOG_AFTER_S = 5.0               # off a terminal: lines only for work that has run this long
 
 
@@ -54,6 +55,7 @@ def track(items: Sequence[str], description: str, weight: Optional[Sequence[int]
     sizes = list(weight) if weight is not None else [1] * len(items)
     if not _wanted(sum(sizes)):
         log, total, done, shown = _Log(description), max(1, sum(sizes)), 0, 0
+        log.on = log.on and (weight is None or total >= LOG_MIN_ELEMENTS)
         for item, n in zip(items, sizes):
             yield item
             done += n
@@ -76,6 +78,7 @@ def status(description: str, total_elements: int) -> Iterator[None]:
     """A spinner with `description` while the block runs (for work without steps, e.g. one file write)."""
     if not _wanted(total_elements):
         log = _Log(description)
+        log.on = log.on and total_elements >= LOG_MIN_ELEMENTS
         yield
         log.say(f"{description}: done")
         return

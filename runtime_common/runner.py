@@ -139,44 +139,31 @@ def read_image(path: str, spec: InputSpec, mean: float = 0.0, std: float = 1.0) 
 def make_inputs(m: Loaded, tokens: int = 16, images: Optional[dict[str, str]] = None, seed: int = 0,
                 prompt_ids: Optional[list[int]] = None, mean: float = 0.0, std: float = 1.0,
                 batch: int = 1, frames: Optional[int] = None) -> dict[str, "np.ndarray"]:
-    """One numpy array per model input: ids (with any placeholders first, then `prompt_ids` or `tokens` random
-    ids), images from `images` (name -> file) or random, other inputs random."""
+    """One numpy array per model input: the model's declared example inputs (`runtime_common.inputs`: `tokens` text
+    ids plus any image placeholders, random images), with `prompt_ids` as the text (after the placeholders) when
+    given, and images read from `images` (name -> file)."""
     import numpy as np
-
-    rng = np.random.default_rng(seed)
+    from runtime_common.inputs import example_inputs, sizes
     images = dict(images or {})
     unknown = set(images) - {s.name for s in m.specs}
     if unknown:
         raise RunError(f"no model input named {', '.join(sorted(unknown))}; inputs: "
                        + ", ".join(s.name for s in m.specs))
-    out = {}
-    env = {"B": batch, "F": frames or int(m.settings.get("frames") or 8)}
+    env = sizes(m.graph, {"B": batch, "T": tokens if prompt_ids is None else len(prompt_ids),
+                          "F": frames or int(m.settings.get("frames") or 8)})
+    if prompt_ids is not None:
+        ids_specs = [s for s in m.specs if s.kind == "ids"]
+        lead = [p.token_id for s in ids_specs for p in s.placeholders for _ in range(p.count)]
+        env["T"] = len(lead) + len(prompt_ids)
+    out = example_inputs(m.graph, env, seed)
     for s in m.specs:
-        if s.kind == "ids":
-            lead = [p.token_id for p in s.placeholders for _ in range(p.count)]
-            avoid = {p.token_id for p in s.placeholders}
-            if prompt_ids is not None:
-                text = list(prompt_ids)
-            else:
-                vocab = s.vocab or 1000
-                text = [int(t) for t in rng.integers(0, vocab, tokens)]
-                text = [t if t not in avoid else (t + 1) % vocab for t in text]
-            out[s.name] = np.array([lead + text] * batch, dtype=np.int64)
-            env["T"] = len(lead) + len(text)
-    for s in m.specs:
-        if s.kind == "ids":
-            continue
-        try:
-            shape = tuple(d.eval(env) for d in s.shape)
-        except KeyError as e:
-            raise RunError(f"input {s.name!r} {s.shape} needs the size {e} (give token ids)") from None
-        if s.name in images:
+        if s.kind == "ids" and prompt_ids is not None:
+            out[s.name] = np.array([lead + list(prompt_ids)] * batch, dtype=np.int64)
+        elif s.name in images:
             one = read_image(images[s.name], s, mean, std)
-            arr = np.broadcast_to(one, shape).astype(np.float32) if one.shape == shape[-one.ndim:] else one
-        else:
-            arr = rng.standard_normal(shape).astype(np.float32) if s.dtype == "float" \
-                else rng.integers(0, 2, shape).astype(np.int64)
-        out[s.name] = np.ascontiguousarray(arr)
+            shape = out[s.name].shape
+            out[s.name] = np.ascontiguousarray(np.broadcast_to(one, shape).astype(np.float32)
+                                               if one.shape == shape[-one.ndim:] else one)
     return out
 
 
