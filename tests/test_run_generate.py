@@ -216,3 +216,15 @@ def test_build_states_each_input(tmp_path, target):
     assert inputs == {"image": "image (B, 3, 32, 32) float",
                       "input_ids": "ids (B, T) int, ids < 64; each example holds 4 tokens of id 5 (image "
                                    "placeholders for merge)"}
+
+
+def test_a_fixed_frame_count_is_named():
+    """A video input compiled for 4 frames refuses 3, naming the frame count (checked before any op runs)."""
+    import numpy as np
+    from runtime_common.input_spec import InputSpec, check
+    from compiler.dims import Dim
+    spec_ = InputSpec("frames", "video", tuple(Dim.of(d) for d in ["B", 4, 3, 16, 16]), "float")
+    check([spec_], {"frames": np.zeros((2, 4, 3, 16, 16), np.float32)})
+    with pytest.raises(ValueError, match=r"input 'frames': expected frame count 4, got 3 .*the model takes "
+                                         r"\(B, 4, 3, 16, 16\)"):
+        check([spec_], {"frames": np.zeros((2, 3, 3, 16, 16), np.float32)})
