@@ -331,7 +331,8 @@ def diff(spec_a, spec_b, budget, sets, sets_a, sets_b, as_json, verbose):
     """What changed from spec A to spec B: layers added / removed / changed (parameter by parameter, repeated
     blocks as one row), parameters, FLOPs, memory and budget verdicts, with deltas (compiler.diff).
 
-    Exit 0 whatever changed; 2 when a spec is invalid. `omnic diff m.json m.json --set-b decoder.blocks.depth=32` compares a
+    Exit 0 whatever changed; 2 when a spec is invalid. `omnic diff m.json m.json --set-b decoder.blocks.depth=32`
+    compares a
     spec with a variant of itself.
     """
     from .diff import diff as do_diff, tables
@@ -432,7 +433,7 @@ def run_cmd(**kw):
     beside the predicted one (compiler.cli_run)."""
     from .cli_run import do_run, guard
     guard(do_run, *(kw[k] for k in ("source", "runtime", "weights", "seed", "dtype", "sets", "batch", "images",
-                                    "mean", "std", "as_json", "tokens")))
+                                    "mean", "std", "as_json", "threads", "tokens")))
 
 
 @cli.command("generate")
@@ -451,8 +452,8 @@ def generate_cmd(**kw):
     tokens-per-sec, and measured peak memory beside the predicted one, as mlx-lm's generate prints (compiler.cli_run)."""
     from .cli_run import do_generate, guard
     guard(do_generate, *(kw[k] for k in ("source", "runtime", "weights", "seed", "dtype", "sets", "batch", "images",
-                                         "mean", "std", "as_json", "prompt", "tokenizer", "ids", "max_new_tokens",
-                                         "temperature", "top_k", "eos")))
+                                         "mean", "std", "as_json", "threads", "prompt", "tokenizer", "ids",
+                                         "max_new_tokens", "temperature", "top_k", "eos")))
 
 
 @cli.command("ops")

@@ -9,7 +9,8 @@
     "inferred". Arrows inside one box are not drawn.
 `to_dot` / `to_mermaid` print a picture; both are pure functions of the graph (same spec, same bytes).
 `write(compiled, path)` picks the format from the file's extension (FORMATS). Only SVG / PNG / PDF need anything
-installed: the `graphviz` Python package (`pip install -e ".[graph]"` in the checkout) and the `dot` program (Debian: graphviz).
+installed: the `graphviz` Python package (`pip install -e ".[graph]"` in the checkout) and the `dot` program
+(Debian: graphviz).
 """
 from __future__ import annotations
 

@@ -177,7 +177,7 @@ def test_doctor_and_version():
         assert ("BLAS: OpenBLAS" if runtime_mlx.BLAS["loaded"] else "reference BLAS") in lines["mlx"]
 
 
-# --- 16. progress in logs -------------------------------------------------------------------------------------------------
+# --- 16. progress in logs ---------------------------------------------------------------------------------------
 def test_slow_work_reports_progress_without_a_terminal(monkeypatch, capsys):
     """Off a terminal, quick work is silent and slow work prints plain lines (the clock is made to run fast)."""
     from runtime_common import progress
@@ -199,7 +199,7 @@ def test_slow_work_reports_progress_without_a_terminal(monkeypatch, capsys):
     assert "tracing (torch.export): still working (" in err and err.splitlines()[-1].startswith("building: done (")
 
 
-# --- 11. the built model says what it needs --------------------------------------------------------------------------------
+# --- 11. the built model says what it needs -----------------------------------------------------------------------
 @pytest.mark.parametrize("target", ["torch", "mlx"])
 def test_build_states_each_input(tmp_path, target):
     out = tmp_path / "b"
