@@ -332,8 +332,7 @@ def diff(spec_a, spec_b, budget, sets, sets_a, sets_b, as_json, verbose):
     blocks as one row), parameters, FLOPs, memory and budget verdicts, with deltas (compiler.diff).
 
     Exit 0 whatever changed; 2 when a spec is invalid. `omnic diff m.json m.json --set-b decoder.blocks.depth=32`
-    compares a
-    spec with a variant of itself.
+    compares a spec with a variant of itself.
     """
     from .diff import diff as do_diff, tables
     over = {"vram": budget} if budget else None
