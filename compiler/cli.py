@@ -20,6 +20,8 @@ from typing import Any, Optional
 
 import click
 
+from .cli_parallel import fit, parallel_options
+
 EXIT_OK, EXIT_UNMET, EXIT_INVALID, EXIT_INTERNAL = 0, 1, 2, 3
 TARGETS = ("torch", "mlx", "onnx")
 
@@ -161,6 +163,7 @@ def cli() -> None:
 @click.option("--stage", help="Training stage whose frozen set applies (with --mode training).")
 @_options(size_options)
 @click.option("--recompute", is_flag=True, help="Training memory with activation recomputation.")
+@_options(parallel_options)
 @set_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (docs/report-format.md).")
 @click.option("--output-format", "doc_fmt", type=click.Choice(["text", "markdown", "junit", "json"]),
@@ -171,8 +174,8 @@ def cli() -> None:
                    "repeatable; without --output-format the format follows the extension (.md, .xml, .json).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and verdicts (no tables, no warnings).")
 @click.option("-v", "--verbose", is_flag=True, help="Also print notes (e.g. every inferred input).")
-def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, sets, as_json, doc_fmt, doc_out, quiet,
-          verbose):
+def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, devices, strategy, grad_accum, sets,
+          as_json, doc_fmt, doc_out, quiet, verbose):
     """Compile each SPEC: diagnostics, parameter / FLOP / memory tables, expectations and the budget verdict.
 
     A SPEC may be a directory: it is searched recursively for *.json specs (skipping components/, schema.json and
@@ -198,7 +201,7 @@ def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, se
     out = None if as_json or quiet else console()   # rich is imported only to print tables
     for path in specs:
         c = _compile(path, sets, batch=batch, context=context, frames=frames, format=fmt, recompute=recompute,
-                     budget=over or None)
+                     budget=over or None, devices=devices, strategy=strategy, grad_accum=grad_accum)
         rc = spec_exit_code(c)
         code = max(code, rc)
         results.append({"file": path, "ok": rc == EXIT_OK, "exit_code": rc,
@@ -365,10 +368,14 @@ def schema():
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output directory; replaced atomically (only if empty or written by omnic build).")
 @click.option("--weights", is_flag=True, help="Also write initialised weights (safetensors).")
+@click.option("--weights-from", "weights_from", type=click.Path(exists=True),
+              help="Write the weights of this checkpoint folder (config.json + safetensors, single or sharded) "
+                   "in omnic's layout, loaded strictly through its family's key map.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weight initialisation.")
+@click.option("--force", is_flag=True, help="Replace the output directory of an earlier build.")
 @set_option
 @click.option("-v", "--verbose", is_flag=True, help="Also print notes.")
-def build(spec, target, out_dir, weights, seed, sets, verbose):
+def build(spec, target, out_dir, weights, weights_from, seed, force, sets, verbose):
     """Compile SPEC and write a model for TARGET into DIR (atomically: DIR is untouched on failure)."""
     from .emit.build import BuildError, build as do_build
     c = _compile(spec, sets)
@@ -376,8 +383,16 @@ def build(spec, target, out_dir, weights, seed, sets, verbose):
     if not c.ok or c.report is None:
         click.echo(f"{spec}: invalid spec, nothing built", err=True)
         sys.exit(EXIT_INVALID)
+    key_map = ()
+    if weights_from is not None:
+        from .importers.folder import FolderError, key_map_of_folder
+        try:
+            key_map = key_map_of_folder(weights_from)
+        except FolderError as e:
+            raise UserError(str(e))
     try:
-        files = do_build(c, target, out_dir, weights=weights, seed=seed)
+        files = do_build(c, target, out_dir, weights=weights, seed=seed, weights_from=weights_from,
+                         key_map=key_map, force=force)
     except BuildError as e:
         raise UserError(str(e))
     click.echo(f"built {c.report['name']!r} for {target} in {out_dir} ({len(files)} files)")
@@ -388,38 +403,27 @@ def build(spec, target, out_dir, weights, seed, sets, verbose):
 
 
 @cli.command("import-hf")
-@click.argument("config", type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--out", "out_file", required=True, type=click.Path(dir_okay=False),
-              help="Spec file to write.")
-def import_hf(config, out_file):
-    """Write a spec for a transformers CONFIG.json (llama, gemma3, lfm2, qwen2_moe, mixtral, ...), then check it."""
-    try:
-        from .importers import hf
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("compiler.importers"):
-            raise UserError("import-hf is not available in this installation (no compiler.importers.hf)")
-        raise
-    try:
-        with open(config, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{config}: cannot read the config: {e}")
-    if not isinstance(cfg, dict):
-        raise UserError(f"{config}: a config.json is a JSON object")
-    try:
-        spec = hf.spec_from_hf_config(cfg)
-    except ValueError as e:
-        raise UserError(f"{config}: {e}")
-    tmp = f"{out_file}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(spec, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, out_file)
+@click.argument("source", type=click.Path(exists=True))
+@click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False),
+              help="Spec file to write (default: <the model's name>.json here).")
+@click.option("--name", help="The spec's name (default: the config's _name_or_path or architectures).")
+@click.option("--force", is_flag=True, help="Overwrite an existing spec file.")
+def import_hf(source, out_file, name, force):
+    """Write a spec for a checkpoint folder's config.json (or a config file): transformers model types (llama,
+    gemma3, lfm2, qwen2_moe, mixtral, siglip, dinov2, dinov3_vit, ...) and nanoVLM configs; then check it."""
+    from .importers.folder import FolderError, default_out, spec_of_folder, write_spec
     from . import compile
-    c = compile(out_file)
-    echo_diagnostics(c.diagnostics)
-    if not c.ok or c.report is None:
-        click.echo(f"wrote {out_file}, which does not compile (see above)", err=True)
-        sys.exit(EXIT_INVALID)
+    try:
+        spec = spec_of_folder(source, name)
+        out_file = out_file or default_out(spec)
+        c = compile(spec)
+        echo_diagnostics(c.diagnostics)
+        if not c.ok or c.report is None:
+            click.echo(f"{source}: the imported spec does not compile (see above); nothing written", err=True)
+            sys.exit(EXIT_INVALID)
+        write_spec(spec, out_file, force)
+    except FolderError as e:
+        raise UserError(str(e))
     click.echo(f"wrote {out_file}: {c.report['name']}, {c.report['params']['total']:,} parameters")
 
 
@@ -477,6 +481,9 @@ def doctor():
     from .doctor import rows
     for part, ok, text in rows():
         click.echo(f"{click.style('ok ' if ok else '-- ', fg='green' if ok else 'yellow', bold=True)} {part:<13} {text}")
+
+
+cli.add_command(fit)
 
 
 # --- entry point -----------------------------------------------------------------------------------------------------

@@ -56,6 +56,8 @@ def tensor_bits(fmt: Format, shape: tuple[int, ...], role: str) -> float:
     n = 1
     for d in shape:
         n *= d
+    if n == 0:                     # a zero-width tensor (Qwen2-MoE's shared expert of width 0) stores nothing
+        return 0.0
     if role in fmt.quantises and len(shape) >= 2:
         rows = n // shape[-1] if role != "conv" else shape[0]
         return n * fmt.bits + rows * fmt.row_scale_bits + fmt.tensor_scale_bits

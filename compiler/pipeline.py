@@ -153,10 +153,14 @@ def apply_overrides(data: Any, overrides: dict[str, Any], diag: Diagnostics) -> 
 def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, Any]] = None, *,
             batch: Optional[int] = None, context: Optional[int] = None, frames: Optional[int] = None,
             format: Optional[str] = None, recompute: bool = False, with_nodes: bool = False,
-            budget: Optional[dict] = None) -> Compiled:
+            budget: Optional[dict] = None, devices: Optional[int] = None, strategy: Optional[str] = None,
+            grad_accum: Optional[int] = None) -> Compiled:
     """Compile a spec (path, JSON text or dict). Never raises for a bad spec: see `Compiled.diagnostics`. Raises
-    ValueError for a bad keyword argument (batch, context, frames: positive integers, as the CLI's options)."""
-    for name, v in (("batch", batch), ("context", context), ("frames", frames)):
+    ValueError for a bad keyword argument (batch, context, frames, devices, grad_accum: positive integers, as the
+    CLI's options; strategy: see compiler/parallel.py). `devices` / `strategy` / `grad_accum` (or the same keys of
+    the spec's budget) add per-device training figures (report: memory.training.<stage>.parallel)."""
+    for name, v in (("batch", batch), ("context", context), ("frames", frames), ("devices", devices),
+                    ("grad_accum", grad_accum)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"compile(): {name} must be a positive integer, got {v!r}")
     try:
@@ -216,6 +220,15 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
             get_format(eff.get("format") or "bf16")
     except (KeyError, ValueError) as e:
         diag.error(("budget",), f"invalid budget: {e}", code="value")
+    layout, accum = _layout(eff or {**(b.model_dump() if b else {}), **(budget or {})}, devices, strategy,
+                            grad_accum, diag)
+    if layout is not None and eff:
+        from_spec = devices is None and strategy is None     # the spec's budget names the layout itself
+        explicit = {**({"mode": b.mode} if from_spec and b and "mode" in b.model_fields_set else {}), **(budget or {})}
+        if explicit.get("mode") == "inference":
+            diag.error(("budget", "mode"), "a per-device budget (devices / strategy) limits training memory",
+                       "set mode to training, or drop devices and strategy")
+        eff["mode"] = "training"
     if len(diag.items) > n_diags:
         return Compiled(doc, graph, None, diag.sorted(), src, settings)
     for key, e in (doc.expect or {}).items():
@@ -229,16 +242,25 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
         return Compiled(doc, graph, None, diag.sorted(), src, settings)
     try:
         report = account(graph, doc, with_nodes=with_nodes, fmt=settings["format"], batch=settings["batch"],
-                         context=settings["context"], frames=settings["frames"], recompute=recompute)
+                         context=settings["context"], frames=settings["frames"], recompute=recompute,
+                         layout=layout, grad_accum=accum)
     except Exception:          # noqa: BLE001 - a partial graph may defeat a rule; the diagnostics say why
         if not partial:
             raise
         return Compiled(doc, graph, None, diag.sorted(), src, settings)
+    if layout is not None:
+        par = report["memory"]["training"][stage or "all"]["parallel"]
+        if "error" in par:      # an impossible layout for the stage in force: refused before anything launches
+            diag.error(("budget", "strategy") if b and b.strategy else (), par["error"], par["hint"] or None,
+                       code="layout")
+            return Compiled(doc, graph, None, diag.sorted(), src, settings)
     if partial:
         report["partial"] = True
         report["unaccounted"] = [n.name for n in graph.nodes() if n.op != "Input" and not n.outputs]
     if budget:
         report["budget"] = check_budget(report, doc, eff) if eff else None
+    elif layout is not None and eff:
+        report["budget"] = check_budget(report, doc, eff)
     if report["params"]["total"] > MAX_PARAMS:
         diag.error(("layers",), f"the model has {report['params']['total']:.3g} parameters; the limit is "
                                 f"{MAX_PARAMS:.0e}", "a dimension is probably mistyped (an extra zero?)", code="limit")
@@ -248,3 +270,22 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
         diag.error(("layers",), f"inference needs {approx} bytes; the limit is {MAX_MEMORY:.3g}",
                    "a size is probably mistyped (a grid, a range, the batch or the context)", code="limit")
     return Compiled(doc, graph, report, diag.sorted(), src, settings)
+
+
+def _layout(keys: dict, devices: Optional[int], strategy: Optional[str], grad_accum: Optional[int],
+            diag: Diagnostics):
+    """(Layout or None, grad_accum): the arguments first, else the budget's keys; an impossible layout is an
+    error at the budget's key (or, from an argument, a ValueError as for any bad keyword)."""
+    from .parallel import LayoutError, parse_layout
+    n = devices if devices is not None else keys.get("devices")
+    st = strategy if strategy is not None else keys.get("strategy")
+    accum = grad_accum or keys.get("grad_accum") or 1
+    if n is None and st is None:
+        return None, accum
+    try:
+        return parse_layout(st or "fsdp", n or 1), accum
+    except LayoutError as e:
+        if strategy is not None or devices is not None:
+            raise ValueError(f"{e.message}" + (f" ({e.hint})" if e.hint else "")) from None
+        diag.error(("budget", "strategy"), e.message, e.hint or None, code="layout")
+        return None, accum

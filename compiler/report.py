@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from . import cost
+from . import cost, parallel
 from .formats import FORMATS, get_format
 from .ir import Graph, in_scope
 from .spec import EXPECT_KEYS, SpecDoc, parse_size
@@ -26,7 +26,8 @@ def stage_trainable(g: Graph, doc: SpecDoc, stage: Optional[str]) -> set[str]:
 
 
 def account(g: Graph, doc: SpecDoc, *, batch: int, context: int, frames: int, fmt: str = "bf16",
-            recompute: bool = False, with_nodes: bool = False) -> dict[str, Any]:
+            recompute: bool = False, with_nodes: bool = False, layout: Optional[parallel.Layout] = None,
+            grad_accum: int = 1) -> dict[str, Any]:
     costs = cost.cost_nodes(g, batch, context, frames)
     by = {c.name: c for c in costs}
     total = sum(c.params for c in costs)
@@ -55,6 +56,15 @@ def account(g: Graph, doc: SpecDoc, *, batch: int, context: int, frames: int, fm
                  "frozen_weights": frozen_w, "activations": acts}
         parts["total"] = parts["weights_grads_optimizer"] + frozen_w + acts
         parts["flops_step"] = cost.training_flops(costs, tset, path)
+        if layout is not None:        # per device; an `error` where the layout does not fit this stage
+            us = parallel.units(g, costs, tset)
+            try:
+                parallel.check_layout(layout, us)
+                acts_dev = cost.training_activations(costs, path, get_format(fmt).compute_bytes, recompute)
+                parts["parallel"] = parallel.per_device(layout, us, get_format(fmt), acts_dev, grad_accum)
+                parts["parallel"]["flops_step"] = parts["flops_step"] * grad_accum
+            except parallel.LayoutError as e:
+                parts["parallel"] = {**layout.to_json(), "error": e.message, "hint": e.hint}
         return parts
 
     train = {"all": training(None)}
@@ -64,7 +74,8 @@ def account(g: Graph, doc: SpecDoc, *, batch: int, context: int, frames: int, fm
     rep: dict[str, Any] = {
         "omnic_report": REPORT_VERSION,
         "name": doc.name,
-        "settings": {"batch": batch, "context": context, "frames": frames, "format": fmt, "recompute": recompute},
+        "settings": {"batch": batch, "context": context, "frames": frames, "format": fmt, "recompute": recompute,
+                     **({"parallel": {**layout.to_json(), "grad_accum": grad_accum}} if layout else {})},
         "params": {"total": total, "trainable": trainable, "active": round(active), "frozen": total - trainable},
         "flops": {"prefill": prefill, "decode_per_token": decode, "train_step": train["all"]["flops_step"]},
         "memory": {
@@ -147,7 +158,13 @@ def check_budget(rep: dict, doc: SpecDoc, override: Optional[dict] = None) -> Op
         what = f"memory.inference[{fmt}] at batch {rep['settings']['batch']}, context {rep['settings']['context']}"
     else:
         stage = b.get("stage") or "all"
-        fig = rep["memory"]["training"][stage]["total"]
-        what = f"memory.training[{stage}] (weights of frozen parts in {rep['settings']['format']})"
+        par = rep["memory"]["training"][stage].get("parallel")
+        if par and "per_device" in par:
+            fig = par["per_device"]["total"]
+            what = (f"memory.training[{stage}].per_device ({par['strategy']} on {par['devices']} devices; weights of "
+                    f"frozen parts in {rep['settings']['format']})")
+        else:
+            fig = rep["memory"]["training"][stage]["total"]
+            what = f"memory.training[{stage}] (weights of frozen parts in {rep['settings']['format']})"
     return {"limit": limit, "figure": fig, "what": what, "format": fmt, "mode": mode,
             "verdict": "pass" if fig <= limit else "fail", "headroom": limit - fig}

@@ -60,6 +60,12 @@ class Budget(BaseModel):
     batch: int = Field(1, ge=1, le=1_000_000)                    # the bounds of the spec's own batch and context
     context: Optional[int] = Field(None, ge=1, le=10_000_000,
                                    description="Text tokens; defaults to the spec's `context`.")
+    devices: Optional[int] = Field(None, ge=1, le=1_000_000, description="Devices training together: the limit is "
+                                   "per device (mode training; docs/scale-out.md).")
+    strategy: Optional[str] = Field(None, description="How the devices share the model: ddp, zero1, zero2, fsdp "
+                                                      "(default with devices) or hsdp:R (R replica groups).")
+    grad_accum: Optional[int] = Field(None, ge=1, le=1_000_000, description="Micro-batches per optimizer step "
+                                      "(the batch is one micro-batch per device).")
     note: Optional[str] = None
 
     @field_validator("vram")

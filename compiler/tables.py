@@ -60,7 +60,7 @@ def budget_key(b: dict) -> str:
     """The report figure a budget is checked against, e.g. 'memory.inference[nf4]'."""
     if b["mode"] == "inference":
         return f"memory.inference[{b['format']}]"
-    return "memory.training[" + b["what"].split("[", 1)[1].split("]", 1)[0] + "]"
+    return b["what"].split(" ", 1)[0]
 
 
 def budget_line(b: dict, rep: dict, limit_text: Optional[str] = None) -> str:
@@ -73,6 +73,9 @@ def budget_line(b: dict, rep: dict, limit_text: Optional[str] = None) -> str:
     at = f"batch {s['batch']}, context {s['context']}"
     if b["mode"] == "training":
         at += f", frozen weights in {s['format']}" + (", recomputation" if s.get("recompute") else "")
+        if ".per_device" in b["what"] and s.get("parallel"):
+            par = s["parallel"]
+            at += f", {par['strategy']} on {par['devices']} devices, {par['grad_accum']} micro-batch(es) per step"
     return f"{budget_key(b)} = {fmt_bytes(b['figure'])} {rel} {limit}: {'pass' if ok else 'FAIL'} ({room}; {at})"
 
 
@@ -154,6 +157,18 @@ def check_tables(rep: dict) -> list:
         [[stage, fmt_count(q["trainable_params"]), fmt_bytes(q["weights_grads_optimizer"]),
           fmt_bytes(q["frozen_weights"]), fmt_bytes(q["activations"]), fmt_bytes(q["total"]),
           fmt_flops(q["flops_step"])] for stage, q in m["training"].items()]))
+
+    par = s.get("parallel")
+    if par:
+        out.append(table(
+            f"per device: {par['strategy']} on {par['devices']} devices (shards of {par['shard']}), micro-batch "
+            f"{s['batch']} x {par['grad_accum']} accumulated (docs/scale-out.md)",
+            ["stage", "params", "grads", "optimizer", "frozen", "gathered", "reduce", "activations", "total / device"],
+            [[stage] + ([fmt_bytes(d[k]) for k in ("params", "grads", "optimizer", "frozen_weights", "gather_buffers",
+                                                  "reduce_buffers", "activations", "total")]
+                        if "per_device" in q["parallel"] and (d := q["parallel"]["per_device"]) else
+                        [q["parallel"].get("error", "")] + [""] * 7)
+             for stage, q in m["training"].items()]))
 
     if rep.get("expect"):
         out.append(table(

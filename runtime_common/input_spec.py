@@ -98,15 +98,14 @@ def check(specs: list[InputSpec], inputs: Mapping[str, Any]) -> None:
         got = tuple(int(d) for d in x.shape)
         want = shape_str(s.shape)
         if len(got) != len(s.shape):
-            raise ValueError(f"input {s.name!r}: expected a {s.kind} of shape {want} ({len(s.shape)} dimensions), "
-                             f"got shape {got}")
+            raise ValueError(f"input {s.name!r} has shape {got}, but the spec expects {want} (a {s.kind}, "
+                             f"{len(s.shape)} dimensions)")
         for k, (d, g) in enumerate(zip(s.shape, got)):
             syms = d.symbols()
             if not syms:
                 if g != d.const:
-                    what = _axis(s.kind, k, len(s.shape))
-                    raise ValueError(f"input {s.name!r}: expected {what} {d.const}, got {g} (shape {got}; the model "
-                                     f"takes {want})" + _resize_hint(s.kind, k, len(s.shape)))
+                    raise ValueError(f"input {s.name!r} has shape {got}, but the spec expects {want}: "
+                                     f"{_axis(s.kind, k, len(s.shape))} {d.const}, not {g}" + _size_hint(s.kind))
             elif len(syms) == 1 and d == Dim.sym(next(iter(syms))):
                 sym = next(iter(syms))
                 if sym in env and env[sym] != g:
@@ -137,7 +136,9 @@ def _axis(kind: str, k: int, rank: int) -> str:
     return (names[k] if names and k < len(names) else f"dimension {k}") if rank else f"dimension {k}"
 
 
-def _resize_hint(kind: str, k: int, rank: int) -> str:
-    if kind == "image" and k >= 2 or kind == "video" and k >= 3:
-        return "; resize the image to the size the model was compiled for"
-    return ""
+def _size_hint(kind: str) -> str:
+    if kind in ("image", "video"):
+        return ("; the spec's image size is fixed when it is compiled: compile it at this size (its input shape, "
+                "e.g. `--set inputs[0].shape=[...]`), and vision towers resize their position tables as their "
+                "family does")
+    return "; compile the spec with these sizes"

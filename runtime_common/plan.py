@@ -6,7 +6,9 @@ part of `runtime_torch/model.py` and `runtime_mlx/model.py`).
                                                 inputs, where its outputs go, and which slots die after it
                                                 (intermediates are released at their last use);
   run(plan, steps, inputs, modules)             one call of the model: {output name: value}; the inputs are checked
-                                                first against what the graph declares (runtime_common/input_spec.py);
+                                                first against what the graph declares (runtime_common/input_spec.py):
+                                                a wrong rank, fixed size, dtype, batch or placeholder count is a
+                                                ValueError naming what the spec expects (before any op sees it);
   resolve_ties(weight_decls, check)             {tied full name: owner full name}, chains followed, shapes checked;
   check_declared(...)                           the error for a module that does not build its op's tensors.
 """

@@ -29,10 +29,10 @@ from compiler.graph_data import from_data, to_data  # noqa: E402
 from .init import initialise  # noqa: E402
 from .model import OmnicModel  # noqa: E402
 from .registry import all_impls, get, implements  # noqa: E402
-from .weights import WeightsMismatch, load_state_dict_mapped, load_weights, save_weights  # noqa: E402
+from .weights import WeightsMismatch, load_checkpoint, load_state_dict_mapped, load_weights, save_weights  # noqa: E402
 
 __all__ = ["build", "from_graph_data", "OmnicModel", "implements", "get", "all_impls", "save_weights",
-           "load_weights", "load_state_dict_mapped", "WeightsMismatch", "to_data", "BLAS"]
+           "load_weights", "load_state_dict_mapped", "load_checkpoint", "WeightsMismatch", "to_data", "BLAS"]
 
 
 def _dtype(dtype: Union[None, str, mx.Dtype]) -> Optional[mx.Dtype]:

@@ -6,9 +6,14 @@ of `runtime_torch/weights.py`).
   load_weights(model, path, strict, cast)      the reverse: names and shapes are checked against the torch layout
                                                the op declares, then converted to MLX's; tied tensors stay shared
   load_state_dict_mapped(model, tensors, mapping, strict, cast)
-                                               a checkpoint's {name: array} renamed by data: `mapping` is a list of
-                                               (regex, replacement) pairs applied in order with re.sub to each
-                                               checkpoint name; a replacement of None drops the names it matches
+                                               a checkpoint's {name: array} renamed by data: `mapping` is a key map
+                                               (compiler/importers/keymaps.py): (regex, replacement) pairs applied in
+                                               order with re.sub (None drops), Merge and Split rules (per-expert
+                                               tensors stacked with mx.stack: no torch)
+  load_checkpoint(model, path, mapping, strict, cast=True)
+                                               a checkpoint file or folder other code wrote (single or sharded
+                                               safetensors) through a key map, tensor by tensor from memory-mapped
+                                               files, each cast to the model's dtype; never imports torch
 Loading checks everything before it assigns anything, and reports every problem at once in a `WeightsMismatch`
 (a ValueError): missing, unexpected, mis-shaped and (unless `cast=True`) mis-typed tensors, and names that collide
 after renaming. Shapes must be the declared torch shapes exactly: a file in MLX layout is refused (files are torch's),
@@ -27,7 +32,9 @@ import mlx.core as mx
 import numpy as np
 from safetensors import TensorSpec, serialize_file
 
-from runtime_common.weights import LoadResult, WeightsMismatch, label, map_names
+from runtime_common import checkpoint as ckpt
+from runtime_common.progress import track
+from runtime_common.weights import LoadResult, WeightsMismatch, label
 
 from . import layout
 
@@ -70,28 +77,65 @@ def save_weights(model, path: str | os.PathLike) -> None:
 def load_weights(model, path: str | os.PathLike, strict: bool = True, cast: bool = False) -> LoadResult:
     """Load a safetensors file written by either runtime's `save_weights` (or any with the model's names)."""
     path = os.fspath(path)
-    tensors = mx.load(path, format="safetensors")
-    return _assign(model, {n: (t, n) for n, t in tensors.items()}, strict, cast, path, [])
+    return _load_planned(model, ckpt.read_header(path), (), strict, cast, path)
 
 
-def load_state_dict_mapped(model, tensors: Mapping[str, mx.array], mapping: Sequence[tuple[str, Optional[str]]],
-                           strict: bool = True, cast: bool = False) -> LoadResult:
-    """Load a checkpoint's arrays (torch layout) under names rewritten by `mapping` (see the module docstring)."""
-    renamed, clashes = map_names(tensors, mapping)
-    entries = {new: (_array(tensors[old]), old) for new, old in renamed.items()}
-    return _assign(model, entries, strict, cast, "the mapped checkpoint", clashes)
+def load_state_dict_mapped(model, tensors: Mapping[str, mx.array], mapping: Sequence, strict: bool = True,
+                           cast: bool = False) -> LoadResult:
+    """Load a checkpoint's arrays (torch layout) under names rewritten by the key map `mapping` (module docstring)."""
+    refs = {}
+    for n, t in tensors.items():
+        a = _array(t)
+        refs[n] = ckpt.Ref(n, tuple(a.shape), _ST[a.dtype], value=a)
+    return _load_planned(model, refs, mapping, strict, cast, "the mapped checkpoint")
+
+
+def load_checkpoint(model, path: str | os.PathLike, mapping: Sequence = (), strict: bool = True,
+                    cast: bool = True) -> LoadResult:
+    """Load a safetensors file, a sharded checkpoint's index, or a folder holding either, through the key map
+    `mapping`; every problem is reported at once before any tensor is read."""
+    return _load_planned(model, ckpt.sources_of(path), mapping, strict, cast, os.fspath(path))
 
 
 def _array(t) -> mx.array:
     return t if isinstance(t, mx.array) else mx.array(t)
 
 
+# safetensors dtype <-> MLX dtype
+_MX = {"F32": mx.float32, "F16": mx.float16, "BF16": mx.bfloat16, "F64": mx.float64, "I64": mx.int64,
+       "I32": mx.int32, "I16": mx.int16, "I8": mx.int8, "U8": mx.uint8, "BOOL": mx.bool_}
+_ST = {v: k for k, v in _MX.items()}
+
+
+def _read(ref: ckpt.Ref) -> mx.array:
+    if ref.value is not None:
+        return ref.value
+    if ref.dtype not in _MX:
+        raise ValueError(f"{ref.file}: tensor {ref.name} is {ref.dtype}, which MLX cannot hold")
+    a = ckpt.tensor_bytes(ref)
+    x = mx.array(a)                                    # a copy; the file's map goes with `a`
+    del a
+    return x.view(mx.bfloat16) if ref.dtype == "BF16" else x
+
+
+_FW = ckpt.Framework(read=_read, cat=lambda xs: mx.concatenate(xs, 0), stack=lambda xs: mx.stack(xs, 0),
+                     narrow=lambda x, d, s, n: mx.split(x, [s, s + n], axis=d)[1])
+
+
+def _load_planned(model, refs: dict, mapping: Sequence, strict: bool, cast: bool, source: str) -> LoadResult:
+    shapes = {n: tuple(w.shape) for n, w in model.weight_decls.items()}
+    planned, problems = ckpt.plan(refs, mapping, shapes)
+    entries = {new: (tuple(src.shape), _MX.get(src.dtype), (lambda s=src: ckpt.materialise(s, _FW)), src.origin)
+               for new, src in planned.items()}
+    return _assign(model, entries, strict, cast, source, problems)
+
+
 def _dt(d: mx.Dtype) -> str:
     return str(d).removeprefix("mlx.core.")
 
 
-def _assign(model, entries: dict[str, tuple[mx.array, str]], strict: bool, cast: bool, source: str,
-            other: list[str]) -> LoadResult:
+def _assign(model, entries: dict[str, tuple], strict: bool, cast: bool, source: str, other: list[str]) -> LoadResult:
+    """`entries`: {model name: (shape, MLX dtype, read() -> array, checkpoint name)}."""
     decls, ties = model.weight_decls, model.ties
     groups: dict[str, list[str]] = {}
     for name in decls:
@@ -107,24 +151,25 @@ def _assign(model, entries: dict[str, tuple[mx.array, str]], strict: bool, cast:
             missing.append(f"{owner} {want}")
             continue
         for n in present:
-            t, origin = entries[n]
-            if tuple(t.shape) != want:
-                shapes.append(f"{label(n, origin)}: checkpoint {tuple(t.shape)}, model {want} (torch layout)")
-            elif t.dtype != cur.dtype and not cast:
-                dtypes.append(f"{label(n, origin)}: checkpoint {_dt(t.dtype)}, model {_dt(cur.dtype)}")
+            shape, dtype, _, origin = entries[n]
+            if shape != want:
+                shapes.append(f"{label(n, origin)}: checkpoint {shape}, model {want} (torch layout)")
+            elif dtype != cur.dtype and not cast:
+                dtypes.append(f"{label(n, origin)}: checkpoint {_dt(dtype)}, model {_dt(cur.dtype)}")
         if len(present) > 1 and not shapes:
-            first = entries[present[0]][0]
+            first = entries[present[0]][2]()
             other += [f"tied tensors {present[0]} and {n} differ in the checkpoint"
-                      for n in present[1:] if not mx.array_equal(entries[n][0], first).item()]
+                      for n in present[1:] if not mx.array_equal(entries[n][2](), first).item()]
         plan.append((owner, present[0]))
-    unexpected = sorted(label(n, o) for n, (_, o) in entries.items() if n not in decls)
+    unexpected = sorted(label(n, e[3]) for n, e in entries.items() if n not in decls)
     if shapes or dtypes or other or (strict and (missing or unexpected)):
         raise WeightsMismatch(source, missing if strict else [], unexpected if strict else [], shapes, dtypes, other)
-    new = []
-    for owner, fname in plan:
+    sizes = [int(np.prod(decls[o].shape)) for o, _ in plan]
+    for owner, fname in track(plan, "loading weights", sizes):     # one tensor at a time: read, convert, assign
         w, cur = decls[owner], model.param(owner)
-        x = layout.to_mlx(entries[fname][0], w.shape, model.perms[owner], source="torch", name=owner)
-        new.append((owner, x.astype(cur.dtype) if x.dtype != cur.dtype else x))
-    model.assign(new)
+        x = layout.to_mlx(entries[fname][2](), w.shape, model.perms[owner], source="torch", name=owner)
+        x = x.astype(cur.dtype) if x.dtype != cur.dtype else x
+        mx.eval(x)
+        model.assign([(owner, x)])
     mx.eval(model.parameters())
     return LoadResult(missing, unexpected)

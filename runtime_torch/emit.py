@@ -10,7 +10,7 @@ import os
 from runtime_common import emit
 
 TARGET = emit.Target(runtime="runtime_torch", model="OmnicModel", build_keywords="device, dtype, seed, init",
-                     value="tensor")
+                     value="tensor", empty={"device": "meta"})
 
 
 def source(compiled) -> str:
@@ -18,6 +18,8 @@ def source(compiled) -> str:
     return emit.source(compiled, TARGET)
 
 
-def write(compiled, out_dir: str | os.PathLike, weights: bool = False, seed: int = 0) -> list[str]:
-    """Write model.py, report.json (and model.safetensors) into `out_dir`, which must be empty; returns the paths."""
-    return emit.write(compiled, out_dir, TARGET, weights, seed)
+def write(compiled, out_dir: str | os.PathLike, weights: bool = False, seed: int = 0,
+          weights_from: str | os.PathLike | None = None, key_map=()) -> list[str]:
+    """Write model.py, report.json (and model.safetensors: initialised from `seed`, or `weights_from` a checkpoint
+    through `key_map`) into `out_dir`, which must be empty; returns the paths."""
+    return emit.write(compiled, out_dir, TARGET, weights, seed, weights_from, key_map)

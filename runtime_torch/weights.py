@@ -3,9 +3,13 @@
   save_weights(model, path)                    every state-dict tensor once: tied tensors under their owner's name
   load_weights(model, path, strict, cast)      the reverse; tied tensors come back shared
   load_state_dict_mapped(model, tensors, mapping, strict, cast)
-                                               a checkpoint's {name: tensor} renamed by data: `mapping` is a list of
-                                               (regex, replacement) pairs applied in order with re.sub to each
-                                               checkpoint name; a replacement of None drops the names it matches
+                                               a checkpoint's {name: tensor} renamed by data: `mapping` is a key map
+                                               (compiler/importers/keymaps.py): (regex, replacement) pairs applied in
+                                               order with re.sub (None drops), Merge and Split rules
+  load_checkpoint(model, path, mapping, strict, cast=True)
+                                               a checkpoint file or folder other code wrote (single or sharded
+                                               safetensors) through a key map, tensor by tensor from memory-mapped
+                                               files, each cast to the model's dtype (bf16/fp16/fp32 either way)
 Loading checks everything before it copies anything, and reports every problem at once in a `WeightsMismatch`
 (a ValueError): missing, unexpected, mis-shaped and (unless `cast=True`) mis-typed tensors, and names that collide
 after renaming. Shapes must match exactly (nothing is broadcast or truncated). With `strict=False` missing and
@@ -18,14 +22,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from runtime_common.weights import LoadResult, WeightsMismatch, label, map_names
+from runtime_common import checkpoint as ckpt
+from runtime_common.progress import track
+from runtime_common.weights import LoadResult, WeightsMismatch, label, map_names  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -68,16 +75,43 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True,
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
            "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+_ST = {v: k for k, v in _DTYPES.items()}
 
 
-def load_state_dict_mapped(model: nn.Module, tensors: Mapping[str, torch.Tensor],
-                           mapping: Sequence[tuple[str, Optional[str]]], strict: bool = True,
-                           cast: bool = False) -> LoadResult:
-    """Load a checkpoint's tensors under names rewritten by `mapping` (see the module docstring)."""
-    renamed, clashes = map_names(tensors, mapping)
-    entries = {new: _Entry(tuple(tensors[old].shape), tensors[old].dtype, (lambda o=old: tensors[o]), old)
-               for new, old in renamed.items()}
-    return _assign(model, entries, strict, cast, "the mapped checkpoint", clashes)
+def load_state_dict_mapped(model: nn.Module, tensors: Mapping[str, torch.Tensor], mapping: Sequence,
+                           strict: bool = True, cast: bool = False) -> LoadResult:
+    """Load a checkpoint's tensors under names rewritten by the key map `mapping` (see the module docstring)."""
+    refs = {n: ckpt.Ref(n, tuple(t.shape), _ST[t.dtype], value=t) for n, t in tensors.items()}
+    return _load_planned(model, refs, mapping, strict, cast, "the mapped checkpoint")
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, mapping: Sequence = (), strict: bool = True,
+                    cast: bool = True) -> LoadResult:
+    """Load a safetensors file, a sharded checkpoint's index, or a folder holding either, through the key map
+    `mapping`; every problem is reported at once before any tensor is read."""
+    return _load_planned(model, ckpt.sources_of(path), mapping, strict, cast, os.fspath(path))
+
+
+def _read(ref: ckpt.Ref) -> torch.Tensor:
+    if ref.value is not None:
+        return ref.value
+    a = ckpt.tensor_bytes(ref)
+    t = torch.from_numpy(np.array(a))                  # an owned copy; the file's map goes with `a`
+    del a
+    return t.view(_DTYPES[ref.dtype]) if ref.dtype in ("BF16", "F8_E4M3", "F8_E5M2") else t
+
+
+_FW = ckpt.Framework(read=_read, cat=lambda xs: torch.cat(xs, 0), stack=lambda xs: torch.stack(xs, 0),
+                     narrow=lambda x, d, s, n: x.narrow(d, s, n).clone())
+
+
+def _load_planned(model: nn.Module, refs: dict, mapping: Sequence, strict: bool, cast: bool,
+                  source: str) -> LoadResult:
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    planned, problems = ckpt.plan(refs, mapping, shapes)
+    entries = {new: _Entry(tuple(src.shape), _DTYPES[src.dtype], (lambda s=src: ckpt.materialise(s, _FW)),
+                           src.origin) for new, src in planned.items()}
+    return _assign(model, entries, strict, cast, source, problems)
 
 
 def _assign(model: nn.Module, entries: dict[str, _Entry], strict: bool, cast: bool, source: str,
@@ -114,7 +148,7 @@ def _assign(model: nn.Module, entries: dict[str, _Entry], strict: bool, cast: bo
     if other:
         raise WeightsMismatch(source, [], [], [], [], other)
     with torch.no_grad():
-        for members, present in plan:
+        for members, present in track(plan, "loading weights", [state[m[0]].numel() for m, _ in plan]):
             _put(model, members[0], state[members[0]], entries[present[0]].get())
     if hasattr(model, "_tie"):
         model._tie()

@@ -251,7 +251,8 @@ def oculus() -> list[str]:
 
 # --- nanoVLM ---------------------------------------------------------------------------------------------------------
 def nanovlm() -> list[str]:
-    small, default, dg = (Spec(f"specs/nanovlm/{n}.json") for n in ("original_small", "default", "dinov3_gemma"))
+    small, default, dg, fork = (Spec(f"specs/nanovlm/{n}.json")
+                                for n in ("original_small", "default", "dinov3_gemma", "dinov3_gemma_fork"))
     doc = "seeds/nanovlm-presets.md"
     rows = [
         Claim("original_small ~222M", doc + " presets", exact(small.params()), small.path,
@@ -279,6 +280,10 @@ def nanovlm() -> list[str]:
         Claim("dinov3_gemma: 49 image tokens, CLS + 4 registers dropped", doc + ", reference/seed-systems.md",
               f"{dg.node_shape('vision_encoder.norm')} -> {dg.node_shape('MP.proj')}; total {exact(dg.params())}",
               dg.where("MP.patches"), "holds"),
+        Claim("dinov3_gemma as the fork's code computes it (amazingvince/nanoVLM 74e50ab): 297,827,968",
+              "the fork's models/ instantiated (tests/test_seed_checkpoints.py loads its checkpoint)",
+              f"{exact(fork.params())}: ViT {exact(fork.params('vision_encoder'))}, MP {exact(fork.params('MP'))}, "
+              f"decoder {exact(fork.params('decoder'))}", fork.path, verdict(fork.params(), 297_827_968, 0.0)),
         Claim("DINOv3 ViT-L/14 (facebook/dinov3-vitl14-...)", doc + " DINOv3", "every DINOv3 ViT has patch 16",
               "specs/components/dinov3_vitl16.json", "**wrong**"),
     ]
@@ -290,8 +295,28 @@ def nanovlm() -> list[str]:
                           f"{gb(t['frozen_vision']['total'])}, inference {gb(spec.memory('inference'))} (bf16, "
                           f"{spec.r['settings']['context']} tokens; AdamW 16 B per trained parameter)",
                           spec.path, "not checkable (mode, sequence length and precision unstated)"))
+    diff = dg.params() - fork.params()
     return ["## nanoVLM", "", f"Documents: `{doc}`, `seeds/nanovlm-models.md`. Specs: `specs/nanovlm/`.", "",
-            *table(rows), ""]
+            *table(rows), "",
+            "### dinov3_gemma: transformers' models against the fork's code", "",
+            "`specs/nanovlm/dinov3_gemma.json` describes DINOv3 ViT-S/16+ and Gemma-3-270m as transformers computes "
+            "them; `specs/nanovlm/dinov3_gemma_fork.json` what the fork's `models/` computes for the same preset "
+            f"(after `from_pretrained`). They differ by {diff:,} parameters "
+            f"({exact(dg.params())} against {exact(fork.params())}), and a checkpoint of one does not load into "
+            "the other:", "",
+            "- names: the fork keeps nanoVLM's (`vision_encoder.blocks.N.attn.qkv_proj`, `mlp.gate_proj`, "
+            "`layer_scale1.lambda_param`, `decoder.blocks.N.attn.out_proj`, ...), transformers' are "
+            "`layer.N.attention.q_proj`, `model.layers.N.self_attn.o_proj`, ...;",
+            "- ViT positions: the fork's patches carry no position information (it builds no table for dinov3, and "
+            "its attention never applies the RoPE it computes: `ViTMultiHeadAttention` has no `use_dinov3_rope`), "
+            "where DINOv3 rotates q and k with 2-D RoPE; `omnic check` warns about it;",
+            "- ViT weights: a fused q|k|v with a bias on k as well (+384 per block), no `mask_token` (-384);",
+            "- decoder: a Llama block with Gemma-3's sizes and head_dim 256: SwiGLU instead of GELU-tanh, RMSNorm "
+            "without the +1 offset, no q/k norms (-512 per layer), no sandwich norms (-1,280 per layer), no "
+            "embedding scaling, no sliding window, one rope_theta (1e6) for every layer, scores scaled by "
+            "1/sqrt(256) (Gemma-3: query_pre_attn_scalar 256, the same);",
+            "- the same elsewhere: vocabulary 262,272 (262,144 + 17 rounded up to 128), CLS + 4 registers dropped "
+            "before the pixel shuffle, MP.proj 1536 -> 640 without bias, the head tied.", ""]
 
 
 # --- fVLM ------------------------------------------------------------------------------------------------------------

@@ -84,6 +84,17 @@ _TABLE: dict[str, dict[str, dict[str, Any]]] = {
                                  "layer_types": ["sliding_attention", "sliding_attention", "full_attention"]},
         "decoder.lm_head": {"out_features": 64},
     },
+    "specs/nanovlm/dinov3_gemma_fork.json": {
+        "top": {"inputs[0].shape": ["B", 3, 64, 64]},
+        "vision_encoder": {"hidden": 16, "layers": 2, "heads": 2, "ff_dim": 32, "image_size": 64},
+        "MP.proj": {"out_features": 32},
+        "decoder.token_embedding": {"num_embeddings": 64, "embedding_dim": 32},
+        "merge": {"image_token_id": 60},
+        "decoder.blocks": {"depth": 2, "hidden_dim": 32, "num_heads": 2, "num_kv_heads": 1, "head_dim": 24,
+                           "ff_dim": 64},
+        "decoder.norm": {},
+        "decoder.head": {"out_features": 64},
+    },
     "specs/fvlm_135m.json": {
         "top": {"inputs[0].shape": ["B", "F", 3, 28, 28]},
         "fvlm": {"dino": {"hidden": 16, "layers": 2, "heads": 2, "ff_dim": 32, "patch_size": 14, "pos_grid": 3},

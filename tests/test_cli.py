@@ -264,7 +264,9 @@ def test_build_writes_and_replaces_atomically(tiny, tmp_path, fake_target):
     (tmp_path / "plain").mkdir()
     assert out.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777   # not mkdtemp's 0700
     (out / "stale.txt").write_text("old")
-    assert run("build", tiny, "--target", "torch", "-o", out).exit_code == 0
+    r = run("build", tiny, "--target", "torch", "-o", out)
+    assert r.exit_code == 2 and "pass --force" in r.output and (out / "stale.txt").exists()
+    assert run("build", tiny, "--target", "torch", "-o", out, "--force").exit_code == 0
     assert not (out / "stale.txt").exists()                      # replaced, not merged
     assert [p.name for p in out.parent.iterdir()] == ["model"]   # no temporary directories left
 
@@ -274,7 +276,7 @@ def test_build_failure_leaves_dir_untouched(tiny, tmp_path, fake_target, monkeyp
     assert run("build", tiny, "--target", "torch", "-o", out).exit_code == 0
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(RuntimeError):
-        run("build", tiny, "--target", "torch", "-o", out, "--set", "name=explode")
+        run("build", tiny, "--target", "torch", "-o", out, "--set", "name=explode", "--force")
     assert sorted(p.name for p in out.iterdir()) == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 

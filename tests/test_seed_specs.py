@@ -186,6 +186,14 @@ PRESET_CONFIGS = {
                                               lm_inter_dim=1536, lm_n_heads=9, lm_n_kv_heads=3, lm_n_blocks=30,
                                               mp_pixel_shuffle_factor=2),
     "specs/nanovlm/default.json": {},
+    # the amazingvince/nanoVLM fork's get_dinov3_gemma_config() after from_pretrained (its config.json's keys)
+    "specs/nanovlm/dinov3_gemma_fork.json": dict(
+        vit_architecture="dinov3", vit_cls_flag=True, vit_num_registers=4, vit_use_swiglu=True, vit_layer_scale=True,
+        vit_layer_scale_init=1.0, vit_img_size=224, vit_patch_size=16, vit_hidden_dim=384, vit_inter_dim=1536,
+        vit_n_heads=6, vit_n_blocks=12, vit_ln_eps=1e-5, lm_architecture="gemma", lm_base_vocab_size=262144,
+        extra_token_amount=17, lm_hidden_dim=640, lm_inter_dim=2048, lm_n_heads=4, lm_n_kv_heads=1, lm_head_dim=256,
+        lm_n_blocks=18, lm_rms_eps=1e-6, lm_re_base=1000000.0, lm_max_position_embeddings=32768,
+        mp_handle_special_tokens=True, mp_pixel_shuffle_factor=2),
 }
 
 

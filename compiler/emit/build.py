@@ -7,7 +7,9 @@ Targets and their writers (imported only when used, so the core never imports to
 Atomicity: the writer fills a temporary directory beside DIR (same filesystem, so renames are atomic); then the old
 DIR is renamed aside, the new one renamed in, and the old one deleted. If anything fails before the swap, DIR is
 untouched; if the second rename fails, the old DIR is put back. An existing DIR is replaced only when it is empty or
-holds the marker file of an earlier build, so `-o ~` cannot delete a home directory.
+holds the marker file of an earlier build, so `-o ~` cannot delete a home directory, and an earlier build only with
+`force`. With `weights_from` (a checkpoint file or folder) and its `key_map`, model.safetensors holds that checkpoint's
+weights, loaded strictly: a checkpoint that does not fit the spec is a BuildError listing every differing name.
 """
 from __future__ import annotations
 
@@ -43,30 +45,45 @@ def writer(target: str):
         raise BuildError(f"target {target}: {mod} has no write() yet") from None
 
 
-def _check_out(out: str) -> None:
+def _check_out(out: str, force: bool) -> None:
     if os.path.lexists(out) and not os.path.isdir(out):
         raise BuildError(f"{out} exists and is not a directory")
     if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, MARKER)):
         raise BuildError(f"refusing to replace {out}: it is not empty and was not written by `omnic build` "
                          f"(no {MARKER}); remove it or choose another -o")
+    if os.path.isdir(out) and os.listdir(out) and not force:
+        raise BuildError(f"{out} holds an earlier build; pass --force to replace it")
     if os.path.realpath(out) in (os.path.realpath(os.getcwd()), os.path.realpath(os.path.expanduser("~")), "/"):
         raise BuildError(f"refusing to replace {out}: choose a directory of its own")
 
 
-def build(compiled, target: str, out: str, *, weights: bool = False, seed: int = 0) -> list[str]:
+def build(compiled, target: str, out: str, *, weights: bool = False, seed: int = 0, weights_from: str | None = None,
+          key_map=(), force: bool = False) -> list[str]:
     """Write `compiled` for `target` into directory `out`; return the files written (relative to `out`)."""
     write = writer(target)
     out = os.path.normpath(out)
-    _check_out(out)
+    _check_out(out, force)
+    extra = {}
+    if weights_from is not None:
+        if target == "onnx":
+            raise BuildError("--weights-from builds the torch or mlx target (its model.safetensors also serves onnx)")
+        extra = dict(weights_from=weights_from, key_map=key_map)
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     base = os.path.basename(os.path.abspath(out))
     tmp = _fresh_dir(parent, f".{base}.new-")
     try:
-        write(compiled, tmp, weights=weights, seed=seed)
+        try:
+            write(compiled, tmp, weights=weights, seed=seed, **extra)
+        except ValueError as e:            # a checkpoint that does not fit (WeightsMismatch) or cannot be read
+            if weights_from is None:
+                raise
+            raise BuildError(str(e)) from None
         with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
             json.dump({"target": target, "name": compiled.report["name"] if compiled.report else None,
-                       "weights": weights, "seed": seed}, f, indent=1, sort_keys=True)
+                       "weights": weights or weights_from is not None, "seed": seed,
+                       **({"weights_from": os.path.abspath(weights_from)} if weights_from else {})},
+                      f, indent=1, sort_keys=True)
         files = sorted(os.path.relpath(os.path.join(d, n), tmp) for d, _, ns in os.walk(tmp) for n in ns)
         _swap(tmp, out, parent, base)
     except BaseException:

@@ -4,7 +4,8 @@ specs/fvlm_135m.json, and fVLM variants from their backbones' config.json files.
 The spec's FoveatedVLM node (id `fvlm`) declares the checkpoint's own tensor names (compiler/ops/fvlm.py), so the
 key map for `runtime_torch.load_state_dict_mapped` only
   1. drops `llm.lm_head.weight` when the head is tied: the node owns no head tensor (it reads
-     `llm.model.embed_tokens.weight`); `torch.save` state dicts repeat the tied tensor, safetensors files omit it;
+     `llm.model.embed_tokens.weight`); `torch.save` state dicts repeat the tied tensor, and safetensors'
+     `save_model` keeps either name (the head's alone stands for the embedding: keymaps.Tied);
   2. accepts the DINOv2 names of transformers 5.x in-memory models (`attention.{q,k,v,o}_proj`) as well as the 4.x
      names the release was saved with (`attention.attention.{query,key,value}`, `attention.output.dense`);
   3. puts everything under the node's id.
@@ -16,22 +17,17 @@ Torch-free: names only.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
+
+from . import keymaps
 
 NODE = "fvlm"
 
-_DINO_5X = r"^(encoder\.dino\.encoder\.layer\.\d+\.attention\.)"
 
-
-def fvlm_key_map(node: str = NODE, tied: bool = True) -> list[tuple[str, Optional[str]]]:
-    """(regex, replacement) renames from an fVLM state dict to the spec's names (None drops)."""
-    rules: list[tuple[str, Optional[str]]] = []
-    if tied:
-        rules.append((r"^llm\.lm_head\.weight$", None))
-    rules += [(_DINO_5X + r"q_proj\.", r"\1attention.query."), (_DINO_5X + r"k_proj\.", r"\1attention.key."),
-              (_DINO_5X + r"v_proj\.", r"\1attention.value."), (_DINO_5X + r"o_proj\.", r"\1output.dense."),
-              (r"^", node + ".")]
-    return rules
+def fvlm_key_map(node: str = NODE, tied: bool = True) -> list:
+    """The key map from an fVLM state dict to the spec's names (compiler/importers/keymaps.py `fvlm`: the same
+    DINOv2 rules as transformers' DINOv2 checkpoints)."""
+    return keymaps.fvlm(node, tied)
 
 
 def fvlm_params(dino_config: dict[str, Any], llm_config: dict[str, Any], query_dim: int = 384,

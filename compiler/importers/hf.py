@@ -191,7 +191,7 @@ def _qwen2_moe(cfg: dict) -> dict:
              layer_types=types, rope_theta=_rope(c), tie=bool(c["tie_word_embeddings"]),
              num_experts=c["num_experts"], top_k=c["num_experts_per_tok"], expert_dim=c["moe_intermediate_size"],
              norm_topk_prob=bool(c["norm_topk_prob"]))
-    if shared:
+    if shared is not None:             # 0 too: transformers still builds a zero-width expert and its gate
         p["shared_expert_dim"] = shared
     if "sliding_attention" in types:
         p["sliding_window"] = c["sliding_window"]
@@ -300,13 +300,18 @@ def _siglip_full(cfg: dict) -> dict:
 
 
 def _dinov2(cfg: dict) -> dict:
+    """Dinov2Model; `use_swiglu_ffn` (giant): Dinov2SwiGLUFFN, SiLU-gated, 2/3 of the MLP width rounded up to a
+    multiple of 8, with biases (its files fuse gate|up as `mlp.weights_in`: keymaps.DINOV2_BLOCKS splits it)."""
     c = _Cfg(cfg, "dinov2")
-    if c["use_swiglu_ffn"]:
-        _refuse("dinov2", "use_swiglu_ffn", True, "its checkpoints fuse gate|up as mlp.weights_in")
     D, size = c["hidden_size"], _side(c, "image_size")
+    ff = int(D * c["mlp_ratio"])
+    if c["use_swiglu_ffn"]:
+        mlp, ff = "swiglu", (int(ff * 2 / 3) + 7) // 8 * 8
+    else:
+        mlp = _plain_mlp(c)
     p = dict(family="dinov2", image_size=size, patch_size=_side(c, "patch_size"), channels=c["num_channels"],
              hidden=D, layers=c["num_hidden_layers"], heads=c["num_attention_heads"],
-             ff_dim=int(D * c["mlp_ratio"]), mlp=_plain_mlp(c), norm_eps=float(c["layer_norm_eps"]),
+             ff_dim=ff, mlp=mlp, norm_eps=float(c["layer_norm_eps"]),
              layer_scale=float(c["layerscale_value"]), mask_token=bool(c["use_mask_token"]),
              attn_bias=["q", "k", "v", "o"] if c["qkv_bias"] else ["o"])
     return vision_spec(cfg.get("_name_or_path") or "dinov2", c["num_channels"], size, p)
@@ -340,62 +345,41 @@ IMPORTERS: dict[str, Callable[[dict], dict]] = {
     "dinov3_vit": _dinov3_vit,
 }
 
-# model_type -> renames of checkpoint names to the spec's weight names: (regex, replacement) pairs applied in order
-# with re.sub (a replacement of None drops the names it matches), the form runtime_torch.load_state_dict_mapped takes
-KEY_MAPS: dict[str, list[tuple[str, str | None]]] = {
-    **{t: [(r"^", LM_ID + ".")] for t in ("llama", "gemma3_text", "lfm2", "qwen2_moe")},
-    "mixtral": [(r"\.block_sparse_moe\.", ".mlp."), (r"^", LM_ID + ".")],          # hub checkpoints' module name
-    # Gemma3ForConditionalGeneration: the text model's keys; the vision tower and projector are dropped
-    "gemma3": [(r"^model\.(vision_tower|multi_modal_projector)\.", None),
-               (r"^model\.language_model\.", LM_ID + ".model."), (r"^lm_head\.", LM_ID + ".lm_head.")],
-    # vision: the names transformers saves (save_pretrained reverses its load-time renames), under VISION_ID
-    "siglip_vision_model": [(r"^", VISION_ID + ".vision_model.")],     # SiglipVisionModel: no vision_model. prefix
-    "siglip2_vision_model": [(r"^", VISION_ID + ".vision_model.")],
-    # SiglipModel: the vision tower's keys (text tower, logit scale and bias dropped)
-    "siglip": [(r"^(?!vision_model\.)", None), (r"^vision_model\.", VISION_ID + ".vision_model.")],
-    "siglip2": [(r"^(?!vision_model\.)", None), (r"^vision_model\.", VISION_ID + ".vision_model.")],
-    "dinov2": [(r"^", VISION_ID + ".")],
-    "dinov3_vit": [(r"^", VISION_ID + ".")],
-}
+# key maps (the names real checkpoints use -> the spec's) are data in compiler/importers/keymaps.py, one per family
+from .keymaps import KEY_MAPS, Merge, key_map  # noqa: E402
 
 
-# model_type -> how hub checkpoints that store one tensor per expert are stacked into transformers 5.x's layout
-# (E, 2F, D) gate|up and (E, D, F) down: (regex with groups prefix, expert index, part; target; parts in order).
-# Applied by runtime_torch.ops.moe.merge_experts before the key map; names already stacked pass unchanged.
-EXPERT_MERGES: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
-    "mixtral": [
-        (r"^(.*)\.(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w3)\.weight$", r"\1.mlp.experts.gate_up_proj",
-         ("w1", "w3")),
-        (r"^(.*)\.(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w2)\.weight$", r"\1.mlp.experts.down_proj",
-         ("w2",)),
-    ],
-    "qwen2_moe": [
-        (r"^(.*)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj)\.weight$", r"\1.mlp.experts.gate_up_proj",
-         ("gate_proj", "up_proj")),
-        (r"^(.*)\.mlp\.experts\.(\d+)\.(down_proj)\.weight$", r"\1.mlp.experts.down_proj", ("down_proj",)),
-    ],
-}
+def _expert_merges(model_type: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [(r.pattern, r.target, r.parts) for r in KEY_MAPS.get(model_type, []) if isinstance(r, Merge) and r.experts]
 
 
-def spec_from_hf_config(config: dict) -> dict:
-    """The omnic spec of a transformers config (the parsed config.json)."""
+def spec_from_hf_config(config: dict, name: str | None = None) -> dict:
+    """The omnic spec of a transformers config (the parsed config.json). Its name: `name`, else the config's
+    `_name_or_path`, else its first `architectures` entry; a language model's `max_position_embeddings` (of the
+    text config for multimodal configs) becomes the spec's context."""
     mt = config.get("model_type")
     if mt not in IMPORTERS:
         raise ValueError(f"unsupported model_type {mt!r}; supported: {', '.join(sorted(IMPORTERS))}")
-    return IMPORTERS[mt](config)
+    spec = IMPORTERS[mt](config)
+    named = name or config.get("_name_or_path") or (config.get("architectures") or [None])[0]
+    if named:
+        spec["name"] = str(named)
+    ctx = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
+    if ctx and any(layer["type"] == "DecoderLM" for layer in spec["layers"]):
+        spec["context"] = int(ctx)
+    return spec
 
 
-def hf_key_map(model_type: str) -> list[tuple[str, str | None]]:
-    """The renames from a transformers state dict of `model_type` to the imported spec's weight names (a list of
-    (regex, replacement) pairs for `runtime_torch.load_state_dict_mapped`)."""
-    if model_type not in KEY_MAPS:
-        raise ValueError(f"no key map for model_type {model_type!r}; known: {', '.join(sorted(KEY_MAPS))}")
-    return list(KEY_MAPS[model_type])
+def hf_key_map(model_type: str) -> list:
+    """The key map from a transformers checkpoint of `model_type` (any naming generation: compiler/importers/
+    keymaps.py) to the imported spec's weight names, for `load_state_dict_mapped` / `load_checkpoint`."""
+    return key_map(model_type)
 
 
 def hf_expert_merges(model_type: str) -> list[tuple[str, str, tuple[str, ...]]]:
-    """The per-expert -> stacked merges of `model_type` (empty when its checkpoints need none)."""
-    return list(EXPERT_MERGES.get(model_type, []))
+    """The per-expert -> stacked merges of `model_type` as (regex, target, parts) (`runtime_torch.ops.moe.
+    merge_experts`'s form; the key map itself already holds them as Merge rules)."""
+    return _expert_merges(model_type)
 
 
 def import_hf(config_path: str, out_path: str) -> dict:

@@ -88,7 +88,7 @@ class DecoderLMParams(Params):
     num_experts: Optional[int] = Field(None, ge=1, le=4096)
     top_k: Optional[int] = Field(None, ge=1, le=4096)
     expert_dim: Optional[int] = Field(None, ge=1, le=10_000_000)
-    shared_expert_dim: Optional[int] = Field(None, ge=1, le=10_000_000)
+    shared_expert_dim: Optional[int] = Field(None, ge=0, le=10_000_000)
     norm_topk_prob: Optional[bool] = None
 
 

@@ -39,9 +39,11 @@ class MoEParams(BlockParams):
     expert_dim: Optional[int] = Field(None, ge=1, le=10_000_000,
                                       description="Width F of each expert's gated MLP; default the block width "
                                                   "(warned).")
-    shared_expert_dim: Optional[int] = Field(None, ge=1, le=10_000_000,
+    shared_expert_dim: Optional[int] = Field(None, ge=0, le=10_000_000,
                                              description="Width of a shared (always active) expert with a sigmoid "
-                                                         "gate, as Qwen2-MoE; none if absent.")
+                                                         "gate, as Qwen2-MoE; none if absent. 0: a zero-width "
+                                                         "expert and its (1, D) gate, as transformers builds for "
+                                                         "shared_expert_intermediate_size 0 (adds nothing).")
     norm_topk_prob: bool = Field(True, description="Renormalise the top-k probabilities to sum 1 (Mixtral: true; "
                                                    "Qwen2-MoE: config.norm_topk_prob).")
 
@@ -82,7 +84,7 @@ class GQA_MoE_Layer(Block):
         w = {n("router") + ".weight": W((E, D), "other"),
              n("experts_gate_up"): W((E, 2 * F, D), experts=E, top_k=k),     # gate rows [0:F], up rows [F:2F]
              n("experts_down"): W((E, D, F), experts=E, top_k=k)}
-        if p.shared_expert_dim:
+        if p.shared_expert_dim is not None:
             S = p.shared_expert_dim
             w[n("shared_gate") + ".weight"] = W((S, D))
             w[n("shared_up") + ".weight"] = W((S, D))
@@ -95,7 +97,7 @@ class GQA_MoE_Layer(Block):
         D, F = p.D, p.expert_dim
         f = 2 * rows * D * p.num_experts                       # router
         f += p.top_k * 2 * rows * D * F * 3                    # top_k gated experts per token
-        if p.shared_expert_dim:
+        if p.shared_expert_dim is not None:
             f += 2 * rows * D * p.shared_expert_dim * 3 + 2 * rows * D   # shared expert and its gate
         return f
 

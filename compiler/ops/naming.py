@@ -47,6 +47,7 @@ NAMES: dict[str, dict[str, str]] = {
         "norm1": "norm1", "norm2": "norm2",
         "q": "attention.attention.query", "k": "attention.attention.key", "v": "attention.attention.value",
         "o": "attention.output.dense", "fc1": "mlp.fc1", "fc2": "mlp.fc2",
+        "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj",     # SwiGLU (giant): 5.x names
         "ls1": "layer_scale1.lambda1", "ls2": "layer_scale2.lambda1",
     },
     "dinov3": {
@@ -65,6 +66,9 @@ NAMES: dict[str, dict[str, str]] = {
     "nanovlm_vit": {
         "norm1": "ln1", "norm2": "ln2", "qkv": "attn.qkv_proj", "o": "attn.out_proj",
         "fc1": "mlp.fc1", "fc2": "mlp.fc2",
+        # the amazingvince/nanoVLM fork's DINOv3 blocks (ViTSwiGLUFFN, LayerScale)
+        "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj",
+        "ls1": "layer_scale1.lambda_param", "ls2": "layer_scale2.lambda_param",
     },
     "nanovlm_lm": {
         "norm1": "norm1", "norm2": "norm2",

@@ -63,6 +63,9 @@ class BlockParams(Params):
     rope_theta: float = Field(10000.0, gt=0)
     rope_theta_local: Optional[float] = Field(None, gt=0, description="rope_theta of sliding layers (Gemma-3).")
     rope_dim: Optional[int] = Field(None, ge=2, description="Rotated dims per head; default head_dim.")
+    rope_rescale_past: Optional[int] = Field(
+        None, ge=1, description="nanoVLM's RotaryEmbedding (lm_max_position_embeddings): when a call reaches past "
+        "this many positions, every frequency of that call is divided by (last position + 1) / this.")
     rope_grid: Optional[list[int]] = Field(None, description="Resolved (2d rope): patch grid [h, w].")
     rope_prefix: int = Field(0, ge=0, description="Resolved (2d rope): leading tokens without rotation.")
     layer_scale: Optional[float] = Field(None, description="LayerScale init (DINOv2 1.0, DINOv3 1e-5).")

@@ -40,7 +40,8 @@ EMBED_NAMES: dict[str, dict] = {
                    cls="cls_token", mask="mask_token", mask_layout="flat"),
     "dinov3": dict(proj="patch_embeddings", cls="cls_token", registers="register_tokens", mask="mask_token",
                    mask_layout="batched", registers_always=True),
-    "nanovlm": dict(proj="conv", pos="position_embedding", pos_layout="batched", cls="cls_token"),
+    "nanovlm": dict(proj="conv", pos="position_embedding", pos_layout="batched", cls="cls_token",
+                    registers="register_tokens"),                    # registers: the amazingvince/nanoVLM fork
 }
 EMBED_FAMILIES = tuple(EMBED_NAMES)
 

@@ -73,7 +73,7 @@ def experts(h, idx, w, gate_up, down, act):
 @implements("GQA_MoE_Layer")
 class GQAMoELayer(TransformerBlock):
     def init_ffn(self, p, names):
-        shared = bool(p.shared_expert_dim)
+        shared = p.shared_expert_dim is not None          # 0: a zero-width expert and its gate, as transformers
         self.keep(act=ACT[p.act], router=self.at(names["router"]), gate_up=self.ref(names["experts_gate_up"]),
                   down_w=self.ref(names["experts_down"]),
                   shared=tuple(self.at(names[r]) for r in ("shared_gate", "shared_up", "shared_down"))

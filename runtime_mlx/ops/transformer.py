@@ -107,8 +107,10 @@ class TransformerBlock(Node):
         q, k = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)              # (B, H, T, hs), (B, kv, T, hs)
         pos = cache.seen if cache is not None else 0
         if self.p.rope == "1d":
-            q = mx.fast.rope(q, self.rd, traditional=False, base=self.p.theta, scale=1.0, offset=pos)
-            k = mx.fast.rope(k, self.rd, traditional=False, base=self.p.theta, scale=1.0, offset=pos)
+            n = self.p.rope_rescale_past          # nanoVLM: past n positions, the call's positions / ((pos + T) / n)
+            scale = n / (pos + T) if n is not None and pos + T > n else 1.0
+            q = mx.fast.rope(q, self.rd, traditional=False, base=self.p.theta, scale=scale, offset=pos)
+            k = mx.fast.rope(k, self.rd, traditional=False, base=self.p.theta, scale=scale, offset=pos)
         elif self.p.rope == "2d":
             n0 = self.p.rope_prefix
             cos, sin = self.cos.astype(h.dtype), self.sin.astype(h.dtype)

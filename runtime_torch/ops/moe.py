@@ -101,7 +101,7 @@ def merge_experts(tensors: Mapping[str, torch.Tensor], merges: Sequence[tuple[st
 @implements("GQA_MoE_Layer")
 class GQAMoELayer(TransformerBlock):
     def init_ffn(self, p, names):
-        shared = bool(p.shared_expert_dim)
+        shared = p.shared_expert_dim is not None          # 0: a zero-width expert and its gate, as transformers
         self.keep(act=ACT[p.act], gate=None, router=self.at(names["router"]),     # no dense gate|up to pack
                   gate_up=self.ref(names["experts_gate_up"]), down=self.ref(names["experts_down"]),
                   shared=tuple(self.at(names[r]) for r in ("shared_gate", "shared_up", "shared_down"))

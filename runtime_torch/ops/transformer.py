@@ -127,7 +127,7 @@ class TransformerBlock(Node):
         pos = cache.seen if cache is not None else 0
         rope = self.p.rope
         if rope == "1d":
-            cos, sin = RopeTable.rows(self.p.theta, self.rd, pos, T, h)      # (T, rd) each
+            cos, sin = self._rope_rows(pos, T, h)                            # (T, rd) each
             q, k = apply_rope(q, cos, sin, self.rd), apply_rope(k, cos, sin, self.rd)
         elif rope == "2d":
             cos, sin = rope_tables(grid_angles(self.grid, self.rd, self.p.theta).to(h.device), h.dtype)  # (h*w, rd)
@@ -143,6 +143,15 @@ class TransformerBlock(Node):
                                            enable_gqa=self.KV != self.H)     # (B, H, T, hs)
         return dense(y.transpose(1, 2).reshape(B, T, self.H * self.hd), self.o)   # (B, T, D)
 
+    def _rope_rows(self, pos: int, T: int, h):
+        """cos, sin (T, rd) of positions pos..pos+T-1; past `rope_rescale_past` (nanoVLM's RotaryEmbedding) the
+        positions of the whole call are divided by (pos + T) / rope_rescale_past, as its frequencies are."""
+        n = self.p.rope_rescale_past
+        if n is not None and pos + T > n:
+            t = torch.arange(pos, pos + T, device=h.device, dtype=torch.float) / ((pos + T) / n)   # (T,)
+            return RopeTable.angles(self.p.theta, self.rd, t, h.dtype)
+        return RopeTable.rows(self.p.theta, self.rd, pos, T, h)
+
     def _attend_one(self, h, cache, fused):
         """The attention below for one new token per row over a cache, from the packed q|k|v product, in fewer tensor
         ops (decoding runs them per token and layer): with T = 1, (B, T, heads, hs) and (B, heads, T, hs) are one
@@ -151,7 +160,7 @@ class TransformerBlock(Node):
         qkv = linear(h, fused.wt, fused.bias)                                # (B, 1, (H + 2kv) hs)
         qk = qkv.narrow(-1, 0, (H + KV) * hd).view(B, H + KV, 1, hd)          # (B, H + kv, 1, hs)
         if self.p.rope == "1d":
-            qk = apply_rope(qk, *RopeTable.rows(self.p.theta, self.rd, cache.seen, 1, h), hd)
+            qk = apply_rope(qk, *self._rope_rows(cache.seen, 1, h), hd)
         n_cached = cache.n
         k, v = cache.extend(qk.narrow(1, H, KV), qkv.narrow(-1, (H + KV) * hd, KV * hd).view(B, KV, 1, hd),
                             self.window)                                     # (B, kv, S, hs)
