@@ -23,7 +23,7 @@ import click
 from .cli_parallel import fit, parallel_options
 
 EXIT_OK, EXIT_UNMET, EXIT_INVALID, EXIT_INTERNAL = 0, 1, 2, 3
-TARGETS = ("torch", "mlx", "onnx")
+TARGETS = ("torch", "mlx", "onnx", "gguf")
 
 
 class UserError(click.ClickException):
@@ -158,7 +158,8 @@ def cli() -> None:
               help="Memory limit, e.g. 6GiB or 8GB; replaces the spec's budget limit (or creates a budget).")
 @click.option("--format", "fmt", callback=_format_option, metavar="FORMAT",
               help="Storage format of the weights for the budget and training figures: bf16, fp16, fp32, fp8, int8, "
-                   "nf4, nf4-dq, gptq-int4, awq-int4, mlx-4bit, q4_k, q8_0.")
+                   "nf4, nf4-dq, gptq-int4, awq-int4, mlx-4bit, mlx-8bit, torchao-int8, torchao-int4, q4_k, q8_0; "
+                   "grouped ones with another group size as mlx-4bit-g32, torchao-int4-g64.")
 @click.option("--mode", type=click.Choice(["inference", "training"]), help="What the budget limits.")
 @click.option("--stage", help="Training stage whose frozen set applies (with --mode training).")
 @_options(size_options)
@@ -373,16 +374,34 @@ def schema():
                    "in omnic's layout, loaded strictly through its family's key map.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weight initialisation.")
 @click.option("--force", is_flag=True, help="Replace the output directory of an earlier build.")
+@click.option("--quantize", metavar="Q", help="A quantised build (implies --weights): mlx 4 | 8 (mlx.nn.quantize), "
+              "torch int8 | int4 (torchao weight-only), gguf q8_0 (the default for gguf). See docs/quantisation.md.")
+@click.option("--group-size", type=click.IntRange(min=1), metavar="N",
+              help="Weights per scale group: mlx 32 | 64 (default) | 128; torch int4 32 | 64 | 128 (default) | 256.")
 @set_option
 @click.option("-v", "--verbose", is_flag=True, help="Also print notes.")
-def build(spec, target, out_dir, weights, weights_from, seed, force, sets, verbose):
-    """Compile SPEC and write a model for TARGET into DIR (atomically: DIR is untouched on failure)."""
+def build(spec, target, out_dir, weights, weights_from, seed, force, quantize, group_size, sets, verbose):
+    """Compile SPEC and write a model for TARGET into DIR (atomically: DIR is untouched on failure).
+
+    A quantised build prints the bytes its weights hold, which are the report's memory.weights[FORMAT], and the
+    budget verdict for the format it built."""
     from .emit.build import BuildError, build as do_build
+    from .quantise import QuantError, quant_plan
     c = _compile(spec, sets)
     echo_diagnostics(c.diagnostics, verbose)
     if not c.ok or c.report is None:
         click.echo(f"{spec}: invalid spec, nothing built", err=True)
         sys.exit(EXIT_INVALID)
+    if group_size is not None and quantize is None and target != "gguf":
+        raise click.BadParameter("--group-size goes with --quantize (e.g. --quantize 4 --group-size 32)",
+                                 param_hint="--group-size")
+    plan = None
+    if quantize is not None or group_size is not None or target == "gguf":
+        try:
+            plan = quant_plan(c, target, quantize or "q8_0", group_size)
+        except QuantError as e:
+            raise UserError(str(e))
+        c = _compile(spec, sets, format=plan.fmt.name, budget={"format": plan.fmt.name})
     key_map = ()
     if weights_from is not None:
         from .importers.folder import FolderError, key_map_of_folder
@@ -392,10 +411,17 @@ def build(spec, target, out_dir, weights, weights_from, seed, force, sets, verbo
             raise UserError(str(e))
     try:
         files = do_build(c, target, out_dir, weights=weights, seed=seed, weights_from=weights_from,
-                         key_map=key_map, force=force)
-    except BuildError as e:
+                         key_map=key_map, force=force, quant=plan)
+    except (BuildError, QuantError) as e:
         raise UserError(str(e))
     click.echo(f"built {c.report['name']!r} for {target} in {out_dir} ({len(files)} files)")
+    if plan is not None:
+        from .tables import budget_line
+        click.echo(f"weights {plan.fmt.name}: {plan.expected_bytes:,} B = memory.weights[{plan.fmt.name}] "
+                   f"({len(plan.quantised)} tensors quantised by {plan.scheme.engine}, {len(plan.kept)} kept)")
+        b = c.report.get("budget")
+        if b:
+            click.echo(f"budget {budget_line(b, c.report)}")
     from runtime_common.input_spec import describe
     click.echo("inputs (model.py's INPUTS):")
     for spec in describe(c.graph):

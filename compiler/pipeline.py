@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
 import re
@@ -52,8 +53,7 @@ class Compiled:
         Call it with one keyword per model input: `model(input_ids=ids)` -> {output name: tensor}; inputs are
         checked against the spec's (shape, dtype, placeholders). Raises SpecError on an invalid spec.
         """
-        from runtime_torch import build
-        return build(self.raise_for_errors(), device=device, dtype=dtype, seed=seed, init=init)
+        return self.build_with("torch", device=device, dtype=dtype, seed=seed, init=init)
 
     def to_mlx(self, dtype: Any = None, seed: int = 0, init: bool = True):
         """The model as a `runtime_mlx.OmnicModel` (an `mlx.nn.Module`; imports mlx only now).
@@ -64,8 +64,16 @@ class Compiled:
         Call it with one keyword per model input: `model(input_ids=ids)` -> {output name: mx.array} (lazy until
         `mx.eval`); inputs are checked against the spec's. Raises SpecError on an invalid spec.
         """
-        from runtime_mlx import build
-        return build(self.raise_for_errors(), dtype=dtype, seed=seed, init=init)
+        return self.build_with("mlx", dtype=dtype, seed=seed, init=init)
+
+    def build_with(self, runtime: str, **kw):
+        """The model of the runtime named `runtime` (RUNTIMES). The compiler imports no runtime: the runtime module
+        is looked up by name when a model is asked for, so runtimes depend on the compiler and never the reverse."""
+        return importlib.import_module(RUNTIMES[runtime]).build(self.raise_for_errors(), **kw)
+
+
+#: runtime name -> the module whose `build(compiled, **kw)` makes its model
+RUNTIMES = {"torch": "runtime_torch", "mlx": "runtime_mlx"}
 
 
 def load_source(spec: Union[str, os.PathLike, dict]) -> Source:

@@ -39,11 +39,16 @@ def account(g: Graph, doc: SpecDoc, *, batch: int, context: int, frames: int, fm
     state_elems = sum(c.state for c in costs)
 
     census = cost.weight_census(costs)
-    weights = {name: round(cost.weight_bytes(costs, f, census=census)) for name, f in FORMATS.items()}
+    formats = dict(FORMATS)          # and the format in force when it is a variant (`mlx-4bit-g32`)
+    for name in (fmt, doc.budget.format if doc.budget else None):
+        if name:
+            f = get_format(name)
+            formats.setdefault(f.name, f)
+    weights = {name: round(cost.weight_bytes(costs, f, census=census)) for name, f in formats.items()}
     peak = cost.activation_peak(g, costs)
-    act = {name: peak * f.compute_bytes for name, f in FORMATS.items()}
-    state = {name: state_elems * f.compute_bytes for name, f in FORMATS.items()}
-    inference = {name: weights[name] + state[name] + act[name] for name in FORMATS}
+    act = {name: peak * f.compute_bytes for name, f in formats.items()}
+    state = {name: state_elems * f.compute_bytes for name, f in formats.items()}
+    inference = {name: weights[name] + state[name] + act[name] for name in formats}
 
     def training(stage: Optional[str]) -> dict[str, Any]:
         tset = stage_trainable(g, doc, stage)

@@ -110,31 +110,47 @@ def source(compiled, target: Target) -> str:
 
 
 def write(compiled, out_dir: str | os.PathLike, target: Target, weights: bool = False, seed: int = 0,
-          weights_from: str | os.PathLike | None = None, key_map=()) -> list[str]:
-    """Write model.py, report.json (and model.safetensors) into `out_dir`, which must be empty; returns the paths."""
+          weights_from: str | os.PathLike | None = None, key_map=(), quant=None) -> list[str]:
+    """Write model.py, report.json (and model.safetensors) into `out_dir`, which must be empty; returns the paths.
+    With a quantisation plan `quant` (`compiler.quantise`) the weights are always written, quantised by the
+    runtime's `quantize` module (its save writes the plan into the file; `quantization.json` records it), after
+    the runtime's quantiser is checked to hold every tensor the plan names, before anything is written."""
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     if os.listdir(out_dir):
         raise FileExistsError(f"{out_dir} is not empty")
     compiled.raise_for_errors()
+    if quant is not None:
+        runtime = importlib.import_module(target.runtime)
+        importlib.import_module(f"{target.runtime}.quantize").check_holders(runtime.build(compiled, init=False), quant)
     files = {"model.py": source(compiled, target),
              "report.json": json.dumps(compiled.report, sort_keys=True, indent=2) + "\n"}
+    if quant is not None:
+        files["quantization.json"] = json.dumps({**quant.metadata(), "target": target.runtime, "load": (
+            f"{target.runtime}.quantize.load_quantised(compiler.compile(spec), 'model.safetensors')")},
+            sort_keys=True, indent=2) + "\n"
     paths = []
     for fname, text in files.items():
         path = os.path.join(out_dir, fname)
         with open(path, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
         paths.append(path)
-    if weights or weights_from is not None:
+    if weights or weights_from is not None or quant is not None:
         runtime = importlib.import_module(target.runtime)
         path = os.path.join(out_dir, "model.safetensors")
         if weights_from is not None:
-            model = runtime.build(compiled, init=False, **target.empty)
+            model = runtime.build(compiled, init=False, **({} if quant is not None else target.empty))
             runtime.load_checkpoint(model, weights_from, key_map)
         else:
             model = runtime.build(compiled, seed=seed)
         total = compiled.report["params"]["total"]
-        with status(f"writing model.safetensors ({total * 4 / 1e9:.1f} GB)", total):
-            runtime.save_weights(model, path)
+        if quant is not None:
+            quantize = importlib.import_module(f"{target.runtime}.quantize")
+            with status(f"quantising to {quant.fmt.name}", total):
+                quantize.quantise(model, quant)
+            quantize.save_quantised(model, path, quant)
+        else:
+            with status(f"writing model.safetensors ({total * 4 / 1e9:.1f} GB)", total):
+                runtime.save_weights(model, path)
         paths.append(path)
     return paths

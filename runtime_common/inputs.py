@@ -39,7 +39,7 @@ def example_inputs(graph, env: dict[str, int], seed: int = 0) -> dict[str, Any]:
         if n.out.dtype == "int":
             users = [(registry.get(graph[c].op), graph[c]) for c in graph.consumers(n.name)]
             bounds = [b for op, u in users if (b := op.ids_bound(u.params)) is not None]
-            ids = rng.integers(0, min(bounds, default=2), size=shape)
+            ids = rng.integers(0, max(1, min(bounds, default=2)), size=shape)
             for op, u in users:
                 op.place_ids(u.params, ids, graph.input_types(u), env)
             out[n.name] = ids.astype(np.int64)

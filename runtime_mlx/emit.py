@@ -20,7 +20,7 @@ def source(compiled) -> str:
 
 
 def write(compiled, out_dir: str | os.PathLike, weights: bool = False, seed: int = 0,
-          weights_from: str | os.PathLike | None = None, key_map=()) -> list[str]:
+          weights_from: str | os.PathLike | None = None, key_map=(), quant=None) -> list[str]:
     """Write model.py, report.json (and model.safetensors: initialised from `seed`, or `weights_from` a checkpoint
     through `key_map`) into `out_dir`, which must be empty; returns the paths."""
-    return emit.write(compiled, out_dir, TARGET, weights, seed, weights_from, key_map)
+    return emit.write(compiled, out_dir, TARGET, weights, seed, weights_from, key_map, quant)

@@ -55,7 +55,11 @@ ACT = {
 
 
 def dense(x, m):
-    """x W^T + b with module `m`'s `weight` (out, in) and `bias` (if declared)."""
+    """x W^T + b with module `m`'s `weight` (out, in) and `bias` (if declared); a module quantised by
+    `mlx.nn.quantize` (runtime_mlx/quantize.py: an `nn.QuantizedLinear`, weight + scales + biases) runs its own
+    quantised product."""
+    if "scales" in m:
+        return m(x)
     y = x @ m["weight"].T
     b = m.get("bias")
     return y if b is None else y + b

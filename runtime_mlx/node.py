@@ -22,6 +22,12 @@ from . import layout
 class Box(nn.Module):
     """A plain module on the path to a parameter (`self_attn` in `self_attn.q_proj.weight`)."""
 
+    def to_quantized(self, group_size: int, bits: int, mode: str = "affine", **kw):
+        """For `mlx.nn.quantize` (runtime_mlx/quantize.py, which asks only boxes holding a projection's `weight`
+        that the op reads through `kernels.dense`): an `nn.QuantizedLinear` with the same names (weight, scales,
+        biases, bias)."""
+        return nn.QuantizedLinear.from_linear(self, group_size, bits, mode)
+
 
 class MLXParams:
     """The MLX callbacks of `runtime_common.params`: zeros in MLX layout (build() initialises)."""
@@ -84,47 +90,3 @@ class Node(nn.Module):
                 raise ValueError(f"{type(self).__name__}: handle {k!r} would hide the declared {k!r} (another name)")
             object.__setattr__(self, k, v)
 
-
-# --- not yet converted ops build some modules by hand (to be removed) -----------------------------------------------
-def _ref(obj, **kw) -> None:
-    for k, v in kw.items():
-        object.__setattr__(obj, k, v)
-
-
-class Lin(nn.Module):
-    def __init__(self, n_out: int, n_in: int, bias: bool):
-        super().__init__()
-        self.weight = mx.zeros((n_out, n_in))
-        if bias:
-            self.bias = mx.zeros((n_out,))
-
-    def __call__(self, x):
-        from .kernels import dense
-        return dense(x, self)
-
-
-class Norm(nn.Module):
-    def __init__(self, dim: int, kind: str, eps: float, offset: float = 0.0):
-        super().__init__()
-        self.weight = mx.zeros((dim,))
-        if kind == "layernorm":
-            self.bias = mx.zeros((dim,))
-        self.kind, self.eps, self.offset = kind, eps, offset
-
-    def __call__(self, x):
-        from .kernels import norm
-        return norm(x, self, self.kind, self.eps, self.offset)
-
-
-def place(root: nn.Module, path: str, mod: Optional[nn.Module] = None, param: Optional[tuple] = None):
-    *parts, last = path.split(".")
-    m = root
-    for part in parts:
-        if part not in m:
-            m[part] = Box()
-        m = m[part]
-    if mod is not None:
-        m[last] = mod
-        return mod
-    m[last] = mx.zeros(param)
-    return (m, last)

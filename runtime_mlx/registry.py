@@ -36,11 +36,16 @@ def tie(mod: nn.Module, attr: str, owner: nn.Module, owner_attr: str) -> None:
     ties[attr] = (owner, owner_attr)
 
 
-def tied(mod: nn.Module, attr: str) -> mx.array:
-    """A tensor the module declares but does not own: its owner's current array."""
+def tied_owner(mod: nn.Module, attr: str) -> tuple[nn.Module, str]:
+    """(owner module, key) of a tensor the module declares but does not own."""
     try:
-        owner, key = mod.__dict__["_omnic_ties"][attr]
+        return mod.__dict__["_omnic_ties"][attr]
     except KeyError:
         raise AttributeError(f"{type(mod).__qualname__}.{attr} is declared tied but was never tied "
                              f"(build the module through OmnicModel)") from None
+
+
+def tied(mod: nn.Module, attr: str) -> mx.array:
+    """A tensor the module declares but does not own: its owner's current array."""
+    owner, key = tied_owner(mod, attr)
     return owner[key]

@@ -31,7 +31,8 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -
     """F.linear(x, w, b) (x (..., in), w (out, in)), with the product of at most SPLIT_ROWS rows split into P blocks
     of output columns run in parallel by one torch.bmm when there are P > 1 threads, on the CPU (see pack.py)."""
     out, d = w.shape
-    if torch.compiler.is_compiling() or not x.is_cpu or x.numel() > SPLIT_ROWS * d:
+    if (torch.compiler.is_compiling() or not x.is_cpu or x.numel() > SPLIT_ROWS * d
+            or type(w) not in (torch.Tensor, torch.nn.Parameter)):    # a quantised weight (quantize.py)
         return F.linear(x, w, b)                        # traced graphs stay plain; other devices have their own
     P = torch.get_num_threads()
     if P == 1 or out % P or out < 64 * P:

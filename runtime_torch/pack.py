@@ -80,6 +80,7 @@ def group(mods: Sequence[Optional[nn.Module]]) -> Optional[Packed]:
         return None
     ws = [m.weight for m in mods]
     if (len({(w.shape[1], w.dtype, w.device) for w in ws}) != 1 or ws[0].is_meta or ws[0].dim() != 2
+            or any(type(w) is not nn.Parameter for w in ws)                 # quantised weights (quantize.py)
             or len({m.bias is None for m in mods}) != 1):
         return None
     return Packed(mods)
@@ -87,7 +88,7 @@ def group(mods: Sequence[Optional[nn.Module]]) -> Optional[Packed]:
 
 def column_major(p: torch.Tensor) -> None:
     """Store a 2-D parameter column-major (values and shape unchanged)."""
-    if not p.is_meta and p.dim() == 2 and p.stride() != (1, p.shape[0]):
+    if type(p) is nn.Parameter and not p.is_meta and p.dim() == 2 and p.stride() != (1, p.shape[0]):
         p.data = p.data.t().contiguous().t()
 
 

@@ -2,8 +2,9 @@
 
 Add your op: `OP_EXAMPLES["MyOp"] = spec(...)`, or a list of specs for its variants. Each spec must contain the op,
 compile without errors, and stay tiny (widths <= 16) so the whole table runs in seconds. The tests build each one,
-check parameter count and names against the compiler, and run it with B=2, T=5, F=3; ids inputs are drawn below
-the smallest `num_embeddings` / `vocab_size` among their consumers' params (see `ids_high`).
+check parameter count and names against the compiler, and run it with B=2, T=5, F=3 on the inputs of
+`runtime_common/inputs.py` (ids valid by the consumers' declarations). `CASES` lists every (op, index, spec), the
+parametrisation of the registry-wide tests (tests/conftest.py gives it to any test taking `op_case`).
 """
 from __future__ import annotations
 
@@ -35,13 +36,6 @@ def ids(name: str = "input_ids") -> dict:
 
 def layer(type_: str, params: dict | None = None, **kw) -> dict:
     return {"type": type_, "params": params or {}, **kw}
-
-
-def ids_high(params_list) -> int:
-    """Exclusive upper bound for random token ids fed to layers with these params."""
-    sizes = [getattr(p, a) for p in params_list for a in ("num_embeddings", "vocab_size")
-             if isinstance(getattr(p, a, None), int)]
-    return min(sizes, default=2)
 
 
 # a patch grid: (B, 3, 8, 8) -> Conv2d patch 2 -> (B, 8, 4, 4) -> Flatten -> (B, 16, 8) with grid (4, 4)
@@ -246,3 +240,8 @@ OP_EXAMPLES["MergeImageTokens"] = spec(
     [layer("Embedding", {"num_embeddings": 1, "embedding_dim": 8}, id="emb"),
      layer("MergeImageTokens", {"image_token_id": 0}, inputs=["emb", "img", "input_ids"])],
     [ids(), tokens(8, name="img")])
+
+
+CASES: list[tuple[str, int, dict]] = [(op, i, s) for op, specs in OP_EXAMPLES.items()
+                                      for i, s in enumerate(specs if isinstance(specs, list) else [specs])]
+CASE_IDS = [f"{op}-{i}" for op, i, _ in CASES]

@@ -8,7 +8,7 @@ import torch
 import compiler
 import runtime_torch as rt
 from runtime_torch.generate import DecodeSession, generate
-from tests.test_parity_lm import TINY, hf_model, omnic_from_hf
+from tests.hf_models import TINY, hf_model, omnic_from_hf
 
 PROMPT, NEW = 6, 14          # Gemma's window is 4: prompt + generation is 5x longer
 

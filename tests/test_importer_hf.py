@@ -12,7 +12,7 @@ import transformers as tf
 import compiler
 import compiler.cost
 from compiler.importers import hf_key_map, import_hf, spec_from_hf_config
-from tests.test_parity_lm import FULL, TINY
+from tests.hf_models import FULL, TINY
 
 # SmolLM2-135M's config.json as published (transformers 4.40 era: rope_theta, rope_scaling null)
 SMOLLM2_135M = {

@@ -129,9 +129,8 @@ def test_vlm_generate_equals_recomputation_and_torch(path):
     """A VLM decodes with its caches (image tokens cached once by the prefill) as greedy recomputation of the
     whole sequence does, and as the torch runtime does (same seed, same weights)."""
     import os
-    import sys
-    sys.path.insert(0, os.path.dirname(__file__))
-    from shrink import ROOT, SHRINK, make_inputs
+
+    from tests.shrink import ROOT, SHRINK, make_inputs
     c = compile(os.path.join(ROOT, path), overrides=SHRINK[path]).raise_for_errors()
     m = runtime_mlx.build(c, seed=3)
     raw = make_inputs(c, seed=1, env={"B": 2, "T": 8, "F": 2})

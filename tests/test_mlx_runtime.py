@@ -27,32 +27,15 @@ from runtime_mlx import weights as mlx_weights
 from runtime_torch import registry as torch_registry
 from runtime_torch import weights as torch_weights
 
-sys.path.insert(0, os.path.dirname(__file__))
-from op_examples import ENV, OP_EXAMPLES, ids_high  # noqa: E402
+from runtime_common.inputs import example_inputs
+from tests.op_examples import CASE_IDS as IDS
+from tests.op_examples import CASES, ENV, OP_EXAMPLES
 
 ATOL = 1e-4
-CASES = [(op, i, s) for op, specs in OP_EXAMPLES.items()
-         for i, s in enumerate(specs if isinstance(specs, list) else [specs])]
-IDS = [f"{op}-{i}" for op, i, _ in CASES]
 
 
 def make_inputs(compiled, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for a compiled example at B=2, T=5, F=3: ids below the consumers' vocabulary, scalars in
-    [0, 1), everything else standard normal."""
-    g, rng = compiled.graph, np.random.RandomState(seed)
-    out = {}
-    for n in g.nodes():
-        if n.op != "Input":
-            continue
-        shape = [int(d.eval(ENV)) for d in n.out.shape]
-        if n.out.dtype == "int":
-            out[n.name] = rng.randint(0, ids_high([g[c].params for c in g.consumers(n.name)]), size=shape)
-        elif n.out.kind == "scalar":
-            out[n.name] = rng.rand(*shape).astype(np.float32)
-        else:
-            out[n.name] = rng.randn(*shape).astype(np.float32)
-    return out
-
+    return example_inputs(compiled.graph, ENV, seed)
 
 def run_torch(model, inputs):
     with torch.no_grad():

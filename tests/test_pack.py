@@ -12,7 +12,7 @@ import runtime_torch as rt
 from runtime_torch.generate import DecodeSession, generate
 from runtime_torch.cache import LayerCache
 from runtime_torch.kernels import apply_rope
-from tests.test_parity_lm import hf_model, omnic_from_hf
+from tests.hf_models import hf_model, omnic_from_hf
 
 
 @pytest.fixture(scope="module")

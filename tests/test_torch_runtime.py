@@ -23,7 +23,8 @@ from compiler.cost import node_weights
 from compiler.ir import TensorType
 from runtime_torch import emit, registry as impls
 from runtime_torch.weights import WeightsMismatch, load_state_dict_mapped, load_weights, save_weights
-from tests.op_examples import ENV, OP_EXAMPLES, ids, ids_high, image, layer, spec, tokens
+from runtime_common.inputs import example_inputs
+from tests.op_examples import ENV, OP_EXAMPLES, ids, layer, spec, tokens
 
 OPS = [n for n in ops.all_ops() if n != "Input"]
 NODE_OPS = [n for n in OPS if not ops.get(n).composite]      # composites expand into other layers: no module
@@ -36,18 +37,7 @@ def compiled(s: dict):
 
 
 def make_inputs(graph, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for n in graph.nodes():
-        if n.op != "Input":
-            continue
-        shape = [d.eval(ENV) for d in n.out.shape]
-        if n.out.dtype == "int":
-            high = ids_high([graph[c].params for c in graph.consumers(n.name)])
-            out[n.name] = torch.randint(0, high, shape, generator=g)
-        else:
-            out[n.name] = torch.randn(shape, generator=g)
-    return out
+    return {k: torch.from_numpy(v) for k, v in example_inputs(graph, ENV, seed).items()}
 
 
 def tiny_lm(**over):

@@ -4,6 +4,8 @@ Targets and their writers (imported only when used, so the core never imports to
   torch  runtime_torch.emit.write(compiled, dir, weights=..., seed=...)
   mlx    runtime_mlx.emit.write(...)
   onnx   compiler.emit.onnx.write(...)
+  gguf   compiler.emit.gguf.write(...)       (a quantised llama-family LM; weights from runtime_torch)
+A quantised build (`quant`, a plan of `compiler.quantise`) is passed on to the writer.
 Atomicity: the writer fills a temporary directory beside DIR (same filesystem, so renames are atomic); then the old
 DIR is renamed aside, the new one renamed in, and the old one deleted. If anything fails before the swap, DIR is
 untouched; if the second rename fails, the old DIR is put back. An existing DIR is replaced only when it is empty or
@@ -19,9 +21,11 @@ import os
 import secrets
 import shutil
 
-WRITERS = {"torch": "runtime_torch.emit", "mlx": "runtime_mlx.emit", "onnx": "compiler.emit.onnx"}
+WRITERS = {"torch": "runtime_torch.emit", "mlx": "runtime_mlx.emit", "onnx": "compiler.emit.onnx",
+           "gguf": "compiler.emit.gguf"}
 # modules whose absence means "the optional dependencies of this target are not installed"
-_OPTIONAL = {"torch", "mlx", "onnx", "onnxscript", "onnxruntime", "safetensors", "numpy"}
+_OPTIONAL = {"torch", "mlx", "onnx", "onnxscript", "onnxruntime", "safetensors", "numpy", "gguf", "torchao"}
+_EXTRA = {"gguf": "quant"}
 MARKER = ".omnic-build.json"
 
 
@@ -39,7 +43,7 @@ def writer(target: str):
         root = (e.name or "").split(".")[0]
         if root in _OPTIONAL or (e.name and mod.startswith(e.name)):
             from ..install_hint import pip_command
-            raise BuildError(f"target {target} needs `{pip_command(target)}` ({e})") from None
+            raise BuildError(f"target {target} needs `{pip_command(_EXTRA.get(target, target))}` ({e})") from None
         raise
     except AttributeError:
         raise BuildError(f"target {target}: {mod} has no write() yet") from None
@@ -58,7 +62,7 @@ def _check_out(out: str, force: bool) -> None:
 
 
 def build(compiled, target: str, out: str, *, weights: bool = False, seed: int = 0, weights_from: str | None = None,
-          key_map=(), force: bool = False) -> list[str]:
+          key_map=(), force: bool = False, quant=None) -> list[str]:
     """Write `compiled` for `target` into directory `out`; return the files written (relative to `out`)."""
     write = writer(target)
     out = os.path.normpath(out)
@@ -66,8 +70,11 @@ def build(compiled, target: str, out: str, *, weights: bool = False, seed: int =
     extra = {}
     if weights_from is not None:
         if target == "onnx":
-            raise BuildError("--weights-from builds the torch or mlx target (its model.safetensors also serves onnx)")
+            raise BuildError("--weights-from builds the torch, mlx or gguf target (its model.safetensors also serves "
+                             "onnx)")
         extra = dict(weights_from=weights_from, key_map=key_map)
+    if quant is not None:
+        extra["quant"] = quant
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     base = os.path.basename(os.path.abspath(out))
@@ -81,8 +88,9 @@ def build(compiled, target: str, out: str, *, weights: bool = False, seed: int =
             raise BuildError(str(e)) from None
         with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
             json.dump({"target": target, "name": compiled.report["name"] if compiled.report else None,
-                       "weights": weights or weights_from is not None, "seed": seed,
-                       **({"weights_from": os.path.abspath(weights_from)} if weights_from else {})},
+                       "weights": weights or weights_from is not None or quant is not None, "seed": seed,
+                       **({"weights_from": os.path.abspath(weights_from)} if weights_from else {}),
+                       **({"format": quant.fmt.name} if quant is not None else {})},
                       f, indent=1, sort_keys=True)
         files = sorted(os.path.relpath(os.path.join(d, n), tmp) for d, _, ns in os.walk(tmp) for n in ns)
         _swap(tmp, out, parent, base)

@@ -45,6 +45,11 @@ class ResamplerParams(Params):
     def inner(self) -> int:
         return self.num_heads * self.head_dim
 
+    @property
+    def scale(self) -> float:
+        """Attention score scale (the runtimes read it): head_dim^-0.5."""
+        return self.head_dim ** -0.5
+
 
 @register
 class PerceiverResampler(Op):

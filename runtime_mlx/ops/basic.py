@@ -8,10 +8,11 @@ nodes, as in torch; Conv2d transposes to (B, H, W, C) and back around `mx.conv2d
 from __future__ import annotations
 
 import mlx.core as mx
+from mlx import nn
 
 from ..kernels import ACT, dense, rms_norm
 from ..node import Node
-from ..registry import implements, tied
+from ..registry import implements, tied, tied_owner
 
 
 @implements("Linear")
@@ -25,8 +26,14 @@ class Linear(Node):
     def __call__(self, x):
         if not self.is_tied:
             return dense(x, self)                         # (..., D) -> (..., out)
-        y = x @ tied(self, "weight").T
+        owner = tied_owner(self, "weight")[0]
+        y = owner.as_linear(x) if "scales" in owner else x @ tied(self, "weight").T   # quantised table: as_linear
         return y + self.bias if "bias" in self else y
+
+    def to_quantized(self, group_size: int, bits: int, mode: str = "affine", **kw):
+        """For `mlx.nn.quantize`: an `nn.QuantizedLinear` of this layer (the same names: weight, scales, biases,
+        bias); a tied head is never asked (runtime_mlx/quantize.py quantises its owner)."""
+        return nn.QuantizedLinear.from_linear(self, group_size, bits, mode)
 
 
 @implements("Embedding")
@@ -42,6 +49,11 @@ class Embedding(Node):
         if self.scale is not None:
             x = x * mx.array(self.scale, dtype=x.dtype)
         return x
+
+    def to_quantized(self, group_size: int, bits: int, mode: str = "affine", **kw):
+        """For `mlx.nn.quantize`: a QuantizedEmbedding that keeps this table's `scale` (runtime_mlx/quantize.py)."""
+        from ..quantize import QuantizedEmbedding
+        return QuantizedEmbedding.from_embedding(self, group_size, bits, mode)
 
 
 @implements("Conv2d")

@@ -15,16 +15,15 @@ from __future__ import annotations
 from typing import Optional
 
 import mlx.core as mx
-from mlx import nn
 
 from compiler.ir import IMAGE, TOKENS, TensorType
 from compiler.ops.fvlm import MODES, dino_block, dino_embed, llm_block
 
 from .. import registry as impls
-from ..registry import implements
 from ..cache import LayerCache
 from ..kernels import dense, norm
 from ..node import Node
+from ..registry import implements
 
 
 @implements("FoveatedVLM")

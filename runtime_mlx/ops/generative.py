@@ -20,8 +20,9 @@ from mlx import nn
 
 from compiler.ops.generative import VQVAEDecoder as VQOp
 
+from ..kernels import dense
+from ..node import Node
 from ..registry import implements
-from ..node import Box, Lin, _ref, place
 
 BAND_BYTES = 64 * 2 ** 20      # the largest im2col / distance buffer built at once
 
@@ -51,25 +52,11 @@ def timestep_embedding(t: mx.array, dim: int, max_period: float = 10000.0) -> mx
 
 
 @implements("FlowMatchingHead")
-class FlowMatchingHead(nn.Module):
+class FlowMatchingHead(Node):
     def __init__(self, p, in_types):
-        super().__init__()
-        D, Fw = p.in_dim, p.hidden_dim
+        super().__init__(p, in_types)
         self.freq_dim, self.time_scale, self.adaln = p.freq_dim, p.time_scale, p.conditioning == "adaln"
-        self.time_embed = Box()
-        self.time_embed.fc1, self.time_embed.fc2 = Lin(Fw, p.freq_dim, True), Lin(Fw, Fw, True)
-        self.in_proj = Lin(Fw, D, True)
-        self.blocks = []
-        for _ in range(p.num_blocks):
-            b = Box()
-            b.mlp = Box()
-            b.mlp.fc1, b.mlp.fc2 = Lin(Fw, Fw, True), Lin(Fw, Fw, True)
-            if self.adaln:
-                b.ada = Lin(3 * Fw, Fw, True)
-            self.blocks.append(b)
-        if self.adaln:
-            self.final_ada = Lin(2 * Fw, Fw, True)
-        self.out_proj = Lin(p.out_dim, Fw, True)
+        self.keep(stack=tuple(self.at(f"blocks.{i}") for i in range(p.num_blocks)))
 
     def __call__(self, x, t: Optional[mx.array] = None):
         """x (B, N, D); t (B,) in [0, 1]: the wired `time` input, or this keyword when the spec wires none."""
@@ -77,41 +64,30 @@ class FlowMatchingHead(nn.Module):
             raise TypeError("FlowMatchingHead needs the flow time t (B,): wire a scalar input to it, or call the "
                             "module with t=...")
         e = timestep_embedding(t * self.time_scale, self.freq_dim).astype(x.dtype)   # (B, freq)
-        c = self.time_embed.fc2(nn.silu(self.time_embed.fc1(e)))[:, None]      # (B, 1, F)
-        h = self.in_proj(x)                                                     # (B, N, F)
+        c = dense(nn.silu(dense(e, self.time_embed.fc1)), self.time_embed.fc2)[:, None]   # (B, 1, F)
+        h = dense(x, self.in_proj)                                              # (B, N, F)
         ln = lambda z: mx.fast.layer_norm(z, None, None, 1e-6)                 # noqa: E731
         if not self.adaln:
             h = h + c
-        for b in self.blocks:
+        for b in self.stack:
+            mlp = lambda z: dense(nn.silu(dense(z, b.mlp.fc1)), b.mlp.fc2)      # noqa: E731
             if self.adaln:
-                shift, scale, gate = mx.split(b.ada(nn.silu(c)), 3, axis=-1)    # (B, 1, F) each
-                h = h + gate * b.mlp.fc2(nn.silu(b.mlp.fc1(ln(h) * (1 + scale) + shift)))
+                shift, scale, gate = mx.split(dense(nn.silu(c), b.ada), 3, axis=-1)   # (B, 1, F) each
+                h = h + gate * mlp(ln(h) * (1 + scale) + shift)
             else:
-                h = h + b.mlp.fc2(nn.silu(b.mlp.fc1(ln(h))))
+                h = h + mlp(ln(h))
         if self.adaln:
-            shift, scale = mx.split(self.final_ada(nn.silu(c)), 2, axis=-1)
-            return self.out_proj(ln(h) * (1 + scale) + shift)                   # (B, N, out)
-        return self.out_proj(ln(h))
+            shift, scale = mx.split(dense(nn.silu(c), self.final_ada), 2, axis=-1)
+            return dense(ln(h) * (1 + scale) + shift, self.out_proj)           # (B, N, out)
+        return dense(ln(h), self.out_proj)
 
 
 @implements("VQVAEDecoder")
-class VQVAEDecoder(nn.Module):
+class VQVAEDecoder(Node):
     def __init__(self, p, in_types):
-        super().__init__()
+        super().__init__(p, in_types)
         self.quantize = p.codebook_size is not None and p.quantize
-        if p.codebook_size is not None:
-            place(self, "codebook.weight", param=(p.codebook_size, p.in_channels))
-        convs = VQOp.convs(p)                                                   # (name, in, out, upsample)
-        for name, cin, cout, _ in convs:
-            place(self, name + ".weight", param=(cout, 3, 3, cin))              # MLX layout (O, kh, kw, I)
-            place(self, name + ".bias", param=(cout,))
-        _ref(self, convs=convs)
-
-    def module(self, name: str) -> nn.Module:
-        m = self
-        for part in name.split("."):
-            m = m[int(part)] if isinstance(m, list) else m[part]
-        return m
+        self.keep(convs=[(self.at(name), name, up) for name, _, _, up in VQOp.convs(p)])   # (module, name, upsample)
 
     def nearest_code(self, z):
         """(B, h, w, C) -> the nearest codebook vector at every position (positions in chunks of BAND_BYTES of
@@ -136,8 +112,7 @@ class VQVAEDecoder(nn.Module):
         x = z.transpose(0, 2, 3, 1)                                             # (B, h, w, C)
         if self.quantize:
             x = self.nearest_code(x)
-        for i, (name, _, _, up) in enumerate(self.convs):
-            m = self.module(name)
+        for i, (m, name, up) in enumerate(self.convs):
             if up:
                 B, h, w, c = x.shape                                            # nearest x2, one copy:
                 x = mx.broadcast_to(nn.silu(x)[:, :, None, :, None], (B, h, 2, w, 2, c)).reshape(B, 2 * h, 2 * w, c)

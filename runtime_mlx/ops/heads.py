@@ -9,27 +9,22 @@ A anchors, C classes, L max_seq_len.
 from __future__ import annotations
 
 import mlx.core as mx
-from mlx import nn
 
+from ..kernels import dense, gelu
+from ..node import Node
 from ..registry import implements
-from ..kernels import gelu
-from ..node import Lin, place
 
 
-class _MLP(nn.Module):
+class _MLP(Node):
     """fc1 -> GELU -> fc2 (the declared `fc1.*`, `fc2.*`)."""
 
-    def __init__(self, fan_in: int, hidden: int, out: int):
-        super().__init__()
-        self.fc1, self.fc2 = Lin(hidden, fan_in, True), Lin(out, hidden, True)
-
     def __call__(self, x):
-        return self.fc2(gelu(self.fc1(x)))
+        return dense(gelu(dense(x, self.fc1)), self.fc2)
 
 
 class _GridMLP(_MLP):
-    def __init__(self, p, in_types, out: int):
-        super().__init__(p.in_dim, p.hidden_dim, out)
+    def __init__(self, p, in_types):
+        super().__init__(p, in_types)
         self.prefix = in_types[0].prefix
         self.h, self.w = in_types[0].grid
 
@@ -39,9 +34,6 @@ class _GridMLP(_MLP):
 
 @implements("SegmentationHead")
 class SegmentationHead(_GridMLP):
-    def __init__(self, p, in_types):
-        super().__init__(p, in_types, p.num_classes)
-
     def __call__(self, x):
         y = super().__call__(self.patches(x))                                   # (B, N, C)
         return y.reshape(y.shape[0], self.h, self.w, -1)                        # (B, h, w, C)
@@ -50,7 +42,7 @@ class SegmentationHead(_GridMLP):
 @implements("ClassificationHead")
 class ClassificationHead(_MLP):
     def __init__(self, p, in_types):
-        super().__init__(p.in_dim, p.hidden_dim, p.num_classes)
+        super().__init__(p, in_types)
         t = in_types[0]
         self.pool = None if t.kind == "vector" else p.pool
         self.prefix = t.prefix
@@ -66,7 +58,7 @@ class ClassificationHead(_MLP):
 @implements("DetectionHead")
 class DetectionHead(_GridMLP):
     def __init__(self, p, in_types):
-        super().__init__(p, in_types, p.num_anchors * (p.num_classes + p.box_dim))
+        super().__init__(p, in_types)
         self.A, self.C, self.box = p.num_anchors, p.num_classes, p.box_dim
 
     def __call__(self, x):
@@ -77,17 +69,12 @@ class DetectionHead(_GridMLP):
 
 
 @implements("OCRHead")
-class OCRHead(nn.Module):
+class OCRHead(Node):
     def __init__(self, p, in_types):
-        super().__init__()
-        Fw, k = p.hidden_dim, p.kernel_size
+        super().__init__(p, in_types)
         self.prefix = in_types[0].prefix
         self.h, self.w = in_types[0].grid
-        self.groups, self.pad = (Fw if p.depthwise else 1), k // 2
-        for name, shape in (("conv_in.weight", (Fw, 1, 1, p.in_dim)), ("conv_in.bias", (Fw,)),
-                            ("conv.weight", (Fw, k, k, Fw // self.groups)), ("conv.bias", (Fw,))):
-            place(self, name, param=shape)                                      # MLX layout (O, kh, kw, I)
-        self.text, self.geometry = Lin(p.max_seq_len, Fw, True), Lin(4, Fw, True)
+        self.groups, self.pad = (p.hidden_dim if p.depthwise else 1), p.kernel_size // 2
 
     def __call__(self, x):
         x = x[:, self.prefix:] if self.prefix else x                            # (B, N, D)
@@ -96,5 +83,5 @@ class OCRHead(nn.Module):
         m = gelu(mx.conv2d(m, self["conv_in"]["weight"]) + self["conv_in"]["bias"])           # (B, h, w, F)
         m = gelu(mx.conv2d(m, self["conv"]["weight"], padding=self.pad, groups=self.groups)
                  + self["conv"]["bias"])                                        # (B, h, w, F)
-        return {"text": self.text(m),                                           # (B, h, w, L)
-                "geometry": mx.sigmoid(self.geometry(m)).reshape(B, N, 4)}      # (B, N, 4)
+        return {"text": dense(m, self["text"]),                                 # (B, h, w, L)
+                "geometry": mx.sigmoid(dense(m, self["geometry"])).reshape(B, N, 4)}   # (B, N, 4)

@@ -7,15 +7,15 @@ placeholders, and `mx.where` keeps the text elsewhere.
 from __future__ import annotations
 
 import mlx.core as mx
-from mlx import nn
 
+from ..node import Node
 from ..registry import implements
 
 
 @implements("MergeImageTokens")
-class MergeImageTokens(nn.Module):
+class MergeImageTokens(Node):
     def __init__(self, p, in_types):
-        super().__init__()
+        super().__init__(p, in_types)
         self.token = p.image_token_id
 
     def __call__(self, text, image, ids):

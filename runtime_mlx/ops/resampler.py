@@ -6,49 +6,33 @@ Shapes: B batch, N media tokens, L latents, D width, H heads, hs head size, F ML
 from __future__ import annotations
 
 import mlx.core as mx
-from mlx import nn
 
+from ..kernels import dense, gelu, norm
+from ..node import Node
 from ..registry import implements
-from ..kernels import gelu
-from ..node import Box, Lin, Norm
-
-
-class _Layer(nn.Module):
-    def __init__(self, p):
-        super().__init__()
-        D, inner, eps = p.embed_dim, p.inner, p.norm_eps
-        self.norm_media, self.norm_latents, self.ff_norm = (Norm(D, "layernorm", eps) for _ in range(3))
-        self.attn = Box()
-        self.attn.q_proj, self.attn.k_proj, self.attn.v_proj = (Lin(inner, D, False) for _ in range(3))
-        self.attn.o_proj = Lin(D, inner, False)
-        self.mlp = Box()
-        self.mlp.fc1, self.mlp.fc2 = Lin(p.ff_dim, D, False), Lin(D, p.ff_dim, False)
-        self.H, self.hs = p.num_heads, p.head_dim
-
-    def __call__(self, x, lat):
-        B, L, _ = lat.shape
-        m, n = self.norm_media(x), self.norm_latents(lat)
-        kv = mx.concatenate([m, n], axis=1)                                     # (B, N+L, D)
-        heads = lambda t: t.reshape(B, t.shape[1], self.H, self.hs).transpose(0, 2, 1, 3)   # noqa: E731 (B, H, *, hs)
-        q, k, v = heads(self.attn.q_proj(n)), heads(self.attn.k_proj(kv)), heads(self.attn.v_proj(kv))
-        y = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.hs ** -0.5)   # (B, H, L, hs)
-        lat = lat + self.attn.o_proj(y.transpose(0, 2, 1, 3).reshape(B, L, self.H * self.hs))
-        return lat + self.mlp.fc2(gelu(self.mlp.fc1(self.ff_norm(lat))))       # (B, L, D)
 
 
 @implements("PerceiverResampler")
-class PerceiverResampler(nn.Module):
+class PerceiverResampler(Node):
     def __init__(self, p, in_types):
-        super().__init__()
-        self.latents = mx.zeros((p.num_latents, p.embed_dim))
-        if p.kv_dim != p.embed_dim:
-            self.media_proj = Lin(p.embed_dim, p.kv_dim, True)
-        self.layers = [_Layer(p) for _ in range(p.num_layers)]
-        self.norm = Norm(p.embed_dim, "layernorm", p.norm_eps)
+        super().__init__(p, in_types)
+        self.keep(p=p, stack=tuple(self.at(f"layers.{i}") for i in range(p.num_layers)), proj=self.at("media_proj"))
+
+    def layer(self, b, x, lat):
+        """One layer: latents attend to [media, latents], then an MLP; x (B, N, D), lat (B, L, D)."""
+        B, L, _ = lat.shape
+        H, hs, eps = self.p.num_heads, self.p.head_dim, self.p.norm_eps
+        m, n = norm(x, b.norm_media, "layernorm", eps), norm(lat, b.norm_latents, "layernorm", eps)
+        kv = mx.concatenate([m, n], axis=1)                                     # (B, N+L, D)
+        heads = lambda t: t.reshape(B, t.shape[1], H, hs).transpose(0, 2, 1, 3)   # noqa: E731 (B, H, *, hs)
+        q, k, v = heads(dense(n, b.attn.q_proj)), heads(dense(kv, b.attn.k_proj)), heads(dense(kv, b.attn.v_proj))
+        y = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.p.scale)   # (B, H, L, hs)
+        lat = lat + dense(y.transpose(0, 2, 1, 3).reshape(B, L, H * hs), b.attn.o_proj)
+        return lat + dense(gelu(dense(norm(lat, b.ff_norm, "layernorm", eps), b.mlp.fc1)), b.mlp.fc2)   # (B, L, D)
 
     def __call__(self, media):
-        x = self.media_proj(media) if "media_proj" in self else media          # (B, N, D)
+        x = dense(media, self.proj) if self.proj is not None else media         # (B, N, D)
         lat = mx.broadcast_to(self.latents, (x.shape[0],) + tuple(self.latents.shape))   # (B, L, D)
-        for layer in self.layers:
-            lat = layer(x, lat)
-        return self.norm(lat)                                                   # (B, L, D)
+        for b in self.stack:
+            lat = self.layer(b, x, lat)
+        return norm(lat, self["norm"], "layernorm", self.p.norm_eps)           # (B, L, D)

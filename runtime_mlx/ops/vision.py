@@ -9,7 +9,6 @@ Tensor names are the op declarations' (`EMBED_NAMES`, `POOL_NAMES`); convolution
 from __future__ import annotations
 
 import mlx.core as mx
-from mlx import nn
 
 from compiler.ops.vision import EMBED_NAMES, POOL_NAMES
 

@@ -10,10 +10,12 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from compiler.ops.generative import VQVAEDecoder as VQOp
+
+from ..kernels import dense
+from ..node import Node
 from ..registry import implements
-from ..node import Box, Lin, place
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -25,25 +27,11 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 @implements("FlowMatchingHead")
-class FlowMatchingHead(nn.Module):
+class FlowMatchingHead(Node):
     def __init__(self, p, in_types):
-        super().__init__()
-        D, Fw = p.in_dim, p.hidden_dim
+        super().__init__(p, in_types)
         self.freq_dim, self.time_scale, self.adaln = p.freq_dim, p.time_scale, p.conditioning == "adaln"
-        self.time_embed = Box()
-        self.time_embed.fc1, self.time_embed.fc2 = Lin(Fw, p.freq_dim, True), Lin(Fw, Fw, True)
-        self.in_proj = Lin(Fw, D, True)
-        self.blocks = nn.ModuleList()
-        for _ in range(p.num_blocks):
-            b = Box()
-            b.mlp = Box()
-            b.mlp.fc1, b.mlp.fc2 = Lin(Fw, Fw, True), Lin(Fw, Fw, True)
-            if self.adaln:
-                b.ada = Lin(3 * Fw, Fw, True)
-            self.blocks.append(b)
-        self.final_ada = Lin(2 * Fw, Fw, True) if self.adaln else None
-        self.out_proj = Lin(p.out_dim, Fw, True)
-        self.width = Fw
+        self.keep(stack=tuple(self.at(f"blocks.{i}") for i in range(p.num_blocks)))
 
     def forward(self, x, t: Optional[torch.Tensor] = None):
         """x (B, N, D); t (B,) in [0, 1]: the wired `time` input, or this keyword when the spec wires none."""
@@ -51,35 +39,30 @@ class FlowMatchingHead(nn.Module):
             raise TypeError("FlowMatchingHead needs the flow time t (B,): wire a scalar input to it, or call the "
                             "module with t=...")
         e = timestep_embedding(t * self.time_scale, self.freq_dim).to(x.dtype)   # (B, freq)
-        c = self.time_embed.fc2(F.silu(self.time_embed.fc1(e)))[:, None]        # (B, 1, F)
-        h = self.in_proj(x)                                                     # (B, N, F)
-        ln = lambda z: F.layer_norm(z, (self.width,), eps=1e-6)                # noqa: E731
+        c = dense(F.silu(dense(e, self.time_embed.fc1)), self.time_embed.fc2)[:, None]   # (B, 1, F)
+        h = dense(x, self.in_proj)                                              # (B, N, F)
+        ln = lambda z: F.layer_norm(z, (z.shape[-1],), eps=1e-6)               # noqa: E731
         if not self.adaln:
             h = h + c
-        for b in self.blocks:
+        for b in self.stack:
+            mlp = lambda z: dense(F.silu(dense(z, b.mlp.fc1)), b.mlp.fc2)       # noqa: E731
             if self.adaln:
-                shift, scale, gate = b.ada(F.silu(c)).chunk(3, dim=-1)           # (B, 1, F) each
-                h = h + gate * b.mlp.fc2(F.silu(b.mlp.fc1(ln(h) * (1 + scale) + shift)))
+                shift, scale, gate = dense(F.silu(c), b.ada).chunk(3, dim=-1)    # (B, 1, F) each
+                h = h + gate * mlp(ln(h) * (1 + scale) + shift)
             else:
-                h = h + b.mlp.fc2(F.silu(b.mlp.fc1(ln(h))))
+                h = h + mlp(ln(h))
         if self.adaln:
-            shift, scale = self.final_ada(F.silu(c)).chunk(2, dim=-1)
-            return self.out_proj(ln(h) * (1 + scale) + shift)                   # (B, N, out)
-        return self.out_proj(ln(h))
+            shift, scale = dense(F.silu(c), self.final_ada).chunk(2, dim=-1)
+            return dense(ln(h) * (1 + scale) + shift, self.out_proj)           # (B, N, out)
+        return dense(ln(h), self.out_proj)
 
 
 @implements("VQVAEDecoder")
-class VQVAEDecoder(nn.Module):
+class VQVAEDecoder(Node):
     def __init__(self, p, in_types):
-        super().__init__()
-        from compiler.ops.generative import VQVAEDecoder as Op
+        super().__init__(p, in_types)
         self.quantize = p.codebook_size is not None and p.quantize
-        if p.codebook_size is not None:
-            place(self, "codebook.weight", param=(p.codebook_size, p.in_channels))
-        self.convs = Op.convs(p)                                                # (name, in, out, upsample)
-        for name, cin, cout, _ in self.convs:
-            place(self, name + ".weight", param=(cout, cin, 3, 3))
-            place(self, name + ".bias", param=(cout,))
+        self.convs = [(self.at(name), name, up) for name, _, _, up in VQOp.convs(p)]   # (module, name, upsample)
 
     def nearest_code(self, z):
         """(B, C, h, w) -> the nearest codebook vector at every position, straight-through for gradients."""
@@ -90,16 +73,9 @@ class VQVAEDecoder(nn.Module):
         zq = E[d.argmin(dim=1)].reshape(B, h, w, C).permute(0, 3, 1, 2)          # (B, C, h, w)
         return z + (zq - z).detach()
 
-    def module(self, name: str) -> nn.Module:
-        m = self
-        for part in name.split("."):
-            m = m._modules[part]
-        return m
-
     def forward(self, z):
         x = self.nearest_code(z) if self.quantize else z                        # (B, C, h, w)
-        for i, (name, _, _, up) in enumerate(self.convs):
-            m = self.module(name)
+        for i, (m, name, up) in enumerate(self.convs):
             if up:
                 x = F.interpolate(F.silu(x), scale_factor=2.0, mode="nearest")   # (B, c, 2h, 2w)
             elif name == "conv_out" and i:

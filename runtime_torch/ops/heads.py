@@ -8,26 +8,22 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from ..kernels import dense
+from ..node import Node
 from ..registry import implements
-from ..node import Lin, place
 
 
-class _MLP(nn.Module):
+class _MLP(Node):
     """fc1 -> GELU -> fc2 (the declared `fc1.*`, `fc2.*`)."""
 
-    def __init__(self, fan_in: int, hidden: int, out: int):
-        super().__init__()
-        self.fc1, self.fc2 = Lin(hidden, fan_in, True), Lin(out, hidden, True)
-
     def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
+        return dense(F.gelu(dense(x, self.fc1)), self.fc2)
 
 
 class _GridMLP(_MLP):
-    def __init__(self, p, in_types, out: int):
-        super().__init__(p.in_dim, p.hidden_dim, out)
+    def __init__(self, p, in_types):
+        super().__init__(p, in_types)
         self.prefix = in_types[0].prefix
         self.h, self.w = in_types[0].grid
 
@@ -37,9 +33,6 @@ class _GridMLP(_MLP):
 
 @implements("SegmentationHead")
 class SegmentationHead(_GridMLP):
-    def __init__(self, p, in_types):
-        super().__init__(p, in_types, p.num_classes)
-
     def forward(self, x):
         y = super().forward(self.patches(x))                                    # (B, N, C)
         return y.reshape(y.shape[0], self.h, self.w, -1)                        # (B, h, w, C)
@@ -48,7 +41,7 @@ class SegmentationHead(_GridMLP):
 @implements("ClassificationHead")
 class ClassificationHead(_MLP):
     def __init__(self, p, in_types):
-        super().__init__(p.in_dim, p.hidden_dim, p.num_classes)
+        super().__init__(p, in_types)
         t = in_types[0]
         self.pool = None if t.kind == "vector" else p.pool
         self.prefix = t.prefix
@@ -64,7 +57,7 @@ class ClassificationHead(_MLP):
 @implements("DetectionHead")
 class DetectionHead(_GridMLP):
     def __init__(self, p, in_types):
-        super().__init__(p, in_types, p.num_anchors * (p.num_classes + p.box_dim))
+        super().__init__(p, in_types)
         self.A, self.C, self.box = p.num_anchors, p.num_classes, p.box_dim
 
     def forward(self, x):
@@ -75,25 +68,19 @@ class DetectionHead(_GridMLP):
 
 
 @implements("OCRHead")
-class OCRHead(nn.Module):
+class OCRHead(Node):
     def __init__(self, p, in_types):
-        super().__init__()
-        Fw, k = p.hidden_dim, p.kernel_size
+        super().__init__(p, in_types)
         self.prefix = in_types[0].prefix
         self.h, self.w = in_types[0].grid
-        self.groups = Fw if p.depthwise else 1
-        for name, shape in (("conv_in.weight", (Fw, p.in_dim, 1, 1)), ("conv_in.bias", (Fw,)),
-                            ("conv.weight", (Fw, Fw // self.groups, k, k)), ("conv.bias", (Fw,))):
-            place(self, name, param=shape)
-        self.text, self.geometry = Lin(p.max_seq_len, Fw, True), Lin(4, Fw, True)
+        self.groups, self.pad = (p.hidden_dim if p.depthwise else 1), p.kernel_size // 2
 
     def forward(self, x):
         x = x[:, self.prefix:] if self.prefix else x                            # (B, N, D)
         B, N, D = x.shape
         m = x.transpose(1, 2).reshape(B, D, self.h, self.w)                     # (B, D, h, w)
         m = F.gelu(F.conv2d(m, self.conv_in.weight, self.conv_in.bias))          # (B, F, h, w)
-        m = F.gelu(F.conv2d(m, self.conv.weight, self.conv.bias, padding=self.conv.weight.shape[-1] // 2,
-                            groups=self.groups))                                # (B, F, h, w)
+        m = F.gelu(F.conv2d(m, self.conv.weight, self.conv.bias, padding=self.pad, groups=self.groups))  # (B, F, h, w)
         m = m.permute(0, 2, 3, 1)                                               # (B, h, w, F)
-        return {"text": self.text(m),                                           # (B, h, w, L)
-                "geometry": torch.sigmoid(self.geometry(m)).reshape(B, N, 4)}   # (B, N, 4)
+        return {"text": dense(m, self.text),                                    # (B, h, w, L)
+                "geometry": torch.sigmoid(dense(m, self.geometry)).reshape(B, N, 4)}   # (B, N, 4)

@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
+from ..node import Node
 from ..registry import implements
 
 
 @implements("MergeImageTokens")
-class MergeImageTokens(nn.Module):
+class MergeImageTokens(Node):
     def __init__(self, p, in_types):
-        super().__init__()
+        super().__init__(p, in_types)
         self.token = p.image_token_id
 
     def forward(self, text, image, ids):

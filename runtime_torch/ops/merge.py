@@ -6,19 +6,19 @@ are those of the ops' docstrings and shape functions.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from compiler.ops.merge import Concat as ConcatOp
 
+from ..node import Node
 from ..registry import implements
 
 
 @implements("Concat")
-class Concat(nn.Module):
+class Concat(Node):
     """sequence: (B, N1, D) + (B, N2, D) -> (B, N1+N2, D); channels: the last dim of tokens, C of maps."""
 
     def __init__(self, p, in_types):
-        super().__init__()
+        super().__init__(p, in_types)
         self.dim = ConcatOp.axis(p, in_types[0])
 
     def forward(self, *xs):
@@ -26,11 +26,11 @@ class Concat(nn.Module):
 
 
 @implements("Select")
-class Select(nn.Module):
+class Select(Node):
     """cls: token 0 -> (B, D); patches: drop the prefix tokens; prefix: keep only them; range: tokens [start, stop)."""
 
     def __init__(self, p, in_types):
-        super().__init__()
+        super().__init__(p, in_types)
         self.tokens = p.tokens
         prefix = in_types[0].prefix
         self.start, self.stop = {"cls": (0, None), "patches": (prefix, None), "prefix": (0, prefix),
@@ -46,13 +46,13 @@ class Select(nn.Module):
 
 
 @implements("Reshape")
-class Reshape(nn.Module):
+class Reshape(Node):
     """tokens: (B, C, H, W) -> (B, H*W, C); map: (B, N, D) -> (B, D, h, w), or with `channels` C and D = C*s*s
     (C outermost, then the s x s sub-grid row-major) -> (B, C, h*s, w*s); grid_tokens: -> (B, h, w, D).
     Grid tokens are the last h*w of the sequence: prefix (CLS / register) tokens in front are dropped."""
 
     def __init__(self, p, in_types):
-        super().__init__()
+        super().__init__(p, in_types)
         t = in_types[0]
         self.to = p.to
         self.prefix = t.prefix

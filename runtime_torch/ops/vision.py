@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from compiler.ops.vision import EMBED_NAMES, POOL_NAMES
 

@@ -1,0 +1,100 @@
+"""Import hygiene: the runtimes depend on the compiler, never the reverse; no package has an import cycle; and each
+side imports cleanly first (the reverse ordering works)."""
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+
+import networkx as nx
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = ("compiler", "runtime_common", "runtime_torch", "runtime_mlx")
+RUNTIMES = ("runtime_torch", "runtime_mlx")
+#: the ONNX and GGUF emitters export a torch model's weights: clients of the torch runtime that live beside the other
+#: emitters and are imported only by `omnic build --target onnx|gguf`
+RUNTIME_CLIENTS = {"compiler.emit.onnx", "compiler.emit.gguf"}
+#: open: the `fit` command reads cli.py's helpers lazily while cli.py imports it (to split into a shared module)
+KNOWN_CYCLES = {("compiler.cli", "compiler.cli_parallel")}
+
+
+def _modules() -> dict[str, str]:
+    out = {}
+    for pkg in PACKAGES:
+        for d, _, files in os.walk(os.path.join(ROOT, pkg)):
+            for f in files:
+                if f.endswith(".py"):
+                    rel = os.path.relpath(os.path.join(d, f), ROOT)[:-3].replace(os.sep, ".")
+                    out[rel[:-len(".__init__")] if rel.endswith(".__init__") else rel] = os.path.join(d, f)
+    return out
+
+
+def _imports(name: str, path: str, top_level: bool) -> set[str]:
+    """The project modules `name` imports (at module level only, or anywhere)."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    nodes = tree.body if top_level else list(ast.walk(tree))
+    pkg = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+    out = set()
+    for n in nodes:
+        if isinstance(n, ast.Import):
+            out |= {a.name for a in n.names}
+        elif isinstance(n, ast.ImportFrom):
+            base = n.module or ""
+            if n.level:
+                parts = pkg.split(".")
+                base = ".".join(parts[:len(parts) - n.level + 1] + ([base] if base else []))
+            out.add(base)
+            out |= {f"{base}.{a.name}" for a in n.names}
+    ancestors = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}   # imported before it anyway
+    return {m for m in out if m.split(".")[0] in PACKAGES and m not in ancestors}
+
+
+def test_imports_have_no_cycle():
+    """Counting imports inside functions too: a lazy import that closes a cycle (a kernel beside a whole-model pass
+    that imports the ops using it) is a cycle all the same."""
+    mods = _modules()
+    g = nx.DiGraph()
+    for name, path in mods.items():
+        g.add_edges_from((name, m) for m in _imports(name, path, False) if m in mods and m != name)
+    cycles = {tuple(sorted(c)) for c in nx.simple_cycles(g)}
+    assert cycles <= KNOWN_CYCLES, cycles - KNOWN_CYCLES
+
+
+def test_the_compiler_never_imports_a_runtime():
+    """Not at module level, not inside a function: `Compiled.to_torch()` looks the runtime up by name."""
+    for name, path in _modules().items():
+        if name.split(".")[0] == "compiler" and name not in RUNTIME_CLIENTS:
+            bad = {m for m in _imports(name, path, False) if m.split(".")[0] in RUNTIMES}
+            assert not bad, (name, bad)
+
+
+def _run(code: str) -> None:
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_compiling_imports_no_runtime_and_no_framework():
+    _run("import sys, compiler\n"
+         "c = compiler.compile('specs/omni_lite.json')\n"
+         "assert c.ok\n"
+         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('runtime_torch', 'runtime_mlx', 'torch', 'mlx'))\n"
+         "assert not bad, bad")
+
+
+@pytest.mark.parametrize("first", ["runtime_torch", "runtime_torch.pack", "runtime_torch.ops.basic",
+                                   "runtime_torch.kernels", "runtime_torch.generate", "runtime_common.decode"])
+def test_a_runtime_module_imported_first(first):
+    """Any runtime module may be the first import of a process; the compiler then builds through it."""
+    _run(f"import {first}\nimport compiler\n"
+         "from tests.op_examples import OP_EXAMPLES\n"
+         "compiler.compile(OP_EXAMPLES['DecoderLM'][0]).to_torch()")
+
+
+def test_mlx_runtime_imported_first():
+    pytest.importorskip("mlx.core")
+    _run("import runtime_mlx.ops.transformer\nimport compiler\n"
+         "from tests.op_examples import OP_EXAMPLES\n"
+         "compiler.compile(OP_EXAMPLES['DecoderLM'][0]).to_mlx()")
