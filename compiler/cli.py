@@ -453,6 +453,25 @@ def import_hf(source, out_file, name, force):
     click.echo(f"wrote {out_file}: {c.report['name']}, {c.report['params']['total']:,} parameters")
 
 
+def _guard(fn, *args: Any) -> None:
+    """Run a run / generate body: bad files, spec errors, inputs that do not fit and a missing framework are one line
+    and exit 2."""
+    from .diagnostics import SpecError
+    try:
+        fn(*args)
+    except SpecError as e:
+        echo_diagnostics(e.diagnostics)
+        raise UserError(f"{args[0]}: invalid spec, nothing run")
+    except ModuleNotFoundError as e:
+        from .install_hint import pip_command
+        root = (e.name or "").split(".")[0]
+        if root in ("torch", "mlx", "numpy", "safetensors"):
+            raise UserError(f"{root} is not installed: {pip_command('mlx' if root == 'mlx' else 'torch')}")
+        raise
+    except ValueError as e:                      # RunError is one too: a file or input that does not fit
+        raise UserError(str(e))
+
+
 @cli.command("run")
 @_run_options
 @click.option("--tokens", type=click.IntRange(min=1), default=16, show_default=True,
@@ -460,8 +479,9 @@ def import_hf(source, out_file, name, force):
 def run_cmd(**kw):
     """Run SPEC (or an omnic build directory) once on inputs it declares: output shapes, time, measured peak memory
     beside the predicted one (compiler.cli_run)."""
-    from .cli_run import do_run, guard
-    guard(do_run, *(kw[k] for k in ("source", "runtime", "weights", "seed", "dtype", "sets", "batch", "images",
+    from .cli_run import do_run
+    kw["sets"] = parse_sets(kw["sets"])
+    _guard(do_run, *(kw[k] for k in ("source", "runtime", "weights", "seed", "dtype", "sets", "batch", "images",
                                     "mean", "std", "as_json", "threads", "tokens")))
 
 
@@ -479,8 +499,9 @@ def run_cmd(**kw):
 def generate_cmd(**kw):
     """Decode from SPEC (or an omnic build directory) with a KV cache: the tokens (or text), prompt and generation
     tokens-per-sec, and measured peak memory beside the predicted one, as mlx-lm's generate prints (compiler.cli_run)."""
-    from .cli_run import do_generate, guard
-    guard(do_generate, *(kw[k] for k in ("source", "runtime", "weights", "seed", "dtype", "sets", "batch", "images",
+    from .cli_run import do_generate
+    kw["sets"] = parse_sets(kw["sets"])
+    _guard(do_generate, *(kw[k] for k in ("source", "runtime", "weights", "seed", "dtype", "sets", "batch", "images",
                                          "mean", "std", "as_json", "threads", "prompt", "tokenizer", "ids",
                                          "max_new_tokens", "temperature", "top_k", "eos")))
 

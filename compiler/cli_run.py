@@ -65,9 +65,8 @@ def _images(m, values: tuple[str, ...]) -> dict[str, str]:
 
 
 def _load(source, runtime, weights, seed, dtype, sets, batch, context, threads=None):
-    from .cli import parse_sets
     from runtime_common import runner
-    m = runner.load(source, runtime, weights, seed, dtype, parse_sets(sets), batch, context)
+    m = runner.load(source, runtime, weights, seed, dtype, sets, batch, context)
     if threads and m.runtime == "torch":
         import torch
         torch.set_num_threads(threads)
@@ -79,9 +78,8 @@ def _repredict(m, source: str, sets, batch: int, length: int) -> None:
     if os.path.isdir(source):
         return
     from . import compile
-    from .cli import parse_sets
     from runtime_common.runner import FORMAT_OF_DTYPE
-    c = compile(source, overrides=parse_sets(sets), batch=batch, context=length, format=FORMAT_OF_DTYPE[m.dtype])
+    c = compile(source, overrides=sets, batch=batch, context=length, format=FORMAT_OF_DTYPE[m.dtype])
     if c.ok and c.report is not None:
         m.report = c.report
 
@@ -193,25 +191,3 @@ def do_generate(source, runtime, weights, seed, dtype, sets, batch, images, mean
     click.echo(f"Prompt: {res['prompt_tokens']} tokens{ptps}")
     click.echo(f"Generation: {res['generated']} tokens{gtps}")
     click.echo(_memory_line(res, m))
-
-
-def guard(fn, *args: Any) -> None:
-    """Run a command body: usage problems (bad files, spec errors, a missing framework) are one line and exit 2."""
-    from .cli import UserError, echo_diagnostics
-    from .diagnostics import SpecError
-    try:
-        fn(*args)
-    except SpecError as e:
-        echo_diagnostics(e.diagnostics)
-        raise UserError(f"{args[0]}: invalid spec, nothing run")
-    except ModuleNotFoundError as e:
-        from .install_hint import pip_command
-        root = (e.name or "").split(".")[0]
-        if root in ("torch", "mlx", "numpy", "safetensors"):
-            raise UserError(f"{root} is not installed: {pip_command('mlx' if root == 'mlx' else 'torch')}")
-        raise
-    except Exception as e:
-        from runtime_common.runner import RunError
-        if isinstance(e, (RunError, ValueError)) and not isinstance(e, SpecError):
-            raise UserError(str(e))
-        raise

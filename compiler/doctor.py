@@ -36,8 +36,8 @@ def _torch() -> tuple[bool, str]:
 def _mlx() -> tuple[bool, str]:
     if importlib.util.find_spec("mlx") is None:
         return False, f"not installed: {pip_command('mlx')}"
-    import runtime_mlx                   # first: it chooses the BLAS
-    import mlx.core as mx
+    runtime_mlx = importlib.import_module("runtime_mlx")     # first: it chooses the BLAS (looked up by name: the
+    import mlx.core as mx                                     # compiler imports no runtime)
     blas = runtime_mlx.BLAS
     text = f"{_version('mlx') or '?'}; device: {mx.default_device()}"
     if sys.platform == "linux":

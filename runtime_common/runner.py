@@ -32,7 +32,7 @@ from runtime_common.input_spec import InputSpec, describe
 FORMAT_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
-class RunError(Exception):
+class RunError(ValueError):
     """Bad usage of run / generate (a file that does not fit, a missing tokenizer): the message says what to do."""
 
 
