@@ -39,7 +39,7 @@ def parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
     for item in values:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE (e.g. lm.layers=2)", param_hint="--set")
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE (e.g. decoder.blocks.depth=2)", param_hint="--set")
         try:
             value = json.loads(raw)
         except ValueError:
@@ -51,13 +51,11 @@ def parse_sets(values: tuple[str, ...]) -> dict[str, Any]:
 def _format_option(ctx, param, value: Optional[str]) -> Optional[str]:
     if value is None:
         return None
-    from .diagnostics import did_you_mean
-    from .formats import FORMATS, get_format
+    from .formats import get_format, suggest
     try:
         return get_format(value).name
     except KeyError:
-        raise click.BadParameter(f"unknown storage format {value!r}; "
-                                 + (did_you_mean(value, FORMATS) or "formats: " + ", ".join(FORMATS)))
+        raise click.BadParameter(f"unknown storage format {value!r}; {suggest(value)}")
 
 
 def _size_option(ctx, param, value: Optional[str]) -> Optional[str]:
@@ -73,7 +71,7 @@ def _size_option(ctx, param, value: Optional[str]) -> Optional[str]:
 
 
 set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                          help="Override a spec value before compiling, e.g. --set lm.layers=2 or "
+                          help="Override a spec value before compiling, e.g. --set decoder.blocks.depth=2 or "
                                "--set 'layers[4].params.num_experts=4' (VALUE is JSON, else a string).")
 size_options = [
     click.option("--batch", type=click.IntRange(min=1), help="Batch size B (default: the spec's)."),
@@ -100,7 +98,10 @@ def echo_diagnostics(diags, verbose: bool = False, quiet: bool = False) -> None:
         if d.severity == "note" and not verbose or d.severity == "warning" and quiet:
             continue
         head, _, rest = d.render().partition(f"{d.severity}:")
-        click.echo(head + click.style(d.severity + ":", fg=_COLORS.get(d.severity), bold=True) + rest, err=True)
+        first, nl, hint = rest.partition("\n")
+        src = d.excerpt() if d.severity == "error" else ""
+        click.echo(head + click.style(d.severity + ":", fg=_COLORS.get(d.severity), bold=True) + first
+                   + (f"\n{src}" if src else "") + nl + hint, err=True)
 
 
 def console():
@@ -139,9 +140,14 @@ def _compile(spec: str, sets: tuple[str, ...], **kw):
     return compile(spec, overrides=parse_sets(sets), **kw)
 
 
+def _run_options(f):
+    from .cli_run import common_options
+    return common_options(f)
+
+
 # --- commands --------------------------------------------------------------------------------------------------------
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(package_name="omnic", prog_name="omnic")
+@click.version_option(None, "-V", "--version", package_name="omnic", prog_name="omnic")
 def cli() -> None:
     """omnic: compile declarative JSON model specs; check budgets; build PyTorch / MLX / ONNX models."""
 
@@ -207,17 +213,24 @@ def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, de
         if len(specs) > 1 and out is not None:
             out.rule(path)
         echo_diagnostics(c.diagnostics, verbose, quiet)
+        name = f"{path}: " if len(specs) > 1 else ""      # over several specs each verdict line names its spec
         if rc == EXIT_INVALID:
             n = len(c.errors)
-            if c.report is not None and out is not None:
+            if c.report is not None and out is not None and verbose:    # what could be counted: only when asked
                 from .tables import check_tables
                 out.print(f"partial report: the parts that could not be wired are counted by their weights only "
                           f"({', '.join(c.report.get('unaccounted') or []) or 'none'} without shapes or FLOPs)")
                 for t in check_tables(c.report):
                     out.print(t)
-            click.echo(f"{path}: invalid spec ({n} error{'s' if n != 1 else ''})", err=True)
+            click.echo(f"{path}: " + click.style("invalid spec", fg="red", bold=True)
+                       + f" ({n} error{'s' if n != 1 else ''})", err=True)
             continue
-        _print_verdicts(out, c, budget, quiet)
+        _print_verdicts(out, c, budget, quiet, name)
+        if quiet and name and not c.report.get("budget") and not any(not e["ok"] for e in c.report.get("expect") or []):
+            click.echo(f"{name}" + click.style("ok", fg="green", bold=True) + " (no budget; expectations met)")
+    if len(specs) > 1 and not as_json:
+        n = {k: sum(r["exit_code"] == k for r in results) for k in (EXIT_OK, EXIT_UNMET, EXIT_INVALID)}
+        click.echo(f"{len(specs)} specs: {n[EXIT_OK]} pass, {n[EXIT_UNMET]} FAIL, {n[EXIT_INVALID]} invalid")
     for file, kind in docs:
         text = document(results, kind, dump_json)
         if file:
@@ -227,7 +240,16 @@ def check(specs, budget, fmt, mode, stage, batch, context, frames, recompute, de
     sys.exit(code)
 
 
-def _print_verdicts(out, c, budget_text: Optional[str], quiet: bool) -> None:
+def _verdict_colour(line: str) -> str:
+    """`: pass` green, `: FAIL` red (on a terminal; click drops the colour elsewhere)."""
+    for word, colour in ((": pass", "green"), (": FAIL", "red"), (": ok", "green")):
+        head, sep, tail = line.rpartition(word)
+        if sep and (not tail or tail.startswith(" (")):
+            return head + ": " + click.style(word[2:], fg=colour, bold=True) + tail
+    return line
+
+
+def _print_verdicts(out, c, budget_text: Optional[str], quiet: bool, name: str = "") -> None:
     from .tables import budget_line, check_tables, expect_line
     rep = c.report
     if out is not None:
@@ -235,13 +257,13 @@ def _print_verdicts(out, c, budget_text: Optional[str], quiet: bool) -> None:
             out.print(t)
     for e in rep.get("expect") or []:
         if not e["ok"]:
-            click.echo(f"expect {expect_line(e)}")
+            click.echo(_verdict_colour(f"{name}expect {expect_line(e)}"))
     b = rep.get("budget")
     if b:
         limit = budget_text or (c.doc.budget.vram if c.doc and c.doc.budget else None)
-        click.echo(f"budget {budget_line(b, rep, str(limit) if limit is not None else None)}")
+        click.echo(_verdict_colour(f"{name}budget {budget_line(b, rep, str(limit) if limit is not None else None)}"))
     elif not quiet:
-        click.echo("budget: none (set one with --budget 6GiB or a 'budget' in the spec)")
+        click.echo(f"{name}budget: none (set one with --budget 6GiB or a 'budget' in the spec)")
 
 
 @cli.command()
@@ -250,7 +272,7 @@ def _print_verdicts(out, c, budget_text: Optional[str], quiet: bool) -> None:
 @_options(size_options)
 @set_option
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
-@click.option("-v", "--verbose", is_flag=True, help="Also print notes.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print notes, and a \"connected to\" column.")
 def summary(spec, depth, batch, context, frames, sets, as_json, verbose):
     """Per-layer table of SPEC: type, output shape, params, active params, prefill FLOPs, output memory.
 
@@ -272,7 +294,8 @@ def summary(spec, depth, batch, context, frames, sets, as_json, verbose):
     if as_json:
         click.echo(dump_json({"file": spec, "ok": True, **summary_json(rep, rows)}))
     else:
-        console().print(summary_table(rep, rows))
+        out = console()
+        out.print(summary_table(rep, rows, out.width, connections=verbose))
 
 
 @cli.command()
@@ -312,8 +335,8 @@ def diff(spec_a, spec_b, budget, sets, sets_a, sets_b, as_json, verbose):
     """What changed from spec A to spec B: layers added / removed / changed (parameter by parameter, repeated
     blocks as one row), parameters, FLOPs, memory and budget verdicts, with deltas (compiler.diff).
 
-    Exit 0 whatever changed; 2 when a spec is invalid. `omnic diff m.json m.json --set-b lm.layers=32` compares a
-    spec with a variant of itself.
+    Exit 0 whatever changed; 2 when a spec is invalid. `omnic diff m.json m.json --set-b decoder.blocks.depth=32`
+    compares a spec with a variant of itself.
     """
     from .diff import diff as do_diff, tables
     over = {"vram": budget} if budget else None
@@ -399,6 +422,10 @@ def build(spec, target, out_dir, weights, weights_from, seed, force, quantize, g
         b = c.report.get("budget")
         if b:
             click.echo(f"budget {budget_line(b, c.report)}")
+    from runtime_common.input_spec import describe
+    click.echo("inputs (model.py's INPUTS):")
+    for spec in describe(c.graph):
+        click.echo(f"  {spec.describe()}")
 
 
 @cli.command("import-hf")
@@ -424,6 +451,83 @@ def import_hf(source, out_file, name, force):
     except FolderError as e:
         raise UserError(str(e))
     click.echo(f"wrote {out_file}: {c.report['name']}, {c.report['params']['total']:,} parameters")
+
+
+def _guard(fn, *args: Any) -> None:
+    """Run a run / generate body: bad files, spec errors, inputs that do not fit and a missing framework are one line
+    and exit 2."""
+    from .diagnostics import SpecError
+    try:
+        fn(*args)
+    except SpecError as e:
+        echo_diagnostics(e.diagnostics)
+        raise UserError(f"{args[0]}: invalid spec, nothing run")
+    except ModuleNotFoundError as e:
+        from .install_hint import pip_command
+        root = (e.name or "").split(".")[0]
+        if root in ("torch", "mlx", "numpy", "safetensors"):
+            raise UserError(f"{root} is not installed: {pip_command('mlx' if root == 'mlx' else 'torch')}")
+        raise
+    except ValueError as e:                      # RunError is one too: a file or input that does not fit
+        raise UserError(str(e))
+
+
+@cli.command("run")
+@_run_options
+@click.option("--tokens", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Random text tokens per example (after any image placeholders).")
+def run_cmd(**kw):
+    """Run SPEC (or an omnic build directory) once on inputs it declares: output shapes, time, measured peak memory
+    beside the predicted one (compiler.cli_run)."""
+    from .cli_run import do_run
+    kw["sets"] = parse_sets(kw["sets"])
+    _guard(do_run, *(kw[k] for k in ("source", "runtime", "weights", "seed", "dtype", "sets", "batch", "images",
+                                    "mean", "std", "as_json", "threads", "tokens")))
+
+
+@cli.command("generate")
+@_run_options
+@click.option("--prompt", help="Text of the prompt (needs --tokenizer).")
+@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False),
+              help="A local tokenizer folder (transformers' save_pretrained files); nothing is downloaded.")
+@click.option("--ids", help="The prompt as token ids, e.g. 1,2,3 (default: 8 random ids).")
+@click.option("-n", "--max-new-tokens", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="0: greedy; above 0: sampling at this temperature (seeded by --seed).")
+@click.option("--top-k", type=click.IntRange(min=1), help="Sample from the k most likely tokens only.")
+@click.option("--eos", type=int, help="Stop token id (default: the tokenizer's).")
+def generate_cmd(**kw):
+    """Decode from SPEC (or an omnic build directory) with a KV cache: the tokens (or text), prompt and generation
+    tokens-per-sec, and measured peak memory beside the predicted one, as mlx-lm's generate prints (compiler.cli_run)."""
+    from .cli_run import do_generate
+    kw["sets"] = parse_sets(kw["sets"])
+    _guard(do_generate, *(kw[k] for k in ("source", "runtime", "weights", "seed", "dtype", "sets", "batch", "images",
+                                         "mean", "std", "as_json", "threads", "prompt", "tokenizer", "ids",
+                                         "max_new_tokens", "temperature", "top_k", "eos")))
+
+
+@cli.command("ops")
+@click.argument("type_", metavar="[TYPE]", required=False)
+def ops_cmd(type_):
+    """List the layer types, or print one: its params (type, default, description), inputs, outputs
+    (compiler.op_docs; docs/ops.md has them all, with a minimal spec each)."""
+    from .diagnostics import did_you_mean
+    from .op_docs import find, index, ops, text
+    if type_ is None:
+        click.echo(index(), nl=False)
+        return
+    op = find(type_)
+    if op is None:
+        raise UserError(f"unknown layer type {type_!r}; " + (did_you_mean(type_, ops()) or "`omnic ops` lists them"))
+    click.echo(text(op), nl=False)
+
+
+@cli.command()
+def doctor():
+    """What this installation can do: versions, devices, MLX's BLAS, and the command for each missing part."""
+    from .doctor import rows
+    for part, ok, text in rows():
+        click.echo(f"{click.style('ok ' if ok else '-- ', fg='green' if ok else 'yellow', bold=True)} {part:<13} {text}")
 
 
 cli.add_command(fit)

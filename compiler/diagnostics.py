@@ -38,6 +38,18 @@ class Diagnostic:
             text += f"\n  hint: {self.hint}"
         return text
 
+    def excerpt(self) -> str:
+        """The source line and a caret under the column (`  12 | ...` / `     |     ^`), or "" without a file."""
+        if not self.file or self.line is None:
+            return ""
+        import linecache
+        text = linecache.getline(self.file, self.line).rstrip("\r\n")
+        if not text or len(text) > 400:                   # a minified spec: the caret line would be unreadable
+            return ""
+        col = max(1, min(self.col or 1, len(text) + 1))
+        pad = " " * len(str(self.line))
+        return f"  {self.line} | {text.expandtabs(1)}\n  {pad} | {' ' * (col - 1)}^"
+
     def to_json(self) -> dict:
         return {
             "severity": self.severity, "code": self.code, "message": self.message, "path": self.path,

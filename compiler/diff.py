@@ -159,7 +159,11 @@ def _change_text(c: dict) -> str:
             parts.append(f"{field} {_val(diffs[field]['a'])} -> {_val(diffs[field]['b'])}")
     if "param_count" in diffs:
         parts.append(f"params {fmt_count(diffs['param_count']['a'])} -> {fmt_count(diffs['param_count']['b'])}")
-    parts += [f"{p} {_val(v['a'])} -> {_val(v['b'])}" for p, v in c["params"].items()]
+    copies = diffs.get("copies")
+    for p, v in c["params"].items():     # each fact once: an Input's `shape` is its output shape, `depth` its copies
+        if p == "shape" and "shape" in diffs or copies and (v["a"], v["b"]) == (copies["a"], copies["b"]):
+            continue
+        parts.append(f"{p} {_val(v['a'])} -> {_val(v['b'])}")
     return "; ".join(parts)
 
 

@@ -102,3 +102,15 @@ def tensor_bits(fmt: Format, shape: tuple[int, ...], role: str) -> float:
         rows = n // shape[-1] if role != "conv" else shape[0]
         return n * fmt.bits + rows * fmt.row_scale_bits + fmt.tensor_scale_bits
     return n * (fmt.keep_bits if fmt.name not in ("fp32",) else 32)
+
+
+def suggest(name: str) -> str:
+    """The hint for an unknown format name: formats of the bit width it names (`int4` -> the 4-bit formats), else
+    the nearest name, else the list."""
+    import re
+    from .diagnostics import did_you_mean
+    bits = re.search(r"(\d+)", name)
+    same = [f.name for f in FORMATS.values() if bits and int(f.bits) == int(bits.group(1))]
+    if same:
+        return f"the {bits.group(1)}-bit formats are: " + ", ".join(same)
+    return did_you_mean(name, FORMATS) or "formats: " + ", ".join(FORMATS)

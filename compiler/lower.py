@@ -52,6 +52,15 @@ class Lowering:
     ids: dict[str, str] = field(default_factory=dict)        # layer id -> last node name of that layer
     first: dict[str, str] = field(default_factory=dict)      # layer id -> first node name
     extra_diags: list = field(default_factory=list)
+    # layers that an error left without nodes: id -> how many nodes preceded it. What reads them (by name, by tie,
+    # or by inference after them) is not reported again: one root cause, one error
+    broken: dict[str, int] = field(default_factory=dict)
+
+    def is_broken(self, ref: str) -> bool:
+        return any(ref == b or ref.startswith(b + ".") for b in self.broken)
+
+    def broken_before(self, index: int) -> bool:
+        return any(at <= index for at in self.broken.values())
 
     def err(self, path, msg, hint=None, code=""):
         self.diag.error(path, msg, hint, code)
@@ -65,7 +74,11 @@ def lower(doc: SpecDoc, src: Source, diag: Diagnostics) -> Graph:
     low = Lowering(doc, src, diag, os.path.dirname(os.path.abspath(src.file)) if src.file else os.getcwd())
     _inputs(low)
     for i, layer in enumerate(doc.layers):
+        n_err, n_nodes = diag._errors, len(low.pending)
         _layer(low, layer, ("layers", i), prefix="", include_stack=())
+        if diag._errors > n_err and len(low.pending) == n_nodes:
+            lid = layer.get("id") if isinstance(layer, dict) else None
+            low.broken[lid if isinstance(lid, str) else f"layers.{i}"] = n_nodes
         if len(low.pending) > MAX_NODES:
             low.err(("layers", i), f"the spec unrolls to more than {MAX_NODES:,} nodes", code="limit")
             raise SpecError(diag.items)
@@ -357,6 +370,9 @@ def _connect_explicit(low: Lowering) -> None:
         resolved = []
         for k, ref in enumerate(pd.refs):
             r = _resolve_ref(low, ref)
+            if r is None and low.is_broken(ref):       # its own error is reported
+                resolved = None
+                break
             if r is None:
                 low.err(pd.ref_path + (k,), f"unknown input {ref!r}",
                         did_you_mean(ref, list(low.ids)) or "inputs name layer ids or model inputs", code="dangling")
@@ -472,6 +488,8 @@ def _tie(low: Lowering, node: Node) -> None:
     ref = node.params.tie
     tgt = low.ids.get(ref, ref if ref in low.graph else None)
     path = node.path + ("params", "tie")
+    if (tgt is None or tgt not in low.graph) and low.is_broken(ref):
+        return
     if tgt is None or tgt not in low.graph:
         low.err(path, f"tie names an unknown layer {ref!r}", did_you_mean(ref, list(low.ids)))
         return
@@ -590,6 +608,10 @@ def _infer_inputs(low: Lowering, pd: Pending, op, streams: list[Stream], order: 
         _infer_inputs(low, pd, registry.get("Embedding"), streams, order)
         return
 
+    if low.broken_before(pd.index):      # the invalid layer before it may be what it would have read
+        low.diag.note(path, f"{node.name} is not wired: an invalid layer before it (reported) may be its input",
+                      code="no-input")
+        return
     near = streams[-1] if streams else None
     what = f"{' or '.join(slot.kinds)} input" + (f" of width {want_w}" if want_w else "")
     desc = ""
@@ -643,6 +665,8 @@ def _outputs(low: Lowering) -> None:
     if low.doc.outputs:
         for k, ref in enumerate(low.doc.outputs):
             r = _resolve_ref(low, ref)
+            if r is None and low.is_broken(ref):
+                continue
             if r is None:
                 low.err(("outputs", k), f"unknown output {ref!r}", did_you_mean(ref, list(low.ids)))
             else:

@@ -9,7 +9,8 @@
     "inferred". Arrows inside one box are not drawn.
 `to_dot` / `to_mermaid` print a picture; both are pure functions of the graph (same spec, same bytes).
 `write(compiled, path)` picks the format from the file's extension (FORMATS). Only SVG / PNG / PDF need anything
-installed: the `graphviz` Python package (`pip install omnic[graph]`) and the `dot` program (Debian: graphviz).
+installed: the `graphviz` Python package (`pip install -e ".[graph]"` in the checkout) and the `dot` program
+(Debian: graphviz).
 """
 from __future__ import annotations
 
@@ -189,7 +190,8 @@ def render(dot: str, fmt: str) -> bytes:
     try:
         import graphviz
     except ImportError:
-        raise PictureError(f"writing {fmt.upper()} needs the graphviz Python package: pip install 'omnic[graph]' "
+        from .install_hint import pip_command
+        raise PictureError(f"writing {fmt.upper()} needs the graphviz Python package: {pip_command('graph')} "
                            "(or write .dot / .mmd, which need nothing)") from None
     try:
         return graphviz.Source(dot).pipe(format=fmt)

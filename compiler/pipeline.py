@@ -43,13 +43,28 @@ class Compiled:
             raise SpecError(self.errors)
         return self
 
-    def to_torch(self, **kw):
-        """A `runtime_torch.OmnicModel` (kw as `runtime_torch.build`); raises SpecError on an invalid spec."""
-        return self.build_with("torch", **kw)
+    def to_torch(self, device: Any = None, dtype: Any = None, seed: int = 0, init: bool = True):
+        """The model as a `runtime_torch.OmnicModel` (an `nn.Module`; imports torch only now).
 
-    def to_mlx(self, **kw):
-        """A `runtime_mlx.OmnicModel` (kw as `runtime_mlx.build`)."""
-        return self.build_with("mlx", **kw)
+        device: where to allocate (`"cpu"`, `"cuda"`, `"meta"` for shapes without memory); default torch's.
+        dtype: floating tensors' dtype (`"float32"`, `"bfloat16"`, a `torch.dtype`); default float32.
+        seed: weights drawn from it (the same values as `to_mlx(seed=...)`); init=False leaves them unset (load a
+        checkpoint next: `runtime_torch.load_weights(model, path)`).
+        Call it with one keyword per model input: `model(input_ids=ids)` -> {output name: tensor}; inputs are
+        checked against the spec's (shape, dtype, placeholders). Raises SpecError on an invalid spec.
+        """
+        return self.build_with("torch", device=device, dtype=dtype, seed=seed, init=init)
+
+    def to_mlx(self, dtype: Any = None, seed: int = 0, init: bool = True):
+        """The model as a `runtime_mlx.OmnicModel` (an `mlx.nn.Module`; imports mlx only now).
+
+        dtype: floating tensors' dtype (`"float32"`, `"bfloat16"`, an `mx.Dtype`); default float32.
+        seed: weights drawn from it (the same values as `to_torch(seed=...)`); init=False leaves them unset (load a
+        checkpoint next: `runtime_mlx.load_weights(model, path)`, which reads torch-layout safetensors).
+        Call it with one keyword per model input: `model(input_ids=ids)` -> {output name: mx.array} (lazy until
+        `mx.eval`); inputs are checked against the spec's. Raises SpecError on an invalid spec.
+        """
+        return self.build_with("mlx", dtype=dtype, seed=seed, init=init)
 
     def build_with(self, runtime: str, **kw):
         """The model of the runtime named `runtime` (RUNTIMES). The compiler imports no runtime: the runtime module
@@ -96,14 +111,30 @@ def apply_overrides(data: Any, overrides: dict[str, Any], diag: Diagnostics) -> 
             diag.error((), f"override {key!r}: empty or unusable path", code="override")
             continue
         if segs[0] not in data and isinstance(data.get("layers"), list):
-            # a layer id: `<id>.<param>` or `<id>.params.<param>`
-            idx = next((i for i, l in enumerate(data["layers"]) if isinstance(l, dict) and l.get("id") == segs[0]),
-                       None)
+            # a layer id, which may itself be dotted (`decoder.blocks`): the longest prefix of the key that names a
+            # layer, then `<param>` or `params.<param>` (or a layer key: repeat, frozen, inputs, type, include)
+            ids = {l.get("id"): i for i, l in enumerate(data["layers"]) if isinstance(l, dict)
+                   and isinstance(l.get("id"), str)}
+            idx = n = None
+            for n in range(len(segs), 0, -1):
+                if all(isinstance(s, str) for s in segs[:n]) and ".".join(segs[:n]) in ids:
+                    idx = ids[".".join(segs[:n])]
+                    break
             if idx is None:
-                diag.error((), f"override {key!r}: no top-level key or layer id {segs[0]!r}", code="override")
+                from .diagnostics import did_you_mean
+                head = key.split("[")[0].split("=")[0]
+                near = [i for i in ids if head.startswith(i.split(".")[0] + ".") or i.startswith(segs[0] + ".")]
+                diag.error((), f"override {key!r}: no top-level key or layer id is a prefix of it",
+                           did_you_mean(".".join(s for s in segs[:2] if isinstance(s, str)), list(ids))
+                           or ("layer ids starting so: " + ", ".join(near[:8]) if near else
+                               "layer ids: " + ", ".join(list(ids)[:12]) if ids else "the spec's layers have no ids"),
+                           code="override")
                 continue
-            rest = segs[1:]
-            if rest and rest[0] != "params" and rest[0] not in ("repeat", "frozen", "inputs", "type", "include"):
+            rest = segs[n:]
+            layer = data["layers"][idx]
+            in_params = isinstance(layer.get("params"), dict) and rest and rest[0] in layer["params"]
+            if rest and rest[0] != "params" and (rest[0] not in ("repeat", "frozen", "inputs", "type", "include")
+                                                 or rest[0] not in layer and in_params):   # the seed's params.repeat
                 rest = ["params"] + rest
             segs = ["layers", idx] + rest
         cur = data
@@ -150,6 +181,12 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
         if not isinstance(data, dict):
             diag.error((), "a spec must be a JSON object with 'name' and 'layers'", code="type")
             raise SpecError(diag.items)
+        if "layers" not in data and ("model_type" in data or "architectures" in data):
+            diag.error(("model_type",) if "model_type" in data else ("architectures",),
+                       "this is a transformers config.json, not an omnic spec",
+                       f"write a spec from it: omnic import-hf {src.file or 'config.json'} -o spec.json",
+                       code="hf-config")
+            raise SpecError(diag.items)
         try:
             doc = SpecDoc.model_validate(data)
         except ValidationError as e:
@@ -173,10 +210,8 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
     try:
         settings["format"] = get_format(settings["format"]).name
     except KeyError:
-        from .formats import FORMATS
-        from .diagnostics import did_you_mean
-        diag.error(("budget", "format"), f"unknown storage format {settings['format']!r}",
-                   did_you_mean(settings["format"], FORMATS) or "formats: " + ", ".join(FORMATS))
+        from .formats import suggest
+        diag.error(("budget", "format"), f"unknown storage format {settings['format']!r}", suggest(settings["format"]))
         return Compiled(doc, graph, None, diag.sorted(), src, settings)
     # the budget in force: the spec's, with the caller's keys over it; options without a limit set no budget
     n_diags = len(diag.items)

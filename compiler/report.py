@@ -107,8 +107,15 @@ def account(g: Graph, doc: SpecDoc, *, batch: int, context: int, frames: int, fm
             "state_elems": c.state, "out_elems": c.out_elems,
             "inputs": [{"from": s, "output": o, "inferred": inf} for (s, o), inf in zip(g[c.name].inputs,
                                                                                       g[c.name].inferred)],
+            "tied_to": _tied_layer(g[c.name]),
         } for c in costs]
     return rep
+
+
+def _tied_layer(node) -> "str | None":
+    """The node whose weight a tied head shares (`lm.embed` for a head with tied_name `lm.embed.weight`)."""
+    name = getattr(node.params, "tied_name", None)
+    return name.rsplit(".", 1)[0] if name else None
 
 
 def figure(rep: dict, key: str, fmt: str) -> float:

@@ -185,7 +185,7 @@ def report_validation(e: ValidationError, base: tuple, diag: Diagnostics, model:
             key = clean[-1] if clean else "?"
             fields = []
             if model is not None:
-                fields = list(model.model_fields)
+                fields = [f.alias or n for n, f in model.model_fields.items()]     # `$schema`, not `schema_`
                 if len(clean) > 1:
                     fields = []
             hint = did_you_mean(str(key), fields) if fields else None

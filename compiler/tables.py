@@ -91,18 +91,32 @@ def expect_line(e: dict) -> str:
 
 
 # --- check tables ----------------------------------------------------------------------------------------------------
-def table(title: str, cols: list[str], rows: list[list[str]], text_cols: int = 1, footer: list[str] | None = None):
+def table(title: str, cols: list[str], rows: list[list[str]], text_cols: int = 1, footer: list[str] | None = None,
+          compact: bool = False, no_wrap: tuple[int, ...] = (), fit: Optional[int] = None):
     """A bold heading over a table (a rich title would wrap to the table's width). The first `text_cols` columns
-    hold names and shapes (left-aligned, folded when the terminal is narrow); the others hold figures
-    (right-aligned, never cut: their minimum width is their widest cell). `footer` is a last row after a rule."""
+    hold names and shapes (left-aligned, folded when the terminal is narrow, except the `no_wrap` ones: a type name
+    is never cut in two); the others hold figures (right-aligned, never cut: their minimum width is their widest
+    cell). `footer` is a last row after a rule. `compact`: no vertical rules (narrow terminals); `fit`: the width to
+    fit, shared among the foldable columns by their widest cell."""
+    from rich import box
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
-    t = Table(header_style="bold")
+    t = Table(header_style="bold", box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
+              pad_edge=not compact, padding=(0, 1))
     every = rows + ([footer] if footer else [])
+    widest = [max([len(c)] + [len(r[i]) for r in every]) for i, c in enumerate(cols)]
+    folded = [i for i in range(text_cols) if i not in no_wrap]
+    share: dict[int, int] = {}
+    if fit:          # rich would crop the figures: give the foldable columns what the others leave, by need
+        left = fit - sum(w for i, w in enumerate(widest) if i not in folded) - 3 * len(cols) - 1   # rules, padding
+        need = sum(widest[i] for i in folded)
+        if left < need:
+            share = {i: max(8, left * widest[i] // max(1, need)) for i in folded}
     for i, c in enumerate(cols):
         if i < text_cols:
-            t.add_column(c, justify="left", overflow="fold")
+            t.add_column(c, justify="left", overflow="fold", no_wrap=i in no_wrap, width=share.get(i),
+                         min_width=widest[i] if i in no_wrap else None)
         else:
             t.add_column(c, justify="right", no_wrap=True, min_width=max([len(c)] + [len(r[i]) for r in every]))
     for r in rows:
@@ -164,6 +178,12 @@ def check_tables(rep: dict) -> list:
               f"{e['relative_difference']:+.1%}", f"{e['tolerance']:.0%}", "ok" if e["ok"] else "FAIL"]
              for e in rep["expect"]]))
     return out
+
+
+def arrow() -> str:
+    """→ where the output can show it, else ->."""
+    import sys
+    return "→" if (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8" else "->"
 
 
 # --- summary ---------------------------------------------------------------------------------------------------------
@@ -237,22 +257,55 @@ def summary_total(rep: dict, rows: list[Row]) -> Row:
     return t
 
 
-def summary_table(rep: dict, rows: list[Row]):
+def summary_table(rep: dict, rows: list[Row], width: Optional[int] = None, connections: bool = False):
+    """The `omnic summary` table. Tied weights read `tied -> embed` (counted at their owner). Below 120 columns it
+    is compact: no vertical rules, `active` left out when it equals `params` on every row, shorter headings; below
+    100 also without the output memory. Type names are never cut; names and shapes fold.
+    `connections` adds Keras's "connected to" column (each row's inputs, inferred ones marked `~`)."""
     s = rep["settings"]
+    narrow = width is not None and width < 120
+    tight = width is not None and width < 100
+    same_active = all(r.active == r.params for r in rows)
+    tied = {n["name"]: n.get("tied_to") for n in rep.get("nodes", [])}
+    feeds = {n["name"]: n.get("inputs", []) for n in rep.get("nodes", [])}
 
-    def cells(r: Row, shapes: str = "") -> list[str]:
-        return [r.label, r.type, shapes, fmt_count(r.params) if r.params else "-",
-                fmt_count(r.active) if r.active else "-", fmt_flops(r.flops_prefill) if r.flops_prefill else "-",
-                fmt_bytes(r.out_bytes)]
+    def params_cell(r: Row) -> str:
+        if r.params:
+            return fmt_count(r.params)
+        owner = tied.get(r.name)
+        if not owner:
+            return "-"
+        return f"tied {arrow()} {owner.rsplit('.', 1)[-1] if narrow else owner}"
 
-    body = [cells(r, "; ".join(fmt_shape(v) if k == "out" else f"{k}: {fmt_shape(v)}" for k, v in r.outputs.items()))
+    def connected(r: Row) -> str:
+        first = r.name if r.name in feeds else next((n for n in feeds if n.startswith(r.name + ".")), None)
+        srcs = [("~" if e.get("inferred") else "") + e["from"] + ("" if e["output"] == "out" else "." + e["output"])
+                for e in feeds.get(first, [])]
+        return ", ".join(srcs) or "-"
+
+    cols = ["layer", "type", "output shape"] + (["connected to"] if connections else []) + \
+        ["params"] + ([] if narrow and same_active else ["active"]) + \
+        (["FLOPs"] if tight else ["FLOPs", "out mem"] if narrow else ["FLOPs prefill", "output memory"])
+
+    def cells(r: Row, shapes: str = "", total: bool = False) -> list[str]:
+        out = [r.label, r.type, shapes] + ([connected(r) if not total else ""] if connections else [])
+        out.append(fmt_count(r.params) if total else params_cell(r))
+        if not (narrow and same_active):
+            out.append(fmt_count(r.active) if r.active or total else "-")
+        out.append(fmt_flops(r.flops_prefill) if r.flops_prefill or total else "-")
+        return out if tight else out + [fmt_bytes(r.out_bytes)]
+
+    def shape(t: dict) -> str:
+        return fmt_shape(t).replace(", ", ",") if narrow else fmt_shape(t)
+
+    body = [cells(r, "; ".join(shape(v) if k == "out" else f"{k}: {shape(v)}" for k, v in r.outputs.items()))
             for r in rows]
     tot = summary_total(rep, rows)
-    foot = ["total", "", "", fmt_count(tot.params), fmt_count(tot.active), fmt_flops(tot.flops_prefill),
-            fmt_bytes(tot.out_bytes)]
-    return table(f"{rep['name']}  (batch {s['batch']}, context {s['context']})",
-                 ["layer", "type", "output shape", "params", "active", "FLOPs prefill", "output memory"], body,
-                 text_cols=3, footer=foot)
+    foot = cells(Row("total", "", params=tot.params, active=tot.active, flops_prefill=tot.flops_prefill,
+                     out_bytes=tot.out_bytes), total=True)
+    text = 4 if connections else 3
+    return table(f"{rep['name']}  (batch {s['batch']}, context {s['context']})", cols, body, text_cols=text,
+                 footer=foot, compact=narrow, no_wrap=(1,), fit=width if narrow else None)
 
 
 def summary_json(rep: dict, rows: list[Row]) -> dict[str, Any]:

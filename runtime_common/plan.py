@@ -5,9 +5,10 @@ part of `runtime_torch/model.py` and `runtime_mlx/model.py`).
                                                 (one that a model output depends on, in graph order) the slots of its
                                                 inputs, where its outputs go, and which slots die after it
                                                 (intermediates are released at their last use);
-  run(plan, steps, inputs, modules)             one call of the model: {output name: value}; an input whose rank
-                                                or fixed sizes differ from the spec's is a ValueError naming the
-                                                sizes the spec expects (before any op sees it);
+  run(plan, steps, inputs, modules)             one call of the model: {output name: value}; the inputs are checked
+                                                first against what the graph declares (runtime_common/input_spec.py):
+                                                a wrong rank, fixed size, dtype, batch or placeholder count is a
+                                                ValueError naming what the spec expects (before any op sees it);
   resolve_ties(weight_decls, check)             {tied full name: owner full name}, chains followed, shapes checked;
   check_declared(...)                           the error for a module that does not build its op's tensors.
 """
@@ -30,8 +31,7 @@ class Plan:
     outputs: tuple[tuple[str, int], ...]          # (output name `node` or `node.output`, slot)
     steps: tuple[Step, ...]                       # the node of each step is its name
     input_set: frozenset[str]
-    # (input name, its sizes with None where symbolic (B, T, ...), the spec's shape as text, its kind)
-    input_shapes: tuple[tuple[str, tuple[Optional[int], ...], str, str], ...] = ()
+    input_specs: tuple = ()                       # runtime_common.input_spec.InputSpec of each input a live node reads
 
 
 def make_plan(g: Graph, input_names: list[str], output_names: list[str]) -> Plan:
@@ -65,23 +65,11 @@ def make_plan(g: Graph, input_names: list[str], output_names: list[str]) -> Plan
             out = tuple((o, slot[(n, o)]) for o in node.outputs if (n, o) in slot)
         free = tuple(sorted({s for s, j in last.items() if j == i and s not in keep}))
         steps.append((n, tuple(slot[e] for e in node.inputs), out, free))
-    shapes = tuple((n, tuple(d.const if d.is_const else None for d in g[n].out.shape), str(g[n].out),
-                    g[n].out.kind) for n in input_names if n in g)
+    from .input_spec import describe
+    read = {n for n, _ in slot if g[n].op == "Input"}
     return Plan(n_slots=len(slot), outputs=outputs, steps=tuple(steps), input_set=frozenset(input_names),
-                input_slots=tuple((n, slot[(n, "out")]) for n in input_names if (n, "out") in slot),
-                input_shapes=shapes)
-
-
-def check_inputs(plan: Plan, inputs: Mapping[str, Any]) -> None:
-    """Each input's rank and fixed sizes are the spec's: else a ValueError naming what the spec expects."""
-    for name, want, text, kind in plan.input_shapes:
-        got = tuple(inputs[name].shape)
-        if len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got)):
-            continue
-        hint = ("; the spec's image size is fixed when it is compiled: compile it at this size (its input "
-                "shape, e.g. `--set inputs[0].shape=[...]`), and vision towers resize their position tables as "
-                "their family does") if kind == "image" else "; compile the spec with these sizes"
-        raise ValueError(f"input {name!r} has shape {got}, but the spec expects {text}{hint}")
+                input_specs=tuple(s for s in describe(g) if s.name in read),
+                input_slots=tuple((n, slot[(n, "out")]) for n in input_names if (n, "out") in slot))
 
 
 def run(plan: Plan, steps: tuple[Step, ...], inputs: Mapping[str, Any],
@@ -91,7 +79,9 @@ def run(plan: Plan, steps: tuple[Step, ...], inputs: Mapping[str, Any],
         missing = sorted(plan.input_set - inputs.keys())
         extra = sorted(inputs.keys() - plan.input_set)
         raise TypeError(f"model inputs are {sorted(plan.input_set)}; missing {missing}, unexpected {extra}")
-    check_inputs(plan, inputs)
+    if plan.input_specs:
+        from .input_spec import check
+        check(plan.input_specs, inputs)
     env: list = [None] * plan.n_slots
     for name, i in plan.input_slots:
         env[i] = inputs[name]

@@ -9,65 +9,15 @@ a seed gives the same values as `runtime_torch.build(seed=...)`. Parts: `registr
 `weights.py` (safetensors in torch layout: one file serves both runtimes), `emit.py` (generated model.py),
 `generate.py` (KV cache, decoding), `memory.py` (measured memory).
 
-BLAS on Linux. The `mlx[cpu]` wheel links a bundled reference BLAS (netlib, about 5 GFLOP/s for an fp32 GEMM on this
-class of machine). Loading a tuned OpenBLAS with RTLD_GLOBAL *before* `mlx` is imported makes the dynamic linker
-bind `cblas_sgemm` and friends to it instead (measured about 185 GFLOP/s; `bench/bench_mlx_gemm.py`). This package
-does that on import when such a library is found (Debian: `apt-get install libopenblas0-pthread`); set
-`OMNIC_MLX_OPENBLAS=0` to opt out, or `OMNIC_MLX_OPENBLAS=/path/to/libopenblas.so` to name the library.
-`BLAS` records what happened. Import `runtime_mlx` before anything that imports `mlx` for it to take effect.
+BLAS on Linux: `blas.py` makes MLX's CPU kernels call a tuned OpenBLAS instead of the wheel's reference BLAS (about
+37x faster GEMMs), whether or not `mlx` was imported first; `BLAS` records what happened (`omnic doctor` prints it).
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import os
-import sys
+from .blas import BLAS, preload as _preload_blas, warn_if_slow as _warn_if_slow
 
-_KNOWN_PATHS = (
-    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
-    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
-    "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
-    "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
-    "/usr/lib64/libopenblas.so.0",
-    "/usr/lib/libopenblas.so.0",
-)
-
-#: what the BLAS preload did: {"loaded": bool, "path": str | None, "reason": str}
-BLAS: dict = {"loaded": False, "path": None, "reason": "not attempted"}
-
-
-def _find_openblas() -> str | None:
-    for p in _KNOWN_PATHS:
-        if os.path.exists(p):
-            return p
-    name = ctypes.util.find_library("openblas")
-    return name
-
-
-def _preload_openblas() -> None:
-    setting = os.environ.get("OMNIC_MLX_OPENBLAS", "1").strip()
-    if sys.platform != "linux":
-        BLAS.update(reason="not Linux: MLX uses the platform BLAS (Accelerate on macOS)")
-        return
-    if setting.lower() in ("0", "false", "no", "off"):
-        BLAS.update(reason="disabled by OMNIC_MLX_OPENBLAS=0")
-        return
-    if "mlx.core" in sys.modules:
-        BLAS.update(reason="mlx was imported before runtime_mlx: its BLAS is already bound")
-        return
-    path = setting if setting not in ("1", "true", "yes", "on", "") else _find_openblas()
-    if not path:
-        BLAS.update(reason="no OpenBLAS found (apt-get install libopenblas0-pthread)")
-        return
-    try:
-        ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
-    except OSError as e:
-        BLAS.update(reason=f"could not load {path}: {e}")
-        return
-    BLAS.update(loaded=True, path=path, reason="preloaded with RTLD_GLOBAL before mlx")
-
-
-_preload_openblas()
+_preload_blas()     # before `import mlx.core` below; when mlx came first, rebinds its BLAS calls instead
+_warn_if_slow()
 
 # everything below imports mlx: after the BLAS preload
 from typing import Any, Optional, Union  # noqa: E402

@@ -79,6 +79,11 @@ class OmnicModel(nn.Module):
         self._resolve_ties()
         self._make_plan()
 
+    def __repr__(self) -> str:
+        """One line per node: op, resolved sizes, parameters (runtime_common/describe.py)."""
+        from runtime_common.describe import model_repr
+        return model_repr(self, "mlx")
+
     # --- structure ---------------------------------------------------------------------------------------------------
     def _install(self, name: str, mod: nn.Module) -> None:
         *path, last = name.split(".")

@@ -115,7 +115,7 @@ def test_missing_dot_is_a_clear_exit_2(spec, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     r = run("graph", spec, "-o", tmp_path / "g.svg")
     assert r.exit_code == 2
-    assert "graphviz" in r.output and ("apt-get install graphviz" in r.output or "omnic[graph]" in r.output)
+    assert "graphviz" in r.output and ("apt-get install graphviz" in r.output or "[graph]" in r.output)
     assert not (tmp_path / "g.svg").exists()
 
 

@@ -42,7 +42,8 @@ def writer(target: str):
     except ModuleNotFoundError as e:
         root = (e.name or "").split(".")[0]
         if root in _OPTIONAL or (e.name and mod.startswith(e.name)):
-            raise BuildError(f"target {target} needs `pip install omnic[{_EXTRA.get(target, target)}]` ({e})") from None
+            from ..install_hint import pip_command
+            raise BuildError(f"target {target} needs `{pip_command(_EXTRA.get(target, target))}` ({e})") from None
         raise
     except AttributeError:
         raise BuildError(f"target {target}: {mod} has no write() yet") from None

@@ -35,6 +35,7 @@ import torch
 
 import runtime_torch
 from runtime_common import inputs
+from runtime_common.progress import steps
 from runtime_torch.weights import save_weights
 
 from .build import BuildError
@@ -117,14 +118,6 @@ def _quiet():
             lg.setLevel(lv)
 
 
-def _progress():
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-    console = Console(stderr=True)
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                    transient=True, disable=not console.is_terminal)
-
-
 def _first_line(e: Exception) -> str:
     text = str(e).split("## Exception summary", 1)[-1].strip()
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
@@ -202,12 +195,7 @@ def write(compiled, out_dir: str | os.PathLike, weights: bool = False, seed: int
     compiled.raise_for_errors()
     graph = compiled.graph
     path = os.path.join(out_dir, "model.onnx")
-    with _progress() as bar:
-        task = bar.add_task("building the torch model", total=None)
-
-        def step(text: str) -> None:
-            bar.update(task, description=text)
-
+    with steps("building the torch model") as step:       # a spinner on a terminal, lines in a log
         model = runtime_torch.build(compiled, seed=seed).eval()
         wrapped = Positional(model).eval()
         n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
