@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from .cli_common import EXIT_INVALID, UserError, _compile, _format_option, console, dump_json, echo_diagnostics
+
 
 def _strategy_option(ctx, param, value):
     if value is None:
@@ -56,7 +58,6 @@ def fit(spec, budget, devices, strategies, formats, stage, batch, context, grad_
     """What fits where: the largest micro-batch per device at each context, per storage format and strategy,
     within --budget on --devices devices; and common devices (H100, H200, A100, L4, RTX 4090, Apple M-series):
     fits or not at the spec's batch and context, with an estimated time per training step."""
-    from .cli import EXIT_INVALID, UserError, _compile, _format_option, console, dump_json, echo_diagnostics
     from .fit import fit as do_fit, tables
     from .parallel import parse_layout
     from .spec import parse_size
