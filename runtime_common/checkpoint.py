@@ -56,30 +56,32 @@ class Ref:
 
 
 @dataclass(eq=False)
-class Cat:
+class _Joined:
+    """Tensors of one checkpoint read as one: shape from `_shape`, dtype the first part's."""
     parts: list
     shape: tuple[int, ...] = ()
     dtype: str = ""
 
     def __post_init__(self):
-        first = self.parts[0].shape
-        self.shape = (sum(p.shape[0] for p in self.parts), *first[1:])
-        self.dtype = self.parts[0].dtype
+        self.shape, self.dtype = self._shape(), self.parts[0].dtype
+
+
+class Cat(_Joined):
+    """Parts concatenated along dim 0 (gate | up)."""
+
+    def _shape(self) -> tuple[int, ...]:
+        return (sum(p.shape[0] for p in self.parts), *self.parts[0].shape[1:])
 
     @property
     def origin(self) -> str:
         return " + ".join(p.origin for p in self.parts)
 
 
-@dataclass(eq=False)
-class Stack:
-    parts: list
-    shape: tuple[int, ...] = ()
-    dtype: str = ""
+class Stack(_Joined):
+    """Parts stacked on a new dim 0 (per-expert tensors)."""
 
-    def __post_init__(self):
-        self.shape = (len(self.parts), *self.parts[0].shape)
-        self.dtype = self.parts[0].dtype
+    def _shape(self) -> tuple[int, ...]:
+        return (len(self.parts), *self.parts[0].shape)
 
     @property
     def origin(self) -> str:

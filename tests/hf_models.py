@@ -191,3 +191,35 @@ def plan_names(shapes: dict, key_map, model_shapes: dict | None = None) -> dict:
     planned, problems = ckpt.plan(refs, key_map, model_shapes or {})
     assert not problems, problems
     return {k: tuple(src.shape) for k, src in planned.items()}
+
+
+def hub_layout(state: dict, model_type: str) -> dict:
+    """transformers' stacked experts split back into the per-expert tensors of hub checkpoints."""
+    parts = {"mixtral": ("block_sparse_moe", "w1", "w3", "w2"),
+             "qwen2_moe": ("mlp", "gate_proj", "up_proj", "down_proj")}[model_type]
+    mod, gate, up, down = parts
+    out = {}
+    for k, t in state.items():
+        if k.endswith(".mlp.experts.gate_up_proj"):
+            base = k[:-len(".mlp.experts.gate_up_proj")] + f".{mod}.experts"
+            g, u = t.chunk(2, dim=1)
+            for e in range(t.shape[0]):
+                out[f"{base}.{e}.{gate}.weight"], out[f"{base}.{e}.{up}.weight"] = g[e].clone(), u[e].clone()
+        elif k.endswith(".mlp.experts.down_proj"):
+            base = k[:-len(".mlp.experts.down_proj")] + f".{mod}.experts"
+            for e in range(t.shape[0]):
+                out[f"{base}.{e}.{down}.weight"] = t[e].clone()
+        else:
+            out[k.replace(".mlp.gate.", f".{mod}.gate.")] = t
+    return out
+
+
+def perturbed(cls, cfg, seed: int = 0):
+    """transformers model `cls(cfg)` in eval mode, every parameter moved by 0.1 N(0, 1) from `seed + 1`."""
+    torch.manual_seed(seed)
+    m = cls(cfg).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return m

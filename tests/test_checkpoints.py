@@ -33,29 +33,19 @@ import compiler
 import runtime_torch as rt
 from compiler.importers import hf_key_map, spec_from_hf_config
 from runtime_common.weights import WeightsMismatch
-from tests.test_parity_lm import TINY, hf_model as hf_lm, hub_layout
+from tests.hf_models import TINY, hf_model as hf_lm, hub_layout, perturbed
 
 ATOL = 1e-4
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _vision(cls, cfg, seed=0):
-    torch.manual_seed(seed)
-    m = cls(cfg).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return m
-
-
 _VIT = dict(num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8, attn_implementation="eager")
 VISION = {
-    "siglip": lambda: _vision(tf.SiglipVisionModel, tf.SiglipVisionConfig(hidden_size=32, intermediate_size=64,
+    "siglip": lambda: perturbed(tf.SiglipVisionModel, tf.SiglipVisionConfig(hidden_size=32, intermediate_size=64,
                                                                           **_VIT)),
-    "dinov2": lambda: _vision(tf.Dinov2Model, tf.Dinov2Config(hidden_size=32, **_VIT)),
-    "dinov2_swiglu": lambda: _vision(tf.Dinov2Model, tf.Dinov2Config(hidden_size=32, use_swiglu_ffn=True, **_VIT)),
-    "dinov3": lambda: _vision(tf.DINOv3ViTModel, tf.DINOv3ViTConfig(
+    "dinov2": lambda: perturbed(tf.Dinov2Model, tf.Dinov2Config(hidden_size=32, **_VIT)),
+    "dinov2_swiglu": lambda: perturbed(tf.Dinov2Model, tf.Dinov2Config(hidden_size=32, use_swiglu_ffn=True, **_VIT)),
+    "dinov3": lambda: perturbed(tf.DINOv3ViTModel, tf.DINOv3ViTConfig(
         hidden_size=32, intermediate_size=64, num_register_tokens=2, **dict(_VIT, num_attention_heads=2))),
 }
 # output of each vision family's last norm in omnic
@@ -420,7 +410,7 @@ def test_gemma3_multimodal_checkpoint_names(prefix, head, tmp_path):
 def test_siglip2_files_load_strictly(generation, tmp_path):
     """Siglip2VisionModel (NaFlex): transformers takes patchified pixels; every patch real, the grid as the image."""
     from tests.test_parity_vision import patchify
-    m = _vision(tf.Siglip2VisionModel, tf.Siglip2VisionConfig(hidden_size=32, intermediate_size=64,
+    m = perturbed(tf.Siglip2VisionModel, tf.Siglip2VisionConfig(hidden_size=32, intermediate_size=64,
                                                               num_hidden_layers=2, num_attention_heads=4,
                                                               patch_size=8, num_patches=16,
                                                               attn_implementation="eager"))

@@ -18,7 +18,7 @@ import torch
 import compiler
 import runtime_torch as rt
 from compiler.importers import hf_expert_merges, hf_key_map, spec_from_hf_config
-from tests.hf_models import FULL, TINY, hf_model, omnic_from_hf, plan_names
+from tests.hf_models import FULL, TINY, hf_model, hub_layout, omnic_from_hf, plan_names
 from runtime_torch.ops.moe import experts, merge_experts, route
 
 warnings.filterwarnings("ignore", message=".*causal_conv1d.*")
@@ -34,27 +34,6 @@ def test_logits_match_transformers(family, tmp_path):
     diff = (got - want).abs().max().item()
     print(f"{family}: max |logits diff| = {diff:.2e} (logits up to {want.abs().max().item():.1f})")
     assert diff < 1e-4
-
-
-def hub_layout(state: dict, model_type: str) -> dict:
-    """transformers' stacked experts split back into the per-expert tensors of hub checkpoints."""
-    parts = {"mixtral": ("block_sparse_moe", "w1", "w3", "w2"),
-             "qwen2_moe": ("mlp", "gate_proj", "up_proj", "down_proj")}[model_type]
-    mod, gate, up, down = parts
-    out = {}
-    for k, t in state.items():
-        if k.endswith(".mlp.experts.gate_up_proj"):
-            base = k[:-len(".mlp.experts.gate_up_proj")] + f".{mod}.experts"
-            g, u = t.chunk(2, dim=1)
-            for e in range(t.shape[0]):
-                out[f"{base}.{e}.{gate}.weight"], out[f"{base}.{e}.{up}.weight"] = g[e].clone(), u[e].clone()
-        elif k.endswith(".mlp.experts.down_proj"):
-            base = k[:-len(".mlp.experts.down_proj")] + f".{mod}.experts"
-            for e in range(t.shape[0]):
-                out[f"{base}.{e}.{down}.weight"] = t[e].clone()
-        else:
-            out[k.replace(".mlp.gate.", f".{mod}.gate.")] = t
-    return out
 
 
 @pytest.mark.parametrize("family", ["qwen2_moe", "mixtral"])

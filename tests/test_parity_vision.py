@@ -21,21 +21,12 @@ import compiler  # noqa: E402
 from compiler.importers import hf_key_map, spec_from_hf_config  # noqa: E402
 from runtime_torch import build, load_state_dict_mapped  # noqa: E402
 from runtime_torch.weights import map_names  # noqa: E402
+from tests.hf_models import perturbed  # noqa: E402
 
 ATOL = 1e-4
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------------
-def hf_model(cls, cfg, seed: int = 0):
-    torch.manual_seed(seed)
-    m = cls(cfg).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return m
-
-
 def rename(names, key_map) -> dict:
     """{omnic name: checkpoint name} of checkpoint `names` under a key map (regex renames)."""
     renamed, clashes = map_names(names, key_map)
@@ -78,7 +69,7 @@ SIGLIP_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, nu
 @pytest.mark.parametrize("head,hw", [(True, (32, 32)), (False, (32, 32)), (True, (24, 40))])
 def test_siglip(tmp_path, head, hw):
     """(24, 40): the 4x4 table resized to 3x5, as transformers' interpolate_pos_encoding=True (bicubic)."""
-    m = hf_model(transformers.SiglipVisionModel, transformers.SiglipVisionConfig(**SIGLIP_TINY, vision_use_head=head))
+    m = perturbed(transformers.SiglipVisionModel, transformers.SiglipVisionConfig(**SIGLIP_TINY, vision_use_head=head))
     om, _ = omnic_from(m, tmp_path, hw)
     x = torch.randn(2, 3, *hw)
     with torch.no_grad():
@@ -95,7 +86,7 @@ def test_siglip2(tmp_path, hw):
     cfg = transformers.Siglip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                            num_attention_heads=4, patch_size=8, num_patches=16,
                                            attn_implementation="eager")
-    m = hf_model(transformers.Siglip2VisionModel, cfg)
+    m = perturbed(transformers.Siglip2VisionModel, cfg)
     om, c = omnic_from(m, tmp_path, hw)
     x = torch.randn(2, 3, *hw)
     h, w = hw[0] // 8, hw[1] // 8
@@ -112,7 +103,7 @@ def test_dinov2(tmp_path, hw):
     """(40, 24) is a 5x3 grid: the 4x4 table (plus its CLS row) is interpolated bicubically."""
     cfg = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=4,
                                     image_size=32, patch_size=8, attn_implementation="eager")
-    m = hf_model(transformers.Dinov2Model, cfg)
+    m = perturbed(transformers.Dinov2Model, cfg)
     om, c = omnic_from(m, tmp_path, hw)
     x = torch.randn(2, 3, *hw)
     with torch.no_grad():
@@ -128,7 +119,7 @@ def test_dinov3(tmp_path, gated, hw):
                                        num_attention_heads=2, image_size=32, patch_size=8, num_register_tokens=2,
                                        use_gated_mlp=gated, hidden_act="silu" if gated else "gelu",
                                        rope_theta=100.0, layerscale_value=1.0, attn_implementation="eager")
-    m = hf_model(transformers.DINOv3ViTModel, cfg)
+    m = perturbed(transformers.DINOv3ViTModel, cfg)
     om, c = omnic_from(m, tmp_path, hw)
     x = torch.randn(2, 3, *hw)
     with torch.no_grad():
@@ -141,7 +132,7 @@ def test_dinov3_without_registers_keeps_the_empty_table(tmp_path):
     cfg = transformers.DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                        num_attention_heads=2, image_size=32, patch_size=8, num_register_tokens=0,
                                        attn_implementation="eager")
-    m = hf_model(transformers.DINOv3ViTModel, cfg)
+    m = perturbed(transformers.DINOv3ViTModel, cfg)
     om, _ = omnic_from(m, tmp_path)
     assert tuple(om.state_dict()["vision.embeddings.register_tokens"].shape) == (1, 0, 32)
     x = torch.randn(2, 3, 32, 32)
