@@ -119,6 +119,7 @@ CASES: dict[str, tuple[str | None, str, str | None]] = {
     "block_depth_repeat_disagree.json": (None, "depth 2 and repeat 3 disagree", "5:47"),
     "block_layer_types_length.json": (None, "layer_types has 2 entries for 3 layers", "6:7"),
     "block_rope_dim_odd.json": ("shape", "rope_dim 3 must be even", "5:102"),
+    "block_rope_rescale_and_scaling.json": ("shape", "both rescale the rotary frequencies", "6:6"),
     "block_width_mismatch.json": ("shape", "(edge: proj (B, T, 32) -> blk)", "6:78"),
     # --- wiring ------------------------------------------------------------------------------------------------------
     "edge_width_mismatch.json": ("shape", "dim is 64 but the input width is 32 (input shape (B, T, 32)) "

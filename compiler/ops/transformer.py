@@ -179,6 +179,13 @@ def resolve_attention(p, ins, diag, default_ff: bool = True):
         scaling = p.rope_scaling
         if p.layer_type == "sliding_attention" and p.rope_scaling_local is not None:
             scaling = p.rope_scaling_local
+        if scaling is not None and p.rope_rescale_past is not None:
+            diag("rope_rescale_past", "rope_rescale_past and rope_scaling both rescale the rotary frequencies; "
+                 "give one", "nanoVLM's rescaling is rope_rescale_past alone; a transformers config is rope_scaling")
+            return p
+        if p.rope_rescale_past is not None and p.rope != "1d":
+            diag("rope_rescale_past", f"rope_rescale_past applies to 1d rope only, not {p.rope!r}")
+            return p
         if scaling is not None and p.rope == "1d":
             scaling, errors = resolve_scaling(scaling, rd)
             if scaling.rope_type == "yarn" and p.theta == 1.0:
