@@ -177,6 +177,12 @@ class Op:
         return {}
 
     @classmethod
+    def handles(cls, p) -> dict[str, Optional[str]]:
+        """attribute -> dotted name of a declared module or tensor the runtimes' forward code reads under that
+        attribute (None where p declares none there); both runtimes keep exactly these (`Node.hold`)."""
+        return {}
+
+    @classmethod
     def flops(cls, p, ins: list[TensorType], outs: dict[str, TensorType], ctx: Ctx) -> int:
         return 0
 

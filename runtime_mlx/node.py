@@ -13,6 +13,7 @@ from typing import Optional
 import mlx.core as mx
 from mlx import nn
 
+from compiler import registry
 from compiler.registry import W
 from runtime_common.params import allocate, find
 
@@ -82,6 +83,13 @@ class Node(nn.Module):
         """The declared array at dotted `name`."""
         mod, attr = self.ref(name)
         return mod[attr]
+
+    def hold(self, p) -> None:
+        """Keep the handles the op declares for p (its compiler op's `handles`: attribute -> dotted name): the
+        module at that name, else (module, attribute) of the tensor there, read with `module[key]`; None stays None."""
+        for a, name in registry.get(self.op_name).handles(p).items():
+            mod = self.at(name) if name is not None else None
+            self.keep(**{a: mod if mod is not None or name is None else self.ref(name)})
 
     def keep(self, **handles) -> None:
         """Plain attributes for handles to modules already in the tree (not a second tree entry)."""

@@ -99,7 +99,7 @@ def quantise(model, plan: QuantPlan):
             return tuple(swap(x) for x in v)
         return v
 
-    for m in [model, *(x for _, x in model.named_modules())]:        # handles (`self.q`, `self.shared`) and ties
+    for m in [model, *(x for _, x in model.named_modules())]:        # handles (`self.q`, `self.shared_up`) and ties
         for k, v in list(vars(m).items()):
             if isinstance(v, (nn.Module, tuple)) and swap(v) is not v:
                 object.__setattr__(m, k, swap(v))

@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from compiler import registry
 from compiler.registry import W
 from runtime_common.params import allocate, find
 
@@ -85,6 +86,13 @@ class Node(nn.Module):
         """The declared tensor at dotted `name`."""
         mod, attr = self.ref(name)
         return getattr(mod, attr)
+
+    def hold(self, p) -> None:
+        """Keep the handles the op declares for p (its compiler op's `handles`: attribute -> dotted name): the
+        module at that name, else (module, attribute) of the tensor there, read with `getattr(*ref)`; None stays None."""
+        for a, name in registry.get(self.op_name).handles(p).items():
+            mod = self.at(name) if name is not None else None
+            self.keep(**{a: mod if mod is not None or name is None else self.ref(name)})
 
     def keep(self, **handles) -> None:
         """Plain attributes for handles to modules already in the tree (not a second registration)."""

@@ -89,6 +89,27 @@ def test_op_example_matches_compiler(op):
 
 
 # --- registry --------------------------------------------------------------------------------------------------------
+def test_declared_handles_name_declared_tensors_and_are_kept(op_case):
+    """An op's `handles` (what both runtimes' forward reads) names only tensors its declaration holds, and the torch
+    node keeps exactly those: the module at the name, or (module, attribute) of the tensor there."""
+    c = compiled(op_case[2])
+    model = c.to_torch(device="meta")
+    for n in c.graph.nodes():
+        if n.op == "Input" or ops.get(n.op).composite:
+            continue
+        decl, mod = ops.get(n.op).weights(n.params), model.node(n.name)
+        for attr, name in ops.get(n.op).handles(n.params).items():
+            kept = getattr(mod, attr)
+            if name is None:
+                assert kept is None, (n.name, attr)
+                continue
+            if name in decl:                        # a tensor: (module, attribute)
+                assert getattr(*kept) is mod.t(name), (n.name, attr, name)
+            else:                                   # a module holding declared tensors
+                assert any(k.startswith(name + ".") for k in decl), (n.name, attr, name)
+                assert kept is mod.at(name), (n.name, attr, name)
+
+
 def test_duplicate_registration_refused():
     rt.get("Linear")                  # loaded first: in a fresh worker the registration would otherwise come first
     with pytest.raises(ValueError, match="two torch implementations"):

@@ -26,7 +26,7 @@ from pydantic import Field
 from ..registry import State, W, register
 from ..rope import yarn_get_mscale
 from .moe import GQA_MoE_Layer, MoEParams
-from .transformer import attn_pairs, norm_weights
+from .transformer import attn_pairs, declared, norm_weights
 
 
 def check_rope_dim(diag, r: int) -> None:
@@ -101,6 +101,12 @@ class MLA_Layer(GQA_MoE_Layer):
         if p.mla_bias:
             w[n("o") + ".bias"] = W((D,), "bias")
         return w
+
+    @classmethod
+    def handles(cls, p):
+        """Block's, with the latent roles (no k / v projections: keys and values come from the latent)."""
+        latent = ("q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm", "kv_b")
+        return {**super().handles(p), **declared(p, cls.weights(p), {r: r for r in latent})}
 
     @classmethod
     def flops(cls, p, ins, outs, ctx):

@@ -150,6 +150,15 @@ class GQA_MoE_Layer(Block):
         return w
 
     @classmethod
+    def ffn_handles(cls, p):
+        """The router, the stacked experts (tensors) and the shared expert; no dense MLP (dense layers: Block's)."""
+        if p.ffn_type == "dense":
+            return super().ffn_handles(p)
+        return {**{a: None for a in super().ffn_handles(p)},
+                **{r: r for r in ("router", "experts_gate_up", "experts_down", "shared_gate", "shared_up",
+                                  "shared_down", "shared_router")}}
+
+    @classmethod
     def ffn_flops(cls, p, rows: int) -> int:
         if p.ffn_type == "dense":
             return super().ffn_flops(p, rows)

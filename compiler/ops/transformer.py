@@ -270,6 +270,21 @@ def mlp_weights(p, n, D: int, F: int) -> dict[str, W]:
     return w
 
 
+_NORM_ROLES = ("norm1", "norm2", "post_attn_norm", "post_mlp_norm")
+_ATTENTION_ROLES = ("q", "k", "v", "qkv", "o", "q_norm", "k_norm")
+
+
+def declared(p, decl: dict[str, W], roles: dict[str, Optional[str]]) -> dict[str, Optional[str]]:
+    """attribute -> role becomes attribute -> the role's dotted name in p's naming family, None where `decl` (the
+    layer's weight declaration) has no tensor at that name or under it."""
+    names = NAMES[p.names]
+
+    def path(role):
+        n = names.get(role) if role else None
+        return n if n is not None and (n in decl or any(k.startswith(n + ".") for k in decl)) else None
+    return {a: path(r) for a, r in roles.items()}
+
+
 def attn_pairs(nq: int, nkv: int, causal: bool, window: Optional[int], decode: bool) -> int:
     """Query-key pairs scored. Causal prefill counts the lower triangle with its diagonal."""
     if decode:
@@ -352,6 +367,27 @@ class Block(Op):
     @classmethod
     def ffn_weights(cls, p, n) -> dict[str, W]:
         return mlp_weights(p, n, p.D, p.ff_dim)
+
+    # --- what the runtimes' forward code reads, declared once for both -------------------------------------------
+    @classmethod
+    def handles(cls, p) -> dict[str, Optional[str]]:
+        """attribute -> dotted name of the declared module (a projection, a norm) or tensor (LayerScale, stacked
+        experts) a runtime's forward reads under that attribute; None where this layer declares none. Both runtimes
+        keep exactly these (`Node.hold`). `conv` is also a module's name: its handle is `dwconv`."""
+        mixer = ("conv_in", "conv", "conv_out") if p.layer_type == "conv" else _ATTENTION_ROLES
+        h = {("dwconv" if r == "conv" else r): r for r in _NORM_ROLES + mixer + ("ls1", "ls2")}
+        if not p.pre_norms:               # OLMo-2: its names for the post norms are Llama's pre-norms' (norm2)
+            h.update(norm1=None, norm2=None)
+        return declared(p, cls.weights(p), {**h, **cls.ffn_handles(p)})
+
+    @classmethod
+    def ffn_handles(cls, p) -> dict[str, Optional[str]]:
+        """`handles` of the feed-forward part (attribute -> role): a gated MLP's gate, up, down (gate_up_fused when
+        fused), a plain one's fc1, fc2; the others None."""
+        roles = {a: None for a in ("gate", "up", "down", "fc1", "fc2", "gate_up_fused")}
+        if p.gated and p.fused_gate_up:
+            return {**roles, "gate_up_fused": "gate_up", "down": "down"}
+        return {**roles, **({r: r for r in ("gate", "up", "down")} if p.gated else {"fc1": "fc1", "fc2": "fc2"})}
 
     @classmethod
     def weights(cls, p):

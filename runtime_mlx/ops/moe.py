@@ -14,7 +14,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from ..kernels import ACT, dense
+from ..kernels import dense
 from ..registry import implements
 from .transformer import TransformerBlock
 
@@ -90,16 +90,9 @@ def experts(h, idx, w, gate_up, down, act):
 
 @implements("GQA_MoE_Layer")
 class GQAMoELayer(TransformerBlock):
-    def init_ffn(self, p, names):
-        self.moe = p.ffn_type == "moe"
-        if not self.moe:                    # a dense layer of a mixed stack: TransformerBlock's gated MLP
-            return super().init_ffn(p, names)
-        shared = p.shared_expert_dim is not None          # 0: a zero-width expert and its gate, as transformers
-        self.keep(act=ACT[p.act], router=self.at(names["router"]), gate_up=self.ref(names["experts_gate_up"]),
-                  down_w=self.ref(names["experts_down"]),
-                  shared=tuple(self.at(names[r]) for r in ("shared_gate", "shared_up", "shared_down"))
-                  if shared else None,
-                  shared_router=self.at(names["shared_router"]) if shared and p.shared_expert_gate else None)
+    def __init__(self, p, in_types):
+        super().__init__(p, in_types)       # the handles: router, experts_gate_up / _down, shared_* (moe.py)
+        self.moe = p.ffn_type == "moe"      # else a dense layer of a mixed stack: TransformerBlock's gated MLP
         self.top_k, self.renorm = p.top_k, p.norm_topk_prob
         self.grouped = (p.n_group, p.topk_group, p.routed_scaling_factor) if p.router == "sigmoid_group" else None
 
@@ -113,10 +106,9 @@ class GQAMoELayer(TransformerBlock):
                                  *self.grouped[:2], self.renorm, self.grouped[2])
         else:
             w, idx = route(h, self.router.weight, self.top_k, self.renorm)
-        (gm, gk), (dm, dk) = self.gate_up, self.down_w
+        (gm, gk), (dm, dk) = self.experts_gate_up, self.experts_down
         y = experts(h, idx, w, gm[gk], dm[dk], self.act)
-        if self.shared is not None:
-            g, u, d = self.shared
-            s = dense(self.act(dense(h, g)) * dense(h, u), d)
+        if self.shared_gate is not None:
+            s = dense(self.act(dense(h, self.shared_gate)) * dense(h, self.shared_up), self.shared_down)
             y = y + (s if self.shared_router is None else mx.sigmoid(dense(h, self.shared_router)) * s)
         return y.reshape(shape)

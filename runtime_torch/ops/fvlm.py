@@ -51,8 +51,8 @@ class FoveatedVLM(Node):
         N, s, D = x.shape
         heads = lambda t: t.view(N, t.shape[1], self.heads, self.hs).transpose(1, 2)   # noqa: E731 (N, nh, *, hs)
         y = F.scaled_dot_product_attention(heads(dense(h, layer.q)), heads(k), heads(v))   # (N, nh, s, hs)
-        x = x + getattr(*layer.ls[0]) * dense(y.transpose(1, 2).reshape(N, s, D), layer.o)
-        return x + getattr(*layer.ls[1]) * layer.ffn(layer.norm(x, layer.norm2))       # (N, s, D)
+        x = x + getattr(*layer.ls1) * dense(y.transpose(1, 2).reshape(N, s, D), layer.o)
+        return x + getattr(*layer.ls2) * layer.ffn(layer.norm(x, layer.norm2))       # (N, s, D)
 
     def encode_frames(self, images):
         """(N, 3, S, S) -> per DINO layer (K, V) of norm1 of its input, each (N, n, D)."""

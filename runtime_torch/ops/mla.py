@@ -14,8 +14,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from compiler.ops.naming import NAMES
-
 from ..kernels import RopeTable, dense, norm
 from ..registry import implements
 from .moe import GQAMoELayer
@@ -33,10 +31,7 @@ def rotate(x, cos, sin, interleave: bool):
 @implements("MLA_Layer")
 class MLALayer(GQAMoELayer):
     def __init__(self, p, in_types):
-        super().__init__(p, in_types)       # every declared tensor exists; the block keeps o, the norms, the FFN
-        names = NAMES[p.names]
-        self.keep(**{r: self.at(names[r]) for r in ("q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm", "kv_b")},
-                  q=self.at(names["q"]), k=None, v=None)          # no k / v projections: pack() leaves them
+        super().__init__(p, in_types)       # every handle kept: the latent roles, o, the norms, the FFN
         self.nope, self.r, self.c, self.vd = p.qk_nope_head_dim, p.qk_rope_head_dim, p.kv_lora_rank, p.v_head_dim
 
     def _latent_norm(self, x, m):

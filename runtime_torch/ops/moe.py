@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..kernels import ACT, dense
+from ..kernels import dense
 from ..registry import implements
 from .transformer import TransformerBlock
 
@@ -116,16 +116,9 @@ def merge_experts(tensors: Mapping[str, torch.Tensor], merges: Sequence[tuple[st
 
 @implements("GQA_MoE_Layer")
 class GQAMoELayer(TransformerBlock):
-    def init_ffn(self, p, names):
-        self.moe = p.ffn_type == "moe"
-        if not self.moe:                    # a dense layer of a mixed stack: TransformerBlock's gated MLP
-            return super().init_ffn(p, names)
-        shared = p.shared_expert_dim is not None          # 0: a zero-width expert and its gate, as transformers
-        self.keep(act=ACT[p.act], gate=None, router=self.at(names["router"]),     # no dense gate|up to pack
-                  gate_up=self.ref(names["experts_gate_up"]), down=self.ref(names["experts_down"]),
-                  shared=tuple(self.at(names[r]) for r in ("shared_gate", "shared_up", "shared_down"))
-                  if shared else None,
-                  shared_router=self.at(names["shared_router"]) if shared and p.shared_expert_gate else None)
+    def __init__(self, p, in_types):
+        super().__init__(p, in_types)       # the handles: router, experts_gate_up / _down, shared_* (moe.py)
+        self.moe = p.ffn_type == "moe"      # else a dense layer of a mixed stack: TransformerBlock's gated MLP
         self.top_k, self.renorm = p.top_k, p.norm_topk_prob
         self.grouped = (p.n_group, p.topk_group, p.routed_scaling_factor) if p.router == "sigmoid_group" else None
 
@@ -139,9 +132,8 @@ class GQAMoELayer(TransformerBlock):
                                  *self.grouped[:2], self.renorm, self.grouped[2])
         else:
             w, idx = route(h, self.router.weight, self.top_k, self.renorm)
-        y = experts(h, idx, w, getattr(*self.gate_up), getattr(*self.down), self.act)
-        if self.shared is not None:
-            g, u, d = self.shared
-            s = dense(self.act(dense(h, g)) * dense(h, u), d)
+        y = experts(h, idx, w, getattr(*self.experts_gate_up), getattr(*self.experts_down), self.act)
+        if self.shared_gate is not None:
+            s = dense(self.act(dense(h, self.shared_gate)) * dense(h, self.shared_up), self.shared_down)
             y = y + (s if self.shared_router is None else torch.sigmoid(dense(h, self.shared_router)) * s)
         return y.view(shape)

@@ -29,49 +29,24 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from compiler.ops.naming import NAMES
-
 from ..cache import LayerCache
 from ..kernels import ACT, Rope, RopeTable, apply_rope, dense, grid_angles, linear, norm, rope_tables
 from ..node import Node
 from ..registry import implements
 
-#: the handles each part of a block keeps: naming-family role -> attribute (`conv` is also a module's name)
-ATTENTION = {r: r for r in ("q", "k", "v", "qkv", "o", "q_norm", "k_norm")}
-CONV = {"conv_in": "conv_in", "conv": "dwconv", "conv_out": "conv_out"}
-NORMS = {r: r for r in ("norm1", "norm2", "post_attn_norm", "post_mlp_norm")}
-
-
 @implements("TransformerBlock")
 class TransformerBlock(Node):
     def __init__(self, p, in_types):
         super().__init__(p, in_types)
+        self.hold(p)                        # norms, projections, LayerScale, FFN: the op's `handles`
         self.p, self.kind, self.causal, self.window = p, p.layer_type, p.causal, p.window
-        names = NAMES[p.names]
-        mixer = CONV if self.kind == "conv" else ATTENTION
-        self.keep(**{a: self.at(names[r]) if r in names else None for r, a in {**NORMS, **mixer}.items()})
-        if not p.pre_norms:                 # OLMo-2: its names for the post norms are Llama's pre-norms' (norm2)
-            self.keep(norm1=None, norm2=None)
-        self.keep(ls=(self.ref(names["ls1"]), self.ref(names["ls2"])) if p.layer_scale is not None else None)
         self.H, self.KV, self.hd, self.rd = p.num_heads, p.kv, p.head_dim, p.rope_dims
         self.grid = p.rope_grid
         self.rot = Rope(p.theta, self.rd, p.rope_scaling)       # 1d rope: frequencies, scaling, the tables' key
         self.qk_whole = p.qk_norm_scope == "all"                 # OLMo-2: q/k norm over the whole projection
         self.softcap = p.attn_softcap
-        self.keep(gate_up_fused=None)
+        self.act = ACT[p.act]
         self._groups: dict = {}            # "qkv", "gate_up": runtime_torch.pack.Packed, set by pack()
-        self.init_ffn(p, names)
-
-    def init_ffn(self, p, names):
-        """Handles of the feed-forward part (GQA_MoE_Layer has its own)."""
-        gated = p.gated
-        if p.fused_gate_up:                                      # Phi-3: gate | up in one matrix
-            self.keep(act=ACT[p.act], gate=None, up=None, gate_up_fused=self.at(names["gate_up"]),
-                      down=self.at(names["down"]), fc1=None, fc2=None)
-            return
-        self.keep(act=ACT[p.act], gate=self.at(names["gate"]) if gated else None,
-                  up=self.at(names["up"]) if gated else None, down=self.at(names["down"]) if gated else None,
-                  fc1=None if gated else self.at(names["fc1"]), fc2=None if gated else self.at(names["fc2"]))
 
     def norm(self, x, m):
         return norm(x, m, self.p.norm, self.p.norm_eps, self.p.norm_offset)
@@ -101,14 +76,14 @@ class TransformerBlock(Node):
             cache.seen += x.shape[1]
         if self.post_attn_norm is not None:
             y = self.norm(y, self.post_attn_norm)
-        if self.ls is not None:
-            y = y * getattr(*self.ls[0])
+        if self.ls1 is not None:
+            y = y * getattr(*self.ls1)
         x = x + y
         y = self.ffn(self.norm(x, self.norm2) if self.norm2 is not None else x)
         if self.post_mlp_norm is not None:
             y = self.norm(y, self.post_mlp_norm)
-        if self.ls is not None:
-            y = y * getattr(*self.ls[1])
+        if self.ls2 is not None:
+            y = y * getattr(*self.ls2)
         return x + y
 
     def ffn(self, h):
