@@ -10,7 +10,9 @@ An op declares
   decode_state  the decode state a node keeps between calls (`State`: kind, shape per example, growth per token);
   state       its size in elements (by default from `decode_state`);
   decode      how decoding runs a stateless node on new tokens alone: "positionwise" or "text_join" (None: it cannot);
+              `decode_as(p)` where it depends on the params (a Concat joins text only along the sequence);
   ids_bound   for ops that read token ids: the exclusive bound of valid ids (`runtime_common/inputs.py` draws below it);
+  ids_reserved  positions of an ids sequence the op fills itself (image placeholders): example inputs are longer;
   workspace   transient elements inside the op at inference (attention scores, MLP hidden), for the memory peak;
   saved       elements kept for the backward pass besides the outputs (training memory);
   expand      composites return a list of layers instead of being a node.
@@ -200,6 +202,18 @@ class Op:
         x = ins[0]
         b, n = ctx.full(x.shape[0]), ctx.full(x.shape[1])
         return b * sum(s.numel(n) for s in states)
+
+    @classmethod
+    def decode_as(cls, p) -> Optional[str]:
+        """How decoding runs this node (stateless) on new tokens alone, for params p: the class's `decode` unless
+        the params change it."""
+        return cls.decode
+
+    @classmethod
+    def ids_reserved(cls, p, ins: list[TensorType], env: dict[str, int]) -> int:
+        """Positions of each example's id sequence this op fills itself (`place_ids`: image placeholders) at the
+        symbol values `env`; example inputs add them to the text tokens asked for."""
+        return 0
 
     @classmethod
     def ids_bound(cls, p) -> Optional[int]:

@@ -5,7 +5,8 @@ code).
 
 What each node does when decoding is its op's declaration (compiler/registry.py), never its type: a node whose op
 declares `decode_state` keeps a cache (any kind: K/V, convolution inputs, an SSM state); a stateless node runs on
-the new tokens alone if its op is `decode = "positionwise"`, passes new text tokens through if "text_join".
+the new tokens alone if its op's `decode_as(params)` is "positionwise", passes new text tokens through if
+"text_join".
 """
 from __future__ import annotations
 
@@ -62,13 +63,14 @@ class DecodeSession:
                 continue
             if list(node.outputs) != ["out"]:
                 raise ValueError(f"node {node.name} has several outputs; decoding runs single-output text nodes")
-            if op.decode == "text_join":
+            how = op.decode_as(node.params)
+            if how == "text_join":
                 tk = [k for (s, _), k in zip(node.inputs, keys) if s in text and g[s].out.kind != "ids"]
-                if len(tk) != 1 or (node.op == "Concat" and node.params.axis != "sequence"):
+                if len(tk) != 1:
                     raise ValueError(f"node {node.name} ({node.op}) does not join one text stream along the "
                                      f"sequence; it cannot be decoded token by token")
                 self.decode.append((node.name, None, tk, False))
-            elif cached or op.decode == "positionwise":
+            elif cached or how == "positionwise":
                 self.decode.append((node.name, mod, keys, cached))
             else:
                 raise ValueError(f"generate decodes token by token; node {node.name} ({node.op}) on the text path "
@@ -79,7 +81,7 @@ class DecodeSession:
         cached_at = [i for i, (_, _, _, c) in enumerate(self.prefill) if c]
         tail = self.prefill[cached_at[-1] + 1:] if cached_at else []
         self.last_block = self.prefill[cached_at[-1]][0] if cached_at and all(
-            registry.get(g[n].op).decode == "positionwise" for n, _, _, _ in tail) else None
+            registry.get(g[n].op).decode_as(g[n].params) == "positionwise" for n, _, _, _ in tail) else None
         self.reserve = reserve     # tokens the caches make room for at once (the runtime's cache may ignore it)
         # longrope (Phi-3): once the sequence passes the original context, transformers drops the caches and runs
         # the whole sequence again with the long factors (Phi3ForCausalLM.prepare_inputs_for_generation)

@@ -6,7 +6,7 @@ one input generator (numpy, so both runtimes and the exporter share the values).
 Floats are standard normal, scalar inputs (times) uniform in [0, 1). Token ids are valid by their consumers'
 declarations (compiler/registry.py): drawn below every consuming op's `ids_bound` (a vocabulary, an image
 placeholder id), then made valid by each consumer's `place_ids` (MergeImageTokens writes its placeholders).
-`sizes` picks symbol values long enough for what the consumers need (the placeholders of MergeImageTokens).
+`sizes` picks symbol values long enough for what the consumers need (their `ids_reserved`: image placeholders).
 """
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ DEFAULT_SIZES = {"B": 2, "T": 8, "F": 2}
 
 
 def sizes(graph, want: dict[str, int]) -> dict[str, int]:
-    """Symbol values for example inputs: `want`, with T long enough for the image placeholders MergeImageTokens
-    needs plus `want["T"]` text tokens around them."""
+    """Symbol values for example inputs: `want`, with T long enough for the positions consumers of the ids fill
+    themselves (their `ids_reserved`: image placeholders) plus `want["T"]` text tokens around them."""
     out = dict(want)
-    for m in (n for n in graph.nodes() if n.op == "MergeImageTokens"):
-        n_img = graph.input_types(m)[1].shape[1].eval({**out, "T": 1})
-        out["T"] = max(out["T"], n_img + want["T"])
+    for n in graph.nodes():
+        if n.op != "Input":
+            reserved = registry.get(n.op).ids_reserved(n.params, graph.input_types(n), {**out, "T": 1})
+            out["T"] = max(out["T"], reserved + want["T"]) if reserved else out["T"]
     return out
 
 

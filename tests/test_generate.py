@@ -94,6 +94,45 @@ def test_refuses_non_decoder_graphs():
         generate(rt.build(c), torch.zeros(1, 2, dtype=torch.long), 1)
 
 
+def _joined(axis: str):
+    """ids -> Embedding -> Concat(axis) with a fixed tokens input -> causal block -> head."""
+    prefix = ["B", 3, 8] if axis == "sequence" else ["B", "T", 8]
+    return compiler.compile({"name": "join", "inputs": [{"name": "ids", "kind": "ids", "shape": ["B", "T"]},
+                                                        {"name": "prefix", "kind": "tokens", "shape": prefix}],
+                             "layers": [{"type": "Embedding", "id": "emb", "inputs": ["ids"],
+                                         "params": {"num_embeddings": 11, "embedding_dim": 8}},
+                                        {"type": "Concat", "id": "join", "inputs": ["prefix", "emb"],
+                                         "params": {"axis": axis}},
+                                        {"type": "TransformerBlock", "params": {"num_heads": 2, "ff_dim": 8,
+                                                                                "causal": True, "rope": "1d"}},
+                                        {"type": "Linear", "params": {"out_features": 11}}]})
+
+
+def test_concat_decodes_as_its_params_declare():
+    """Decoding asks the op (`decode_as(params)`), never its name: a Concat along the sequence joins the text with a
+    fixed stream (new tokens pass through, and the cached decode equals recomputation); along the channels it
+    is refused."""
+    from compiler import registry
+    concat = registry.get("Concat")
+    assert concat.decode_as(concat.Params(axis="sequence")) == "text_join"
+    assert concat.decode_as(concat.Params(axis="channels")) is None
+    c = _joined("sequence")
+    assert c.ok, [d.render() for d in c.errors]
+    model = rt.build(c, seed=1).eval()
+    ids, prefix = torch.randint(0, 11, (2, 4)), torch.randn(2, 3, 8)
+    got = generate(model, ids, 3, prefix=prefix)
+    seq = ids
+    with torch.no_grad():
+        for _ in range(3):
+            nxt = next(iter(model(ids=seq, prefix=prefix).values()))[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], dim=1)
+    assert got.tolist() == seq.tolist()
+    c = _joined("channels")
+    assert c.ok, [d.render() for d in c.errors]
+    with pytest.raises(ValueError, match=r"join \(Concat\) on the text path declares no decode state"):
+        DecodeSession(rt.build(c))
+
+
 def test_cache_bytes_equal_the_reports_decode_state(pair):
     """The compiler's decode state at (batch 2, context 9) equals the bytes the runtime's caches really hold (their
     storages: preallocated KV buffers included), with room reserved for the 9 tokens as generate reserves it."""

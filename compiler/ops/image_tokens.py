@@ -32,6 +32,10 @@ class MergeImageTokens(Op):
         return p.image_token_id          # text ids below the placeholder; `place_ids` writes the placeholders
 
     @classmethod
+    def ids_reserved(cls, p, ins, env) -> int:
+        return ins[1].shape[1].eval(env)           # N image placeholders per example
+
+    @classmethod
     def place_ids(cls, p, ids, ins, env) -> None:
         """Valid example ids: each example's N image placeholders at positions 1 .. N."""
         n_img = ins[1].shape[1].eval(env)

@@ -22,7 +22,12 @@ class Concat(Op):
     Params = ConcatParams
     slots = (Slot("x", (TOKENS, IMAGE, VECTOR), variadic=True),)
     doc = "Concatenate two or more streams along the sequence or the channels."
-    decode = "text_join"      # along the sequence, with a fixed stream (checked by runtime_common/decode.py)
+    decode = "text_join"      # along the sequence, with a fixed stream; along the channels: `decode_as`
+
+    @classmethod
+    def decode_as(cls, p):
+        """A join of the text stream with a fixed one along the sequence; along the channels, not decodable."""
+        return cls.decode if p.axis == "sequence" else None
 
     @classmethod
     def resolve(cls, p, ins, diag):
