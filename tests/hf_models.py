@@ -1,5 +1,6 @@
 """Tiny and full-size transformers language models shared by the tests (parity, generation, packing, the importer):
-the reference models and their import into omnic. A helper module, not a test module: tests import it, never each
+the reference models and their import into omnic; the hub's per-expert layout, perturbed models, SigLIP2's
+patchify. A helper module, not a test module: tests import it, never each
 other.
 """
 from __future__ import annotations
@@ -223,3 +224,10 @@ def perturbed(cls, cfg, seed: int = 0):
         for p in m.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=g))
     return m
+
+
+def patchify(img: torch.Tensor, P: int) -> torch.Tensor:
+    """SigLIP2's processor layout: (B, C, H, W) -> (B, h*w, P*P*C), patches row-major, each flattened (py, px, c)."""
+    B, C, H, W = img.shape
+    x = img.reshape(B, C, H // P, P, W // P, P).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(B, (H // P) * (W // P), P * P * C)

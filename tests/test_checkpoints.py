@@ -409,7 +409,7 @@ def test_gemma3_multimodal_checkpoint_names(prefix, head, tmp_path):
 @pytest.mark.parametrize("generation", ["save_pretrained", "state_dict"])
 def test_siglip2_files_load_strictly(generation, tmp_path):
     """Siglip2VisionModel (NaFlex): transformers takes patchified pixels; every patch real, the grid as the image."""
-    from tests.test_parity_vision import patchify
+    from tests.hf_models import patchify
     m = perturbed(tf.Siglip2VisionModel, tf.Siglip2VisionConfig(hidden_size=32, intermediate_size=64,
                                                               num_hidden_layers=2, num_attention_heads=4,
                                                               patch_size=8, num_patches=16,

@@ -8,40 +8,16 @@ import sys
 import types
 
 import pytest
-from click.testing import CliRunner
 
 from compiler import compile
 from compiler.cli import cli, main
 from compiler.emit import build as build_mod
 from compiler.schema import schema_text
 from compiler.tables import fmt_bytes
+from tests.tiny_specs import CLI_PARAMS as PARAMS, CLI_TINY as TINY, run, write
 
-PARAMS = 800 + 3 * 72 + 8 + 800   # embedding, 3 x (8x8 + 8), norm, head (hand count)
-TINY = {
-    "name": "tiny",
-    "inputs": [{"name": "ids", "kind": "ids", "shape": ["B", "T"]}],
-    "context": 16,
-    "layers": [
-        {"id": "embed", "type": "Embedding", "params": {"num_embeddings": 100, "embedding_dim": 8}},
-        {"id": "mlp", "type": "Linear", "params": {"in_features": 8, "out_features": 8}, "repeat": 3},
-        {"id": "norm", "type": "RMSNorm", "params": {}},
-        {"id": "head", "type": "Linear", "params": {"out_features": 100, "bias": False}},
-    ],
-    "budget": {"vram": "1GiB"},
-    "expect": {"params.total": {"value": "1.824K", "tolerance": 0.001}},
-}
 REPORT_KEYS = {"omnic_report", "name", "settings", "params", "flops", "memory", "inputs", "outputs",
                "inferred_edges", "conventions", "expect", "budget"}
-
-
-def write(tmp_path, doc, name="spec.json"):
-    p = tmp_path / name
-    p.write_text(json.dumps(doc, indent=2) if isinstance(doc, dict) else doc)
-    return str(p)
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture

@@ -96,3 +96,36 @@ def test_mlx_runtime_imported_first():
     _run("import runtime_mlx.ops.transformer\nimport compiler\n"
          "from tests.op_examples import OP_EXAMPLES\n"
          "compiler.compile(OP_EXAMPLES['DecoderLM'][0]).to_mlx()")
+
+
+def _test_modules_imported(path: str) -> set[str]:
+    """The tests/test_*.py modules a file imports, anywhere in it (`tests.test_x`, `test_x`, `from tests import
+    test_x`, `from . import test_x`)."""
+    out = set()
+    for n in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+        if isinstance(n, ast.Import):
+            names = [a.name for a in n.names]
+        elif isinstance(n, ast.ImportFrom):
+            base = n.module or ""
+            names = [base] + [f"{base}.{a.name}" if base else a.name for a in n.names]
+        else:
+            continue
+        out |= {m.rpartition(".")[2] for m in names if m.rpartition(".")[2].startswith("test_")
+                and m.rpartition(".")[0] in ("", "tests")}
+    return out
+
+
+def test_no_test_module_imports_another():
+    """What several test modules share lives in helper modules (tests/hf_models.py, tests/tiny_specs.py,
+    tests/shrink.py, ...), so a test module runs, and is read, alone."""
+    tests = os.path.join(ROOT, "tests")
+    found = {f: sorted(_test_modules_imported(os.path.join(tests, f)))
+             for f in sorted(os.listdir(tests)) if f.startswith("test_") and f.endswith(".py")}
+    assert {f: ms for f, ms in found.items() if ms} == {}
+
+
+def test_the_test_import_check_sees_every_spelling(tmp_path):
+    f = tmp_path / "test_probe.py"
+    f.write_text("import os\nfrom tests.tiny_specs import LM\nfrom tests.test_cli import run\nimport test_quant\n"
+                 "def f():\n    from tests import test_onnx, shrink\n    from . import test_pack\n")
+    assert _test_modules_imported(str(f)) == {"test_cli", "test_quant", "test_onnx", "test_pack"}

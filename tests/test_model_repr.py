@@ -9,7 +9,7 @@ import pytest
 
 from compiler import Compiled, compile
 from compiler.tables import fmt_count
-from tests.test_run_generate import LM, RUNTIMES, VLM
+from tests.tiny_specs import LM, RUNTIMES, VLM
 
 
 def test_signatures_and_docstrings():

@@ -17,7 +17,7 @@ import torch
 import compiler
 from compiler.importers import hf_key_map, spec_from_hf_config
 from runtime_mlx import generate as mlx_generate
-from tests.test_moe_families import IDS, TINY, hf_model
+from tests.hf_moe_models import IDS, TINY, hf_model
 
 
 @pytest.fixture(scope="module", params=list(TINY))

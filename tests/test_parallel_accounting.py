@@ -13,7 +13,7 @@ import torch
 
 from compiler import compile
 from compiler.parallel import LayoutError, chunk_rows, local_numel, padded_numel, parse_layout
-from tests.test_cli import TINY, run, write
+from tests.tiny_specs import CLI_TINY as TINY, run, write
 
 
 @pytest.mark.parametrize("shape", [(100, 8), (8, 8), (8,), (1,), (5, 3), (7,)])

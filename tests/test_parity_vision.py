@@ -21,7 +21,7 @@ import compiler  # noqa: E402
 from compiler.importers import hf_key_map, spec_from_hf_config  # noqa: E402
 from runtime_torch import build, load_state_dict_mapped  # noqa: E402
 from runtime_torch.weights import map_names  # noqa: E402
-from tests.hf_models import perturbed  # noqa: E402
+from tests.hf_models import patchify, perturbed  # noqa: E402
 
 ATOL = 1e-4
 
@@ -52,13 +52,6 @@ def omnic_from(m, tmp_path, image_hw: tuple[int, int] | None = None):
 def max_diff(a, b) -> float:
     assert a.shape == b.shape, (a.shape, b.shape)
     return (a - b).abs().max().item()
-
-
-def patchify(img: torch.Tensor, P: int) -> torch.Tensor:
-    """SigLIP2's processor layout: (B, C, H, W) -> (B, h*w, P*P*C), patches row-major, each flattened (py, px, c)."""
-    B, C, H, W = img.shape
-    x = img.reshape(B, C, H // P, P, W // P, P).permute(0, 2, 4, 3, 5, 1)
-    return x.reshape(B, (H // P) * (W // P), P * P * C)
 
 
 # --- parity ----------------------------------------------------------------------------------------------------------

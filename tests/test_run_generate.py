@@ -15,39 +15,7 @@ from click.testing import CliRunner
 
 from compiler import compile
 from compiler.cli import cli
-
-RUNTIMES = ["torch", pytest.param("mlx", marks=pytest.mark.skipif(
-    __import__("importlib").util.find_spec("mlx") is None, reason="needs mlx"))]
-VOCAB = 64
-LM = {
-    "name": "tiny-lm", "inputs": [{"name": "ids", "kind": "ids", "shape": ["B", "T"]}], "context": 32,
-    "layers": [
-        {"id": "embed", "type": "Embedding", "params": {"num_embeddings": VOCAB, "embedding_dim": 32}},
-        {"id": "blocks", "type": "TransformerBlock",
-         "params": {"num_heads": 4, "ff_dim": 64, "mlp": "swiglu", "norm": "rmsnorm", "causal": True, "rope": "1d"},
-         "repeat": 2},
-        {"id": "norm", "type": "RMSNorm", "params": {}},
-        {"id": "head", "type": "Linear", "params": {"out_features": VOCAB, "bias": False, "tie": "embed"}},
-    ],
-}
-VLM = {
-    "name": "tiny-vlm", "inputs": [{"name": "image", "kind": "image", "shape": ["B", 3, 32, 32]},
-                                   {"name": "input_ids", "kind": "ids", "shape": ["B", "T"]}],
-    "context": 32,
-    "layers": [
-        {"id": "patch", "type": "PatchEmbed", "params": {"patch_size": 16, "embed_dim": 16, "positions": "learned"},
-         "inputs": ["image"]},
-        {"id": "proj", "type": "Linear", "params": {"out_features": 32}},
-        {"id": "embed", "type": "Embedding", "params": {"num_embeddings": VOCAB, "embedding_dim": 32},
-         "inputs": ["input_ids"]},
-        {"id": "merge", "type": "MergeImageTokens", "params": {"image_token_id": 5},
-         "inputs": ["embed", "proj", "input_ids"]},
-        {"id": "blocks", "type": "TransformerBlock",
-         "params": {"num_heads": 4, "ff_dim": 64, "norm": "rmsnorm", "causal": True, "rope": "1d"}, "repeat": 2},
-        {"id": "head", "type": "Linear", "params": {"out_features": VOCAB, "bias": False}},
-    ],
-}
-
+from tests.tiny_specs import LM, RUNTIMES, VLM, VOCAB
 
 def spec(tmp_path, doc, name="spec.json"):
     p = tmp_path / name

@@ -73,9 +73,9 @@ def test_nanovlm_fork_dinov3_gemma_checkpoint():
 
 def test_fvlm_checkpoint_of_its_own_code():
     from compiler.importers.fvlm import fvlm_key_map
-    from tests.test_seed_specs import _fvlm_tiny
+    from tests.tiny_specs import fvlm_tiny
     folder = os.path.join(DATA, "fvlm")
-    c = _fvlm_tiny()
+    c = fvlm_tiny()
     model = rt.build(c, device="meta", init=False)
     rt.load_checkpoint(model, folder, fvlm_key_map())          # strict; the tied llm.lm_head dropped
     io = load_file(os.path.join(folder, "io.safetensors"))

@@ -23,6 +23,7 @@ from compiler.importers.nanovlm import nanovlm_key_map, spec_from_nanovlm_config
 from compiler.ops.lm import DecoderLM
 from tests.op_examples import image, layer, spec, tokens
 from tests.shrink import ENV, ROOT, SHRINK, SPECS, make_inputs
+from tests.tiny_specs import fvlm_tiny
 
 ALL_SPECS = sorted(os.path.relpath(os.path.join(d, f), ROOT) for d, _, fs in os.walk(os.path.join(ROOT, "specs"))
                    for f in fs if f.endswith(".json") and f != "schema.json" and "components" not in d)
@@ -121,21 +122,9 @@ def _ref_forward(dino, llm, x, frames, ids, mode):
     return llm.lm_head(llm.model(inputs_embeds=seq).last_hidden_state)
 
 
-def _fvlm_tiny():
-    c = compiler.compile(os.path.join(ROOT, "specs/fvlm_135m.json"), overrides={
-        "inputs[0].shape": ["B", "F", 3, 28, 28],
-        "layers[0].params.dino": {"hidden": 16, "layers": 2, "heads": 2, "ff_dim": 32, "patch_size": 14,
-                                  "pos_grid": 3},
-        "layers[0].params.llm": {"vocab_size": 64, "hidden": 16, "layers": 2, "heads": 2, "kv_heads": 1,
-                                 "ff_dim": 32},
-        "layers[0].params.query_dim": 8})
-    assert c.ok, c.errors
-    return c
-
-
 def test_fvlm_matches_transformers_in_every_mode_and_loads_checkpoint_names():
     dino, llm, extra, state = _fvlm_reference()
-    model = rt.build(_fvlm_tiny(), seed=1)
+    model = rt.build(fvlm_tiny(), seed=1)
     # the reference's dinov2 names are transformers 5.x's; the key map takes them (and 4.x's) and drops the tied head
     assert "llm.lm_head.weight" in state
     rt.load_state_dict_mapped(model, state, fvlm_key_map())
