@@ -284,11 +284,17 @@ def _layer(low: Lowering, layer: Any, path: tuple, prefix: str, include_stack: t
         node = Node(nm, op.name, op.unroll(p, r, repeat), path, frozen=frozen, group=name if numbered else None,
                     label=p.note or "")
         low.graph.add(node)
-        low.pending.append(Pending(node, len(low.pending), refs if r == 0 else [f"{name}.{r - 1}"],
+        low.pending.append(Pending(node, len(low.pending), refs if r == 0 else _chained(refs, f"{name}.{r - 1}"),
                                    path + ("inputs",), lid))
         first_name = first_name or nm
     low.ids[name] = f"{name}.{repeat - 1}" if numbered else name
     low.first[name] = first_name
+
+
+def _chained(refs: Optional[list[str]], prev: str) -> list[str]:
+    """The inputs of copy r > 0 of a repeated layer: the previous copy's output in place of the first input, the
+    side inputs named after it (AdaLN-Zero's condition) kept in every copy."""
+    return [prev] + (refs[1:] if refs else [])
 
 
 def _kinds_of(parent: str):
