@@ -1,19 +1,18 @@
-"""compile() = read -> override -> validate -> lower (wiring + shapes) -> account. One named line per pass."""
+"""compile(): a short straight line of named passes, each a function that can be called alone (tinygrad's codegen,
+torch.fx's pass manager): parse -> override -> validate -> lower (wiring + shapes) -> settings -> budget -> account
+-> checks. `Compiled` is what it returns: the document, the graph, the report and every diagnostic."""
 from __future__ import annotations
 
-import copy
 import importlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
-
-from pydantic import ValidationError
 
 from .diagnostics import ERROR, Diagnostic, Diagnostics, SpecError
 from .ir import Graph, in_scope
 from .lower import lower
+from .overrides import apply_overrides
 from .report import account, check_budget
 from .source import Source, parse_text, read_file
 from .spec import SpecDoc, parse_size, report_validation
@@ -97,66 +96,6 @@ def load_source(spec: Union[str, os.PathLike, dict]) -> Source:
 MAX_PARAMS = 10**14        # 100T: far beyond any model; larger totals are typos
 MAX_MEMORY = 2**80         # bytes at inference (a yobibyte): also what a runaway size (a grid, a range) implies
 
-_SEG = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-
-
-def apply_overrides(data: Any, overrides: dict[str, Any], diag: Diagnostics) -> Any:
-    """Set values by path: `layers[4].params.num_experts`, `context`, or `<layer id>.<param>` (into its params)."""
-    if not overrides:
-        return data
-    data = copy.deepcopy(data)
-    for key, value in overrides.items():
-        segs: list = [int(m.group(2)) if m.group(2) else m.group(1) for m in _SEG.finditer(key)]
-        if not segs or not isinstance(data, dict):
-            diag.error((), f"override {key!r}: empty or unusable path", code="override")
-            continue
-        if segs[0] not in data and isinstance(data.get("layers"), list):
-            # a layer id, which may itself be dotted (`decoder.blocks`): the longest prefix of the key that names a
-            # layer, then `<param>` or `params.<param>` (or a layer key: repeat, frozen, inputs, type, include)
-            ids = {l.get("id"): i for i, l in enumerate(data["layers"]) if isinstance(l, dict)
-                   and isinstance(l.get("id"), str)}
-            idx = n = None
-            for n in range(len(segs), 0, -1):
-                if all(isinstance(s, str) for s in segs[:n]) and ".".join(segs[:n]) in ids:
-                    idx = ids[".".join(segs[:n])]
-                    break
-            if idx is None:
-                from .diagnostics import did_you_mean
-                head = key.split("[")[0].split("=")[0]
-                near = [i for i in ids if head.startswith(i.split(".")[0] + ".") or i.startswith(segs[0] + ".")]
-                diag.error((), f"override {key!r}: no top-level key or layer id is a prefix of it",
-                           did_you_mean(".".join(s for s in segs[:2] if isinstance(s, str)), list(ids))
-                           or ("layer ids starting so: " + ", ".join(near[:8]) if near else
-                               "layer ids: " + ", ".join(list(ids)[:12]) if ids else "the spec's layers have no ids"),
-                           code="override")
-                continue
-            rest = segs[n:]
-            layer = data["layers"][idx]
-            in_params = isinstance(layer.get("params"), dict) and rest and rest[0] in layer["params"]
-            if rest and rest[0] != "params" and (rest[0] not in ("repeat", "frozen", "inputs", "type", "include")
-                                                 or rest[0] not in layer and in_params):   # the seed's params.repeat
-                rest = ["params"] + rest
-            segs = ["layers", idx] + rest
-        cur = data
-        ok = True
-        for s in segs[:-1]:
-            if isinstance(cur, dict):
-                cur = cur.setdefault(s, {}) if not isinstance(s, int) else None
-            elif isinstance(cur, list) and isinstance(s, int) and 0 <= s < len(cur):
-                cur = cur[s]
-            else:
-                cur = None
-            if cur is None:
-                ok = False
-                break
-        last = segs[-1]
-        if not ok or (isinstance(cur, list) and not (isinstance(last, int) and 0 <= last < len(cur))) or \
-                not isinstance(cur, (dict, list)):
-            diag.error((), f"override {key!r}: path does not exist in the spec", code="override")
-            continue
-        cur[last] = value
-    return data
-
 
 def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, Any]] = None, *,
             batch: Optional[int] = None, context: Optional[int] = None, frames: Optional[int] = None,
@@ -166,38 +105,83 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
     """Compile a spec (path, JSON text or dict). Never raises for a bad spec: see `Compiled.diagnostics`. Raises
     ValueError for a bad keyword argument (batch, context, frames, devices, grad_accum: positive integers, as the
     CLI's options; strategy: see compiler/parallel.py). `devices` / `strategy` / `grad_accum` (or the same keys of
-    the spec's budget) add per-device training figures (report: memory.training.<stage>.parallel)."""
-    for name, v in (("batch", batch), ("context", context), ("frames", frames), ("devices", devices),
-                    ("grad_accum", grad_accum)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"compile(): {name} must be a positive integer, got {v!r}")
+    the spec's budget) add per-device training figures (report: memory.training.<stage>.parallel).
+
+    The passes, in order, each a function of this module (or the one named) that can be called alone:
+    parse (`load_source`) -> override (`overrides.apply_overrides`) -> validate -> lower (`lower.lower`: wiring
+    and shapes) -> settings -> budget -> check_expect_scopes -> account (`report.account`) -> check_layout ->
+    annotate -> check_limits. A pass records its errors in `diag`; compile() stops after the first pass that
+    leaves one it cannot go on from (an erroneous graph is still accounted, as far as it goes: `partial`)."""
+    check_arguments(batch=batch, context=context, frames=frames, devices=devices, grad_accum=grad_accum)
     try:
         src = load_source(spec)
     except SpecError as e:
         return Compiled(None, None, None, e.diagnostics)
     diag = Diagnostics(src.file, src.locate)
     try:
-        data = apply_overrides(src.data, overrides or {}, diag)
-        if not isinstance(data, dict):
-            diag.error((), "a spec must be a JSON object with 'name' and 'layers'", code="type")
-            raise SpecError(diag.items)
-        if "layers" not in data and ("model_type" in data or "architectures" in data):
-            diag.error(("model_type",) if "model_type" in data else ("architectures",),
-                       "this is a transformers config.json, not an omnic spec",
-                       f"write a spec from it: omnic import-hf {src.file or 'config.json'} -o spec.json",
-                       code="hf-config")
-            raise SpecError(diag.items)
-        try:
-            doc = SpecDoc.model_validate(data)
-        except ValidationError as e:
-            report_validation(e, (), diag, SpecDoc)
-            raise SpecError(diag.items)
+        doc = validate(apply_overrides(src.data, overrides or {}, diag), src, diag)
         graph = lower(doc, src, diag)
     except SpecError:
         return Compiled(None, None, None, Diagnostics(src.file, src.locate, diag.items).sorted(), src)
-    # an erroneous graph is still accounted, as far as it goes: nodes that could not be wired or resolved count
-    # the weights their params fix and nothing else; the report says `partial` and names them
     partial = diag.has_errors
+    n_diags = len(diag.items)
+    stop = lambda s: Compiled(doc, graph, None, diag.sorted(), src, s)          # noqa: E731
+    settings = resolve_settings(doc, diag, batch=batch, context=context, frames=frames, format=format,
+                                recompute=recompute)
+    if len(diag.items) > n_diags:
+        return stop(settings)
+    plan = resolve_budget(doc, diag, budget=budget, devices=devices, strategy=strategy, grad_accum=grad_accum)
+    if len(diag.items) > n_diags:
+        return stop(settings)
+    check_expect_scopes(doc, graph, diag)
+    if diag.has_errors and not partial:
+        return stop(settings)
+    try:
+        report = account(graph, doc, with_nodes=with_nodes, fmt=settings["format"], batch=settings["batch"],
+                         context=settings["context"], frames=settings["frames"], recompute=recompute,
+                         layout=plan.layout, grad_accum=plan.grad_accum)
+    except Exception:          # noqa: BLE001 - a partial graph may defeat a rule; the diagnostics say why
+        if not partial:
+            raise
+        return stop(settings)
+    if not check_layout(report, doc, plan, diag):
+        return stop(settings)
+    annotate(report, doc, graph, plan, partial, budget)
+    check_limits(report, settings, diag)
+    return Compiled(doc, graph, report, diag.sorted(), src, settings)
+
+
+# --- the passes after parsing ----------------------------------------------------------------------------------------
+def check_arguments(**kw: Optional[int]) -> None:
+    """Keyword arguments that must be positive integers when given (a ValueError, as the CLI's options)."""
+    for name, v in kw.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"compile(): {name} must be a positive integer, got {v!r}")
+
+
+def validate(data: Any, src: Source, diag: Diagnostics) -> SpecDoc:
+    """The typed document of parsed JSON (pydantic, strict); raises SpecError with the located errors."""
+    if not isinstance(data, dict):
+        diag.error((), "a spec must be a JSON object with 'name' and 'layers'", code="type")
+        raise SpecError(diag.items)
+    if "layers" not in data and ("model_type" in data or "architectures" in data):
+        diag.error(("model_type",) if "model_type" in data else ("architectures",),
+                   "this is a transformers config.json, not an omnic spec",
+                   f"write a spec from it: omnic import-hf {src.file or 'config.json'} -o spec.json",
+                   code="hf-config")
+        raise SpecError(diag.items)
+    from pydantic import ValidationError
+    try:
+        return SpecDoc.model_validate(data)
+    except ValidationError as e:
+        report_validation(e, (), diag, SpecDoc)
+        raise SpecError(diag.items)
+
+
+def resolve_settings(doc: SpecDoc, diag: Diagnostics, *, batch: Optional[int], context: Optional[int],
+                     frames: Optional[int], format: Optional[str], recompute: bool) -> dict:
+    """The sizes and storage format the figures are computed at: the arguments, else the budget's, else the
+    spec's; an unknown format is an error at budget.format (the settings then hold the name as given)."""
     b = doc.budget
     settings = {
         "batch": batch or (b.batch if b and b.batch else doc.batch),
@@ -206,18 +190,32 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
         "format": format or (b.format if b else "bf16"),
         "recompute": recompute,
     }
-    from .formats import get_format
+    from .formats import get_format, suggest
     try:
         settings["format"] = get_format(settings["format"]).name
     except KeyError:
-        from .formats import suggest
         diag.error(("budget", "format"), f"unknown storage format {settings['format']!r}", suggest(settings["format"]))
-        return Compiled(doc, graph, None, diag.sorted(), src, settings)
-    # the budget in force: the spec's, with the caller's keys over it; options without a limit set no budget
-    n_diags = len(diag.items)
-    eff = {**(b.model_dump() if b else {}), **(budget or {})}
-    if eff.get("vram") is None:
-        eff = {}
+    return settings
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """The budget in force (the spec's keys, the caller's over them; {} when no limit is set), the device layout
+    (None: one device) and the gradient accumulation steps."""
+    limits: dict
+    layout: Any
+    grad_accum: int
+    stage: Optional[str]
+
+
+def resolve_budget(doc: SpecDoc, diag: Diagnostics, *, budget: Optional[dict], devices: Optional[int],
+                   strategy: Optional[str], grad_accum: Optional[int]) -> BudgetPlan:
+    """The budget in force and the device layout; errors at the budget's keys. Options without a limit set no
+    budget; a per-device layout (devices / strategy) limits training memory."""
+    from .formats import get_format
+    b = doc.budget
+    keys = {**(b.model_dump() if b else {}), **(budget or {})}
+    eff = keys if keys.get("vram") is not None else {}
     stage = eff.get("stage")
     if stage is not None and stage not in (doc.stages or {}):
         diag.error(("budget", "stage"), f"unknown stage {stage!r}",
@@ -228,8 +226,7 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
             get_format(eff.get("format") or "bf16")
     except (KeyError, ValueError) as e:
         diag.error(("budget",), f"invalid budget: {e}", code="value")
-    layout, accum = _layout(eff or {**(b.model_dump() if b else {}), **(budget or {})}, devices, strategy,
-                            grad_accum, diag)
+    layout, accum = _layout(keys, devices, strategy, grad_accum, diag)
     if layout is not None and eff:
         from_spec = devices is None and strategy is None     # the spec's budget names the layout itself
         explicit = {**({"mode": b.mode} if from_spec and b and "mode" in b.model_fields_set else {}), **(budget or {})}
@@ -237,47 +234,7 @@ def compile(spec: Union[str, os.PathLike, dict], overrides: Optional[dict[str, A
             diag.error(("budget", "mode"), "a per-device budget (devices / strategy) limits training memory",
                        "set mode to training, or drop devices and strategy")
         eff["mode"] = "training"
-    if len(diag.items) > n_diags:
-        return Compiled(doc, graph, None, diag.sorted(), src, settings)
-    for key, e in (doc.expect or {}).items():
-        if e.scope:
-            if not key.startswith("params."):
-                diag.error(("expect", key, "scope"), f"scope applies to params.* figures, not {key}")
-            for k, i in enumerate(e.scope):
-                if not any(in_scope(n.name, [i]) for n in graph.nodes()):
-                    diag.error(("expect", key, "scope", k), f"scope names no layer: {i!r}")
-    if diag.has_errors and not partial:
-        return Compiled(doc, graph, None, diag.sorted(), src, settings)
-    try:
-        report = account(graph, doc, with_nodes=with_nodes, fmt=settings["format"], batch=settings["batch"],
-                         context=settings["context"], frames=settings["frames"], recompute=recompute,
-                         layout=layout, grad_accum=accum)
-    except Exception:          # noqa: BLE001 - a partial graph may defeat a rule; the diagnostics say why
-        if not partial:
-            raise
-        return Compiled(doc, graph, None, diag.sorted(), src, settings)
-    if layout is not None:
-        par = report["memory"]["training"][stage or "all"]["parallel"]
-        if "error" in par:      # an impossible layout for the stage in force: refused before anything launches
-            diag.error(("budget", "strategy") if b and b.strategy else (), par["error"], par["hint"] or None,
-                       code="layout")
-            return Compiled(doc, graph, None, diag.sorted(), src, settings)
-    if partial:
-        report["partial"] = True
-        report["unaccounted"] = [n.name for n in graph.nodes() if n.op != "Input" and not n.outputs]
-    if budget:
-        report["budget"] = check_budget(report, doc, eff) if eff else None
-    elif layout is not None and eff:
-        report["budget"] = check_budget(report, doc, eff)
-    if report["params"]["total"] > MAX_PARAMS:
-        diag.error(("layers",), f"the model has {report['params']['total']:.3g} parameters; the limit is "
-                                f"{MAX_PARAMS:.0e}", "a dimension is probably mistyped (an extra zero?)", code="limit")
-    mem = report["memory"]["inference"].get(settings["format"], 0)
-    if mem > MAX_MEMORY:
-        approx = f"{mem:.3g}" if mem < 1e300 else f"10^{len(str(int(mem))) - 1}"    # :g of a huge int overflows
-        diag.error(("layers",), f"inference needs {approx} bytes; the limit is {MAX_MEMORY:.3g}",
-                   "a size is probably mistyped (a grid, a range, the batch or the context)", code="limit")
-    return Compiled(doc, graph, report, diag.sorted(), src, settings)
+    return BudgetPlan(eff, layout, accum, stage)
 
 
 def _layout(keys: dict, devices: Optional[int], strategy: Optional[str], grad_accum: Optional[int],
@@ -297,3 +254,52 @@ def _layout(keys: dict, devices: Optional[int], strategy: Optional[str], grad_ac
             raise ValueError(f"{e.message}" + (f" ({e.hint})" if e.hint else "")) from None
         diag.error(("budget", "strategy"), e.message, e.hint or None, code="layout")
         return None, accum
+
+
+def check_expect_scopes(doc: SpecDoc, graph: Graph, diag: Diagnostics) -> None:
+    """Each `expect` entry's scope applies to a params.* figure and names layers of the graph."""
+    for key, e in (doc.expect or {}).items():
+        if e.scope:
+            if not key.startswith("params."):
+                diag.error(("expect", key, "scope"), f"scope applies to params.* figures, not {key}")
+            for k, i in enumerate(e.scope):
+                if not any(in_scope(n.name, [i]) for n in graph.nodes()):
+                    diag.error(("expect", key, "scope", k), f"scope names no layer: {i!r}")
+
+
+def check_layout(report: dict, doc: SpecDoc, plan: BudgetPlan, diag: Diagnostics) -> bool:
+    """A device layout that is impossible for the stage in force is an error, before anything launches; False
+    then."""
+    if plan.layout is None:
+        return True
+    par = report["memory"]["training"][plan.stage or "all"]["parallel"]
+    if "error" in par:
+        diag.error(("budget", "strategy") if doc.budget and doc.budget.strategy else (), par["error"],
+                   par["hint"] or None, code="layout")
+        return False
+    return True
+
+
+def annotate(report: dict, doc: SpecDoc, graph: Graph, plan: BudgetPlan, partial: bool,
+             budget: Optional[dict]) -> None:
+    """What the accounting alone does not say: a partial report names the nodes it could not wire; the budget's
+    verdict when the caller gave one or a device layout is in force (the spec's own budget is checked by the CLI)."""
+    if partial:
+        report["partial"] = True
+        report["unaccounted"] = [n.name for n in graph.nodes() if n.op != "Input" and not n.outputs]
+    if budget:
+        report["budget"] = check_budget(report, doc, plan.limits) if plan.limits else None
+    elif plan.layout is not None and plan.limits:
+        report["budget"] = check_budget(report, doc, plan.limits)
+
+
+def check_limits(report: dict, settings: dict, diag: Diagnostics) -> None:
+    """Totals past any real model (MAX_PARAMS, MAX_MEMORY) are errors: a dimension is probably mistyped."""
+    if report["params"]["total"] > MAX_PARAMS:
+        diag.error(("layers",), f"the model has {report['params']['total']:.3g} parameters; the limit is "
+                                f"{MAX_PARAMS:.0e}", "a dimension is probably mistyped (an extra zero?)", code="limit")
+    mem = report["memory"]["inference"].get(settings["format"], 0)
+    if mem > MAX_MEMORY:
+        approx = f"{mem:.3g}" if mem < 1e300 else f"10^{len(str(int(mem))) - 1}"    # :g of a huge int overflows
+        diag.error(("layers",), f"inference needs {approx} bytes; the limit is {MAX_MEMORY:.3g}",
+                   "a size is probably mistyped (a grid, a range, the batch or the context)", code="limit")
