@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from . import registry
 from .diagnostics import Diagnostics, SpecError, did_you_mean
-from .dims import Dim, parse_dim
+from .dims import Dim
 from .ir import IDS, IMAGE, TOKENS, Graph, Node, TensorType
 from .ops.io import SYMBOLS
 from .source import Source, read_file
@@ -135,45 +135,79 @@ def _inputs(low: Lowering) -> None:
 
 
 # --- 2. layers -------------------------------------------------------------------------------------------------------
-def _layer(low: Lowering, layer: Any, path: tuple, prefix: str, include_stack: tuple,
-           base_params: Optional[dict] = None, frozen: bool = False) -> None:
+def _layer(low: Lowering, layer: Any, path: tuple, prefix: str, include_stack: tuple, frozen: bool = False) -> None:
+    """One spec layer (at `path`, ids under `prefix`) into pending nodes: an include is merged and lowered again, a
+    composite expands into its parts, any other op unrolls into its copies. Errors stop at the first that leaves
+    nothing to lower."""
+    params = _layer_params(low, layer, path)
+    if params is None:
+        return
+    if "include" in layer:
+        _included(low, layer, params, path, prefix, include_stack, frozen)
+        return
+    typed = _op_of(low, layer.get("type"), params, path)
+    name = typed and _node_name(low, layer, path, prefix)
+    settings = name and _settings(low, layer, path, frozen)
+    if not settings:
+        return
+    op, params = typed
+    repeat, frozen = settings
+    p = _validated(low, op, params, path)
+    if p is None:
+        return
+    repeat = _stacked(low, op, p, path, repeat)
+    if repeat is None:
+        return
+    if op.composite:
+        _expand(low, op, p, layer, path, name[0], include_stack, frozen)
+        return
+    refs = _explicit_refs(low, op, layer.get("inputs"), path)
+    if refs is not _REFUSED:
+        _unroll(low, op, p, layer, path, name, refs, repeat, frozen)
+
+
+_REFUSED = object()        # `inputs` refused with an error: the layer makes no nodes
+
+
+def _layer_params(low: Lowering, layer: Any, path: tuple) -> Optional[dict]:
+    """The layer's params (a copy), its keys checked; None when it is not an object or its params are not one."""
     if not isinstance(layer, dict):
         low.err(path, "a layer must be an object with 'type' and 'params'")
-        return
+        return None
     for k in layer:
         if k not in LAYER_KEYS:
             low.err(path + (k,), f"unknown layer key {k!r}", did_you_mean(k, LAYER_KEYS) or
                     "layer keys: " + ", ".join(LAYER_KEYS), code="unknown-key")
-    layer = dict(layer)
     params = layer.get("params", {})
     if not isinstance(params, dict):
         low.err(path + ("params",), "params must be an object")
-        return
-    params = dict(params)
-    if base_params:
-        params = {**base_params, **params}
+        return None
+    return dict(params)
 
-    if "include" in layer:
-        inc = _include(low, layer["include"], path + ("include",), include_stack)
-        if inc is None:
-            return
-        comp, comp_file = inc
-        merged = {**comp.get("params", {}), **params}
-        sub = {k: v for k, v in layer.items() if k not in ("include", "params")}
-        if "type" not in sub and "type" in comp:
-            sub["type"] = comp["type"]
-        sub["params"] = merged
-        if "include" in comp:
-            sub["include"] = comp["include"]
-            sub["params"] = {**comp.get("params", {}), **params}
-        _layer(low, sub, path, prefix, include_stack + (comp_file,), frozen=frozen)
-        return
 
-    typ = layer.get("type")
+def _included(low: Lowering, layer: dict, params: dict, path: tuple, prefix: str, include_stack: tuple,
+              frozen: bool) -> None:
+    """A layer that includes a preset file: the file's params under the layer's own, lowered as one layer."""
+    inc = _include(low, layer["include"], path + ("include",), include_stack)
+    if inc is None:
+        return
+    comp, comp_file = inc
+    sub = {k: v for k, v in layer.items() if k not in ("include", "params")}
+    if "type" not in sub and "type" in comp:
+        sub["type"] = comp["type"]
+    sub["params"] = {**comp.get("params", {}), **params}
+    if "include" in comp:
+        sub["include"] = comp["include"]
+    _layer(low, sub, path, prefix, include_stack + (comp_file,), frozen=frozen)
+
+
+def _op_of(low: Lowering, typ: Any, params: dict, path: tuple) -> Optional[tuple[type, dict]]:
+    """(op, params) of a layer's `type` and optional `params.type` (a kind: TransformerBlock + GQA_MoE_Layer), the
+    kind key taken out of params; None (reported) when either is unknown."""
     if not isinstance(typ, str):
         low.err(path + ("type",), "layer type is missing" if typ is None else "layer type must be a string",
                 "known types: " + ", ".join(registry.all_ops()))
-        return
+        return None
     ops = registry.all_ops()
     kind = params.get("type")
     if isinstance(kind, str):
@@ -182,16 +216,20 @@ def _layer(low: Lowering, layer: Any, path: tuple, prefix: str, include_stack: t
             kinds = [n for (parent, n) in _kinds_of(typ)]
             low.err(path + ("params", "type"), f"{typ} has no kind {kind!r}",
                     did_you_mean(kind, kinds) or ("kinds: " + ", ".join(kinds) if kinds else None), code="unknown-type")
-            return
-        params.pop("type")
+            return None
+        params = {k: v for k, v in params.items() if k != "type"}
         typ = op_name
     if typ not in ops or typ == "Input":
         low.err(path + ("type",), f"unknown layer type {typ!r}",
                 did_you_mean(typ, [o for o in ops if o != "Input"]) or "see `omnic schema` for the layer types",
                 code="unknown-type")
-        return
-    op = ops[typ]
+        return None
+    return ops[typ], params
 
+
+def _node_name(low: Lowering, layer: dict, path: tuple, prefix: str) -> Optional[tuple[str, Optional[str]]]:
+    """(node name, layer id): the id under the composite's prefix, else `layers.<i>`; None when it is taken. An
+    invalid id is reported and left out."""
     lid = layer.get("id")
     if lid is not None and (not isinstance(lid, str) or not _valid_id(lid)):
         low.err(path + ("id",), f"invalid id {lid!r}",
@@ -203,27 +241,39 @@ def _layer(low: Lowering, layer: Any, path: tuple, prefix: str, include_stack: t
         name = f"layers.{path[-1]}"
     else:
         low.err(path, f"internal: a part of composite {prefix.rstrip('.')} has no id")
-        return
+        return None
     if name in low.ids or name in low.graph:
         low.err(path + ("id",), f"id {name!r} is used twice", "give each layer its own id")
-        return
+        return None
+    return name, lid
 
+
+def _settings(low: Lowering, layer: dict, path: tuple, frozen: bool) -> Optional[tuple[int, bool]]:
+    """(repeat, frozen) of the layer (frozen also when its parent is); None when repeat is invalid."""
     repeat = layer.get("repeat", 1)
     # the seed format puts `repeat` / `depth` inside params; ops that stack declare them as params
     if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1 or repeat > MAX_REPEAT:
         low.err(path + ("repeat",), f"repeat must be an integer from 1 to {MAX_REPEAT}, got {repeat!r}")
-        return
+        return None
     layer_frozen = layer.get("frozen", False)
     if not isinstance(layer_frozen, bool):
         low.err(path + ("frozen",), "frozen must be true or false")
         layer_frozen = False
-    frozen = frozen or layer_frozen
+    return repeat, frozen or layer_frozen
 
+
+def _validated(low: Lowering, op, params: dict, path: tuple):
+    """The op's params model of `params`; None when invalid (every field error reported at its place)."""
     try:
-        p = op.Params.model_validate(params)
+        return op.Params.model_validate(params)
     except ValidationError as e:
         report_validation(e, path + ("params",), low.diag, op.Params)
-        return
+        return None
+
+
+def _stacked(low: Lowering, op, p, path: tuple, repeat: int) -> Optional[int]:
+    """The copies the layer unrolls into (the layer's repeat times the op's own stack, `depth`), after the op's
+    `check` of its params; None when either refuses."""
     def check_diag(fld: str, msg: str, hint: str | None = None, severity: str = "error") -> None:
         low.diag.add(severity, path + ("params",) + tuple(f for f in fld.split(".") if f), msg, hint)
 
@@ -233,49 +283,61 @@ def _layer(low: Lowering, layer: Any, path: tuple, prefix: str, include_stack: t
         op.check(p, check_diag)
     except ValueError as e:
         low.err(path + ("params",), str(e))
-        return
+        return None
     if any(d.severity == "error" for d in low.diag.items[n_err:]):
-        return
+        return None
     if repeat > MAX_REPEAT:
         low.err(path, f"the layer unrolls into {repeat:,} copies; the limit is {MAX_REPEAT:,}", code="limit")
-        return
+        return None
+    return repeat
 
-    if op.composite:
-        try:
-            subs = op.expand(p, layer)
-        except ValueError as e:
-            low.err(path + ("params",), str(e))
-            return
-        outer = layer.get("inputs")
-        sub_prefix = name + "."
-        first_sub = None
-        for sub in subs:
-            sub = dict(sub)
-            refs = sub.get("inputs")
-            if refs is not None:
-                # "$k": the composite's k-th input (inferred if the composite names none); others: local ids
-                if any(r.startswith("$") for r in refs) and not outer:
-                    del sub["inputs"]
-                else:
-                    sub["inputs"] = [outer[int(r[1:])] if r.startswith("$") else sub_prefix + r for r in refs]
-            if sub.get("params", {}).get("tie"):
-                sub["params"] = {**sub["params"], "tie": sub_prefix + sub["params"]["tie"]}
-            n_before = len(low.pending)
-            _layer(low, sub, path, sub_prefix, include_stack, frozen=frozen)
-            if first_sub is None and len(low.pending) > n_before:
-                first_sub = low.pending[n_before].node.name
-        low.ids[name] = low.pending[-1].node.name if low.pending else name
-        low.first[name] = first_sub or name
-        return
 
-    refs = layer.get("inputs")
+def _expand(low: Lowering, op, p, layer: dict, path: tuple, name: str, include_stack: tuple, frozen: bool) -> None:
+    """A composite: its parts lowered as layers under `name.`; "$k" in a part's inputs is the composite's k-th input
+    (inferred if the composite names none)."""
+    try:
+        subs = op.expand(p, layer)
+    except ValueError as e:
+        low.err(path + ("params",), str(e))
+        return
+    outer = layer.get("inputs")
+    sub_prefix = name + "."
+    first_sub = None
+    for sub in subs:
+        sub = dict(sub)
+        refs = sub.get("inputs")
+        if refs is not None:
+            if any(r.startswith("$") for r in refs) and not outer:
+                del sub["inputs"]
+            else:
+                sub["inputs"] = [outer[int(r[1:])] if r.startswith("$") else sub_prefix + r for r in refs]
+        if sub.get("params", {}).get("tie"):
+            sub["params"] = {**sub["params"], "tie": sub_prefix + sub["params"]["tie"]}
+        n_before = len(low.pending)
+        _layer(low, sub, path, sub_prefix, include_stack, frozen=frozen)
+        if first_sub is None and len(low.pending) > n_before:
+            first_sub = low.pending[n_before].node.name
+    low.ids[name] = low.pending[-1].node.name if low.pending else name
+    low.first[name] = first_sub or name
+
+
+def _explicit_refs(low: Lowering, op, refs: Any, path: tuple):
+    """The layer's `inputs` (None: infer them); `_REFUSED` when an empty list leaves a required input unread. Not a
+    list of strings: reported, and inferred instead."""
     if refs is not None and (not isinstance(refs, list) or not all(isinstance(r, str) for r in refs)):
         low.err(path + ("inputs",), "inputs must be a list of layer ids (strings)")
-        refs = None
-    elif refs == [] and op.slots and not op.slots[0].optional:   # else the node stays unwired, with no error
+        return None
+    if refs == [] and op.slots and not op.slots[0].optional:   # else the node stays unwired, with no error
         low.err(path + ("inputs",), f"inputs is empty, but {op.name} reads {len(op.slots)} input(s)",
                 "name the layers it reads, or leave 'inputs' out to wire it by inference", code="dangling")
-        return
+        return _REFUSED
+    return refs
+
+
+def _unroll(low: Lowering, op, p, layer: dict, path: tuple, name_id: tuple, refs: Optional[list[str]], repeat: int,
+            frozen: bool) -> None:
+    """The layer's nodes: one, or `repeat` numbered copies (`vit.0` ...) chained through their first input."""
+    name, lid = name_id
     first_name = None
     # a stack is numbered (`vit.0`) whenever it is one, also of depth 1: checkpoints name `layers.0`
     numbered = repeat > 1 or "repeat" in layer or any(getattr(p, f, None) is not None for f in ("depth", "repeat"))
@@ -514,127 +576,163 @@ def _tie(low: Lowering, node: Node) -> None:
 def _infer_inputs(low: Lowering, pd: Pending, op, streams: list[Stream], order: list[str]) -> None:
     """Wire a layer that names no inputs: the most recent stream it accepts.
 
-    Rules (each use is reported): a layer with a fixed input width takes the most recent stream of its kind and
-    width; a feature map feeding a token layer is flattened to tokens; a token layer that finds several unconsumed
-    token streams of its width joins them along the sequence, in order; an embedding without ids gets an `input_ids`
-    input; a first layer without any stream gets an image input; a Linear that no stream fits but whose width looks
-    like a vocabulary is read as a token embedding.
+    Rules (each use is reported), tried in order until one decides: an embedding without ids gets an `input_ids`
+    input (`_ids`); a layer with a fixed input width takes the most recent stream of its kind and width, and a token
+    layer that finds several unconsumed token streams of its width joins them along the sequence, in order
+    (`_recent`); a feature map feeding a token layer is flattened to tokens (`_flattened`); a first layer without
+    any stream gets an image input (`_first_image`); a Linear that no stream fits but whose width looks like a
+    vocabulary is read as a token embedding (`_linear_as_embedding`). Else the error says what was missing.
     """
-    g = low.graph
-    node = pd.node
-    p = node.params
-    path = node.path
     if not op.slots:
         return
-    slot = op.slots[0]
-    want_w = op.in_width(p)
+    w = _Wiring(low, pd, op, streams, order)
+    if not any(rule(w) for rule in (_ids, _recent, _flattened, _first_image, _linear_as_embedding)):
+        _no_stream(w)
 
-    def fits(s: Stream, kinds) -> bool:
-        return s.type.kind in kinds and (want_w is None or s.type.width == want_w)
 
-    def wire(src: str, out: str = "out") -> None:
-        g.connect(node, src, out, inferred=True)
+@dataclass
+class _Wiring:
+    """A layer being wired by inference: what its first slot accepts, and the streams so far."""
 
-    # embedding: ids
-    if slot.kinds == (IDS,):
-        ids = [s for s in streams if s.type.kind == IDS]
-        if not ids:
-            inp = _implicit_input(low, "input_ids", "ids", ["B", "T"], path,
-                                  "no token-id input is declared: assuming input_ids of shape (B, T)")
-            if not g[inp].outputs:          # the name is taken by an input or a layer that has no shape
-                low.err(path, f"no token ids to wire into {node.name}: {inp!r} has no valid shape", code="no-input")
-                return
-            streams.append(Stream(inp, "out", g[inp].out))
-            ids = [streams[-1]]
-        wire(ids[-1].node, ids[-1].out)
-        low.diag.note(path, f"inferred input: {ids[-1].node} -> {node.name}", code="inferred-edge")
-        return
+    low: Lowering
+    pd: Pending
+    op: Any
+    streams: list[Stream]
+    order: list[str]
 
-    best = next((s for s in reversed(streams) if fits(s, slot.kinds)), None)   # the most recent; usually the last
-    if best is not None:
-        if TOKENS in slot.kinds and getattr(op, "joins_streams", False):
-            # "of its width": a block that leaves its width to inference joins only streams as wide as `best`
-            loose = [s for s in streams if not s.consumed and s.type.kind == TOKENS and fits(s, slot.kinds)
-                     and s.type.width == best.type.width]
-            if len(loose) > 1:
-                joined = _implicit_concat(low, node, loose, streams, order)
-                wire(joined)
-                low.warn(path, "inferred join: " + " + ".join(s.node for s in loose) +
-                         f" concatenated along the sequence -> {node.name}",
-                         "name the streams in 'inputs' (and a Concat layer) to make this explicit", code="inferred-edge")
-                return
-        wire(best.node, best.out)
-        plain = best is streams[-1] and not best.consumed
-        # chaining to the stream just produced is the format's reading of a list: a note; anything else a warning
-        (low.diag.note if plain else low.warn)(path, f"inferred input: {best.node} {best.type} -> {node.name}",
+    def __post_init__(self):
+        self.g, self.node = self.low.graph, self.pd.node
+        self.path, self.slot, self.want_w = self.node.path, self.op.slots[0], self.op.in_width(self.node.params)
+
+    def fits(self, s: Stream, kinds) -> bool:
+        return s.type.kind in kinds and (self.want_w is None or s.type.width == self.want_w)
+
+    def wire(self, src: str, out: str = "out") -> None:
+        self.g.connect(self.node, src, out, inferred=True)
+
+
+def _ids(w: _Wiring) -> bool:
+    """An op reading token ids: the latest ids stream, or an implied `input_ids` input."""
+    if w.slot.kinds != (IDS,):
+        return False
+    ids = [s for s in w.streams if s.type.kind == IDS]
+    if not ids:
+        inp = _implicit_input(w.low, "input_ids", "ids", ["B", "T"], w.path,
+                              "no token-id input is declared: assuming input_ids of shape (B, T)")
+        if not w.g[inp].outputs:          # the name is taken by an input or a layer that has no shape
+            w.low.err(w.path, f"no token ids to wire into {w.node.name}: {inp!r} has no valid shape", code="no-input")
+            return True
+        w.streams.append(Stream(inp, "out", w.g[inp].out))
+        ids = [w.streams[-1]]
+    w.wire(ids[-1].node, ids[-1].out)
+    w.low.diag.note(w.path, f"inferred input: {ids[-1].node} -> {w.node.name}", code="inferred-edge")
+    return True
+
+
+def _recent(w: _Wiring) -> bool:
+    """The most recent stream that fits (usually the last); a block that joins streams joins every unconsumed
+    token stream as wide as that one."""
+    best = next((s for s in reversed(w.streams) if w.fits(s, w.slot.kinds)), None)
+    if best is None:
+        return False
+    if TOKENS in w.slot.kinds and getattr(w.op, "joins_streams", False):
+        # "of its width": a block that leaves its width to inference joins only streams as wide as `best`
+        loose = [s for s in w.streams if not s.consumed and s.type.kind == TOKENS and w.fits(s, w.slot.kinds)
+                 and s.type.width == best.type.width]
+        if len(loose) > 1:
+            w.wire(_implicit_concat(w.low, w.node, loose, w.streams, w.order))
+            w.low.warn(w.path, "inferred join: " + " + ".join(s.node for s in loose) +
+                       f" concatenated along the sequence -> {w.node.name}",
+                       "name the streams in 'inputs' (and a Concat layer) to make this explicit", code="inferred-edge")
+            return True
+    w.wire(best.node, best.out)
+    plain = best is w.streams[-1] and not best.consumed
+    # chaining to the stream just produced is the format's reading of a list: a note; anything else a warning
+    (w.low.diag.note if plain else w.low.warn)(w.path, f"inferred input: {best.node} {best.type} -> {w.node.name}",
                                                code="inferred-edge")
-        return
+    return True
 
-    # a feature map into a token layer: flatten
-    if TOKENS in slot.kinds:
-        maps = [s for s in streams if s.type.kind == IMAGE and (want_w is None or s.type.width == want_w)
-                and s.node != "image"]
-        if maps:
-            src = maps[-1]
-            fname = f"{src.node}_flatten"
-            fl = Node(fname, "Flatten", registry.get("Flatten").Params(), path)
-            g.add(fl)
-            g.connect(fl, src.node, src.out, inferred=True)
-            from .shapes import infer_node
-            order.append(fname)
-            src.consumed = True
-            wire(fname)
-            if not infer_node(g, fl, low.diag):    # its error is reported; the consumer stays unresolved
-                return
-            streams.append(Stream(fname, "out", fl.out, consumed=True))
-            low.warn(path, f"inferred input: {src.node} {src.type} flattened to tokens {fl.out} -> {node.name}",
-                     code="inferred-edge")
-            return
 
-    # nothing at all yet: the model's first layer takes an image
-    if IMAGE in slot.kinds and not [s for s in streams if s.type.kind == IMAGE]:
-        ch = want_w or 3
-        inp = _implicit_input(low, "image", "image", ["B", ch, 224, 224], path,
-                              f"no image input is declared: assuming image of shape (B, {ch}, 224, 224)")
-        if not g[inp].outputs:
-            low.err(path, f"no image to wire into {node.name}: {inp!r} has no valid shape", code="no-input")
-            return
-        streams.append(Stream(inp, "out", g[inp].out))
-        wire(inp)
-        return
+def _flattened(w: _Wiring) -> bool:
+    """A feature map into a token layer: an implied Flatten between them."""
+    from .shapes import infer_node
+    if TOKENS not in w.slot.kinds:
+        return False
+    maps = [s for s in w.streams if s.type.kind == IMAGE and (w.want_w is None or s.type.width == w.want_w)
+            and s.node != "image"]
+    if not maps:
+        return False
+    src = maps[-1]
+    fname = f"{src.node}_flatten"
+    fl = Node(fname, "Flatten", registry.get("Flatten").Params(), w.path)
+    w.g.add(fl)
+    w.g.connect(fl, src.node, src.out, inferred=True)
+    w.order.append(fname)
+    src.consumed = True
+    w.wire(fname)
+    if not infer_node(w.g, fl, w.low.diag):    # its error is reported; the consumer stays unresolved
+        return True
+    w.streams.append(Stream(fname, "out", fl.out, consumed=True))
+    w.low.warn(w.path, f"inferred input: {src.node} {src.type} flattened to tokens {fl.out} -> {w.node.name}",
+               code="inferred-edge")
+    return True
 
-    # a Linear that nothing feeds, over a vocabulary-sized width: a token embedding written as Linear
-    if node.op == "Linear" and want_w is not None and not any(s.type.width == want_w for s in streams):
-        emb = registry.get("Embedding").Params(num_embeddings=want_w, embedding_dim=p.out_features, note=p.note)
-        node.op, node.params = "Embedding", emb
-        low.warn(path, f"Linear(in_features={want_w}) has no input of width {want_w}: read as a token embedding "
+
+def _first_image(w: _Wiring) -> bool:
+    """Nothing at all yet: the model's first layer takes an image."""
+    if IMAGE not in w.slot.kinds or [s for s in w.streams if s.type.kind == IMAGE]:
+        return False
+    ch = w.want_w or 3
+    inp = _implicit_input(w.low, "image", "image", ["B", ch, 224, 224], w.path,
+                          f"no image input is declared: assuming image of shape (B, {ch}, 224, 224)")
+    if not w.g[inp].outputs:
+        w.low.err(w.path, f"no image to wire into {w.node.name}: {inp!r} has no valid shape", code="no-input")
+        return True
+    w.streams.append(Stream(inp, "out", w.g[inp].out))
+    w.wire(inp)
+    return True
+
+
+def _linear_as_embedding(w: _Wiring) -> bool:
+    """A Linear that nothing feeds, over a vocabulary-sized width: a token embedding written as Linear."""
+    node, want_w, p = w.node, w.want_w, w.node.params
+    if node.op != "Linear" or want_w is None or any(s.type.width == want_w for s in w.streams):
+        return False
+    emb = registry.get("Embedding").Params(num_embeddings=want_w, embedding_dim=p.out_features, note=p.note)
+    node.op, node.params = "Embedding", emb
+    w.low.warn(w.path, f"Linear(in_features={want_w}) has no input of width {want_w}: read as a token embedding "
                        f"Embedding({want_w} -> {p.out_features}) of token ids, without bias",
-                 "write it as {\"type\": \"Embedding\", \"params\": {\"num_embeddings\": %d, \"embedding_dim\": %d}}"
-                 % (want_w, p.out_features), code="reinterpreted")
-        _infer_inputs(low, pd, registry.get("Embedding"), streams, order)
-        return
+               "write it as {\"type\": \"Embedding\", \"params\": {\"num_embeddings\": %d, \"embedding_dim\": %d}}"
+               % (want_w, p.out_features), code="reinterpreted")
+    _infer_inputs(w.low, w.pd, registry.get("Embedding"), w.streams, w.order)
+    return True
 
-    if low.broken_before(pd.index):      # the invalid layer before it may be what it would have read
-        low.diag.note(path, f"{node.name} is not wired: an invalid layer before it (reported) may be its input",
+
+def _no_stream(w: _Wiring) -> None:
+    """No rule wired the layer: say what it needs and what the nearest stream is (unless an invalid layer before
+    it, already reported, may be its input)."""
+    low, node, slot, want_w = w.low, w.node, w.slot, w.want_w
+    if low.broken_before(w.pd.index):
+        low.diag.note(w.path, f"{node.name} is not wired: an invalid layer before it (reported) may be its input",
                       code="no-input")
         return
-    near = streams[-1] if streams else None
+    near = w.streams[-1] if w.streams else None
     what = f"{' or '.join(slot.kinds)} input" + (f" of width {want_w}" if want_w else "")
     desc = ""
     hint = "wire it explicitly with 'inputs', adding a layer that produces the shape it needs"
     if near is not None:
-        w = near.type.width
+        width = near.type.width
         desc = (f"; the most recent stream is {near.node} {near.type} ({near.type.kind}"
-                + (f", width {w}" if w is not None else "") + ")")
-        if IMAGE in slot.kinds and near.type.kind == TOKENS and want_w and w:
-            per = w / want_w
+                + (f", width {width}" if width is not None else "") + ")")
+        if IMAGE in slot.kinds and near.type.kind == TOKENS and want_w and width:
+            per = width / want_w
             side = int(round(per ** 0.5)) if per >= 1 else 0
             grid = f"{side}x{side}" if side * side == per else f"{per:g} positions"
-            desc += (f": {w} values per token are {grid} of {want_w}-channel latents"
+            desc += (f": {width} values per token are {grid} of {want_w}-channel latents"
                      f" ({want_w}x8x8 latents would need {want_w * 64} values per token)")
             hint = (f"make the producer emit {want_w} x h x w values per token and add a Reshape "
                     f"(to: map, channels: {want_w}), wiring it with 'inputs'")
-    low.err(path, f"no stream fits {node.op} '{node.name}': it needs a {what}{desc}", hint, code="no-input")
+    low.err(w.path, f"no stream fits {node.op} '{node.name}': it needs a {what}{desc}", hint, code="no-input")
 
 
 def _implicit_input(low: Lowering, name: str, kind: str, shape: list, path: tuple, msg: str) -> str:

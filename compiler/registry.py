@@ -46,8 +46,8 @@ class W:
     "norm" and "bias" (kept 16-bit), "other" (positions, tokens, scales; 16-bit).
     experts: E when the tensor stacks E experts of which `top_k` are active per token.
     tied_to: full dotted name of the tensor this one shares storage with (counted once, at its owner).
-    init: how runtimes initialise it: "normal" (N(0, std)), "zeros", "ones", or "const:<value>"
-          (default by role: norm -> ones, bias -> zeros, everything else normal).
+    init: how runtimes initialise it, a rule of runtime_common/init.py's RULES: "normal" (N(0, std)), "zeros",
+          "ones", "const:<value>", ... (default by role: norm -> ones, bias -> zeros, everything else normal).
     buffer: a persistent buffer, not a parameter (DeepSeek-V3's e_score_correction_bias): in the state dict and
             the weight bytes, not in the parameter counts, not trained.
     """

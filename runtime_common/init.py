@@ -8,16 +8,32 @@ The scheme (the same in every runtime, so a seed names one set of weights):
     seed; the odd multiplier makes distinct seeds give distinct generators for a name), so its values depend on the
     seed and its name only: not on construction order, on the other tensors, on the device or on the dtype (values
     are drawn in float32 on the CPU, then cast and copied);
-  * the declaration's `W.init_rule` says what to draw: "normal" = N(0, 0.02), "zeros", "ones", "const:<v>".
+  * the declaration's `W.init_rule` says what to draw, a rule of `RULES` written "<kind>" or "<kind>:<a>:<b>...":
+    the distributions are data here, each one line of `RULES` (its arguments and what it draws), each drawn by
+    `draw` below.
 `seed` is an integer in [0, 2**32). `draw` is the scheme's definition and needs torch (imported when it is first
 called, so importing this module needs no framework): runtime_torch fills its parameters with it, runtime_mlx
 converts its values to MLX arrays when torch is installed.
 """
 from __future__ import annotations
 
+import math
 import zlib
 
 STD = 0.02
+
+#: kind -> (argument names, what it draws); a rule is "<kind>" or "<kind>:<arg>:<arg>..." with these arguments
+RULES: dict[str, tuple[tuple[str, ...], str]] = {
+    "normal": ((), f"N(0, {STD}) from the tensor's generator"),
+    "zeros": ((), "0"),
+    "ones": ((), "1"),
+    "const": (("value",), "the value"),
+    "log_arange": ((), "log(1), log(2), ..., log(n) over the n elements (Mamba-2's A_log: A = 1 .. H)"),
+    "inv_softplus_log_uniform": (
+        ("low", "high", "floor"),
+        "softplus^-1(dt), dt = exp(u (log high - log low) + log low), u uniform in [0, 1) from the tensor's "
+        "generator, at least floor (Mamba-2's dt_bias, as transformers' Mamba2Mixer.init_mamba2_weights)"),
+}
 
 
 def tensor_seed(seed: int, name: str) -> int:
@@ -26,28 +42,45 @@ def tensor_seed(seed: int, name: str) -> int:
     return (seed * 0x9E3779B1 + zlib.crc32(name.encode("utf-8"))) % 2 ** 32
 
 
-def const_value(rule: str, name: str) -> float:
-    """The value of a "const:<v>" rule."""
+def parse(rule: str, name: str) -> tuple[str, tuple[float, ...]]:
+    """(kind, arguments) of a rule; a ValueError naming the tensor for an unknown kind or bad arguments."""
+    kind, *args = rule.split(":")
+    if kind not in RULES:
+        raise ValueError(f"{name}: unknown init rule {rule!r} ("
+                         + ", ".join(":".join((k, *a)) for k, (a, _) in RULES.items()) + ")")
+    want = RULES[kind][0]
     try:
-        return float(rule[len("const:"):])
+        values = tuple(float(a) for a in args)
     except ValueError:
-        raise ValueError(f"{name}: bad init rule {rule!r}; write const:<number>") from None
+        values = None
+    if values is None or len(values) != len(want):
+        raise ValueError(f"{name}: bad init rule {rule!r}; write {':'.join((kind, *('<' + a + '>' for a in want)))}")
+    return kind, values
 
 
-def unknown_rule(rule: str, name: str) -> ValueError:
-    return ValueError(f"{name}: unknown init rule {rule!r} (normal, zeros, ones, const:<v>)")
+def dt_range(low: float, high: float) -> tuple[float, float]:
+    """log(low), log(high) - log(low): the affine map of `inv_softplus_log_uniform`'s uniform draw, as transformers
+    computes it (Python floats, then one multiply and one add in float32)."""
+    return math.log(low), math.log(high) - math.log(low)
 
 
 def draw(rule: str, shape: tuple[int, ...], seed: int, name: str):
-    """The float32 CPU values (a torch.Tensor, torch layout) of tensor `name` under `rule` (the module docstring)."""
+    """The float32 CPU values (a torch.Tensor, torch layout) of tensor `name` under `rule` (`RULES`)."""
     import torch
-    if rule == "normal":
-        g = torch.Generator().manual_seed(tensor_seed(seed, name))
-        return torch.empty(shape).normal_(0.0, STD, generator=g)
-    if rule == "zeros":
-        return torch.zeros(shape)
-    if rule == "ones":
-        return torch.ones(shape)
-    if rule.startswith("const:"):
-        return torch.full(shape, const_value(rule, name))
-    raise unknown_rule(rule, name)
+    kind, args = parse(rule, name)
+    if kind == "normal":
+        return torch.empty(shape).normal_(0.0, STD, generator=_generator(seed, name))
+    if kind in ("zeros", "ones", "const"):
+        return torch.full(shape, args[0] if kind == "const" else float(kind == "ones"))
+    if kind == "log_arange":
+        n = math.prod(shape)
+        return torch.log(torch.arange(1, n + 1, dtype=torch.float32)).reshape(shape)
+    low, high, floor = args                                   # inv_softplus_log_uniform
+    log_low, span = dt_range(low, high)
+    dt = torch.exp(torch.rand(shape, generator=_generator(seed, name)) * span + log_low).clamp(min=floor)
+    return dt + torch.log(-torch.expm1(-dt))                  # softplus^-1(dt)
+
+
+def _generator(seed: int, name: str):
+    import torch
+    return torch.Generator().manual_seed(tensor_seed(seed, name))

@@ -24,10 +24,13 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from compiler.graph_data import from_data, to_data
 from runtime_common.input_spec import InputSpec, describe
+
+if TYPE_CHECKING:                  # the annotations' np.ndarray; numpy itself is imported where it is used
+    import numpy as np
 
 FORMAT_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 

@@ -4,11 +4,12 @@ so a seed names one set of weights in both runtimes.
 The scheme's `draw(rule, shape, seed, name)` (which needs torch) gives each declared tensor's float32 values in torch
 layout from the seed and the tensor's full name alone; this module converts each tensor to the MLX layout
 (`layout.py`) and casts it to the parameter's dtype; tied tensors are skipped (they share their owner's).
-Without torch installed, "normal" tensors fall back to `mx.random.normal` keyed by the same per-tensor seed:
+Without torch installed, random tensors fall back to `mx.random` keyed by the same per-tensor seed:
 deterministic, but not the torch runtime's values (`exact_across_runtimes()` says which applies).
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import mlx.core as mx
@@ -30,19 +31,21 @@ def exact_across_runtimes() -> bool:
 
 
 def draw(rule: str, shape: tuple[int, ...], seed: int, name: str) -> mx.array:
-    """The float32 values of tensor `name` under `rule`, in torch layout."""
+    """The float32 values of tensor `name` under `rule` (runtime_common/init.py's `RULES`), in torch layout."""
     if exact_across_runtimes():
         return mx.array(scheme.draw(rule, tuple(shape), seed, name).numpy())
-    if rule == "normal":
-        key = mx.random.key(scheme.tensor_seed(seed, name))
+    kind, args = scheme.parse(rule, name)
+    key = mx.random.key(scheme.tensor_seed(seed, name))
+    if kind == "normal":
         return mx.random.normal(tuple(shape), key=key) * scheme.STD
-    if rule == "zeros":
-        return mx.zeros(shape)
-    if rule == "ones":
-        return mx.ones(shape)
-    if rule.startswith("const:"):
-        return mx.full(shape, scheme.const_value(rule, name), dtype=mx.float32)
-    raise scheme.unknown_rule(rule, name)
+    if kind in ("zeros", "ones", "const"):
+        return mx.full(shape, args[0] if kind == "const" else float(kind == "ones"), dtype=mx.float32)
+    if kind == "log_arange":
+        return mx.log(mx.arange(1, math.prod(shape) + 1, dtype=mx.float32)).reshape(shape)
+    low, high, floor = args                                   # inv_softplus_log_uniform
+    log_low, span = scheme.dt_range(low, high)
+    dt = mx.maximum(mx.exp(mx.random.uniform(shape=tuple(shape), key=key) * span + log_low), floor)
+    return dt + mx.log(-mx.expm1(-dt))                        # softplus^-1(dt)
 
 
 def initialise(model, seed: int = 0) -> None:

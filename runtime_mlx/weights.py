@@ -26,7 +26,7 @@ The framework-free parts (`WeightsMismatch`, `LoadResult`, `map_names`) are `run
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import mlx.core as mx
 import numpy as np

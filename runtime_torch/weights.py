@@ -32,7 +32,7 @@ from torch import nn
 
 from runtime_common import checkpoint as ckpt
 from runtime_common.progress import track
-from runtime_common.weights import LoadResult, WeightsMismatch, label, map_names  # noqa: F401 (re-exported)
+from runtime_common.weights import LoadResult, WeightsMismatch, label  # noqa: F401 (re-exported)
 
 
 @dataclass

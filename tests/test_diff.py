@@ -8,7 +8,6 @@ import json
 import pathlib
 import re
 
-import pytest
 from click.testing import CliRunner
 
 import compiler

@@ -12,7 +12,7 @@ import pytest
 import compiler
 from compiler import registry
 from runtime_common.inputs import example_inputs
-from tests.op_examples import CASES, ENV
+from tests.op_examples import ENV
 
 torch = pytest.importorskip("torch")
 import runtime_torch as rt  # noqa: E402

@@ -51,7 +51,7 @@ def test_gemma3_multimodal_config_imports_its_text_model():
     full = tf.Gemma3Config(text_config=dict(text)).to_dict()
     assert lm_params(spec_from_hf_config(full)) == \
         lm_params(spec_from_hf_config(tf.Gemma3TextConfig(**text).to_dict()))
-    from runtime_torch.weights import map_names
+    from runtime_common.weights import map_names
     renamed, _ = map_names(["model.language_model.layers.0.mlp.up_proj.weight", "model.vision_tower.x.weight",
                             "model.multi_modal_projector.y", "lm_head.weight"], hf_key_map("gemma3"))
     assert renamed == {"lm.model.layers.0.mlp.up_proj.weight": "model.language_model.layers.0.mlp.up_proj.weight",

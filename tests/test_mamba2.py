@@ -126,6 +126,36 @@ def test_declared_names_are_the_checkpoints(tmp_path):
     assert got == declared
 
 
+def test_seeded_init_is_transformers_mamba2_init(monkeypatch):
+    """A built model's A_log and dt_bias are what transformers' Mamba2Mixer.init_mamba2_weights draws, bit for bit,
+    from the same generator (the tensor's own, runtime_common/init.py), in torch and in MLX; MLX without torch draws
+    from the same distributions."""
+    import runtime_mlx  # first: the OpenBLAS preload precedes `import mlx`
+    from compiler.ops.mamba2 import A_LOG_INIT, DT_BIAS_INIT
+    from runtime_common.init import tensor_seed
+    from runtime_mlx import init as mlx_init
+    hf = tf.Mamba2ForCausalLM(tf.Mamba2Config(**TINY)).eval()
+    c = compiled_from(hf.config.to_dict())
+    seed = 5
+    model, mm = rt.build(c, seed=seed), runtime_mlx.build(c, seed=seed)
+    for i, layer in enumerate(hf.backbone.layers):
+        mixer = layer.mixer
+        for attr in ("A_log", "dt_bias"):
+            name = f"lm.backbone.layers.{i}.mixer.{attr}"
+            torch.manual_seed(tensor_seed(seed, name))            # the generator transformers draws dt from
+            with torch.no_grad():
+                mixer.init_mamba2_weights()
+            want = getattr(mixer, attr).detach()
+            assert torch.equal(model.param(name).detach(), want), name
+            assert np.array_equal(np.array(mm.param(name)), want.numpy()), name
+    assert not torch.equal(model.param("lm.backbone.layers.0.mixer.dt_bias"),
+                           model.param("lm.backbone.layers.1.mixer.dt_bias"))      # drawn, not a constant
+    monkeypatch.setattr(mlx_init, "exact_across_runtimes", lambda: False)
+    dt = np.log1p(np.exp(np.array(mlx_init.draw(DT_BIAS_INIT, (4096,), seed, "x"), dtype=np.float64)))  # softplus
+    assert 0.001 * (1 - 1e-5) <= dt.min() and dt.max() <= 0.1 * (1 + 1e-5) and dt.std() > 0.01
+    assert np.allclose(np.exp(np.array(mlx_init.draw(A_LOG_INIT, (8,), seed, "a"))), np.arange(1, 9), rtol=1e-6)
+
+
 def test_older_embedding_name_loads(tiny):
     """Checkpoints that name the embedding `backbone.embedding.weight` (renamed by transformers' load hook) load."""
     hf, model, c, _ = tiny

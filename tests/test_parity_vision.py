@@ -20,7 +20,7 @@ from safetensors.torch import load_file  # noqa: E402
 import compiler  # noqa: E402
 from compiler.importers import hf_key_map, spec_from_hf_config  # noqa: E402
 from runtime_torch import build, load_state_dict_mapped  # noqa: E402
-from runtime_torch.weights import map_names  # noqa: E402
+from runtime_common.weights import map_names  # noqa: E402
 from tests.hf_models import patchify, perturbed  # noqa: E402
 
 ATOL = 1e-4

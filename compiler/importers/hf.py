@@ -588,11 +588,7 @@ IMPORTERS: dict[str, Callable[[dict], dict]] = {
 }
 
 # key maps (the names real checkpoints use -> the spec's) are data in compiler/importers/keymaps.py, one per family
-from .keymaps import KEY_MAPS, Merge, key_map  # noqa: E402
-
-
-def _expert_merges(model_type: str) -> list[tuple[str, str, tuple[str, ...]]]:
-    return [(r.pattern, r.target, r.parts) for r in KEY_MAPS.get(model_type, []) if isinstance(r, Merge) and r.experts]
+from .keymaps import key_map  # noqa: E402
 
 
 def spec_from_hf_config(config: dict, name: str | None = None) -> dict:
@@ -616,12 +612,6 @@ def hf_key_map(model_type: str) -> list:
     """The key map from a transformers checkpoint of `model_type` (any naming generation: compiler/importers/
     keymaps.py) to the imported spec's weight names, for `load_state_dict_mapped` / `load_checkpoint`."""
     return key_map(model_type)
-
-
-def hf_expert_merges(model_type: str) -> list[tuple[str, str, tuple[str, ...]]]:
-    """The per-expert -> stacked merges of `model_type` as (regex, target, parts) (`runtime_torch.ops.moe.
-    merge_experts`'s form; the key map itself already holds them as Merge rules)."""
-    return _expert_merges(model_type)
 
 
 def import_hf(config_path: str, out_path: str) -> dict:

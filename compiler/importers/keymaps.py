@@ -120,13 +120,6 @@ KEY_MAPS: dict[str, list[Rule]] = {
     "lfm2": _lm(),
     "gemma3_text": _lm(),
     "gemma3": _lm(*_GEMMA3_MULTIMODAL),
-    "qwen2": _lm(),
-    "qwen3": _lm(),
-    "mistral": _lm(),
-    "phi3": _lm(),
-    "smollm3": _lm(),
-    "olmo2": _lm(),
-    "gemma2": _lm(),
     "qwen2_moe": _lm(*QWEN2_MOE_EXPERTS),
     "qwen3_moe": _lm(*QWEN2_MOE_EXPERTS),           # the same per-expert names as Qwen2-MoE
     # DeepSeek-V3's hub files also hold its multi-token-prediction layer (model.layers.61), which transformers

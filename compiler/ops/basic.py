@@ -12,7 +12,7 @@ from pydantic import Field
 from ..activations import ACTIVATION_NAMES, Activation
 from ..dims import Dim
 from ..ir import IDS, IMAGE, TOKENS, VECTOR, TensorType
-from ..registry import Ctx, Op, Params, Slot, W, linear_flops, register
+from ..registry import Op, Params, Slot, W, linear_flops, register
 
 
 def check_width(diag, t: TensorType, want: Optional[int], field: str, what: str = "input width") -> None:

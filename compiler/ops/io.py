@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-from pydantic import Field
-
 from ..ir import TensorType
 from ..registry import Op, Params, register
 

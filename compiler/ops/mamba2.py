@@ -29,12 +29,12 @@ Mamba2LM expands into the layers of transformers' `Mamba2ForCausalLM`, whose che
 under the layer's id: backbone.embeddings -> backbone.layers.{i} (Mamba2Block) -> backbone.norm_f (RMSNorm) ->
 lm_head (Linear, tied to the embedding when `tie`). Not modelled: `residual_in_fp32` (the residual stream stays in
 the compute dtype; fp32 runs are unaffected), `time_step_limit` other than (0, inf) (the importer refuses it).
-Initialisation (`build`): A_log 0 (A = -1), dt_bias softplus^-1(0.01), D 1: constants standing in for the
-reference's per-head ranges (A in [1, H], dt log-uniform in [0.001, 0.1]); a checkpoint replaces them.
+Initialisation (`build`) as transformers' `Mamba2Mixer.init_mamba2_weights`, bit for bit from the same generator: A_log
+= log(1 .. H), dt_bias = softplus^-1(dt) with dt log-uniform in [0.001, 0.1) and at least 1e-4 (its config's
+time_step_min / max / floor defaults), D 1; the other tensors by the scheme's defaults. A checkpoint replaces them.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 from pydantic import Field
@@ -43,8 +43,10 @@ from ..ir import IDS, TOKENS
 from ..registry import Op, Params, Slot, State, W, linear_flops, register
 from .basic import check_width
 
-DT_INIT = 0.01                                          # softplus(dt_bias) at initialisation
-DT_BIAS_INIT = math.log(math.expm1(DT_INIT))            # softplus^-1(0.01)
+#: initialisation as transformers' Mamba2Mixer (its config's time_step_min / max / floor defaults), rules of
+#: runtime_common/init.py: A = 1 .. H; dt log-uniform in [0.001, 0.1), at least 1e-4, stored as softplus^-1(dt)
+A_LOG_INIT = "log_arange"
+DT_BIAS_INIT = "inv_softplus_log_uniform:0.001:0.1:0.0001"
 
 
 class SSMParams(Params):
@@ -157,8 +159,8 @@ class Mamba2Block(Op):
         w["mixer.conv1d.weight"] = W((p.conv_dim, 1, p.conv_kernel), "conv")
         if p.use_conv_bias:
             w["mixer.conv1d.bias"] = W((p.conv_dim,), "bias")
-        w.update({"mixer.dt_bias": W((H,), "other", init=f"const:{DT_BIAS_INIT!r}"),
-                  "mixer.A_log": W((H,), "other", init="zeros"),
+        w.update({"mixer.dt_bias": W((H,), "other", init=DT_BIAS_INIT),
+                  "mixer.A_log": W((H,), "other", init=A_LOG_INIT),
                   "mixer.D": W((H,), "other", init="ones"),
                   "mixer.norm.weight": W((I,), "norm"),
                   "mixer.out_proj.weight": W((D, I))})

@@ -10,9 +10,6 @@ Shapes: N tokens (B*T), D width, E experts, k = top_k, F expert width, S shared-
 """
 from __future__ import annotations
 
-import re
-from typing import Mapping, Sequence
-
 import torch
 import torch.nn.functional as F
 
@@ -85,33 +82,6 @@ def experts_dense(h, idx, w, gate_up, down, act):
     g, u = torch.einsum("nd,efd->nef", h, gate_up).chunk(2, dim=-1)           # (N, E, F) each
     ys = torch.einsum("nef,edf->ned", act(g) * u, down)                        # (N, E, D)
     return (ys * weight[..., None]).sum(dim=1)                                 # (N, D)
-
-
-def merge_experts(tensors: Mapping[str, torch.Tensor], merges: Sequence[tuple[str, str, tuple[str, ...]]]) \
-        -> dict[str, torch.Tensor]:
-    """Stack a checkpoint's per-expert tensors into (E, parts x out, in) as `merges` says (for transformers
-    checkpoints: compiler.importers.hf_expert_merges(model_type)). A merge is (regex with groups prefix, expert
-    index, part; target, expanded from the match; parts in concatenation order). Other names pass unchanged, so
-    merging twice changes nothing. Raises ValueError when an expert or a part is missing."""
-    rules = [(re.compile(pat), target, parts) for pat, target, parts in merges]
-    out: dict[str, torch.Tensor] = {}
-    groups: dict[tuple[str, tuple[str, ...]], dict[str, dict[int, torch.Tensor]]] = {}
-    for name, t in tensors.items():
-        for pat, target, parts in rules:
-            m = pat.match(name)
-            if m:
-                groups.setdefault((m.expand(target), parts), {}).setdefault(m.group(3), {})[int(m.group(2))] = t
-                break
-        else:
-            out[name] = t
-    for (target, parts), by_part in groups.items():
-        n = 1 + max(e for experts_ in by_part.values() for e in experts_)
-        for part in parts:
-            missing = sorted(set(range(n)) - set(by_part.get(part, {})))
-            if missing:
-                raise ValueError(f"{target}: part {part!r} lacks experts {missing} (of {n})")
-        out[target] = torch.cat([torch.stack([by_part[part][e] for e in range(n)]) for part in parts], dim=1)
-    return out
 
 
 @implements("GQA_MoE_Layer")
