@@ -5,9 +5,9 @@ Decoding one token runs every projection as a matrix-vector product, and on the 
 dispatch time besides its reads (a Llama block of SmolLM2-135M runs about 40 ops per token). `pack(model)` puts a
 block's q | k | v and its gate | up side by side in one (out_1 + out_2 + ..., in) buffer and makes each parameter a
 view of its rows (MLX slices share their buffer: no second copy of the weights). The block then runs one product
-per group (`Packed.__call__`, split into the separate outputs) while the views are still its parameters; after a
-`load_weights`, `update`, `set_dtype` or quantisation replaced them, the block runs them one by one again
-(`Packed.usable`), as before packing.
+per group (`Packed.__call__`, split into the separate outputs) while its projections and their views are the ones
+packed; after a `load_weights`, `update`, `set_dtype` or quantisation replaced them, the block runs them one by one
+again (`Packed.usable`), as before packing, until it is packed again.
 
 Unlike torch's CPU kernels, MLX's (OpenBLAS sgemm) read a row-major (out, in) weight and its transpose at the same
 rate (`bench/bench_mlx.py`), so storage stays row-major; splitting a product across streams (what the torch pack
@@ -42,9 +42,11 @@ class Packed:
         self.held = tuple((m, m["weight"], m.get("bias")) for m in mods)
         self.splits = [sum(self.sizes[:i + 1]) for i in range(len(self.sizes) - 1)]
 
-    def usable(self) -> bool:
-        """True while the parameters are still the views placed in the buffer (nothing replaced them)."""
-        return all(m.get("weight") is w and m.get("bias") is b for m, w, b in self.held)
+    def usable(self, mods: Sequence[Optional[nn.Module]]) -> bool:
+        """True while `mods` (the block's current projections) are the modules packed and their parameters still the
+        views placed in the buffer (no load, update, dtype cast or quantisation replaced either)."""
+        return len(mods) == len(self.held) and all(
+            m is hm and m.get("weight") is w and m.get("bias") is b for m, (hm, w, b) in zip(mods, self.held))
 
     def __call__(self, x: mx.array) -> list[mx.array]:
         """x (..., in) -> [(..., out_i) for each projection], from one product."""

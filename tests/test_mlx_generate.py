@@ -176,6 +176,24 @@ def test_a_parameter_replaced_after_packing_is_used(weights_file):
     assert close(m(input_ids=ids)["lm.lm_head"], ref(input_ids=ids)["lm.lm_head"])
 
 
+def test_a_model_quantised_after_packing_runs_its_quantised_products():
+    from compiler.quantise import quant_plan
+    from runtime_mlx import quantize as mq
+    s = spec(hidden=64, ff_dim=128)                          # widths mlx.nn.quantize's groups divide
+    c = compile(s).raise_for_errors()
+    plan = quant_plan(c, "mlx", "8", 32)
+    c = compile(s, format=plan.fmt.name).raise_for_errors()
+    packed = mlx_pack.pack(runtime_mlx.build(c, seed=0, dtype="bfloat16"))
+    assert packed.node("lm.model.layers.0").fused("qkv") is not None
+    packed = mq.quantise(packed, plan)
+    ref = mq.quantise(runtime_mlx.build(c, seed=0, dtype="bfloat16"), plan)
+    blk = packed.node("lm.model.layers.0")
+    assert "scales" in blk.q and blk.fused("qkv") is None and blk.fused("gate_up") is None
+    ids = mx.array(PROMPT)
+    assert mx.array_equal(packed(input_ids=ids)["lm.lm_head"], ref(input_ids=ids)["lm.lm_head"]).item()
+    assert generate(packed, ids, 5).tolist() == generate(ref, ids, 5, pack=False).tolist()
+
+
 @pytest.mark.parametrize("rd, hs", [(16, 16), (8, 16)])
 def test_rope_tables_and_fast_rope_equal_rotate_half(rd, hs):
     rot = kernels.Rope(10000.0, rd)

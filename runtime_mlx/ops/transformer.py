@@ -18,7 +18,9 @@ params.
 Decoding: `__call__(x, cache=None)`. A `LayerCache` (runtime_mlx/cache.py) holds `seen` tokens (the RoPE position of
 x's first token) and K, V (B, kv, S, hs) after q/k norm and RoPE (sliding layers keep the last window - 1 positions)
 or, for conv layers, the last kernel - 1 inputs of the convolution, channels-last `state["conv"]` (B, K-1, D): the
-torch runtime's (B, D, K-1) transposed, the same bytes.
+torch runtime's (B, D, K-1) transposed, the same bytes. After `pack()` (runtime_mlx/pack.py, done by `generate`) q|k|v
+and gate|up run as one product each while their parameters are the packed views, and one new token over a cache
+takes `_attend_one` (q|k in one reshape and one RoPE, no transposes).
 Shape vocabulary: B batch, T tokens of this call, S cached + new keys, D width, H heads, kv key/value heads,
 hs head size, F MLP width, K conv kernel.
 """
@@ -78,22 +80,27 @@ class TransformerBlock(Node):
     def pack(self) -> None:
         """Share one buffer among q | k | v and among gate | up (runtime_mlx/pack.py), kept while usable."""
         from ..pack import group
-        parts = {}
-        if self.kind != "conv" and self.qkv is None:
-            parts["qkv"] = [self.q, self.k, self.v]
-        if getattr(self, "gate", None) is not None:
-            parts["gate_up"] = [self.gate, self.up]
-        keep = {k: g for k, g in self.groups.items() if k in parts and g.usable()}
+        parts = self.packable()
+        keep = {k: g for k, g in self.groups.items() if k in parts and g.usable(parts[k])}
         made = {k: group(mods) for k, mods in parts.items() if k not in keep}
         self.keep(groups={**keep, **{k: g for k, g in made.items() if g is not None}})
 
     def unpack(self) -> None:
         self.keep(groups={})
 
+    def packable(self) -> dict:
+        """The projections that read one input, by group: q | k | v, gate | up (the current handles)."""
+        parts = {}
+        if self.kind != "conv" and self.qkv is None:
+            parts["qkv"] = [self.q, self.k, self.v]
+        if getattr(self, "gate", None) is not None:
+            parts["gate_up"] = [self.gate, self.up]
+        return parts
+
     def fused(self, key: str):
         """The packed group `key` when its one product may run (Packed.usable), else None."""
         g = self.groups.get(key)
-        return g if g is not None and g.usable() else None
+        return g if g is not None and g.usable(self.packable()[key]) else None
 
     def norm_qk(self, x, m):
         return norm(x, m, "rmsnorm", self.p.norm_eps, self.p.norm_offset)
