@@ -8,7 +8,13 @@
    (`memory.inference.fp32 - memory.decode_state.fp32`); graphs that `generate` can decode (decoders and VLMs) run
    a prefill that keeps its KV / conv caches and are compared with the full `memory.inference.fp32`. Specs that fail to compile, build or run are listed as
    skipped with the reason.
-Usage: python bench/bench_mlx.py [--tokens 256] [--reps 5] [--context 128] [--skip-speed] [--skip-memory]
+3. Generation: omnic-MLX `runtime_mlx.generate` vs mlx-lm's `generate_step` (the loop under `mlx_lm.generate`) on
+   the same SmolLM2-135M-size Llama: random weights written once to a safetensors file and loaded by both, fp32
+   and bf16, a prompt of --prompt tokens then --new greedy tokens; tokens/s = new tokens / wall time of the whole
+   call (prefill included, the same work in both), repetitions interleaved (the order alternating), median with
+   min-max, the ratio of medians and each repetition's ratio; greedy tokens compared.
+Usage: python bench/bench_mlx.py [--tokens 256] [--reps 5] [--context 128] [--prompt 32] [--new 64] [--gen-reps 3]
+       [--skip-speed] [--skip-memory] [--skip-generate]
 """
 from __future__ import annotations
 
@@ -34,20 +40,27 @@ SHRINK_TO = 2
 
 
 # --- 1. speed ---------------------------------------------------------------------------------------------------------
-def smollm_pair():
+SMOLLM2_SPEC = {"name": "SmolLM2-135M-size", "inputs": [{"name": "input_ids", "kind": "ids", "shape": ["B", "T"]}],
+                "layers": [{"id": "lm", "type": "DecoderLM", "params": SMOLLM2_135M}]}
+
+
+def mlx_lm_llama(weights: list):
+    """mlx-lm's `models/llama.py` Model of the SmolLM2-135M-size config holding `weights` [(our name, array)]."""
     from mlx_lm.models import llama
     p = SMOLLM2_135M
-    spec = {"name": "SmolLM2-135M-size", "inputs": [{"name": "input_ids", "kind": "ids", "shape": ["B", "T"]}],
-            "layers": [{"id": "lm", "type": "DecoderLM", "params": p}]}
-    ours = runtime_mlx.build(compile(spec).raise_for_errors(), seed=0)
     args = llama.ModelArgs(model_type="llama", hidden_size=p["hidden"], num_hidden_layers=p["layers"],
                            intermediate_size=p["ff_dim"], num_attention_heads=p["heads"],
                            num_key_value_heads=p["kv_heads"], rms_norm_eps=p["norm_eps"], vocab_size=p["vocab_size"],
                            rope_theta=p["rope_theta"], tie_word_embeddings=True)
     peer = llama.Model(args)
-    peer.load_weights([(k.removeprefix("lm."), v) for k, v in ours.named_parameters().items()], strict=True)
+    peer.load_weights([(k.removeprefix("lm."), v) for k, v in weights], strict=True)
     mx.eval(peer.parameters())
-    return ours, peer
+    return peer
+
+
+def smollm_pair():
+    ours = runtime_mlx.build(compile(SMOLLM2_SPEC).raise_for_errors(), seed=0)
+    return ours, mlx_lm_llama(list(ours.named_parameters().items()))
 
 
 def bench_speed(tokens: int, reps: int) -> None:
@@ -73,6 +86,59 @@ def bench_speed(tokens: int, reps: int) -> None:
     print(f"ratio omnic-MLX / mlx-lm: {med['omnic-MLX'] / med['mlx-lm']:.3f}   max |logit diff| {diff:.2e}   "
           f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: absolute times scale with it, the "
           f"interleaved ratio much less)")
+
+
+# --- 3. generation -----------------------------------------------------------------------------------------------------
+def generation_pair(path: str, dtype):
+    """omnic-MLX and mlx-lm models of one safetensors file, cast to dtype."""
+    ours = runtime_mlx.build(compile(SMOLLM2_SPEC).raise_for_errors(), init=False)
+    runtime_mlx.load_weights(ours, path)
+    peer = mlx_lm_llama(list(mx.load(path).items()))
+    ours.set_dtype(dtype)
+    peer.set_dtype(dtype)
+    mx.eval(ours.parameters(), peer.parameters())
+    return ours, peer
+
+
+def bench_generate(prompt: int, new: int, reps: int) -> None:
+    import tempfile
+    from mlx_lm.generate import generate_step
+    from runtime_mlx.generate import generate
+    ids = mx.array(np.random.RandomState(0).randint(0, SMOLLM2_135M["vocab_size"], (1, prompt)))
+    print(f"\n3. Generation, SmolLM2-135M-size Llama (random weights, one safetensors file loaded by both), prompt "
+          f"{prompt} + {new} greedy tokens, tokens/s = {new} / wall time of the call, {reps} interleaved repetitions")
+    print(f"{'dtype':<9} {'runtime':<12} {'tok/s median':>12} {'min-max':>13}   {'ratio omnic/mlx-lm (per rep)':<30} "
+          f"{'tokens equal':>12}  load")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "smollm2-135m-size.safetensors")
+        runtime_mlx.save_weights(runtime_mlx.build(compile(SMOLLM2_SPEC).raise_for_errors(), seed=0), path)
+        for dtype in (mx.float32, mx.bfloat16):
+            ours, peer = generation_pair(path, dtype)
+            run = {"omnic-MLX": lambda: generate(ours, ids, new)[0, prompt:].tolist(),
+                   "mlx-lm": lambda: [t for t, _ in generate_step(ids[0], peer, max_tokens=new)]}
+            toks = {k: f() for k, f in run.items()}                 # warm-up, and the tokens compared
+            same = next((i for i, (a, b) in enumerate(zip(*toks.values())) if a != b), new)
+            tps = {k: [] for k in run}
+            loads = []
+            for r in range(reps):
+                for k in (list(run) if r % 2 == 0 else list(run)[::-1]):
+                    t = time.perf_counter()
+                    run[k]()
+                    tps[k].append(new / (time.perf_counter() - t))
+                loads.append(os.getloadavg()[0])
+            med = {k: statistics.median(v) for k, v in tps.items()}
+            per_rep = [a / b for a, b in zip(tps["omnic-MLX"], tps["mlx-lm"])]
+            name = "fp32" if dtype == mx.float32 else "bf16"
+            for k, v in tps.items():
+                ratio = (f"{med['omnic-MLX'] / med['mlx-lm']:.3f} ({', '.join(f'{x:.2f}' for x in per_rep)})"
+                         if k == "omnic-MLX" else "")
+                eq = f"{same}/{new}" if k == "omnic-MLX" else ""
+                print(f"{name:<9} {k:<12} {med[k]:12.1f} {min(v):6.1f}-{max(v):<6.1f}   {ratio:<30} {eq:>12}  "
+                      f"{min(loads):.1f}-{max(loads):.1f}")
+            del ours, peer
+    print(f"(tokens equal: the leading greedy tokens that agree; bf16 rounds RoPE and attention differently in the two "
+          f"implementations, so they may part after a while. {os.cpu_count()} cores, BLAS: "
+          f"{runtime_mlx.BLAS['path'] or runtime_mlx.BLAS['reason']})")
 
 
 # --- 2. memory --------------------------------------------------------------------------------------------------------
@@ -180,13 +246,19 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--context", type=int, default=128)
+    ap.add_argument("--prompt", type=int, default=32)
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--gen-reps", type=int, default=3)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-generate", action="store_true")
     a = ap.parse_args()
     if not a.skip_speed:
         bench_speed(a.tokens, a.reps)
     if not a.skip_memory:
         bench_memory(a.context)
+    if not a.skip_generate:
+        bench_generate(a.prompt, a.new, a.gen_reps)
 
 
 if __name__ == "__main__":

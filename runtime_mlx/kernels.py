@@ -2,8 +2,9 @@
 the one activation table.
 
 The MLX kernels are used where they compute what the torch runtime computes: `mx.fast.rms_norm` / `layer_norm`.
-1-D RoPE applies cos / sin rows made from runtime_common/rope.py's frequencies (`Rope`: every scaling type),
-rotate-half as `apply_rope`. Activations are compiled into one elementwise kernel each where MLX can (`fused`).
+1-D RoPE (`Rope`: runtime_common/rope.py's frequencies, every scaling type) applies cos / sin tables of positions
+0.. on the CPU (rotate-half as a roll with a signed sin, `apply_rope_signed`) and `mx.fast.rope` on the GPU.
+Activations are compiled into one elementwise kernel each where MLX can (`fused`).
 Shape vocabulary: B batch, H heads, N positions, hs head size, rd rotated dims.
 """
 from __future__ import annotations
@@ -107,31 +108,90 @@ def apply_rope(x, cos, sin, rd: int):
     return mx.concatenate((xr * cos + rotate_half(xr) * sin, xp), axis=-1)
 
 
+def apply_rope_signed(x, cos, ssin, rd: int):
+    """`apply_rope` with the sign of rotate_half moved into `ssin` (its first half negated, exact in floating
+    point): x * cos + roll(x, rd/2) * ssin, one op fewer per call. x (B, H, N, hs); cos, ssin (N, rd)."""
+    if rd == x.shape[-1]:
+        return x * cos + mx.roll(x, rd // 2, axis=-1) * ssin
+    xr, xp = x[..., :rd], x[..., rd:]
+    return mx.concatenate((xr * cos + mx.roll(xr, rd // 2, axis=-1) * ssin, xp), axis=-1)
+
+
+#: None: `mx.fast.rope` on the GPU, cos / sin tables on the CPU (where the fused kernel measured about 2x slower
+#: than the tables' elementwise ops); True / False force one (tests check that both compute the same)
+FAST_ROPE: Optional[bool] = None
+
+
+def fast_rope() -> bool:
+    return FAST_ROPE if FAST_ROPE is not None else mx.default_device().type == mx.DeviceType.gpu
+
+
 class Rope:
     """One layer's rotary settings (theta, rotated dims, scaling resolved by the compiler) and its cos / sin rows:
     positions x runtime_common.rope's inverse frequencies in float32, cos and sin times the attention factor, cast.
     Length-dependent types (dynamic, longrope) use the frequencies of the call's last position + 1, as transformers'
-    dynamic_rope_update does."""
+    dynamic_rope_update does.
+
+    `apply(x, pos)` rotates x (B, H, N, hs) at positions pos..pos+N-1: on the CPU from tables of positions 0..
+    (cos and signed sin, each row what `rows` computes, grown by doubling; the layer's own, so they go with the
+    model), on the GPU by `mx.fast.rope` with these frequencies (`fast_rope`). Dynamic scaling and nanoVLM's rescaled positions compute their rows per call."""
 
     def __init__(self, theta: float, rd: int, scaling=None):
         self.theta, self.rd, self.scaling, self.scale = theta, rd, scaling, attention_factor(scaling)
         self._inv: dict = {}
+        self._tables: dict = {}     # (n, dtype) -> (cos (cap, rd), signed sin (cap, rd))
 
-    def rows(self, pos: int, T: int, dtype, div: Optional[float] = None) -> tuple[mx.array, mx.array]:
-        """cos, sin (T, rd) of positions pos..pos+T-1, divided by `div` when given (nanoVLM's rope_rescale_past)."""
-        n = effective_length(self.scaling, pos + T) if self.scaling is not None else None
+    def inv(self, n: Optional[int]) -> mx.array:
+        """The rd/2 inverse frequencies (float32) for effective length n."""
         inv = self._inv.get(n)
         if inv is None:
             inv = self._inv[n] = mx.array(inv_freq(self.theta, self.rd, self.scaling, n), dtype=mx.float32)
-        t = mx.arange(pos, pos + T, dtype=mx.float32)
-        if div is not None:
-            t = t / div
-        freqs = t[:, None] * inv[None, :]                                            # (T, rd/2)
-        emb = mx.concatenate((freqs, freqs), axis=-1)                                 # (T, rd)
+        return inv
+
+    def length(self, seq_len: int) -> Optional[int]:
+        return effective_length(self.scaling, seq_len) if self.scaling is not None else None
+
+    def angles(self, t: mx.array, n: Optional[int], dtype, signed: bool) -> tuple[mx.array, mx.array]:
+        """cos, sin (N, rd) of positions t (N,) (float32), times the attention factor, cast to dtype; with
+        `signed`, sin's first half negated (`apply_rope_signed`)."""
+        freqs = t[:, None] * self.inv(n)[None, :]                                   # (N, rd/2)
+        emb = mx.concatenate((freqs, freqs), axis=-1)                                 # (N, rd)
         cos, sin = mx.cos(emb), mx.sin(emb)
         if self.scale != 1.0:
             cos, sin = cos * self.scale, sin * self.scale
+        if signed:
+            h = self.rd // 2
+            sin = mx.concatenate((-sin[:, :h], sin[:, h:]), axis=-1)
         return cos.astype(dtype), sin.astype(dtype)
+
+    def rows(self, pos: int, T: int, dtype, div: Optional[float] = None) -> tuple[mx.array, mx.array]:
+        """cos, sin (T, rd) of positions pos..pos+T-1, divided by `div` when given (nanoVLM's rope_rescale_past)."""
+        t = mx.arange(pos, pos + T, dtype=mx.float32)
+        return self.angles(t / div if div is not None else t, self.length(pos + T), dtype, False)
+
+    def table_rows(self, pos: int, T: int, dtype) -> tuple[mx.array, mx.array]:
+        """cos, signed sin (T, rd) of positions pos..pos+T-1 from this layer's tables."""
+        n = self.length(pos + T)
+        tab = self._tables.get((n, dtype))
+        if tab is None or pos + T > tab[0].shape[0]:
+            cap = max(pos + T, 64, 2 * tab[0].shape[0] if tab is not None else 0)
+            cos, sin = self.angles(mx.arange(cap, dtype=mx.float32), n, dtype, True)
+            mx.eval(cos, sin)
+            tab = self._tables[(n, dtype)] = (cos, sin)
+        return tab[0][pos:pos + T], tab[1][pos:pos + T]
+
+    def apply(self, x: mx.array, pos: int, div: Optional[float] = None) -> mx.array:
+        """x (B, H, N, hs) rotated on its first rd features at positions pos.. (divided by `div`: nanoVLM)."""
+        T = x.shape[2]
+        if div is not None or (self.scaling is not None and self.scaling.rope_type == "dynamic"):
+            # rescaled positions, or frequencies that change with every length past the original context
+            return apply_rope(x, *self.rows(pos, T, x.dtype, div), self.rd)
+        if fast_rope() and (self.scale == 1.0 or self.rd == x.shape[-1]):
+            if self.scale != 1.0:                   # the attention factor scales cos and sin: x, all rotated
+                x = x * mx.array(self.scale, dtype=mx.float32).astype(x.dtype)
+            return mx.fast.rope(x, self.rd, traditional=False, base=None, scale=1.0, offset=pos,
+                                freqs=1.0 / self.inv(self.length(pos + T)))
+        return apply_rope_signed(x, *self.table_rows(pos, T, x.dtype), self.rd)
 
 
 def grid_angles(grid, rd: int, theta: float) -> mx.array:

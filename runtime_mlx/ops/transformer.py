@@ -18,7 +18,9 @@ params.
 Decoding: `__call__(x, cache=None)`. A `LayerCache` (runtime_mlx/cache.py) holds `seen` tokens (the RoPE position of
 x's first token) and K, V (B, kv, S, hs) after q/k norm and RoPE (sliding layers keep the last window - 1 positions)
 or, for conv layers, the last kernel - 1 inputs of the convolution, channels-last `state["conv"]` (B, K-1, D): the
-torch runtime's (B, D, K-1) transposed, the same bytes.
+torch runtime's (B, D, K-1) transposed, the same bytes. After `pack()` (runtime_mlx/pack.py, done by `generate`) q|k|v
+and gate|up run as one product each while their parameters are the packed views, and one new token over a cache
+takes `_attend_one` (q|k in one reshape and one RoPE, no transposes).
 Shape vocabulary: B batch, T tokens of this call, S cached + new keys, D width, H heads, kv key/value heads,
 hs head size, F MLP width, K conv kernel.
 """
@@ -41,6 +43,7 @@ class TransformerBlock(Node):
         self.keep(p=p, rot=Rope(p.theta, p.rope_dims, p.rope_scaling), act=ACT[p.act])
         self.kind, self.causal, self.window = p.layer_type, p.causal, p.window
         self.H, self.KV, self.hd, self.rd = p.num_heads, p.kv, p.head_dim, p.rope_dims
+        self.keep(groups={})                # "qkv", "gate_up": runtime_mlx.pack.Packed, set by pack()
         self.qk_whole, self.softcap = p.qk_norm_scope == "all", p.attn_softcap
         if p.rope == "2d":
             ang = grid_angles(p.rope_grid, self.rd, p.theta)                              # (h*w, rd)
@@ -48,6 +51,31 @@ class TransformerBlock(Node):
 
     def norm(self, x, m):
         return norm(x, m, self.p.norm, self.p.norm_eps, self.p.norm_offset)
+
+    def pack(self) -> None:
+        """Share one buffer among q | k | v and among gate | up (runtime_mlx/pack.py), kept while usable."""
+        from ..pack import group
+        parts = self.packable()
+        keep = {k: g for k, g in self.groups.items() if k in parts and g.usable(parts[k])}
+        made = {k: group(mods) for k, mods in parts.items() if k not in keep}
+        self.keep(groups={**keep, **{k: g for k, g in made.items() if g is not None}})
+
+    def unpack(self) -> None:
+        self.keep(groups={})
+
+    def packable(self) -> dict:
+        """The projections that read one input, by group: q | k | v, gate | up (the current handles)."""
+        parts = {}
+        if self.kind != "conv" and self.qkv is None:
+            parts["qkv"] = [self.q, self.k, self.v]
+        if getattr(self, "gate", None) is not None:
+            parts["gate_up"] = [self.gate, self.up]
+        return parts
+
+    def fused(self, key: str):
+        """The packed group `key` when its one product may run (Packed.usable), else None."""
+        g = self.groups.get(key)
+        return g if g is not None and g.usable(self.packable()[key]) else None
 
     def norm_qk(self, x, m):
         return norm(x, m, "rmsnorm", self.p.norm_eps, self.p.norm_offset)
@@ -77,14 +105,22 @@ class TransformerBlock(Node):
             g, u = mx.split(dense(h, self.gate_up_fused), 2, axis=-1)       # (B, T, F) each
             return dense(self.act(g) * u, self.down)                         # (B, T, D)
         if self.gate is not None:
-            return dense(self.act(dense(h, self.gate)) * dense(h, self.up), self.down)   # (B, T, F) -> (B, T, D)
+            fused = self.fused("gate_up")
+            g, u = fused(h) if fused is not None else (dense(h, self.gate), dense(h, self.up))   # (B, T, F) each
+            return dense(self.act(g) * u, self.down)                         # (B, T, D)
         return dense(self.act(dense(h, self.fc1)), self.fc2)
 
     def _attention(self, h, cache):
         B, T, _ = h.shape
+        fused = self.fused("qkv")
+        if (fused is not None and T == 1 and cache is not None and self.q_norm is None and self.p.rope == "1d"
+                and self.p.rope_rescale_past is None and self.rd == self.hd and self.softcap is None):
+            return self._attend_one(h, cache, fused)
         if self.qkv is not None:
             qd, kd = self.H * self.hd, self.KV * self.hd
             q, k, v = mx.split(dense(h, self.qkv), [qd, qd + kd], axis=-1)
+        elif fused is not None:
+            q, k, v = fused(h)                                               # (B, T, H hs), (B, T, kv hs) x 2
         else:
             q, k, v = dense(h, self.q), dense(h, self.k), dense(h, self.v)
         if self.q_norm is not None and self.qk_whole:
@@ -99,8 +135,7 @@ class TransformerBlock(Node):
         if self.p.rope == "1d":
             n = self.p.rope_rescale_past          # nanoVLM: past n positions, the call's positions / ((pos + T) / n)
             div = (pos + T) / n if n is not None and pos + T > n else None
-            cos, sin = self.rot.rows(pos, T, q.dtype, div)                   # (T, rd) each
-            q, k = apply_rope(q, cos, sin, self.rd), apply_rope(k, cos, sin, self.rd)
+            q, k = self.rot.apply(q, pos, div), self.rot.apply(k, pos, div)
         elif self.p.rope == "2d":
             n0 = self.p.rope_prefix
             cos, sin = self.cos.astype(h.dtype), self.sin.astype(h.dtype)
@@ -115,6 +150,21 @@ class TransformerBlock(Node):
         else:
             y = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.p.scale, mask=mask)   # (B, H, T, hs)
         return dense(y.transpose(0, 2, 1, 3).reshape(B, T, self.H * self.hd), self.o)   # (B, T, D)
+
+    def _attend_one(self, h, cache, fused):
+        """The attention above for one new token per row over a cache, from the packed q|k|v product, in fewer ops
+        (decoding runs them per token and layer): with T = 1, (B, T, heads, hs) and (B, heads, T, hs) are one memory
+        layout, so q|k take one reshape and one RoPE, and no transposes are needed."""
+        B, H, KV, hd = h.shape[0], self.H, self.KV, self.hd
+        qkv = h @ fused.w.T                                                  # (B, 1, (H + 2kv) hs)
+        if fused.bias is not None:
+            qkv = qkv + fused.bias
+        qk = self.rot.apply(qkv[..., :(H + KV) * hd].reshape(B, H + KV, 1, hd), cache.seen)   # (B, H + kv, 1, hs)
+        k, v, n_cached = cache.extend(qk[:, H:], qkv[..., (H + KV) * hd:].reshape(B, KV, 1, hd),
+                                      self.window)                           # (B, kv, S, hs)
+        mask = self._mask(1, k.shape[2], cache.seen, n_cached)
+        y = mx.fast.scaled_dot_product_attention(qk[:, :H], k, v, scale=self.p.scale, mask=mask)   # (B, H, 1, hs)
+        return dense(y.reshape(B, 1, H * hd), self.o)                        # (B, 1, D)
 
     def _attend_capped(self, q, k, v, mask, pos: int, n_cached: int):
         """Soft-capped attention, transformers' eager path: scores x scale, cap * tanh(scores / cap), masked,
