@@ -11,7 +11,8 @@ What `torch.onnx.export(program, dynamo=True)` does, minus its two costs that gr
     gives holds, here, only ATen ops the ONNX registry translates directly, but for four: `_assert_tensor_metadata`
     (dropped, as the exporter drops it), `detach_` (the identity in an exported graph), `to.dtype` (its
     `_to_copy` form) and `rms_norm` (translated below with opset-18 ops; torchlib has it only from opset 23). When
-    any other op is left, the program goes through the exporter's own decomposition, as before;
+    any other op is left, the program goes through the exporter's own decomposition, as before (`&`, `|`, `^` on
+    tensors become the bitwise ops they are);
   - its type-promotion pass (3 s) runs every node again on fake tensors to learn dtypes that the program's nodes
     already carry (`meta["val"]`): here only the nodes it changes (a cast inserted, an overload swapped) run again;
   - its optimiser runs onnxscript's pattern rewriter (fusions for other runtimes, 49 of its 65 s on the 222M
@@ -38,6 +39,8 @@ from onnxscript import opset18 as op
 
 aten = torch.ops.aten
 #: ops of the exported program the registry lacks, rewritten in place into ones it has (None: dropped)
+_SAME = {aten.__and__.Tensor: aten.bitwise_and.Tensor, aten.__or__.Tensor: aten.bitwise_or.Tensor,
+         aten.__xor__.Tensor: aten.bitwise_xor.Tensor}      # Python's operators on tensors: the aten op they call
 _ASSERTS = {aten._assert_tensor_metadata.default, aten._assert_async.default, aten._assert_async.msg,
             aten._assert_scalar.default, aten.sym_constrain_range_for_size.default}
 
@@ -72,6 +75,8 @@ def _rewrite(program) -> None:
         elif n.target in (aten.detach_.default, aten.detach.default, aten.alias.default):
             n.replace_all_uses_with(n.args[0])
             g.erase_node(n)
+        elif n.target in _SAME:
+            n.target = _SAME[n.target]
         elif n.target is aten.to.dtype:
             with g.inserting_before(n):
                 m = g.call_function(aten._to_copy.default, (n.args[0],), {"dtype": n.args[1]})
