@@ -245,17 +245,17 @@ def write(compiled, out_dir: str | os.PathLike, weights: bool = False, seed: int
             save_weights(model, os.path.join(out_dir, "model.safetensors"))
         say("greedy decoding in torch (the reference)")
         prompt = prompt_of(vocab, seed)
-        want_tokens, want = greedy(torch_runner(step), prompt, CHECK["steps"], step.layers, _kv_shapes(step))
+        want_tokens, want = greedy(torch_runner(step), prompt, CHECK["steps"], _kv_shapes(step))
         layout = layout_of(step, vocab, model)
         del model, step
         gc.collect()
         say("greedy decoding in onnxruntime")
-        got_tokens, got = greedy(ort_runner(path), prompt, CHECK["steps"], layout["layers"], layout["kv_shapes"])
+        got_tokens, got = greedy(ort_runner(path), prompt, CHECK["steps"], layout["kv_shapes"])
         diffs = compare(got, want, layout["output_names"])
         if got_tokens.tolist() != want_tokens.tolist():
             raise BuildError(f"onnx-decode: greedy tokens differ: onnxruntime {got_tokens.tolist()}, torch "
                              f"{want_tokens.tolist()}")
-    info.update({"layout": {k: v for k, v in layout.items() if k not in ("layers", "kv_shapes")},
+    info.update({"layout": {k: v for k, v in layout.items() if k != "layers"},
                  "check": {"batch": CHECK["B"], "prompt": CHECK["T"], "steps": CHECK["steps"],
                            "left_padding": (prompt[1] == 0).sum(-1).tolist(), "tokens": got_tokens.tolist(), "max_abs_difference": diffs},
                  "tolerance": {"atol": ATOL, "rtol": RTOL}, "seed": seed, "external_data": external,
@@ -310,7 +310,7 @@ def ort_runner(path: str):
     return lambda feed: sess.run(names, feed)
 
 
-def greedy(run, prompt: tuple[torch.Tensor, torch.Tensor], steps: int, layers, kv_shapes):
+def greedy(run, prompt: tuple[torch.Tensor, torch.Tensor], steps: int, kv_shapes):
     """(tokens (B, steps), [outputs of each call]): the prompt, then `steps` greedy tokens, one call each, with
     `run(feed) -> [logits, present...]` (the presents fed back as the next call's past)."""
     ids, mask = (t.numpy().astype(np.int64) for t in prompt)
@@ -321,7 +321,7 @@ def greedy(run, prompt: tuple[torch.Tensor, torch.Tensor], steps: int, layers, k
     for _ in range(steps):
         pos = (np.cumsum(mask, -1) - 1).clip(min=0)[:, mask.shape[1] - cur.shape[1]:]
         feed = {"input_ids": cur, "attention_mask": mask, "position_ids": pos.astype(np.int64)}
-        feed.update({f"past_key_values.{i}.{kv}": past[2 * i + j] for i in range(len(layers))
+        feed.update({f"past_key_values.{i}.{kv}": past[2 * i + j] for i in range(len(kv_shapes))
                      for j, kv in enumerate(("key", "value"))})
         out = run(feed)
         outs.append(out)
