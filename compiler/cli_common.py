@@ -11,7 +11,7 @@ from typing import Any, Optional
 import click
 
 EXIT_OK, EXIT_UNMET, EXIT_INVALID, EXIT_INTERNAL = 0, 1, 2, 3
-TARGETS = ("torch", "mlx", "onnx", "gguf")
+TARGETS = ("torch", "mlx", "onnx", "onnx-decode", "gguf")
 
 
 class UserError(click.ClickException):

@@ -14,8 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("compiler", "runtime_common", "runtime_torch", "runtime_mlx")
 RUNTIMES = ("runtime_torch", "runtime_mlx")
 #: the ONNX and GGUF emitters export a torch model's weights: clients of the torch runtime that live beside the other
-#: emitters and are imported only by `omnic build --target onnx|gguf`
-RUNTIME_CLIENTS = {"compiler.emit.onnx", "compiler.emit.gguf"}
+#: emitters and are imported only by `omnic build --target onnx|onnx-decode|gguf`
+RUNTIME_CLIENTS = {"compiler.emit.onnx", "compiler.emit.onnx_decode", "compiler.emit.gguf"}
 
 
 def _modules() -> dict[str, str]:

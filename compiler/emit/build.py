@@ -4,6 +4,7 @@ Targets and their writers (imported only when used, so the core never imports to
   torch  runtime_torch.emit.write(compiled, dir, weights=..., seed=...)
   mlx    runtime_mlx.emit.write(...)
   onnx   compiler.emit.onnx.write(...)
+  onnx-decode  compiler.emit.onnx_decode.write(...)   (a decoder LM with past_key_values in and out)
   gguf   compiler.emit.gguf.write(...)       (a quantised llama-family LM; weights from runtime_torch)
 A quantised build (`quant`, a plan of `compiler.quantise`) is passed on to the writer.
 Atomicity: the writer fills a temporary directory beside DIR (same filesystem, so renames are atomic); then the old
@@ -22,10 +23,10 @@ import secrets
 import shutil
 
 WRITERS = {"torch": "runtime_torch.emit", "mlx": "runtime_mlx.emit", "onnx": "compiler.emit.onnx",
-           "gguf": "compiler.emit.gguf"}
+           "onnx-decode": "compiler.emit.onnx_decode", "gguf": "compiler.emit.gguf"}
 # modules whose absence means "the optional dependencies of this target are not installed"
 _OPTIONAL = {"torch", "mlx", "onnx", "onnxscript", "onnxruntime", "safetensors", "numpy", "gguf", "torchao"}
-_EXTRA = {"gguf": "quant"}
+_EXTRA = {"gguf": "quant", "onnx-decode": "onnx"}
 MARKER = ".omnic-build.json"
 
 
@@ -69,9 +70,6 @@ def build(compiled, target: str, out: str, *, weights: bool = False, seed: int =
     _check_out(out, force)
     extra = {}
     if weights_from is not None:
-        if target == "onnx":
-            raise BuildError("--weights-from builds the torch, mlx or gguf target (its model.safetensors also serves "
-                             "onnx)")
         extra = dict(weights_from=weights_from, key_map=key_map)
     if quant is not None:
         extra["quant"] = quant

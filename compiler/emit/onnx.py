@@ -1,32 +1,40 @@
 """`omnic build --target onnx`: a compiled model exported to ONNX through torch, checked, and compared.
 
-`write(compiled, out_dir, weights=False, seed=0)` (called by `compiler.emit.build`, which makes `out_dir` fresh):
-  1. builds the torch model (`runtime_torch.build`, weights initialised from `seed`, eval mode);
+`write(compiled, out_dir, weights=False, seed=0, weights_from=None, key_map=())` (called by `compiler.emit.build`,
+which makes `out_dir` fresh):
+  1. builds the torch model (`runtime_torch.build`, weights initialised from `seed`, eval mode), or, with
+     `weights_from`, reads a checkpoint into a model built on the meta device (no initialisation, no second copy);
   2. traces it with `torch.export.export` (non-strict) on example inputs of batch 2 (EXPORT_SIZES: no dimension
      is 1, so none is frozen), every symbolic input dimension marked dynamic: B -> "batch", T -> "seq",
      F -> "frames" (T at most the spec's context, F at most its frames). Where the model's code narrows one (fVLM
      loops over frames in Python: frames stay the traced count), torch.export's suggested range or constant is
-     taken and written to onnx.json "dims"; batch and length must stay dynamic. Then `torch.onnx.export(dynamo=True)`
-     converts the program;
+     taken and written to onnx.json "dims"; batch and length must stay dynamic. Then compiler/emit/onnx_convert.py
+     converts the program (torch's ONNX exporter without its second trace) and optimises it (onnxscript's passes
+     without the pattern rewriter);
   3. saves model.onnx: inputs named as the model's inputs, outputs as the report's (`node` or `node.output`);
-     weights over 2 GiB in model.onnx.data;
+     weights over EXTERNAL_DATA_BYTES in model.onnx.data, written tensor by tensor;
   4. runs `onnx.checker.check_model(full_check=True)`;
-  5. runs model.onnx in onnxruntime on inputs of other sizes (CHECK_SIZES: batch 3, another length) and compares
-     each output with torch's: |onnx - torch| <= ATOL + RTOL |torch|, else BuildError;
-  6. writes report.json (the compiler's report) and onnx.json (names, dynamic dimensions, sizes and differences).
-An ONNX graph holds its weights, so model.onnx always carries them (initialised from `seed`); `weights=True`
-also writes them as model.safetensors (runtime_torch's names), for loading the same values into torch.
-A progress display (rich, on stderr) names each step; it is off when stderr is not a terminal.
+  5. takes torch's outputs on inputs of other sizes (CHECK_SIZES: batch 1, another length), frees torch's weights,
+     then runs model.onnx in onnxruntime on the same inputs and compares: |onnx - torch| <= ATOL + RTOL |torch|,
+     else BuildError. Torch's weights and onnxruntime's are never held at once: the peak is about 1.5x the
+     weights' bytes (bench/bench_onnx.py);
+  6. writes report.json (the compiler's report) and onnx.json (names, dynamic dimensions, sizes, differences and
+     the conversion path).
+An ONNX graph holds its weights, so model.onnx always carries them; `weights=True` also writes them as
+model.safetensors (runtime_torch's names), for loading the same values into torch.
+A progress display (rich, on stderr) names each step on a terminal; off a terminal, runtime_common/progress.py
+prints a line per step only once the export has run a few seconds (OMNIC_PROGRESS=0: never).
 Source: https://pytorch.org/docs/stable/onnx_export.html (dynamic_shapes with torch.export.Dim).
 """
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
@@ -38,13 +46,14 @@ from runtime_common import inputs
 from runtime_common.progress import steps
 from runtime_torch.weights import save_weights
 
+from . import onnx_convert
 from .build import BuildError
 
 EXPORT_SIZES = {"B": 2, "T": 6, "F": 2}     # example inputs of the trace
-CHECK_SIZES = {"B": 3, "T": 9, "F": 3}      # inputs of the comparison: other sizes than the trace's
+CHECK_SIZES = {"B": 1, "T": 9, "F": 3}      # inputs of the comparison: other sizes than the trace's
 DIM_NAMES = {"B": "batch", "T": "seq", "F": "frames"}
 ATOL = RTOL = 1e-4
-EXTERNAL_DATA_BYTES = 2 * 2**30 - 2**20     # protobuf's 2 GiB limit, with room for the graph
+EXTERNAL_DATA_BYTES = 64 * 2**20             # above this the weights go to model.onnx.data, tensor by tensor
 
 
 # --- inputs --------------------------------------------------------------------------------------------------------
@@ -118,6 +127,19 @@ def _quiet():
             lg.setLevel(lv)
 
 
+@contextlib.contextmanager
+def _no_stack_traces():
+    """torch.fx skips the Python stack trace of each traced node (1 s of the 222M model's 2k nodes; only error
+    messages would use them)."""
+    cfg = torch.fx.config
+    old = getattr(cfg, "do_not_emit_stack_traces", None)
+    cfg.do_not_emit_stack_traces = True
+    try:
+        yield
+    finally:
+        cfg.do_not_emit_stack_traces = old
+
+
 def _first_line(e: Exception) -> str:
     text = str(e).split("## Exception summary", 1)[-1].strip()
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
@@ -150,35 +172,42 @@ def trace(wrapped: Positional, args: tuple, shapes):
 
 
 def export(wrapped: Positional, example: dict[str, torch.Tensor], shapes, step=lambda text: None):
-    """trace(), then the ONNX conversion of the program: (ONNXProgram whose dynamic axes carry DIM_NAMES, the
-    dynamic shapes used). Tracing is done here, not by torch.onnx.export, which would fall back silently to slower
-    strategies when it fails."""
+    """trace(), then the ONNX conversion of the program (compiler/emit/onnx_convert.py): (onnx_ir.Model whose
+    dynamic axes carry DIM_NAMES, not optimised; the dynamic shapes used; the conversion path). Tracing is done
+    here, not by torch.onnx.export, which would fall back silently to slower strategies when it fails."""
     args = tuple(example[n] for n in wrapped.input_names)
     step("tracing (torch.export, dynamic batch and length)")
-    program, shapes = trace(wrapped, args, shapes)
-    step("converting to ONNX (torch.onnx.export, dynamo)")
+    with _no_stack_traces():
+        program, shapes = trace(wrapped, args, shapes)
+    step("converting to ONNX")
     try:
         with _quiet():
-            return torch.onnx.export(program, args, dynamo=True, dynamic_shapes={"xs": shapes}, verbose=False,
-                                     input_names=list(wrapped.input_names),
-                                     output_names=list(wrapped.output_names), optimize=True), shapes
+            model, how = onnx_convert.convert(program, wrapped.input_names, wrapped.output_names, shapes)
     except Exception as e:
         raise BuildError(f"the ONNX conversion failed: {_first_line(e)}") from e
+    return model, shapes, how
 
 
-def compare(path: str, wrapped: Positional, inputs: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Run model.onnx in onnxruntime and torch on `inputs`: the largest |difference| per output; BuildError when
-    an output is off by more than ATOL + RTOL |torch|."""
+def reference(wrapped: Positional, inputs: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    """torch's outputs on `inputs` (float32 numpy), for `compare`."""
+    with torch.no_grad():
+        return [w.float().numpy() for w in wrapped(*(inputs[n] for n in wrapped.input_names))]
+
+
+def session(path: str) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    feed = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
-    got = session.run(list(wrapped.output_names), feed)
-    with torch.no_grad():
-        want = wrapped(*(inputs[n] for n in wrapped.input_names))
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def compare(path: str, names: Sequence[str], inputs: dict[str, np.ndarray], want: Sequence[np.ndarray]
+            ) -> dict[str, float]:
+    """Run model.onnx in onnxruntime on `inputs`: the largest |difference| from torch's outputs `want` per output
+    `names`; BuildError when an output is off by more than ATOL + RTOL |torch|."""
+    sess = session(path)
+    got = sess.run(list(names), {i.name: np.asarray(inputs[i.name]) for i in sess.get_inputs()})
     out = {}
-    for name, g, w in zip(wrapped.output_names, got, want):
-        w = w.float().numpy()
+    for name, g, w in zip(names, got, want):
         if g.shape != w.shape:
             raise BuildError(f"ONNX output {name} has shape {g.shape}, torch {w.shape}")
         out[name] = float(np.max(np.abs(g - w))) if w.size else 0.0
@@ -188,7 +217,18 @@ def compare(path: str, wrapped: Positional, inputs: dict[str, torch.Tensor]) -> 
     return out
 
 
-def write(compiled, out_dir: str | os.PathLike, weights: bool = False, seed: int = 0) -> list[str]:
+def torch_model(compiled, seed: int = 0, weights_from=None, key_map=()):
+    """The torch model to export: weights initialised from `seed`, or read from the checkpoint `weights_from`
+    (through `key_map`, strictly) into a model built without storage."""
+    if weights_from is None:
+        return runtime_torch.build(compiled, seed=seed).eval()
+    model = runtime_torch.build(compiled, init=False, device="meta")
+    runtime_torch.load_checkpoint(model, weights_from, key_map)
+    return model.eval()
+
+
+def write(compiled, out_dir: str | os.PathLike, weights: bool = False, seed: int = 0,
+          weights_from: str | os.PathLike | None = None, key_map=()) -> list[str]:
     """Write model.onnx (+ model.onnx.data when large), report.json, onnx.json (and model.safetensors)."""
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -196,38 +236,53 @@ def write(compiled, out_dir: str | os.PathLike, weights: bool = False, seed: int
     graph = compiled.graph
     path = os.path.join(out_dir, "model.onnx")
     with steps("building the torch model") as step:       # a spinner on a terminal, lines in a log
-        model = runtime_torch.build(compiled, seed=seed).eval()
+        model = torch_model(compiled, seed, weights_from, key_map)
         wrapped = Positional(model).eval()
         n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         trace_env, check_env = sizes(compiled, EXPORT_SIZES), sizes(compiled, CHECK_SIZES)
-        program, shapes = export(wrapped, example_inputs(graph, trace_env, seed), dynamic_shapes(graph, compiled),
-                                 step)
+        proto, shapes, how = export(wrapped, example_inputs(graph, trace_env, seed), dynamic_shapes(graph, compiled),
+                                    step)
         kept = dim_ranges(graph, shapes)
         check_env = within(check_env, trace_env, kept)
+        step("optimising the ONNX graph")
+        onnx_convert.optimise(proto)
         step("writing model.onnx")
         external = n_bytes > EXTERNAL_DATA_BYTES
-        program.save(path, external_data=external)
-        step("checking (onnx.checker)")
-        onnx.checker.check_model(path, full_check=True)
-        at = ", ".join(f"{DIM_NAMES[sym]} {check_env[sym]}" for sym in DIM_NAMES if DIM_NAMES[sym] in kept)
-        step(f"comparing with torch in onnxruntime ({at})")
-        diffs = compare(path, wrapped, example_inputs(graph, check_env, seed + 1))
-        proto = onnx.load(path, load_external_data=False)
+        onnx_convert.save(proto, path, external)
+        info = _interface(proto)
+        del proto                                           # it holds torch's tensors
         if weights:
             step("writing model.safetensors")
             save_weights(model, os.path.join(out_dir, "model.safetensors"))
-    info = {
-        "inputs": {i.name: _dims(i) for i in proto.graph.input},
-        "outputs": {o.name: _dims(o) for o in proto.graph.output},
-        "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+        step("checking (onnx.checker)")
+        onnx.checker.check_model(path, full_check=True)
+        check_inputs = example_inputs(graph, check_env, seed + 1)
+        want = reference(wrapped, check_inputs)
+        names = wrapped.output_names
+        del model, wrapped                                  # torch's weights go before onnxruntime loads its own
+        gc.collect()
+        at = ", ".join(f"{DIM_NAMES[sym]} {check_env[sym]}" for sym in DIM_NAMES if DIM_NAMES[sym] in kept)
+        step(f"comparing with torch in onnxruntime ({at})")
+        diffs = compare(path, names, {k: v.numpy() for k, v in check_inputs.items()}, want)
+    info.update({
         "trace_sizes": trace_env, "check_sizes": check_env, "dims": kept, "max_abs_difference": diffs,
-        "tolerance": {"atol": ATOL, "rtol": RTOL}, "seed": seed, "external_data": external,
-    }
+        "tolerance": {"atol": ATOL, "rtol": RTOL}, "seed": seed, "external_data": external, "conversion": how,
+        **({"weights_from": os.path.abspath(weights_from)} if weights_from is not None else {}),
+    })
     for name, text in (("report.json", json.dumps(compiled.report, sort_keys=True, indent=2)),
                        ("onnx.json", json.dumps(info, sort_keys=True, indent=2))):
         with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
             f.write(text + "\n")
     return sorted(os.path.join(out_dir, f) for f in os.listdir(out_dir))
+
+
+def _interface(model) -> dict[str, Any]:
+    """Inputs and outputs with their dimensions (names of the dynamic ones), and the opset, of an onnx_ir.Model."""
+    def dims(v):
+        return [d if isinstance(d, int) else str(d) for d in v.shape]
+    return {"inputs": {v.name: dims(v) for v in model.graph.inputs},
+            "outputs": {v.name: dims(v) for v in model.graph.outputs},
+            "opset": model.opset_imports.get("", None)}
 
 
 def within(check: dict[str, int], trace: dict[str, int], kept: dict[str, Any]) -> dict[str, int]:
@@ -243,7 +298,3 @@ def within(check: dict[str, int], trace: dict[str, int], kept: dict[str, Any]) -
             v = min(max(out[sym], lo), hi)
             out[sym] = v if v != trace[sym] else next((x for x in (v + 1, v - 1) if lo <= x <= hi), v)
     return out
-
-
-def _dims(v) -> list:
-    return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]

@@ -99,7 +99,9 @@ class TransformerBlock(Node):
     def _attention(self, h, cache):
         B, T, _ = h.shape
         fused = self._fused("qkv")
-        if (fused is not None and T == 1 and cache is not None and self.q_norm is None and self.p.rope != "2d"
+        given = getattr(cache, "given", None)     # positions, past K/V and mask as inputs (compiler/emit/onnx_decode.py)
+        if (fused is not None and T == 1 and given is None and cache is not None and self.q_norm is None
+                and self.p.rope != "2d"
                 and self.rd == self.hd and self.softcap is None):
             return self._attend_one(h, cache, fused)
         if self.qkv is not None:
@@ -119,7 +121,7 @@ class TransformerBlock(Node):
         pos = cache.seen if cache is not None else 0
         rope = self.p.rope
         if rope == "1d":
-            cos, sin = self._rope_rows(pos, T, h)                            # (T, rd) each
+            cos, sin = given.rope(self.rot, h) if given is not None else self._rope_rows(pos, T, h)   # (B|1, 1|T, .., rd)
             q, k = apply_rope(q, cos, sin, self.rd), apply_rope(k, cos, sin, self.rd)
         elif rope == "2d":
             cos, sin = rope_tables(grid_angles(self.grid, self.rd, self.p.theta).to(h.device), h.dtype)  # (h*w, rd)
@@ -131,9 +133,12 @@ class TransformerBlock(Node):
             n_cached = cache.n
             k, v = cache.extend(k, v, self.window)                           # (B, kv, S, hs)
         if self.softcap is not None:
-            y = self._attend_capped(q, k, v, self._mask(T, k.shape[2], pos, n_cached, h.device, explicit=True)[0])
+            keep = (given.keep(self.window) if given is not None else
+                    self._mask(T, k.shape[2], pos, n_cached, h.device, explicit=True)[0])
+            y = self._attend_capped(q, k, v, keep)
         else:
-            mask, is_causal = self._mask(T, k.shape[2], pos, n_cached, h.device)
+            mask, is_causal = ((given.keep(self.window), False) if given is not None else
+                               self._mask(T, k.shape[2], pos, n_cached, h.device))
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.p.scale,
                                                enable_gqa=self.KV != self.H)     # (B, H, T, hs)
         return dense(y.transpose(1, 2).reshape(B, T, self.H * self.hd), self.o)   # (B, T, D)
