@@ -63,3 +63,14 @@ class LayerCache:
         self.vbuf.narrow(2, self.n, T).copy_(v)
         self.n = end
         return self.kbuf.narrow(2, 0, end), self.vbuf.narrow(2, 0, end)
+
+    def push(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`extend` for one new position (k, v (B, kv, 1, hs)) of a layer without a window, in the fewest tensor
+        ops while the buffers have room (decoding runs it per token and layer); the seen count is the caller's."""
+        n = self.n
+        if self.kbuf is None or n >= self.kbuf.shape[2] or self.kbuf.shape[:2] != k.shape[:2]:
+            return self.extend(k, v, None)
+        self.kbuf.narrow(2, n, 1).copy_(k)
+        self.vbuf.narrow(2, n, 1).copy_(v)
+        self.n = n + 1
+        return self.kbuf.narrow(2, 0, n + 1), self.vbuf.narrow(2, 0, n + 1)

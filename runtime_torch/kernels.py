@@ -16,7 +16,11 @@ import torch.nn.functional as F
 
 from runtime_common.rope import attention_factor, effective_length, inv_freq
 
-SPLIT_ROWS = 8     # products of at most this many rows are split across threads (more rows: MKL's GEMM threads them)
+SPLIT_ROWS = 8     # products of 2 to this many rows are split across threads (more rows: MKL's GEMM threads them)
+#: dtypes whose matrix-vector product reads a column-major (out, in) weight faster than a row-major one (fp32: 27-39
+#: GB/s against 19-36 on this project's CPU); others are kept row-major: bf16 reads 16-30 GB/s row-major in torch.mv
+#: and 7-9 column-major (bench/bench_torch.py; runtime_torch/pack.py reads this rule)
+COLUMN_MAJOR_DTYPES = (torch.float32,)
 
 #: compiler/activations.py's activations by name (`Activation.fn`, a block's `act`), each what transformers' ACT2FN
 #: entries of that name compute (torch's kernels where transformers calls them; tests/test_activations.py)
@@ -37,14 +41,19 @@ ACT = {
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """F.linear(x, w, b) (x (..., in), w (out, in)), with the product of at most SPLIT_ROWS rows split into P blocks
-    of output columns run in parallel by one torch.bmm when there are P > 1 threads, on the CPU (see pack.py)."""
+    """F.linear(x, w, b) (x (..., in), w (out, in)), faster for few rows on the CPU (see pack.py): one row runs
+    torch.mv (either layout; it threads the product); 2 to SPLIT_ROWS rows of an fp32 weight are split into P blocks
+    of output columns run in parallel by one torch.bmm when there are P > 1 threads."""
     out, d = w.shape
     if (torch.compiler.is_compiling() or not x.is_cpu or x.numel() > SPLIT_ROWS * d
             or type(w) not in (torch.Tensor, torch.nn.Parameter)):    # a quantised weight (quantize.py)
         return F.linear(x, w, b)                        # traced graphs stay plain; other devices have their own
+    if x.numel() == d:                                                         # one row: a matrix-vector product
+        v = x.reshape(d)
+        y = torch.mv(w, v) if b is None else torch.addmv(b, w, v)             # (out,)
+        return y.view(*x.shape[:-1], out)
     P = torch.get_num_threads()
-    if P == 1 or out % P or out < 64 * P:
+    if P == 1 or out % P or out < 64 * P or w.dtype not in COLUMN_MAJOR_DTYPES:
         return F.linear(x, w, b)
     if w.stride() == (1, out):                                                 # column-major: w.t() contiguous
         wv = w.t().view(d, P, out // P).permute(1, 0, 2)                       # (P, in, out/P)
@@ -56,6 +65,14 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -
     y = torch.bmm(x.reshape(1, M, d).expand(P, M, d), wv)                     # (P, M, out/P)
     y = y.transpose(0, 1).reshape(*x.shape[:-1], out)                          # (..., out)
     return y if b is None else y + b
+
+
+def linear_add(r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """r + linear(x, w) (r (..., out)), for a residual stream: one torch.addmv when x is one row on the CPU."""
+    if x.numel() == w.shape[1] and x.is_cpu and type(w) in (torch.Tensor, torch.nn.Parameter) \
+            and not torch.compiler.is_compiling():
+        return torch.addmv(r.reshape(-1), w, x.reshape(-1)).view(r.shape)
+    return r + linear(x, w)
 
 
 def dense(x: torch.Tensor, m) -> torch.Tensor:

@@ -1,23 +1,24 @@
 """Weight storage for fast token-by-token inference: same parameter names, shapes and values, different layout.
 
 Decoding one token multiplies every weight matrix by one vector, so its speed is the speed at which the matrix
-product reads the weights. On this project's CPU machine (MKL fp32, one thread; `bench/bench_torch.py` prints the
-figures of the machine it runs on) a (out, in) weight stored row-major, as nn.Linear stores it, is read at about
-10 GB/s when in = 576; the same weight stored column-major (its transpose contiguous) at 14-20 GB/s when
-out >= in, and slower than row-major when out < in. `pack(model)` therefore changes storage only:
+product reads the weights. On this project's CPU machine (2 threads; `bench/bench_torch.py` prints the figures of
+the machine it runs on) torch.mv reads an fp32 (out, in) weight stored column-major (its transpose contiguous) at
+27-39 GB/s and the same weight row-major at 19-36 (the (49152, 576) head: 30 against 15-19), while a bf16 weight
+reads at 16-30 GB/s row-major and 7-9 column-major. `pack(model)` therefore changes storage only, by the rule
+`kernels.COLUMN_MAJOR_DTYPES`:
 
-- projections that read the same input (a block's q | k | v, gate | up) go side by side into one column-major
-  buffer (in, out_1 + out_2 + ...); each parameter becomes a view of its columns: shape (out_i, in), strides
-  (1, total). The block runs one product for the group (`Packed.__call__`) while the views are intact and no
-  gradient is wanted, and the parameters one by one otherwise (training, torch.export, torch.compile);
-- every other 2-D weight with out >= in that a matrix product reads (linear layers, a head tied to an embedding)
-  is stored column-major; embedding tables read only by lookups stay row-major.
+- projections that read the same input (a block's q | k | v, gate | up) go side by side into one buffer (fp32:
+  column-major (in, out_1 + out_2 + ...), each parameter a view of its columns, shape (out_i, in), strides
+  (1, total); bf16 and other dtypes: row-major (total, in), each parameter a view of its rows). The block runs one
+  product for the group (`Packed.__call__`) while the views are intact and no gradient is wanted, and the
+  parameters one by one otherwise (training, torch.export, torch.compile);
+- every other 2-D fp32 weight with out >= in that a matrix product reads (linear layers, a head tied to an
+  embedding) is stored column-major, weights of other dtypes row-major; embedding tables read only by lookups stay
+  row-major.
 
-With more than one intra-op thread, MKL still runs a matrix-vector product on one (measured: 18 GB/s at 1 or 2
-threads on the head, while a 2-thread read reaches 24). `linear(x, w, b)` therefore splits the product of a few
-rows into P = torch.get_num_threads() blocks of output columns, one batched product (torch.bmm runs batches in
-parallel) over views of the weight, either layout, no copy: 2 threads reach 26 GB/s on the head, 16-20 on the
-block's matrices (`bench/bench_torch.py` prints the model-level figure); that product is `kernels.linear`.
+A product of one row runs torch.mv, which threads it; a product of 2 to 8 rows (batched decoding) of an fp32
+weight is split into P = torch.get_num_threads() blocks of output columns, one batched product (torch.bmm runs
+batches in parallel) over views of the weight, either layout, no copy; that product is `kernels.linear`.
 
 Values are untouched, so `state_dict()`, `save_weights` (which writes contiguous copies) and checkpoints are the
 same. `load_weights` copies in place and keeps the layout; `model.to(...)` re-packs a packed model. Products over
@@ -31,28 +32,33 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .kernels import linear
+from .kernels import COLUMN_MAJOR_DTYPES, linear
 
 
 class Packed:
-    """Several projections of one input stored as one column-major buffer; calling it runs them as one product."""
+    """Several projections of one input stored as one buffer (column-major for COLUMN_MAJOR_DTYPES, else row-major);
+    calling it runs them as one product."""
 
     def __init__(self, mods: Sequence[nn.Module]):
         ws = [m.weight for m in mods]
         self.mods = tuple(mods)
         self.sizes = tuple(w.shape[0] for w in ws)
+        cols = ws[0].dtype in COLUMN_MAJOR_DTYPES
         with torch.no_grad():
-            buf = torch.cat([w.detach().t() for w in ws], dim=1)                  # (in, total), contiguous
+            if cols:
+                wt = torch.cat([w.detach().t() for w in ws], dim=1).t()          # (total, in), strides (1, total)
+            else:
+                wt = torch.cat([w.detach() for w in ws], dim=0)                  # (total, in), contiguous
             bias = None
             if all(m.bias is not None for m in mods):
                 bias = torch.cat([m.bias.detach() for m in mods])                 # (total,)
         start = 0
         for m, n in zip(mods, self.sizes):
-            m.weight.data = buf[:, start:start + n].t()                          # (out, in) view, strides (1, total)
+            m.weight.data = wt[start:start + n]                                  # (out, in) view of the buffer
             if bias is not None:
                 m.bias.data = bias[start:start + n]
             start += n
-        self.wt, self.bias = buf.t(), bias                                       # (total, in) view for F.linear
+        self.wt, self.bias = wt, bias                                            # (total, in) for F.linear
         self.held = tuple((m._parameters, m.weight, m.bias) for m in mods)
         self.ptrs = self._ptrs()
 
@@ -87,8 +93,14 @@ def group(mods: Sequence[Optional[nn.Module]]) -> Optional[Packed]:
 
 
 def column_major(p: torch.Tensor) -> None:
-    """Store a 2-D parameter column-major (values and shape unchanged)."""
-    if type(p) is nn.Parameter and not p.is_meta and p.dim() == 2 and p.stride() != (1, p.shape[0]):
+    """Store a 2-D parameter column-major if its dtype reads faster so (COLUMN_MAJOR_DTYPES), else row-major (values
+    and shape unchanged)."""
+    if type(p) is not nn.Parameter or p.is_meta or p.dim() != 2:
+        return
+    if p.dtype not in COLUMN_MAJOR_DTYPES:
+        if not p.is_contiguous():
+            p.data = p.data.contiguous()
+    elif p.stride() != (1, p.shape[0]):
         p.data = p.data.t().contiguous().t()
 
 

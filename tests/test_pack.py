@@ -173,7 +173,7 @@ def test_one_token_path_with_biases_and_windows(rope, monkeypatch):
     monkeypatch.setattr(TransformerBlock, "_attend_one", lambda *a: calls.append(1) or one(*a))
     with torch.no_grad():
         full = model(ids=seq)["head"]                                          # (2, 9, 64)
-        s = DecodeSession(model)
+        s = DecodeSession(model, fast=False)         # the block's own one-token path
         steps = [s.step(seq[:, :3])] + [s.step(seq[:, t:t + 1]) for t in range(3, 9)]
     assert len(calls) == 6 * 2 and model.node("blocks.0")._groups["qkv"].bias is not None
     assert (torch.cat(steps, dim=1) - full).abs().max().item() < 1e-5
