@@ -42,28 +42,33 @@ class Compiled:
             raise SpecError(self.errors)
         return self
 
-    def to_torch(self, device: Any = None, dtype: Any = None, seed: int = 0, init: bool = True):
+    def to_torch(self, device: Any = None, dtype: Any = None, seed: int = 0, init: bool = True,
+                 weights: Optional[Union[str, os.PathLike]] = None):
         """The model as a `runtime_torch.OmnicModel` (an `nn.Module`; imports torch only now).
 
         device: where to allocate (`"cpu"`, `"cuda"`, `"meta"` for shapes without memory); default torch's.
         dtype: floating tensors' dtype (`"float32"`, `"bfloat16"`, a `torch.dtype`); default float32.
         seed: weights drawn from it (the same values as `to_mlx(seed=...)`); init=False leaves them unset (load a
         checkpoint next: `runtime_torch.load_weights(model, path)`).
+        weights: a safetensors file with the model's names (what `save_weights` writes) to load instead, strictly,
+        cast to `dtype`: each tensor is read once into its final storage (the model is built on the meta device).
         Call it with one keyword per model input: `model(input_ids=ids)` -> {output name: tensor}; inputs are
         checked against the spec's (shape, dtype, placeholders). Raises SpecError on an invalid spec.
         """
-        return self.build_with("torch", device=device, dtype=dtype, seed=seed, init=init)
+        return self.build_with("torch", device=device, dtype=dtype, seed=seed, init=init, weights=weights)
 
-    def to_mlx(self, dtype: Any = None, seed: int = 0, init: bool = True):
+    def to_mlx(self, dtype: Any = None, seed: int = 0, init: bool = True,
+               weights: Optional[Union[str, os.PathLike]] = None):
         """The model as a `runtime_mlx.OmnicModel` (an `mlx.nn.Module`; imports mlx only now).
 
         dtype: floating tensors' dtype (`"float32"`, `"bfloat16"`, an `mx.Dtype`); default float32.
         seed: weights drawn from it (the same values as `to_torch(seed=...)`); init=False leaves them unset (load a
         checkpoint next: `runtime_mlx.load_weights(model, path)`, which reads torch-layout safetensors).
+        weights: a safetensors file (torch layout, the model's names) to load instead, strictly, cast to `dtype`.
         Call it with one keyword per model input: `model(input_ids=ids)` -> {output name: mx.array} (lazy until
         `mx.eval`); inputs are checked against the spec's. Raises SpecError on an invalid spec.
         """
-        return self.build_with("mlx", dtype=dtype, seed=seed, init=init)
+        return self.build_with("mlx", dtype=dtype, seed=seed, init=init, weights=weights)
 
     def build_with(self, runtime: str, **kw):
         """The model of the runtime named `runtime` (RUNTIMES). The compiler imports no runtime: the runtime module

@@ -84,3 +84,14 @@ def draw(rule: str, shape: tuple[int, ...], seed: int, name: str):
 def _generator(seed: int, name: str):
     import torch
     return torch.Generator().manual_seed(tensor_seed(seed, name))
+
+def draw_into(out, rule: str, seed: int, name: str):
+    """`draw(rule, out.shape, seed, name)` written into `out` (a torch tensor of that shape; returned). A float32
+    contiguous CPU tensor under "normal" is filled by its generator in place, without a second buffer: the same
+    values, since torch's `normal_` writes a contiguous tensor in memory order whatever its storage
+    (tests/test_materialise.py checks it for every rule); any other is drawn, then cast and copied."""
+    import torch
+    if rule == "normal" and out.dtype == torch.float32 and out.device.type == "cpu" and out.is_contiguous():
+        return out.normal_(0.0, STD, generator=_generator(seed, name))
+    return out.copy_(draw(rule, tuple(out.shape), seed, name))
+

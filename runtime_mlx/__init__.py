@@ -20,6 +20,7 @@ _preload_blas()     # before `import mlx.core` below; when mlx came first, rebin
 _warn_if_slow()
 
 # everything below imports mlx: after the BLAS preload
+import os  # noqa: E402
 from typing import Any, Optional, Union  # noqa: E402
 
 import mlx.core as mx  # noqa: E402
@@ -44,15 +45,20 @@ def _dtype(dtype: Union[None, str, mx.Dtype]) -> Optional[mx.Dtype]:
     return d
 
 
-def build(compiled, dtype: Union[None, str, mx.Dtype] = None, seed: int = 0, init: bool = True) -> OmnicModel:
+def build(compiled, dtype: Union[None, str, mx.Dtype] = None, seed: int = 0, init: bool = True,
+          weights: Union[None, str, os.PathLike] = None) -> OmnicModel:
     """An OmnicModel of a `Compiled` (errors raise SpecError) or of its graph, floating tensors cast to `dtype`
-    (default float32) and, if `init`, filled from `seed` (the same values as `runtime_torch.build(seed=...)`);
-    frozen nodes are frozen (`trainable_parameters()` counts the report's trainable parameters)."""
+    (default float32) and, if `init`, filled from `seed` (the same values as `runtime_torch.build(seed=...)`), or
+    read from `weights` (a safetensors file in torch layout, loaded strictly and cast: each tensor read once; the
+    arrays the model is made with are lazy zeros that are never computed); frozen nodes are frozen
+    (`trainable_parameters()` counts the report's trainable parameters)."""
     model = OmnicModel(compiled)
     dt = _dtype(dtype)
     if dt is not None:
         model.set_dtype(dt)
-    if init:
+    if weights is not None:
+        load_weights(model, weights, cast=True)
+    elif init:
         initialise(model, seed)
     for node in model.graph.nodes():           # the spec's frozen parts are left out of trainable_parameters()
         if node.frozen and node.op != "Input":

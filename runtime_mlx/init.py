@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Optional
 
 import mlx.core as mx
 
 from runtime_common import init as scheme
-from runtime_common.progress import sizes_of, track
+from runtime_common.pool import parallel
 
 from . import layout
 
@@ -48,17 +49,27 @@ def draw(rule: str, shape: tuple[int, ...], seed: int, name: str) -> mx.array:
     return dt + mx.log(-mx.expm1(-dt))                        # softplus^-1(dt)
 
 
-def initialise(model, seed: int = 0) -> None:
-    """Fill every owned declared parameter of `model` (an OmnicModel) from `seed`."""
-    new = []
-    names = sorted(model.weight_decls)
-    for name in track(names, "initialising weights", sizes_of(model.weight_decls[n].shape for n in names)):
+def initialise(model, seed: int = 0, n_threads: Optional[int] = None) -> None:
+    """Fill every owned declared parameter of `model` (an OmnicModel) from `seed`. With torch, the values are drawn
+    by a pool of threads (`runtime_common/pool.py`, largest first: the values of a sequential fill) and copied into
+    MLX arrays in this thread (MLX is called from one thread only)."""
+    names = [n for n in sorted(model.weight_decls) if not model.weight_decls[n].tied_to]
+    exact = exact_across_runtimes()
+
+    def make(name: str):
         w = model.weight_decls[name]
-        if w.tied_to:
-            continue
-        cur = model.param(name)
-        x = layout.to_mlx(draw(w.init_rule, tuple(w.shape), seed, name), w.shape, model.perms[name], source="torch",
-                          name=name)
-        new.append((name, x.astype(cur.dtype)))
+        if not exact:
+            return draw(w.init_rule, tuple(w.shape), seed, name)
+        import torch
+        return scheme.draw_into(torch.empty(tuple(w.shape)), w.init_rule, seed, name)
+
+    sizes = [math.prod(model.weight_decls[n].shape) for n in names]
+    new = []
+    for name, x in parallel(names, make, sizes, "initialising weights", n_threads if exact else 1):
+        w = model.weight_decls[name]
+        x = mx.array(x.numpy()) if exact else x                           # a copy; the torch tensor goes
+        x = layout.to_mlx(x, w.shape, model.perms[name], source="torch", name=name).astype(model.param(name).dtype)
+        mx.eval(x)
+        new.append((name, x))
     model.assign(new)
     mx.eval(model.parameters())

@@ -108,6 +108,16 @@ class OmnicModel(nn.Module):
         m = self.module_at(mod)
         return m._buffers[attr] if attr in m._buffers else m._parameters[attr]
 
+    def put(self, name: str, t: torch.Tensor) -> None:
+        """Make tensor `t` the declared tensor `name` (its storage, not a copy: how a model built on the meta device
+        gets its tensors); the Parameter keeps its requires_grad. Call `_tie()` after the last one."""
+        mod, _, attr = name.rpartition(".")
+        m = self.module_at(mod)
+        if attr in m._parameters:
+            m._parameters[attr] = nn.Parameter(t, requires_grad=m._parameters[attr].requires_grad)
+        else:
+            m._buffers[attr] = t
+
     # --- ties --------------------------------------------------------------------------------------------------------
     def _resolve_ties(self) -> None:
         self.ties.update(plan.resolve_ties(self.weight_decls))

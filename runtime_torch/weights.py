@@ -160,12 +160,16 @@ def _dt(d: torch.dtype) -> str:
 
 
 def _put(model: nn.Module, name: str, cur: torch.Tensor, t: torch.Tensor) -> None:
+    """Fill `cur` with `t`; a tensor on the meta device is replaced by `t` itself (cast if need be): no second copy."""
     if not cur.is_meta:
         cur.copy_(t)
         return
-    path, _, attr = name.rpartition(".")
-    mod = model.module_at(path) if hasattr(model, "module_at") else model.get_submodule(path)
     t = t.to(cur.dtype)
+    if hasattr(model, "put"):
+        model.put(name, t)
+        return
+    path, _, attr = name.rpartition(".")
+    mod = model.get_submodule(path)
     if attr in mod._parameters:
         mod._parameters[attr] = nn.Parameter(t, requires_grad=cur.requires_grad)
     else:

@@ -13,8 +13,8 @@ from tests.tiny_specs import LM, RUNTIMES, VLM
 
 
 def test_signatures_and_docstrings():
-    assert list(inspect.signature(Compiled.to_torch).parameters) == ["self", "device", "dtype", "seed", "init"]
-    assert list(inspect.signature(Compiled.to_mlx).parameters) == ["self", "dtype", "seed", "init"]
+    assert list(inspect.signature(Compiled.to_torch).parameters) == ["self", "device", "dtype", "seed", "init", "weights"]
+    assert list(inspect.signature(Compiled.to_mlx).parameters) == ["self", "dtype", "seed", "init", "weights"]
     for f in (Compiled.to_torch, Compiled.to_mlx):
         assert "seed" in f.__doc__ and "init=False" in f.__doc__ and "SpecError" in f.__doc__
     with pytest.raises(TypeError):

@@ -1,0 +1,71 @@
+"""Work over a model's tensors done by a pool of threads, largest first, with progress (`progress.track`).
+
+    for name, value in parallel(names, make, sizes, "initialising weights", n_threads): ...
+
+`make(name)` runs in a worker thread; results come back in the order they were submitted (largest first), so the
+caller installs them in one thread; at most 2 per thread are done ahead of the caller (memory stays bounded). Worth it where `make` spends its time in kernels that release the GIL (torch's
+random number generators and copies do): a model's tensors are independent, so the pool fills them at once.
+`Scratch` holds a buffer per thread, reused across the tensors of one job (values drawn only to be cast or copied
+elsewhere then do not fault in fresh memory for every tensor).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+from runtime_common.progress import track
+
+
+def default_threads() -> int:
+    """One thread per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:                         # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def parallel(names: Sequence[str], make: Callable[[str], Any], sizes: Sequence[int], description: str,
+             n_threads: Optional[int] = None) -> Iterator[tuple[str, Any]]:
+    """(name, make(name)) for every name, computed by `n_threads` threads (default: one per core), largest first."""
+    order = sorted(range(len(names)), key=lambda i: -sizes[i])
+    ordered, weights = [names[i] for i in order], [sizes[i] for i in order]
+    n = n_threads or default_threads()
+    if n == 1 or len(names) < 2:
+        for name in track(ordered, description, weights):
+            yield name, make(name)
+        return
+    with ThreadPoolExecutor(n) as pool:            # at most 2n results wait for the caller: memory stays bounded
+        pending: deque = deque()
+        todo = iter(ordered)
+        for name in itertools.islice(todo, 2 * n):
+            pending.append(pool.submit(make, name))
+        try:
+            for name in track(ordered, description, weights):
+                value = pending.popleft().result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(pool.submit(make, nxt))
+                yield name, value
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+class Scratch:
+    """Per-thread reusable buffers: `get(n, alloc)` returns this thread's buffer, grown with `alloc(n)` when it
+    holds fewer than n elements (1-D buffers: torch tensors, numpy arrays). Dropped with the object."""
+
+    def __init__(self):
+        self._bufs: dict[int, Any] = {}
+
+    def get(self, n: int, alloc: Callable[[int], Any]):
+        key = threading.get_ident()
+        buf = self._bufs.get(key)
+        if buf is None or buf.shape[0] < n:
+            self._bufs[key] = None                 # free the small one first
+            buf = self._bufs[key] = alloc(n)
+        return buf[:n]

@@ -1,0 +1,118 @@
+"""Builds without waste compute the same weights as before: a seeded build's values are fixed (golden digests of the
+tiny examples, taken from the sequential draw-then-copy builder this replaced), whatever the number of threads, the
+device the model was constructed on or the way a tensor got its storage; `weights=` loads a file into a model built
+without storage; `draw_into` is `draw` for every rule."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from compiler import compile
+from runtime_common.init import draw, draw_into
+
+#: sha256 over (name, float32 bytes) of the sorted state dict, seed 3, float32 and bfloat16 builds
+GOLDEN = {
+    "examples/tiny_lm.json": ("11d8d24e932c615f865b2fd15c5787730b02c919643d754c4a3d8baf85e6793a",
+                              "06cf4fe296a9fb339ee2e660562cdfdad2ea23174e0f1b6cc5bbf792f9b3b464"),
+    "examples/tiny_moe.json": ("3f5fef5721c647b3a7f607cfd1d1955bd082f437e6fe94291d31f4b05a67aa80",
+                               "ad19ad21f1c8ea56bc7b38b4fdc2c5d264b463b1499a2ecdceca610c90355c91"),
+    "examples/tiny_vlm.json": ("05c11759cbdb2cedca1044840fd2dd76304cbcc6ef7db2e18f7a4799027ad65b",
+                               "8cc8af03d21e92963f29b28a9391125582d64dbd762921a322b9d5676e18d498"),
+}
+
+
+def digest(state: dict) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(state.items()):
+        h.update(k.encode())
+        h.update(torch.as_tensor(v).detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("spec", sorted(GOLDEN))
+def test_seeded_weights_are_the_golden_ones(spec):
+    c = compile(spec)
+    assert digest(c.to_torch(seed=3).state_dict()) == GOLDEN[spec][0]
+    assert digest(c.to_torch(seed=3, dtype="bfloat16").state_dict()) == GOLDEN[spec][1]
+
+
+@pytest.mark.parametrize("n_threads", [1, 3])
+def test_meta_build_equals_filling_an_allocated_model(n_threads):
+    """The old way (every tensor allocated at construction, then filled in place, one thread) and the new one (built
+    on meta, each tensor given its storage once by a pool of threads) give the same tensors, tied ones shared."""
+    from runtime_torch import init
+    from runtime_torch.model import OmnicModel
+    c = compile("examples/tiny_vlm.json")
+    allocated = OmnicModel(c)
+    init.materialise(allocated, 5, n_threads=1)
+    with torch.device("meta"):
+        meta = OmnicModel(c)
+    init.materialise(meta, 5, n_threads=n_threads)
+    a, b = allocated.state_dict(), meta.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(p.is_meta for p in meta.parameters())
+    for name, owner in meta.ties.items():
+        assert meta.param(name) is meta.param(owner)
+    lm = compile("examples/tiny_lm.json").to_torch()
+    assert lm.param("head.weight") is lm.param("embed.weight")
+
+
+def test_bfloat16_build_is_the_cast_float32_build():
+    c = compile("examples/tiny_moe.json")
+    f32, bf16 = c.to_torch(seed=1).state_dict(), c.to_torch(seed=1, dtype="bfloat16").state_dict()
+    assert all(bf16[k].dtype == torch.bfloat16 and torch.equal(bf16[k], f32[k].to(torch.bfloat16)) for k in f32)
+
+
+def test_init_false_allocates_and_meta_allocates_nothing():
+    c = compile("examples/tiny_lm.json")
+    m = c.to_torch(init=False)
+    assert all(p.device.type == "cpu" and not p.is_meta for p in m.parameters())
+    assert all(p.is_meta for p in c.to_torch(device="meta").parameters())
+
+
+@pytest.mark.parametrize("rule", ["normal", "zeros", "ones", "const:0.25"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_draw_into_is_draw(rule, dtype):
+    for shape in [(7,), (33, 5), (2, 3, 16)]:
+        want = draw(rule, shape, 11, "a.weight").to(dtype)
+        got = draw_into(torch.empty(shape, dtype=dtype), rule, 11, "a.weight")
+        assert torch.equal(got, want)
+    strided = torch.empty(5, 33).t()                  # not contiguous: drawn, then copied
+    assert torch.equal(draw_into(strided, rule, 11, "a.weight"), draw(rule, (33, 5), 11, "a.weight"))
+
+
+def test_weights_keyword_loads_into_a_model_without_storage(tmp_path):
+    import runtime_torch
+    c = compile("examples/tiny_vlm.json")
+    seeded = c.to_torch(seed=2)
+    path = tmp_path / "w.safetensors"
+    runtime_torch.save_weights(seeded, path)
+    loaded = c.to_torch(weights=path)
+    want, got = seeded.state_dict(), loaded.state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert digest(c.to_torch(weights=path, dtype="bfloat16").state_dict()) == digest(
+        c.to_torch(seed=2, dtype="bfloat16").state_dict())
+    ids = loaded.example_inputs()
+    torch.testing.assert_close(loaded(**ids), seeded(**ids))
+    with pytest.raises(ValueError, match="missing"):
+        compile("examples/tiny_lm.json").to_torch(weights=path)
+
+
+def test_mlx_seeded_and_loaded_weights_are_the_torch_ones(tmp_path):
+    pytest.importorskip("runtime_mlx")
+    import runtime_torch
+    from runtime_mlx.weights import torch_layout_weights
+    c = compile("examples/tiny_vlm.json")
+    torch_model = c.to_torch(seed=3)
+    mlx_state = {k: torch.from_numpy(np.array(v)) for k, v in
+                 torch_layout_weights(c.to_mlx(seed=3)).items()}
+    owned = {k: v for k, v in torch_model.state_dict().items() if k not in torch_model.ties}
+    assert digest(mlx_state) == digest(owned)
+    path = tmp_path / "w.safetensors"
+    runtime_torch.save_weights(torch_model, path)
+    loaded = {k: torch.from_numpy(np.array(v)) for k, v in
+              torch_layout_weights(c.to_mlx(weights=path)).items()}
+    assert digest(loaded) == digest(owned)
