@@ -73,7 +73,7 @@ def one_token(block) -> Optional[OneToken]:
     p = block.p
     if (block.kind != "full_attention" or not p.causal or block.window is not None
             or block.norm1 is None or block.norm2 is None or block.post_attn_norm is not None
-            or block.post_mlp_norm is not None or block.ls is not None or block.q_norm is not None
+            or block.post_mlp_norm is not None or block.ls1 is not None or block.q_norm is not None
             or block.softcap is not None or p.rope not in ("1d", "none") or block.rd != block.hd):
         return None
     if block.qkv is not None:

@@ -48,7 +48,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -
     if (torch.compiler.is_compiling() or not x.is_cpu or x.numel() > SPLIT_ROWS * d
             or type(w) not in (torch.Tensor, torch.nn.Parameter)):    # a quantised weight (quantize.py)
         return F.linear(x, w, b)                        # traced graphs stay plain; other devices have their own
-    if x.numel() == d:                                                         # one row: a matrix-vector product
+    if x.numel() == d and d:                                                   # one row: a matrix-vector product
         v = x.reshape(d)
         y = torch.mv(w, v) if b is None else torch.addmv(b, w, v)             # (out,)
         return y.view(*x.shape[:-1], out)
