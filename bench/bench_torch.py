@@ -1,21 +1,28 @@
 """PyTorch runtime speed against transformers and against this machine's own limits, measured in one run.
 
-    python bench/bench_torch.py [--threads N] [--quick] [--cases prefill,decode,moe]
+    python bench/bench_torch.py [--threads N] [--quick] [--cases prefill,decode,decode_bf16,moe,moe_decode]
 
-1. machine: fp32 GEMM FLOP/s (torch.mm 2048^2) and memory read bandwidth (sum over a 1 GiB tensor);
+1. machine: fp32 GEMM FLOP/s (torch.mm 2048^2) and the load average (os.getloadavg) at the start and the end;
 2. prefill: SmolLM2-135M size, batch 1 x 512, fp32: omnic vs transformers (same weights), and the fraction of
    the GEMM FLOP/s reached (FLOPs from the compiler's report, which counts the causal triangle);
-3. decode: greedy generation with the KV cache, same model: omnic tokens/s vs transformers' generate, and the
-   fraction of the bandwidth bound (fp32 weight bytes read per token / measured read bandwidth);
-4. mixture of experts: one GQA_MoE_Layer (16 experts, top-2, 1024 tokens) vs a dense block with the same
-   active parameters (SwiGLU ff = 2 x expert width).
-Random weights (no downloads). Targets (issue): prefill ratio <= 1.0, decode speed-up >= 1.5, MoE/dense <= 1.3.
-Without --threads, torch's default (one per core); decoding splits its matrix-vector products across them
-(runtime_torch/pack.py), transformers' generate runs them on one MKL thread whatever the setting.
+3. decode (fp32) and decode_bf16 (the same weights cast to bf16, transformers' too): greedy generation with the KV
+   cache, omnic tokens/s vs transformers' generate; against two bounds measured on the same bytes: a plain read
+   (torch.sum over a tensor of the weights' size) and the matrix-vector ceiling (torch's product, `kernels.linear`,
+   of one vector by every matrix a step reads, nothing else), as tok/s; the ratio's ceiling is transformers' step
+   time over the matrix-vector time (the speed-up if everything but those products took no time);
+4. moe: one GQA_MoE_Layer (16 experts, top-2, 1024 tokens) vs a dense block with the same active parameters
+   (SwiGLU ff = 2 x expert width);
+5. moe_decode: a Mixtral-style model (8 experts, top-2, 8 layers, width 512), greedy decode vs transformers.
+Every timed pair runs alternately, `n` times (3 with --quick, else 5); each figure is the median, the ratio's spread
+[min-max] is over the pairs. Random weights (no downloads). Goals (issue #16): decode >= 80% of the bandwidth bound
+and >= 2x transformers on one thread, MoE/dense <= 1.1.
+Without --threads, torch's default (one per core); both runtimes use them (torch.mv and MKL thread a matrix-vector
+product).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -38,8 +45,9 @@ def timeit(fn, n: int, warmup: int = 1) -> float:
     return statistics.median(ts)
 
 
-def race(a, b, n: int) -> tuple[float, float]:
-    """Median times of a and b, run alternately so that a change in machine load hits both alike."""
+def race(a, b, n: int) -> tuple[list[float], list[float]]:
+    """Times of a and b, run alternately n times (after one warm-up each) so that a change in machine load hits
+    both alike."""
     a(), b()
     ta, tb = [], []
     for _ in range(n):
@@ -49,17 +57,49 @@ def race(a, b, n: int) -> tuple[float, float]:
         t = time.perf_counter()
         b()
         tb.append(time.perf_counter() - t)
-    return statistics.median(ta), statistics.median(tb)
+    return ta, tb
 
 
-def machine(quick: bool) -> tuple[float, float]:
+def spread(ta: list[float], tb: list[float]) -> str:
+    """Median ratio tb / ta (how many times faster a is) over the pairs, with its [min-max]."""
+    r = [y / x for x, y in zip(ta, tb)]
+    return f"{statistics.median(r):.2f}x [{min(r):.2f}-{max(r):.2f}]"
+
+
+def load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def machine(quick: bool) -> float:
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     t = timeit(lambda: torch.mm(a, b), 5 if quick else 10)
-    gemm = 2 * 2048 ** 3 / t
-    x = torch.ones(256 * 2**20 // 4 * (1 if quick else 4))          # 256 MiB or 1 GiB of fp32
-    t = timeit(lambda: x.sum(), 3 if quick else 5)
-    bw = x.numel() * 4 / t
-    return gemm, bw
+    return 2 * 2048 ** 3 / t
+
+
+def step_matrices(model) -> list[torch.Tensor]:
+    """The matrices a decoding step of the packed `model` reads, once each: the fused groups' buffers and every other
+    2-D weight (a tied embedding is read as the head)."""
+    seen, out = set(), []
+    for mod in model.modules():
+        for g in (getattr(mod, "_groups", None) or {}).values():
+            out.append(g.wt)
+            seen |= {id(m.weight) for m in g.mods}
+    out += [p for p in model.parameters() if p.dim() == 2 and id(p) not in seen]
+    return out
+
+
+def bounds(model, n: int) -> tuple[float, float, float]:
+    """(bytes a step reads, plain read GB/s, matrix-vector GB/s) for the packed `model`, on those bytes."""
+    from runtime_torch.kernels import linear
+    mats = step_matrices(model)
+    nbytes = sum(m.numel() * m.element_size() for m in mats)
+    flat = torch.ones(nbytes // 4)
+    t_read = timeit(lambda: flat.sum(), n)
+    del flat
+    xs = {(m.shape[1], m.dtype): torch.randn(1, 1, m.shape[1], dtype=m.dtype) for m in mats}
+    with torch.inference_mode():
+        t_mv = timeit(lambda: [linear(xs[m.shape[1], m.dtype], m) for m in mats], n)
+    return nbytes, nbytes / t_read, nbytes / t_mv
 
 
 def smollm(quick: bool):
@@ -80,24 +120,30 @@ def bench_prefill(hf, model, c, ids, gemm: float, n: int) -> tuple:
         want = hf(input_ids=ids).logits
         got = model(input_ids=ids)["lm.lm_head"]
         assert (want - got).abs().max().item() < 1e-3, "omnic and transformers disagree"
-        t_om, t_hf = race(lambda: model(input_ids=ids), lambda: hf(input_ids=ids), n)
+        ta, tb = race(lambda: model(input_ids=ids), lambda: hf(input_ids=ids), n)
+    t_om, t_hf = statistics.median(ta), statistics.median(tb)
     flops = c.report["flops"]["prefill"]
-    return ("prefill 1x512 fp32", f"{t_om * 1e3:.0f} ms", f"{t_hf * 1e3:.0f} ms", f"{t_om / t_hf:.2f}",
+    return ("prefill 1x512 fp32", f"{t_om * 1e3:.0f} ms", f"{t_hf * 1e3:.0f} ms", spread(ta, tb),
             f"{flops / t_om / gemm:.0%} of GEMM peak ({flops / 1e9:.0f} GFLOP)")
 
 
-def bench_decode(hf, model, c, prompt, new: int, bw: float, n: int) -> tuple:
+def bench_decode(label: str, hf, model, prompt, new: int, n: int) -> tuple:
+    """omnic's generate vs transformers' on the same weights (the model packed by the first generate), against
+    the plain-read and matrix-vector bounds of the bytes a step reads."""
     hf_gen = lambda: hf.generate(prompt, max_new_tokens=new, do_sample=False, eos_token_id=None,  # noqa: E731
                                  pad_token_id=0)
     with torch.inference_mode():
-        same = torch.equal(generate(model, prompt, new), hf_gen())
-        t_om, t_hf = race(lambda: generate(model, prompt, new), hf_gen, n)
+        mine, theirs = generate(model, prompt, new), hf_gen()
+        same = (mine == theirs).all(0).long().argmin().item() if not torch.equal(mine, theirs) else None
+        ta, tb = race(lambda: generate(model, prompt, new), hf_gen, n)
+    nbytes, read, mv = bounds(model, n)
+    t_om, t_hf = statistics.median(ta), statistics.median(tb)
     tok_om, tok_hf = new / t_om, new / t_hf
-    wbytes = c.report["memory"]["weights"]["fp32"]
-    bound = bw / wbytes
-    return (f"decode {new} tokens (greedy{', same tokens' if same else ', TOKENS DIFFER'})",
-            f"{tok_om:.1f} tok/s", f"{tok_hf:.1f} tok/s", f"{tok_om / tok_hf:.2f}x faster",
-            f"{tok_om / bound:.0%} of bandwidth bound ({bound:.0f} tok/s at {wbytes / 1e6:.0f} MB/token)")
+    agree = "same tokens" if same is None else f"tokens differ from position {same}"
+    return (f"{label} {new} tokens ({agree})", f"{tok_om:.1f} tok/s", f"{tok_hf:.1f} tok/s", spread(ta, tb),
+            f"{tok_om * nbytes / read:.0%} of the read bound ({read / nbytes:.0f} tok/s: {nbytes / 1e6:.0f} MB/token "
+            f"at {read / 1e9:.1f} GB/s); {tok_om * nbytes / mv:.0%} of the matvec ceiling ({mv / nbytes:.0f} tok/s: "
+            f"{mv / 1e9:.1f} GB/s); ratio ceiling {mv / nbytes / tok_hf:.2f}x")
 
 
 def bench_moe(n: int) -> tuple:
@@ -114,40 +160,75 @@ def bench_moe(n: int) -> tuple:
     mm, dm = rt.build(moe).eval(), rt.build(dense).eval()
     x = torch.randn(1, T, D)
     with torch.inference_mode():
-        t_moe, t_dense = race(lambda: mm(x=x), lambda: dm(x=x), n)
-    return (f"MoE layer {E} experts top-{k}, {T} tokens", f"{t_moe * 1e3:.1f} ms", f"dense {t_dense * 1e3:.1f} ms",
-            f"{t_moe / t_dense:.2f}", "same active parameters")
+        ta, tb = race(lambda: mm(x=x), lambda: dm(x=x), n)
+    r = [a / b for a, b in zip(ta, tb)]
+    return (f"MoE layer {E} experts top-{k}, {T} tokens", f"{statistics.median(ta) * 1e3:.1f} ms",
+            f"dense {statistics.median(tb) * 1e3:.1f} ms",
+            f"{statistics.median(r):.2f} [{min(r):.2f}-{max(r):.2f}]", "MoE / dense time, same active parameters")
+
+
+def mixtral():
+    from transformers import MixtralConfig, MixtralForCausalLM
+    cfg = MixtralConfig(hidden_size=512, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=8,
+                        num_key_value_heads=2, vocab_size=32000, num_local_experts=8, num_experts_per_tok=2)
+    torch.manual_seed(0)
+    hf = MixtralForCausalLM(cfg).eval()
+    c = compiler.compile(spec_from_hf_config(cfg.to_dict()), context=512, batch=1)
+    model = rt.build(c, init=False)
+    rt.load_state_dict_mapped(model, dict(hf.state_dict()), hf_key_map("mixtral"), strict=False)
+    return hf, model.eval()
+
+
+def bench_moe_decode(prompt, new: int, n: int) -> tuple:
+    hf, model = mixtral()
+    hf_gen = lambda: hf.generate(prompt, max_new_tokens=new, do_sample=False, eos_token_id=None,  # noqa: E731
+                                 pad_token_id=0)
+    with torch.inference_mode():
+        same = torch.equal(generate(model, prompt, new), hf_gen())
+        ta, tb = race(lambda: generate(model, prompt, new), hf_gen, n)
+    return (f"MoE decode, Mixtral-style 8 experts top-2, {new} tokens "
+            f"({'same tokens' if same else 'TOKENS DIFFER'})", f"{new / statistics.median(ta):.1f} tok/s",
+            f"{new / statistics.median(tb):.1f} tok/s", spread(ta, tb), "few-token expert path (moe.experts_few)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--cases", default="prefill,decode,moe", help="comma-separated: prefill, decode, moe")
+    ap.add_argument("--cases", default="prefill,decode,decode_bf16,moe,moe_decode",
+                    help="comma-separated: prefill, decode, decode_bf16, moe, moe_decode")
     a = ap.parse_args()
     cases = a.cases.split(",")
     if a.threads:
         torch.set_num_threads(a.threads)
     n = 3 if a.quick else 5
-    gemm, bw = machine(a.quick)
-    print(f"machine: {torch.get_num_threads()} threads, fp32 GEMM {gemm / 1e9:.1f} GFLOP/s, "
-          f"read bandwidth {bw / 1e9:.1f} GB/s")
+    start = load()
+    gemm = machine(a.quick)
+    print(f"machine: {torch.get_num_threads()} threads, fp32 GEMM {gemm / 1e9:.1f} GFLOP/s, load average {start}")
     rows = []
-    if "prefill" in cases or "decode" in cases:
+    new = 32 if a.quick else 64
+    ids = torch.randint(0, 49152, (1, 512), generator=torch.Generator().manual_seed(0))
+    if {"prefill", "decode", "decode_bf16"} & set(cases):
         hf, model, c = smollm(a.quick)
-        ids = torch.randint(0, 49152, (1, 512), generator=torch.Generator().manual_seed(0))
         if "prefill" in cases:
             rows.append(bench_prefill(hf, model, c, ids, gemm, n))
         if "decode" in cases:
-            rows.append(bench_decode(hf, model, c, ids[:, :32], 32 if a.quick else 64, bw, n))
+            rows.append(bench_decode("decode fp32", hf, model, ids[:, :32], new, n))
+        if "decode_bf16" in cases:
+            hf, model = hf.to(torch.bfloat16), model.to(torch.bfloat16)
+            rows.append(bench_decode("decode bf16", hf, model, ids[:, :32], new, n))
+        del hf, model
     if "moe" in cases:
         rows.append(bench_moe(n))
+    if "moe_decode" in cases:
+        rows.append(bench_moe_decode(ids[:, :32] % 32000, new, n))
 
     w = [max(len(r[i]) for r in rows) for i in range(5)]
-    head = ("case", "omnic", "peer", "ratio", "against the machine")
+    head = ("case", "omnic", "peer", "ratio [spread]", "against the machine")
     print("  ".join(h.ljust(w[i]) for i, h in enumerate(head)))
     for r in rows:
         print("  ".join(s.ljust(w[i]) for i, s in enumerate(r)))
+    print(f"load average (1/5/15 min) at the start {start}, at the end {load()}")
 
 
 if __name__ == "__main__":

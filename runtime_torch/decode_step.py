@@ -66,7 +66,14 @@ class OneToken:
 
 
 def one_token(block) -> Optional[OneToken]:
-    """The one-token step of `block` (a TransformerBlock or GQA_MoE_Layer) when it covers it (module docstring)."""
+    """The one-token step of `block` (a TransformerBlock or GQA_MoE_Layer) when it covers it (module docstring). It
+    holds the packed buffers of the time it is made (steps run without grad): loading weights in place keeps them,
+    a model moved or re-packed (`.to`) needs a new step, as it needs a new DecodeSession."""
+    with torch.no_grad():
+        return _one_token(block)
+
+
+def _one_token(block) -> Optional[OneToken]:
     if not isinstance(block, TransformerBlock) or (type(block).forward, type(block)._attention) != (TransformerBlock.forward,
                                                                    TransformerBlock._attention):
         return None

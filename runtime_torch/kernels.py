@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from runtime_common.rope import attention_factor, effective_length, inv_freq
 
@@ -40,13 +41,20 @@ ACT = {
 }
 
 
+def _plain(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether the CPU shortcuts of `linear` may run: a plain weight (not quantised, quantize.py) on the CPU, no
+    tracing, no dispatch mode."""
+    return (x.is_cpu and type(w) in (torch.Tensor, torch.nn.Parameter) and not torch.compiler.is_compiling()
+            and _get_current_dispatch_mode() is None)
+
+
 def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
     """F.linear(x, w, b) (x (..., in), w (out, in)), faster for few rows on the CPU (see pack.py): one row runs
     torch.mv (either layout; it threads the product); 2 to SPLIT_ROWS rows of an fp32 weight are split into P blocks
-    of output columns run in parallel by one torch.bmm when there are P > 1 threads."""
+    of output columns run in parallel by one torch.bmm when there are P > 1 threads. Traced graphs and dispatch
+    modes (FlopCounterMode counts addmm, not mv) get F.linear."""
     out, d = w.shape
-    if (torch.compiler.is_compiling() or not x.is_cpu or x.numel() > SPLIT_ROWS * d
-            or type(w) not in (torch.Tensor, torch.nn.Parameter)):    # a quantised weight (quantize.py)
+    if not _plain(x, w) or x.numel() > SPLIT_ROWS * d or d == 0:
         return F.linear(x, w, b)                        # traced graphs stay plain; other devices have their own
     if x.numel() == d and d:                                                   # one row: a matrix-vector product
         v = x.reshape(d)
@@ -69,8 +77,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -
 
 def linear_add(r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """r + linear(x, w) (r (..., out)), for a residual stream: one torch.addmv when x is one row on the CPU."""
-    if x.numel() == w.shape[1] and x.is_cpu and type(w) in (torch.Tensor, torch.nn.Parameter) \
-            and not torch.compiler.is_compiling():
+    if x.numel() == w.shape[1] > 0 and _plain(x, w):
         return torch.addmv(r.reshape(-1), w, x.reshape(-1)).view(r.shape)
     return r + linear(x, w)
 
