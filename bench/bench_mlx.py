@@ -12,7 +12,8 @@
    the same SmolLM2-135M-size Llama: random weights written once to a safetensors file and loaded by both, fp32
    and bf16, a prompt of --prompt tokens then --new greedy tokens; tokens/s = new tokens / wall time of the whole
    call (prefill included, the same work in both), repetitions interleaved (the order alternating), median with
-   min-max, the ratio of medians and each repetition's ratio; greedy tokens compared.
+   min-max, the ratio of medians and each repetition's ratio; greedy tokens compared. A third row runs omnic-MLX
+   with `pack=False` (runtime_mlx/pack.py off): what the fused products give on this machine.
 Usage: python bench/bench_mlx.py [--tokens 256] [--reps 5] [--context 128] [--prompt 32] [--new 64] [--gen-reps 3]
        [--skip-speed] [--skip-memory] [--skip-generate]
 """
@@ -90,7 +91,7 @@ def bench_speed(tokens: int, reps: int) -> None:
 
 # --- 3. generation -----------------------------------------------------------------------------------------------------
 def generation_pair(path: str, dtype):
-    """omnic-MLX and mlx-lm models of one safetensors file, cast to dtype."""
+    """omnic-MLX and mlx-lm models of one safetensors file, cast to dtype (ours not yet packed)."""
     ours = runtime_mlx.build(compile(SMOLLM2_SPEC).raise_for_errors(), init=False)
     runtime_mlx.load_weights(ours, path)
     peer = mlx_lm_llama(list(mx.load(path).items()))
@@ -114,10 +115,13 @@ def bench_generate(prompt: int, new: int, reps: int) -> None:
         runtime_mlx.save_weights(runtime_mlx.build(compile(SMOLLM2_SPEC).raise_for_errors(), seed=0), path)
         for dtype in (mx.float32, mx.bfloat16):
             ours, peer = generation_pair(path, dtype)
+            plain = generation_pair(path, dtype)[0]                  # a second copy, never packed
             run = {"omnic-MLX": lambda: generate(ours, ids, new)[0, prompt:].tolist(),
-                   "mlx-lm": lambda: [t for t, _ in generate_step(ids[0], peer, max_tokens=new)]}
+                   "mlx-lm": lambda: [t for t, _ in generate_step(ids[0], peer, max_tokens=new)],
+                   "unpacked": lambda: generate(plain, ids, new, pack=False)[0, prompt:].tolist()}
             toks = {k: f() for k, f in run.items()}                 # warm-up, and the tokens compared
-            same = next((i for i, (a, b) in enumerate(zip(*toks.values())) if a != b), new)
+            same = next((i for i, (a, b) in enumerate(zip(toks["omnic-MLX"], toks["mlx-lm"])) if a != b), new)
+            assert toks["unpacked"] == toks["omnic-MLX"] or dtype != mx.float32, "packing changed greedy tokens"
             tps = {k: [] for k in run}
             loads = []
             for r in range(reps):
@@ -131,12 +135,13 @@ def bench_generate(prompt: int, new: int, reps: int) -> None:
             name = "fp32" if dtype == mx.float32 else "bf16"
             for k, v in tps.items():
                 ratio = (f"{med['omnic-MLX'] / med['mlx-lm']:.3f} ({', '.join(f'{x:.2f}' for x in per_rep)})"
-                         if k == "omnic-MLX" else "")
+                         if k == "omnic-MLX" else f"{med[k] / med['mlx-lm']:.3f}" if k == "unpacked" else "")
                 eq = f"{same}/{new}" if k == "omnic-MLX" else ""
                 print(f"{name:<9} {k:<12} {med[k]:12.1f} {min(v):6.1f}-{max(v):<6.1f}   {ratio:<30} {eq:>12}  "
                       f"{min(loads):.1f}-{max(loads):.1f}")
-            del ours, peer
-    print(f"(tokens equal: the leading greedy tokens that agree; bf16 rounds RoPE and attention differently in the two "
+            del ours, peer, plain
+    print(f"(unpacked: omnic-MLX with pack=False, everything else the same: what fusing q|k|v and gate|up gives. "
+          f"tokens equal: the leading greedy tokens that agree; bf16 rounds RoPE and attention differently in the two "
           f"implementations, so they may part after a while. {os.cpu_count()} cores, BLAS: "
           f"{runtime_mlx.BLAS['path'] or runtime_mlx.BLAS['reason']})")
 
