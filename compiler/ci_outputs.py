@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import xml.etree.ElementTree as ET
 from typing import Iterable, Optional
 
 from .diagnostics import Diagnostic
@@ -169,6 +168,7 @@ def markdown(results: list[dict]) -> str:
 
 # --- JUnit XML -------------------------------------------------------------------------------------------------------
 def junit(results: list[dict], suite: str = "omnic check") -> str:
+    import xml.etree.ElementTree as ET          # here: `omnic check` without --output-format junit needs no XML
     fails = sum(status(r) == FAIL for r in results)
     errors = sum(status(r) == INVALID for r in results)
     root = ET.Element("testsuites", name=suite, tests=str(len(results)), failures=str(fails), errors=str(errors))

@@ -421,6 +421,9 @@ cli.add_command(fit)
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: click handles usage errors (exit 2); anything unexpected is an internal error (3).
     SIGTERM unwinds like Ctrl-C, so `omnic build` removes its temporary directory."""
+    # pydantic looks up plugins in every installed package's metadata when it builds its first validator (a scan of
+    # the environment at each start); the omnic command runs none, so it skips the scan unless told otherwise
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:

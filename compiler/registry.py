@@ -34,7 +34,7 @@ from .ir import TensorType
 class Params(BaseModel):
     """Base of every op's parameters: strict types, unknown keys refused, immutable, `note` allowed."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, defer_build=True)
     note: Optional[str] = Field(None, description="Free text for people; never interpreted.")
 
 

@@ -129,3 +129,25 @@ def test_the_test_import_check_sees_every_spelling(tmp_path):
     f.write_text("import os\nfrom tests.tiny_specs import LM\nfrom tests.test_cli import run\nimport test_quant\n"
                  "def f():\n    from tests import test_onnx, shrink\n    from . import test_pack\n")
     assert _test_modules_imported(str(f)) == {"test_cli", "test_quant", "test_onnx", "test_pack"}
+
+
+#: what `omnic check` must not import: frameworks, numerics, and the libraries of other commands
+CHECK_NEVER = ("torch", "mlx", "numpy", "jsonschema", "networkx", "onnx", "transformers", "safetensors", "xml",
+               "yaml")
+
+
+@pytest.mark.parametrize("spec, options, never", [("specs/oculus.json", ["--quiet"], CHECK_NEVER + ("rich",)),
+                                                  ("examples/tiny_vlm.json", [], CHECK_NEVER)])
+def test_check_imports_only_what_it_needs(spec, options, never):
+    """`omnic check` as a process (start-up is import time): none of CHECK_NEVER is loaded; with --quiet (no tables)
+    not rich either."""
+    code = ("import sys, runpy\n"
+            f"sys.argv = ['omnic', 'check', {spec!r}, *{options!r}]\n"
+            "try:\n    runpy.run_module('compiler', run_name='__main__')\n"
+            "except SystemExit as e:\n    code = e.code\n"
+            f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {never!r})\n"
+            "print('LOADED', bad, code)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+    last = out.stdout.strip().splitlines()[-1]
+    assert last == "LOADED [] 0", (last, out.stderr[-2000:])
