@@ -163,7 +163,8 @@ def check_layers(graph, layers) -> None:
 
 
 def example(step: DecodeStep, B: int, T: int, P: int, vocab: int, gen: torch.Generator) -> tuple:
-    """Inputs of one call: B rows, T new tokens after P past ones, the first row left-padded by one token."""
+    """Inputs of one call (the trace's): B rows, T new tokens after P past ones, the first row's first past
+    position padding."""
     ids = torch.randint(0, vocab, (B, T), generator=gen)
     mask = torch.ones(B, P + T, dtype=torch.long)
     mask[0, 0] = 0
@@ -246,7 +247,7 @@ def write(compiled, out_dir: str | os.PathLike, weights: bool = False, seed: int
         say("greedy decoding in torch (the reference)")
         prompt = prompt_of(vocab, seed)
         want_tokens, want = greedy(torch_runner(step), prompt, CHECK["steps"], _kv_shapes(step))
-        layout = layout_of(step, vocab, model)
+        layout = layout_of(step, vocab)
         del model, step
         gc.collect()
         say("greedy decoding in onnxruntime")
@@ -257,7 +258,8 @@ def write(compiled, out_dir: str | os.PathLike, weights: bool = False, seed: int
                              f"{want_tokens.tolist()}")
     info.update({"layout": {k: v for k, v in layout.items() if k != "layers"},
                  "check": {"batch": CHECK["B"], "prompt": CHECK["T"], "steps": CHECK["steps"],
-                           "left_padding": (prompt[1] == 0).sum(-1).tolist(), "tokens": got_tokens.tolist(), "max_abs_difference": diffs},
+                           "left_padding": (prompt[1] == 0).sum(-1).tolist(), "tokens": got_tokens.tolist(),
+                           "max_abs_difference": diffs},
                  "tolerance": {"atol": ATOL, "rtol": RTOL}, "seed": seed, "external_data": external,
                  "conversion": how, **({"weights_from": os.path.abspath(weights_from)} if weights_from else {})})
     for name, text in (("report.json", json.dumps(compiled.report, sort_keys=True, indent=2)),
@@ -280,7 +282,7 @@ def _kv_shapes(step: DecodeStep) -> list[tuple[int, int]]:
     return [(step.model.graph[n].params.kv, step.model.graph[n].params.head_dim) for n in step.layers]
 
 
-def layout_of(step: DecodeStep, vocab: int, model) -> dict:
+def layout_of(step: DecodeStep, vocab: int) -> dict:
     kv = _kv_shapes(step)
     return {"input_names": step.input_names, "output_names": step.output_names, "num_layers": len(step.layers),
             "layers": step.layers, "kv_shapes": kv, "num_key_value_heads": sorted({k for k, _ in kv}),

@@ -18,7 +18,8 @@ Decoding: `forward(x, cache=None)`. A `LayerCache` (runtime_torch/cache.py, one 
 needs to continue a sequence, as the op declares it (`decode_state`): `seen` tokens so far (the RoPE position of
 x's first token), and K, V (B, kv, S, hs) after q/k norm and RoPE (sliding layers keep the last window - 1
 positions, all a later query can see) or, for conv layers, the last kernel - 1 inputs of the convolution
-`state["conv"]` (B, D, K-1).
+`state["conv"]` (B, D, K-1). A cache with a `given` (compiler/emit/onnx_decode.py, the ONNX decode graph) supplies
+the RoPE rows of explicit positions, the past K/V (`extend` returns past + new) and the mask (padding) instead.
 Shape vocabulary: B batch, T tokens of this call, S cached + new keys, D width, H heads, kv key/value heads,
 hs head size, F MLP width.
 """
@@ -99,7 +100,7 @@ class TransformerBlock(Node):
     def _attention(self, h, cache):
         B, T, _ = h.shape
         fused = self._fused("qkv")
-        given = getattr(cache, "given", None)     # positions, past K/V and mask as inputs (compiler/emit/onnx_decode.py)
+        given = getattr(cache, "given", None)     # positions, past K/V, mask as inputs (compiler/emit/onnx_decode)
         if (fused is not None and T == 1 and given is None and cache is not None and self.q_norm is None
                 and self.p.rope != "2d"
                 and self.rd == self.hd and self.softcap is None):
@@ -121,7 +122,7 @@ class TransformerBlock(Node):
         pos = cache.seen if cache is not None else 0
         rope = self.p.rope
         if rope == "1d":
-            cos, sin = given.rope(self.rot, h) if given is not None else self._rope_rows(pos, T, h)   # (B|1, 1|T, .., rd)
+            cos, sin = given.rope(self.rot, h) if given is not None else self._rope_rows(pos, T, h)  # (.., T, rd)
             q, k = apply_rope(q, cos, sin, self.rd), apply_rope(k, cos, sin, self.rd)
         elif rope == "2d":
             cos, sin = rope_tables(grid_angles(self.grid, self.rd, self.p.theta).to(h.device), h.dtype)  # (h*w, rd)
