@@ -139,7 +139,7 @@ def bench_decode(label: str, hf, model, prompt, new: int, n: int) -> tuple:
     nbytes, read, mv = bounds(model, n)
     t_om, t_hf = statistics.median(ta), statistics.median(tb)
     tok_om, tok_hf = new / t_om, new / t_hf
-    agree = "same tokens" if same is None else f"tokens differ from position {same}"
+    agree = "same tokens" if same is None else f"same tokens up to generated token {same - prompt.shape[1] + 1}"
     return (f"{label} {new} tokens ({agree})", f"{tok_om:.1f} tok/s", f"{tok_hf:.1f} tok/s", spread(ta, tb),
             f"{tok_om * nbytes / read:.0%} of the read bound ({read / nbytes:.0f} tok/s: {nbytes / 1e6:.0f} MB/token "
             f"at {read / 1e9:.1f} GB/s); {tok_om * nbytes / mv:.0%} of the matvec ceiling ({mv / nbytes:.0f} tok/s: "
