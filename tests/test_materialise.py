@@ -101,6 +101,24 @@ def test_weights_keyword_loads_into_a_model_without_storage(tmp_path):
         compile("examples/tiny_lm.json").to_torch(weights=path)
 
 
+def test_training_a_loaded_model_leaves_its_file_alone(tmp_path):
+    """Tensors loaded from a file may share its pages (copy-on-write maps): writing to them in place, as an
+    optimiser does, must never reach the file."""
+    import hashlib
+    import runtime_torch
+    c = compile("examples/tiny_lm.json")
+    path = tmp_path / "w.safetensors"
+    runtime_torch.save_weights(c.to_torch(seed=4), path)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    into = c.to_torch(seed=5)
+    runtime_torch.load_weights(into, path)
+    for model in (c.to_torch(weights=path), into):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
 def test_mlx_seeded_and_loaded_weights_are_the_torch_ones(tmp_path):
     pytest.importorskip("runtime_mlx")
     import runtime_torch
