@@ -99,6 +99,7 @@ def bench_decode(repeats: int, new: int) -> None:
     from compiler.emit import onnx_decode
     from compiler.importers import spec_from_hf_config
     from runtime_torch.generate import generate
+    from bench_torch import race                      # the same alternate timing as the torch benchmark
     cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                       num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0, tie_word_embeddings=True,
                       max_position_embeddings=8192, rms_norm_eps=1e-5)
@@ -116,14 +117,7 @@ def bench_decode(repeats: int, new: int) -> None:
         torch_gen = lambda: generate(model, prompt, new)[:, 32:]                      # noqa: E731
         with torch.inference_mode():
             same = ort_gen().tolist() == torch_gen().tolist()
-            t_ort, t_torch = [], []
-            for _ in range(repeats):                  # alternately: a change of load hits both alike
-                t = time.perf_counter()
-                ort_gen()
-                t_ort.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                torch_gen()
-                t_torch.append(time.perf_counter() - t)
+            t_ort, t_torch = race(ort_gen, torch_gen, repeats)     # alternately: a change of load hits both alike
     tok_ort, tok_torch = [new / t for t in t_ort], [new / t for t in t_torch]
     print(f"decode: SmolLM2-135M size, fp32, batch 1, prompt 32 + {new} greedy tokens "
           f"({'same tokens' if same else 'TOKENS DIFFER'}); onnx-decode export {t_export:.1f} s")
