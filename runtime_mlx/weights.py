@@ -12,8 +12,10 @@ of `runtime_torch/weights.py`).
                                                tensors stacked with mx.stack: no torch)
   load_checkpoint(model, path, mapping, strict, cast=True)
                                                a checkpoint file or folder other code wrote (single or sharded
-                                               safetensors) through a key map, tensor by tensor from memory-mapped
-                                               files, each cast to the model's dtype; never imports torch
+                                               safetensors) through a key map, tensor by tensor with MLX's own
+                                               reader (`mx.load`'s lazy arrays, each read when evaluated; numpy's
+                                               memory map for a file MLX cannot open), each cast to the model's
+                                               dtype; never imports torch
 Loading checks everything before it assigns anything, and reports every problem at once in a `WeightsMismatch`
 (a ValueError): missing, unexpected, mis-shaped and (unless `cast=True`) mis-typed tensors, and names that collide
 after renaming. Shapes must be the declared torch shapes exactly: a file in MLX layout is refused (files are torch's),
@@ -107,25 +109,52 @@ _MX = {"F32": mx.float32, "F16": mx.float16, "BF16": mx.bfloat16, "F64": mx.floa
 _ST = {v: k for k, v in _MX.items()}
 
 
-def _read(ref: ckpt.Ref) -> mx.array:
-    if ref.value is not None:
-        return ref.value
-    if ref.dtype not in _MX:
-        raise ValueError(f"{ref.file}: tensor {ref.name} is {ref.dtype}, which MLX cannot hold")
+class _Files:
+    """Reads a load's tensors with MLX's own safetensors reader: `mx.load` of a file gives lazy arrays, each read
+    (straight into its own buffer, no numpy copy) when it is evaluated. One `mx.load` per file is kept; each array is
+    handed out once and dropped from it, so an array read and then cast or transposed is freed with its last use (a
+    tensor asked for again, a split's source or a tie being compared, loads the file's header anew). A file MLX cannot
+    open (a dtype it does not know) is read tensor by tensor through numpy (`ckpt.tensor_bytes`)."""
+
+    def __init__(self):
+        self.open: dict[str, dict] = {}
+        self.numpy: set[str] = set()
+
+    def read(self, ref: ckpt.Ref) -> mx.array:
+        if ref.value is not None:
+            return ref.value
+        if ref.dtype not in _MX:
+            raise ValueError(f"{ref.file}: tensor {ref.name} is {ref.dtype}, which MLX cannot hold")
+        if ref.file not in self.numpy:
+            arrays = self.open.get(ref.file)
+            if arrays is None or ref.name not in arrays:
+                try:
+                    arrays = self.open[ref.file] = mx.load(ref.file, format="safetensors")
+                except (RuntimeError, ValueError):
+                    self.numpy.add(ref.file)
+            if ref.file not in self.numpy:
+                x = arrays.pop(ref.name, None)
+                if x is not None and x.dtype == _MX[ref.dtype] and tuple(x.shape) == ref.shape:
+                    return x
+        return _read_numpy(ref)
+
+    def framework(self) -> ckpt.Framework:
+        return ckpt.Framework(read=self.read, cat=lambda xs: mx.concatenate(xs, 0), stack=lambda xs: mx.stack(xs, 0),
+                              narrow=lambda x, d, s, n: mx.split(x, [s, s + n], axis=d)[1])
+
+
+def _read_numpy(ref: ckpt.Ref) -> mx.array:
     a = ckpt.tensor_bytes(ref)
     x = mx.array(a)                                    # a copy; the file's map goes with `a`
     del a
     return x.view(mx.bfloat16) if ref.dtype == "BF16" else x
 
 
-_FW = ckpt.Framework(read=_read, cat=lambda xs: mx.concatenate(xs, 0), stack=lambda xs: mx.stack(xs, 0),
-                     narrow=lambda x, d, s, n: mx.split(x, [s, s + n], axis=d)[1])
-
-
 def _load_planned(model, refs: dict, mapping: Sequence, strict: bool, cast: bool, source: str) -> LoadResult:
     shapes = {n: tuple(w.shape) for n, w in model.weight_decls.items()}
     planned, problems = ckpt.plan(refs, mapping, shapes)
-    entries = {new: (tuple(src.shape), _MX.get(src.dtype), (lambda s=src: ckpt.materialise(s, _FW)), src.origin)
+    fw = _Files().framework()
+    entries = {new: (tuple(src.shape), _MX.get(src.dtype), (lambda s=src: ckpt.materialise(s, fw)), src.origin)
                for new, src in planned.items()}
     return _assign(model, entries, strict, cast, source, problems)
 

@@ -134,3 +134,35 @@ def test_mlx_seeded_and_loaded_weights_are_the_torch_ones(tmp_path):
     loaded = {k: torch.from_numpy(np.array(v)) for k, v in
               torch_layout_weights(c.to_mlx(weights=path)).items()}
     assert digest(loaded) == digest(owned)
+
+
+@pytest.mark.parametrize("model_dtype", ["float32", "bfloat16"])
+def test_mlx_load_through_mx_load_equals_the_numpy_route(model_dtype, tmp_path, monkeypatch):
+    """The MLX load reads a file with `mx.load` (lazy arrays, read when evaluated); a file `mx.load` cannot open is
+    read through numpy's memory map instead. Both give the same model, bit for bit, for a file of every dtype cast to
+    the model's, with convolution kernels transposed to MLX's layout."""
+    pytest.importorskip("runtime_mlx")
+    import mlx.core as mx
+    import runtime_torch
+    from runtime_mlx.weights import torch_layout_weights
+    c = compile("examples/tiny_vlm.json")
+    for file_dtype in ("float32", "bfloat16", "float16"):
+        path = tmp_path / f"w_{file_dtype}.safetensors"
+        runtime_torch.save_weights(c.to_torch(seed=6, dtype=file_dtype), path)
+        calls = []
+        real_load = mx.load
+        monkeypatch.setattr(mx, "load", lambda *a, **k: calls.append(a[0]) or real_load(*a, **k))
+        fast = c.to_mlx(weights=path, dtype=model_dtype)
+        assert calls == [str(path)]                        # one mx.load for the file: the fast route was taken
+
+        def refuse(*a, **k):
+            raise RuntimeError("cannot open")
+        monkeypatch.setattr(mx, "load", refuse)
+        slow = c.to_mlx(weights=path, dtype=model_dtype)
+        monkeypatch.setattr(mx, "load", real_load)
+        a, b = torch_layout_weights(fast), torch_layout_weights(slow)
+        assert sorted(a) == sorted(b)
+        for k in a:
+            assert a[k].dtype == b[k].dtype == getattr(mx, model_dtype), k
+            assert mx.array_equal(a[k], b[k]).item(), (file_dtype, k)
+        assert any(p is not None for p in fast.perms.values())      # the example has kernels to transpose
