@@ -137,14 +137,29 @@ def convert(program, input_names: Sequence[str], output_names: Sequence[str], dy
     return model, path
 
 
-def optimise(model: ir.Model) -> None:
-    """onnxscript's `optimize_ir` without the pattern rewriter: inline, fold constants, drop what is unused, lift
-    constants to initialisers, merge duplicates and common subexpressions."""
+def _fold(every_round: bool = False):
+    """onnxscript's constant folding with shape inference (onnx's, node by node). Unless `every_round`, the
+    inference runs only in the first of the optimiser's two rounds: the second (run when the first folded
+    something) sees the types and shapes the first inferred, visiting the nodes in the same order (the graph
+    is the same, tests/test_onnx.py; nanoVLM original_small: the optimiser takes 1.8 s instead of 2.2 s)."""
     from onnxscript.optimizer import _constant_folding
+
+    class Fold(_constant_folding.FoldConstantsPass):
+        def call(self, model):
+            try:
+                return super().call(model)
+            finally:
+                self.shape_inference = every_round
+
+    return Fold(shape_inference=True, input_size_limit=8192, output_size_limit=262144)
+
+
+def optimise(model: ir.Model, every_round: bool = False) -> None:
+    """onnxscript's `optimize_ir` without the pattern rewriter: inline, fold constants (`_fold`), drop what is
+    unused, lift constants to initialisers, merge duplicates and common subexpressions."""
     fold = ir.passes.PassManager([
-        _constant_folding.FoldConstantsPass(shape_inference=True, input_size_limit=8192, output_size_limit=262144),
-        passes.RemoveUnusedNodesPass(), passes.RemoveUnusedFunctionsPass(), passes.RemoveUnusedOpsetsPass()],
-        steps=2, early_stop=True)
+        _fold(every_round), passes.RemoveUnusedNodesPass(), passes.RemoveUnusedFunctionsPass(),
+        passes.RemoveUnusedOpsetsPass()], steps=2, early_stop=True)
     ir.passes.Sequential(
         passes.InlinePass(), fold, passes.RemoveUnusedNodesPass(),
         passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
