@@ -71,19 +71,19 @@ def group(mods: Sequence[Optional[nn.Module]]) -> Optional[Packed]:
 def pack(model: nn.Module) -> nn.Module:
     """Give every node that can fuse products (a `pack()` method: TransformerBlock's q|k|v and gate|up) its packed
     groups; returns the model. Idempotent while the groups are usable."""
-    for name in getattr(model, "_nodes", {}):
-        mod = model.node(name)
-        if hasattr(mod, "pack"):
-            mod.pack()
-    object.__setattr__(model, "_packed", True)
-    return model
+    return _each_packable(model, "pack", True)
 
 
 def unpack(model: nn.Module) -> nn.Module:
     """No fused groups: every node runs its projections one by one (the parameters keep their values)."""
+    return _each_packable(model, "unpack", False)
+
+
+def _each_packable(model: nn.Module, method: str, packed: bool) -> nn.Module:
+    """Call `method` on every node that can fuse products (has `pack()`); record the state on the model."""
     for name in getattr(model, "_nodes", {}):
         mod = model.node(name)
         if hasattr(mod, "pack"):
-            mod.unpack()
-    object.__setattr__(model, "_packed", False)
+            getattr(mod, method)()
+    object.__setattr__(model, "_packed", packed)
     return model
