@@ -10,7 +10,8 @@
 3. decode: a SmolLM2-135M-size llama (random weights, seeded) exported with `--target onnx-decode`, then greedy
    decoding of a 32-token prompt, batch 1: onnxruntime (the exported graph, presents fed back as past_key_values)
    vs omnic-torch's `generate` (packed weights, preallocated KV cache), same weights, tokens compared, run
-   alternately; tokens/s include the prefill.
+   alternately; tokens/s include the prefill. With onnxruntime-genai installed, its own Generator on the same
+   folder (the genai_config.json the build writes) is raced against omnic-torch as well.
 Prints the load average before and after: timings only mean something on a quiet machine.
 """
 from __future__ import annotations
@@ -118,11 +119,47 @@ def bench_decode(repeats: int, new: int) -> None:
         with torch.inference_mode():
             same = ort_gen().tolist() == torch_gen().tolist()
             t_ort, t_torch = race(ort_gen, torch_gen, repeats)     # alternately: a change of load hits both alike
+            genai = genai_runner(tmp, prompt, new)
+            if genai is not None:
+                same_genai = genai() == torch_gen()[0].tolist()
+                t_genai, t_torch2 = race(genai, torch_gen, repeats)
     tok_ort, tok_torch = [new / t for t in t_ort], [new / t for t in t_torch]
     print(f"decode: SmolLM2-135M size, fp32, batch 1, prompt 32 + {new} greedy tokens "
           f"({'same tokens' if same else 'TOKENS DIFFER'}); onnx-decode export {t_export:.1f} s")
     print(f"  onnxruntime {spread(tok_ort)} tok/s   omnic-torch {spread(tok_torch)} tok/s   "
           f"ratio {spread([a / b for a, b in zip(tok_ort, tok_torch)], '{:.2f}')}x")
+    if genai is None:
+        print("  onnxruntime-genai: not installed")
+        return
+    tok_genai, tok_torch2 = [new / t for t in t_genai], [new / t for t in t_torch2]
+    ratio = spread([a / b for a, b in zip(tok_genai, tok_torch2)], "{:.2f}")
+    print(f"  onnxruntime-genai Generator {spread(tok_genai)} tok/s "
+          f"({'same tokens' if same_genai else 'TOKENS DIFFER'})   omnic-torch {spread(tok_torch2)} tok/s   "
+          f"ratio {ratio}x")
+
+
+def genai_runner(folder: str, prompt, new: int):
+    """A function that decodes `new` greedy tokens after `prompt` (1, T) with onnxruntime-genai's Generator on the
+    exported folder (its genai_config.json), or None without onnxruntime-genai."""
+    try:
+        import onnxruntime_genai as og
+    except ImportError:
+        return None
+    import numpy as np
+    model = og.Model(folder)
+    ids = np.asarray(prompt, dtype=np.int32)
+
+    def run() -> list[int]:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=ids.shape[1] + new, do_sample=False)
+        gen = og.Generator(model, params)
+        gen.append_tokens(ids)
+        out = []
+        while not gen.is_done():
+            gen.generate_next_token()
+            out.append(int(gen.get_next_tokens()[0]))
+        return out
+    return run
 
 
 def main() -> None:

@@ -142,3 +142,57 @@ def test_lfm2_is_refused_through_the_cli(tmp_path):
     assert r.exit_code == 2, r.output                            # a UserError: message, no traceback
     assert "short convolution (LFM2)" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_onnxruntime_genai_decodes_the_export_of_a_save_pretrained_folder(family, tmp_path):
+    """transformers' save_pretrained folder -> `omnic build --target onnx-decode --weights-from` -> genai_config.json
+    and model.onnx loaded by onnxruntime-genai's own Model and Generator: greedy tokens equal transformers' generate
+    (stopping at the checkpoint's eos, which genai reads from the config omnic wrote)."""
+    og = pytest.importorskip("onnxruntime_genai")
+    import numpy as np
+    hf = hf_model(family)
+    for cfg in (hf.config, hf.generation_config):             # generation_config.json is read first, as generate does
+        cfg.eos_token_id, cfg.bos_token_id = 2, 1
+    folder = tmp_path / "hf"
+    hf.save_pretrained(folder)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(spec_from_hf_config(hf.config.to_dict())))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["build", str(spec), "--target", "onnx-decode", "-o", str(out),
+                                 "--weights-from", str(folder)])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "genai_config.json").read_text())
+    assert cfg["model"]["eos_token_id"] == 2 and cfg["model"]["bos_token_id"] == 1
+    assert cfg["model"]["decoder"]["num_hidden_layers"] == hf.config.num_hidden_layers
+    assert json.loads((out / "onnx.json").read_text())["genai_config"] == "genai_config.json"
+    model = og.Model(str(out))
+    for prompt in PROMPTS:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(prompt) + NEW, do_sample=False)
+        gen = og.Generator(model, params)
+        gen.append_tokens(np.array([prompt], dtype=np.int32))
+        got = []
+        while not gen.is_done():
+            gen.generate_next_token()
+            got.append(int(gen.get_next_tokens()[0]))
+        with torch.no_grad():
+            want = hf.generate(torch.tensor([prompt]), do_sample=False, num_beams=1, max_new_tokens=NEW,
+                               eos_token_id=2, pad_token_id=0)[0, len(prompt):].tolist()
+        assert got == want, (family, prompt)
+
+
+def test_genai_config_is_not_written_for_layers_of_different_head_counts():
+    layout = {"kv_shapes": [(2, 16), (4, 16)], "layers": ["a", "b"], "num_layers": 2, "vocab_size": 8}
+    why = onnx_decode.genai_config(None, layout)
+    assert isinstance(why, str) and "one key/value head count and head size" in why and "(2, 16), (4, 16)" in why
+
+
+def test_token_ids_are_read_beside_the_checkpoint(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": 7, "pad_token_id": None,
+                                                      "text_config": {"bos_token_id": 3, "eos_token_id": 9}}))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 6]}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert onnx_decode.token_ids(tmp_path / "model.safetensors") == {"eos_token_id": [5, 6], "bos_token_id": 3}
+    assert onnx_decode.token_ids(tmp_path) == {"eos_token_id": [5, 6], "bos_token_id": 3}
+    assert onnx_decode.token_ids(None) == {}

@@ -26,6 +26,11 @@ converts, optimises and saves it as compiler/emit/onnx.py does, then checks it: 
 greedily for a few steps in onnxruntime and in torch (the same module), logits and presents within ATOL + RTOL
 |torch| at every step and the tokens equal, else BuildError. Writes model.onnx (+ model.onnx.data), report.json,
 onnx.json (the layout: names, layers, heads, head size, vocabulary, and the check's differences).
+Also genai_config.json, the model's configuration for onnxruntime-genai (its `og.Model(out_dir)` loads the folder
+and decodes with it; tests/test_onnx_decode.py checks its greedy tokens against transformers'), when every attention
+layer has the same key/value heads and head size (genai takes one of each); onnx.json says why when it is not
+written. Token ids (bos, eos, pad) are read from the Hugging Face files beside the checkpoint of `--weights-from`
+(generation_config.json, then config.json); without them the config names no eos (genai then stops at max_length).
 Sources: https://github.com/microsoft/onnxruntime-genai (genai_config.json: past_key_values.%d.key,
 present.%d.key), https://huggingface.co/docs/optimum (ONNX decoder with past).
 """
@@ -256,17 +261,75 @@ def write(compiled, out_dir: str | os.PathLike, weights: bool = False, seed: int
         if got_tokens.tolist() != want_tokens.tolist():
             raise BuildError(f"onnx-decode: greedy tokens differ: onnxruntime {got_tokens.tolist()}, torch "
                              f"{want_tokens.tolist()}")
+    genai = genai_config(compiled, layout, weights_from)
     info.update({"layout": {k: v for k, v in layout.items() if k != "layers"},
+                 "genai_config": GENAI if isinstance(genai, dict) else f"not written: {genai}",
                  "check": {"batch": CHECK["B"], "prompt": CHECK["T"], "steps": CHECK["steps"],
                            "left_padding": (prompt[1] == 0).sum(-1).tolist(), "tokens": got_tokens.tolist(),
                            "max_abs_difference": diffs},
                  "tolerance": {"atol": ATOL, "rtol": RTOL}, "seed": seed, "external_data": external,
                  "conversion": how, **({"weights_from": os.path.abspath(weights_from)} if weights_from else {})})
-    for name, text in (("report.json", json.dumps(compiled.report, sort_keys=True, indent=2)),
-                       ("onnx.json", json.dumps(info, sort_keys=True, indent=2))):
+    files = [("report.json", compiled.report), ("onnx.json", info)]
+    files += [(GENAI, genai)] if isinstance(genai, dict) else []
+    for name, text in ((name, json.dumps(obj, sort_keys=True, indent=2)) for name, obj in files):
         with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
             f.write(text + "\n")
     return sorted(os.path.join(out_dir, f) for f in os.listdir(out_dir))
+
+
+# --- genai_config.json ----------------------------------------------------------------------------------------------
+GENAI = "genai_config.json"
+TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def token_ids(weights_from) -> dict:
+    """bos/eos/pad token ids from the Hugging Face files beside a checkpoint (generation_config.json first, then
+    config.json and its text_config); {} without a checkpoint or files."""
+    if weights_from is None:
+        return {}
+    folder = os.fspath(weights_from)
+    folder = folder if os.path.isdir(folder) else os.path.dirname(folder)
+    found: dict = {}
+    for name in ("generation_config.json", "config.json"):
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                cfg = json.load(f)
+        except (OSError, ValueError):
+            continue
+        for scope in (cfg, cfg.get("text_config") or {}) if isinstance(cfg, dict) else ():
+            for k in TOKEN_KEYS:
+                v = scope.get(k)
+                ok = isinstance(v, int) or (isinstance(v, list) and v and all(isinstance(i, int) for i in v))
+                if ok and k not in found:
+                    found[k] = v
+    return found
+
+
+def genai_config(compiled, layout: dict, weights_from=None) -> dict | str:
+    """onnxruntime-genai's configuration of the exported decoder (its v1 `model.decoder` layout, greedy search),
+    or why it cannot be written."""
+    if len(set(map(tuple, layout["kv_shapes"]))) != 1:
+        return (f"onnxruntime-genai takes one key/value head count and head size for all layers; these have "
+                f"{sorted(set(map(tuple, layout['kv_shapes'])))}")
+    g = compiled.graph
+    first = g[layout["layers"][0]]
+    kv, head = layout["kv_shapes"][0]
+    context = int(compiled.doc.context)
+    tokens = {k: v for k, v in token_ids(weights_from).items() if all(
+        0 <= i < layout["vocab_size"] for i in (v if isinstance(v, list) else [v]))}
+    return {"model": {
+        **tokens, "context_length": context, "type": "decoder", "vocab_size": layout["vocab_size"],
+        "decoder": {"filename": "model.onnx", "head_size": head, "num_key_value_heads": kv,
+                    "num_attention_heads": first.params.num_heads, "num_hidden_layers": layout["num_layers"],
+                    "hidden_size": int(g.input_types(first)[0].shape[-1].const),
+                    "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                    "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                               "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
+                               "past_value_names": "past_key_values.%d.value"},
+                    "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                                "present_value_names": "present.%d.value"}}},
+        "search": {"do_sample": False, "num_beams": 1, "top_k": 1, "max_length": context,
+                   "past_present_share_buffer": False}}        # the graph concatenates: past and present differ
 
 
 # --- greedy decoding with either engine (the build's check; tests and bench/bench_onnx.py use it too) ---------------
