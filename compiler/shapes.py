@@ -33,8 +33,11 @@ def infer_node(g: Graph, node: Node, diag: Diagnostics) -> bool:
     if slots and not slots[-1].variadic:
         need = sum(1 for s in slots if not s.optional)
         if not (need <= len(ins) <= len(slots)):
-            report("", f"{op.name} takes {need if need == len(slots) else f'{need} to {len(slots)}'} input(s), "
-                       f"got {len(ins)}")
+            names = ", ".join(s.name + (" (optional)" if s.optional else "") for s in slots)
+            report("", f"{op.name} takes {need if need == len(slots) else f'{need} to {len(slots)}'} input(s) "
+                       f"({names}), got {len(ins)}",
+                   f"list them in the layer's \"inputs\": ids of inputs or earlier layers, in that order"
+                   if len(ins) < need else None)
             return False
     for i, t in enumerate(ins):
         s = slots[min(i, len(slots) - 1)] if slots else None

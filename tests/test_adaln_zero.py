@@ -143,6 +143,16 @@ def test_bad_params_are_located_errors(bad, match):
     assert match in c.errors[0].render() and "layers[0].params" in c.errors[0].render()
 
 
+@pytest.mark.parametrize("repeat", [1, 3])
+def test_a_block_without_its_condition_names_its_inputs(repeat):
+    """Wiring inference gives a layer the previous output only: the error names both slots and says how to list them."""
+    c = compiler.compile(spec([dict(layer("AdaLNZeroBlock", {"num_heads": 2}), repeat=repeat)],
+                              [tokens(8), vector(6, "c")]))
+    assert not c.ok and len(c.errors) == 1
+    text = c.errors[0].render()
+    assert "AdaLNZeroBlock takes 2 input(s) (x, c), got 1" in text and 'hint: list them in the layer\'s "inputs"' in text
+
+
 # --- in the flow-matching head ---------------------------------------------------------------------------------------
 HEAD = {"out_dim": 8, "hidden_dim": 12, "freq_dim": 8, "num_blocks": 2, "block": "adaln_zero", "num_heads": 3}
 
