@@ -5,9 +5,9 @@ Only specs whose compiled activation peak at the test's sizes (batch B, T tokens
 The grammar also draws valid specs far larger than that: an image input left undeclared is the compiler's implied
 (B, C, 224, 224), and a patch size, kernel or stride of 1 over it gives 50,177 tokens, so one attention layer's
 scores are B x heads x 50,177^2 floats (20 GB at B = 2; MLX's CPU attention materialises them, and MLX on CPU dies
-with a segmentation fault, not an exception, when an allocation fails). Hypothesis shrinks towards exactly those
-specs (an undeclared input, patch, kernel and stride 1), so a failure of this test once shrank an xdist worker to
-21 GB. Such specs are rejected (not run, not shrunk into) on the compiler's own figure, below."""
+with a segmentation fault, not an exception, when an allocation fails). Shrinking such a failure re-runs it over and
+over, and patch, kernel and stride shrink towards 1, i.e. towards more tokens: an xdist worker once grew to 21 GB.
+Such specs are rejected (neither run nor shrunk into) on the compiler's own figure, below."""
 from __future__ import annotations
 
 import json
