@@ -79,6 +79,44 @@ def dense(x, m):
     return y if b is None else y + b
 
 
+#: attention calls whose scores take fewer bytes than this are not checked (no cost on the common path)
+CHECK_SCORES_BYTES = 1 << 28
+
+
+def available_bytes() -> int:
+    """What one allocation may take now: MLX's memory limit, and on Linux the kernel's MemAvailable."""
+    limit = mx.get_memory_limit()
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            line = next(ln for ln in f if ln.startswith("MemAvailable:"))
+        limit = min(limit, int(line.split()[1]) * 1024)
+    except (OSError, StopIteration, ValueError):
+        pass
+    return limit
+
+
+def check_scores(q, k) -> None:
+    """MemoryError, saying why, when the (B, H, T, S) scores of q (B, H, T, hs) against k (B, kv, S, hs) cannot
+    be allocated now (MLX ends the process, a segmentation fault, on an allocation that fails)."""
+    B, H, T = q.shape[:3]
+    need = B * H * T * k.shape[2] * max(q.dtype.size, 4)
+    if need > CHECK_SCORES_BYTES:
+        have = available_bytes()
+        if need > have:
+            raise MemoryError(f"attention over {T:,} queries and {k.shape[2]:,} keys ({H} heads, batch {B}) needs "
+                              f"{need / 2**30:.1f} GiB for its scores, {have / 2**30:.1f} GiB are available: "
+                              f"shorten the sequence (for images: larger patches or a smaller image), or lower "
+                              f"the batch")
+
+
+def attend(q, k, v, scale: float, mask=None):
+    """`mx.fast.scaled_dot_product_attention` (q (B, H, T, hs), k / v (B, kv, S, hs) -> (B, H, T, hs)), refused
+    with a MemoryError that says why when its (B, H, T, S) scores cannot be allocated (MLX's CPU backend holds them
+    whole): `check_scores`."""
+    check_scores(q, k)
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+
 def rms_norm(x, weight, eps: float, offset: float = 0.0):
     """x * rsqrt(mean(x^2) + eps) * (offset + weight), as `runtime_torch`'s: offset 0 casts the normalised x to the
     input dtype before the weight; offset != 0 (Gemma) multiplies in float32, then casts."""

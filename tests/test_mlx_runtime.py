@@ -414,3 +414,35 @@ def test_openblas_is_preloaded_on_import_and_can_be_disabled():
     assert on["loaded"] and on["mapped"] and on["path"] == OPENBLAS
     off = _child_blas(OMNIC_MLX_OPENBLAS="0")
     assert not off["loaded"] and "OMNIC_MLX_OPENBLAS=0" in off["reason"]
+
+
+# --- attention too large to allocate --------------------------------------------------------------------------------
+def test_attention_too_large_for_memory_is_a_memory_error_not_a_crash():
+    """50,177 tokens (patch 1 over a 224 x 224 image) into attention, batch 64: 645 GB of scores. MLX's CPU backend
+    would allocate them whole and end the process on the failed allocation; the runtime says what it needed."""
+    from runtime_mlx import kernels
+    spec = {"name": "long", "inputs": [{"name": "x", "kind": "image", "shape": ["B", 3, 224, 224]}], "layers": [
+        {"id": "patches", "type": "PatchEmbed", "params": {"embed_dim": 8, "patch_size": 1, "cls_token": True}},
+        {"id": "block", "type": "TransformerBlock", "params": {"num_heads": 1, "ff_dim": 8, "causal": True}},
+        {"id": "head", "type": "ClassificationHead", "params": {"num_classes": 3}}]}
+    c = compile(spec)
+    assert c.ok, [d.render() for d in c.errors]
+    model = c.to_mlx(seed=0)
+    need = 64 * 50_177 ** 2 * 4
+    assert need > kernels.available_bytes()
+    with pytest.raises(MemoryError, match=r"attention over 50,177 queries and 50,177 keys \(1 heads, batch 64\) "
+                                          r"needs 600\.\d GiB for its scores"):
+        model(x=mx.zeros((64, 3, 224, 224)))
+
+
+def test_the_scores_check_costs_nothing_below_its_threshold(monkeypatch):
+    """Below CHECK_SCORES_BYTES no memory is asked for; above it a call that fits runs as before."""
+    from runtime_mlx import kernels
+    calls = []
+    monkeypatch.setattr(kernels, "available_bytes", lambda: calls.append(1) or 1 << 40)
+    q = mx.zeros((1, 2, 8, 4))
+    mx.eval(kernels.attend(q, q, q, 0.5))
+    assert calls == []
+    monkeypatch.setattr(kernels, "CHECK_SCORES_BYTES", 0)
+    y = kernels.attend(q, q, q, 0.5)
+    assert calls == [1] and np.allclose(np.asarray(y), 0.0)

@@ -21,7 +21,7 @@ from compiler.ops.fvlm import MODES, dino_block, dino_embed, llm_block
 
 from .. import registry as impls
 from ..cache import LayerCache
-from ..kernels import dense, norm
+from ..kernels import attend, dense, norm
 from ..node import Node
 from ..registry import implements
 
@@ -48,7 +48,7 @@ class FoveatedVLM(Node):
         """One DINO layer for tokens x (N, s, D) whose normed form is h, attending to k, v (N, n, D)."""
         N, s, D = x.shape
         heads = lambda t: t.reshape(N, t.shape[1], self.heads, self.hs).transpose(0, 2, 1, 3)   # noqa: E731
-        y = mx.fast.scaled_dot_product_attention(heads(dense(h, layer.q)), heads(k), heads(v), scale=layer.p.scale)
+        y = attend(heads(dense(h, layer.q)), heads(k), heads(v), scale=layer.p.scale)
         (m1, k1), (m2, k2) = layer.ls1, layer.ls2
         x = x + m1[k1] * dense(y.transpose(0, 2, 1, 3).reshape(N, s, D), layer.o)
         return x + m2[k2] * layer.ffn(layer.norm(x, layer.norm2))                    # (N, s, D)

@@ -22,7 +22,7 @@ from mlx import nn
 
 from compiler.ops.generative import VQVAEDecoder as VQOp
 
-from ..kernels import ACT, dense
+from ..kernels import ACT, attend, dense
 from ..node import Node
 from ..registry import implements
 
@@ -61,7 +61,7 @@ def adaln_zero(blk: nn.Module, x, c, heads: int, act, eps: float = 1e-6):
     shift1, scale1, gate1, shift2, scale2, gate2 = mx.split(mod, 6, axis=-1)                # (B, 1, D) each
     h = mx.fast.layer_norm(x, None, None, eps) * (1 + scale1) + shift1
     qkv = dense(h, blk["attn"]["qkv"]).reshape(B, N, 3, heads, D // heads).transpose(2, 0, 3, 1, 4)  # (3,B,H,N,hs)
-    y = mx.fast.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=(D // heads) ** -0.5)   # (B, H, N, hs)
+    y = attend(qkv[0], qkv[1], qkv[2], scale=(D // heads) ** -0.5)   # (B, H, N, hs)
     x = x + gate1 * dense(y.transpose(0, 2, 1, 3).reshape(B, N, D), blk["attn"]["proj"])    # (B, N, D)
     h = mx.fast.layer_norm(x, None, None, eps) * (1 + scale2) + shift2
     return x + gate2 * dense(act(dense(h, blk["mlp"]["fc1"])), blk["mlp"]["fc2"])          # (B, N, D)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from ..kernels import dense, norm
+from ..kernels import attend, dense, norm
 from ..registry import implements
 from .moe import GQAMoELayer
 
@@ -55,5 +55,5 @@ class MLALayer(GQAMoELayer):
         kv = dense(latent[:, 0], self.kv_b).reshape(B, S, H, n + self.vd).transpose(0, 2, 1, 3)   # (B, H, S, n + v)
         k = mx.concatenate((kv[..., :n], mx.broadcast_to(k_r, (B, H, S, r))), axis=-1)    # (B, H, S, n + r)
         mask = self._mask(T, S, pos, n_cached)
-        y = mx.fast.scaled_dot_product_attention(q, k, kv[..., n:], scale=self.p.scale, mask=mask)   # (B, H, T, v)
+        y = attend(q, k, kv[..., n:], scale=self.p.scale, mask=mask)   # (B, H, T, v)
         return dense(y.transpose(0, 2, 1, 3).reshape(B, T, H * self.vd), self.o)   # (B, T, D)

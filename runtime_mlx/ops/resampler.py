@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from ..kernels import dense, gelu, norm
+from ..kernels import attend, dense, gelu, norm
 from ..node import Node
 from ..registry import implements
 
@@ -26,7 +26,7 @@ class PerceiverResampler(Node):
         kv = mx.concatenate([m, n], axis=1)                                     # (B, N+L, D)
         heads = lambda t: t.reshape(B, t.shape[1], H, hs).transpose(0, 2, 1, 3)   # noqa: E731 (B, H, *, hs)
         q, k, v = heads(dense(n, b.attn.q_proj)), heads(dense(kv, b.attn.k_proj)), heads(dense(kv, b.attn.v_proj))
-        y = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.p.scale)   # (B, H, L, hs)
+        y = attend(q, k, v, scale=self.p.scale)   # (B, H, L, hs)
         lat = lat + dense(y.transpose(0, 2, 1, 3).reshape(B, L, H * hs), b.attn.o_proj)
         return lat + dense(gelu(dense(norm(lat, b.ff_norm, "layernorm", eps), b.mlp.fc1)), b.mlp.fc2)   # (B, L, D)
 

@@ -31,7 +31,7 @@ from typing import Optional
 import mlx.core as mx
 
 from ..cache import LayerCache
-from ..kernels import ACT, Rope, apply_rope, dense, grid_angles, norm
+from ..kernels import ACT, Rope, apply_rope, attend, check_scores, dense, grid_angles, norm
 from ..node import Node
 from ..registry import implements
 
@@ -148,7 +148,7 @@ class TransformerBlock(Node):
         if self.softcap is not None:
             y = self._attend_capped(q, k, v, mask, pos, n_cached)
         else:
-            y = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.p.scale, mask=mask)   # (B, H, T, hs)
+            y = attend(q, k, v, scale=self.p.scale, mask=mask)   # (B, H, T, hs)
         return dense(y.transpose(0, 2, 1, 3).reshape(B, T, self.H * self.hd), self.o)   # (B, T, D)
 
     def _attend_one(self, h, cache, fused):
@@ -163,13 +163,14 @@ class TransformerBlock(Node):
         k, v, n_cached = cache.extend(qk[:, H:], qkv[..., (H + KV) * hd:].reshape(B, KV, 1, hd),
                                       self.window)                           # (B, kv, S, hs)
         mask = self._mask(1, k.shape[2], cache.seen, n_cached)
-        y = mx.fast.scaled_dot_product_attention(qk[:, :H], k, v, scale=self.p.scale, mask=mask)   # (B, H, 1, hs)
+        y = attend(qk[:, :H], k, v, scale=self.p.scale, mask=mask)   # (B, H, 1, hs)
         return dense(y.reshape(B, 1, H * hd), self.o)                        # (B, 1, D)
 
     def _attend_capped(self, q, k, v, mask, pos: int, n_cached: int):
         """Soft-capped attention, transformers' eager path: scores x scale, cap * tanh(scores / cap), masked,
         softmax in float32. q (B, H, T, hs); k, v (B, kv, S, hs); mask as `_mask` gives it."""
         T, S, rep = q.shape[2], k.shape[2], self.H // self.KV
+        check_scores(q, k)
         if rep > 1:
             k, v = mx.repeat(k, rep, axis=1), mx.repeat(v, rep, axis=1)    # (B, H, S, hs)
         s = (q @ k.transpose(0, 1, 3, 2)) * self.p.scale                     # (B, H, T, S)

@@ -13,7 +13,7 @@ import mlx.core as mx
 from compiler.ops.vision import EMBED_NAMES, POOL_NAMES
 
 from .. import resize
-from ..kernels import ACT
+from ..kernels import ACT, attend
 from ..node import Node
 from ..registry import implements
 
@@ -97,7 +97,7 @@ class AttentionPoolingHead(Node):
         q = self._lin(probe, w[:D], b[:D]).reshape(B, 1, nh, hs).transpose(0, 2, 1, 3)             # (B, nh, 1, hs)
         k = self._lin(x, w[D:2 * D], b[D:2 * D]).reshape(B, N, nh, hs).transpose(0, 2, 1, 3)       # (B, nh, N, hs)
         v = self._lin(x, w[2 * D:], b[2 * D:]).reshape(B, N, nh, hs).transpose(0, 2, 1, 3)         # (B, nh, N, hs)
-        a = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.p.scale)                         # (B, nh, 1, hs)
+        a = attend(q, k, v, scale=self.p.scale)                         # (B, nh, 1, hs)
         a = a.transpose(0, 2, 1, 3).reshape(B, 1, D)                                                 # (B, 1, D)
         a = self._lin(a, self.t(n["out"] + ".weight"), self.t(n["out"] + ".bias"))
         h = mx.fast.layer_norm(a, self.t(n["norm"] + ".weight"), self.t(n["norm"] + ".bias"), self.p.norm_eps)
