@@ -338,8 +338,8 @@ def import_hf(source, out_file, name, force):
 
 
 def _guard(fn, *args: Any) -> None:
-    """Run a run / generate body: bad files, spec errors, inputs that do not fit and a missing framework are one line
-    and exit 2."""
+    """Run a run / generate body: bad files, spec errors, inputs that do not fit (in shape or in memory) and a missing
+    framework are one line and exit 2."""
     from .diagnostics import SpecError
     try:
         fn(*args)
@@ -354,6 +354,8 @@ def _guard(fn, *args: Any) -> None:
         raise
     except ValueError as e:                      # RunError is one too: a file or input that does not fit
         raise UserError(str(e))
+    except MemoryError as e:                     # an allocation refused before it was made (MLX's attention)
+        raise UserError(str(e) or "out of memory") from None
 
 
 @cli.command("run")

@@ -430,7 +430,7 @@ def test_attention_too_large_for_memory_is_a_memory_error_not_a_crash():
     model = c.to_mlx(seed=0)
     need = 64 * 50_177 ** 2 * 4
     assert need > kernels.available_bytes()
-    with pytest.raises(MemoryError, match=r"attention over 50,177 queries and 50,177 keys \(1 heads, batch 64\) "
+    with pytest.raises(MemoryError, match=r"attention over 50,177 queries and 50,177 keys \(1 head, batch 64\) "
                                           r"needs 600\.\d GiB for its scores"):
         model(x=mx.zeros((64, 3, 224, 224)))
 

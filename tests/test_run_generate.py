@@ -196,3 +196,16 @@ def test_a_fixed_frame_count_is_named():
     with pytest.raises(ValueError, match=r"input 'frames' has shape \(2, 3, 3, 16, 16\), but the spec expects "
                                          r"\(B, 4, 3, 16, 16\): frame count 4, not 3"):
         check([spec_], {"frames": np.zeros((2, 3, 3, 16, 16), np.float32)})
+
+
+def test_run_of_attention_too_large_for_memory_is_one_line(tmp_path):
+    """MLX's attention refuses 600 GiB of scores (patch 1 over 224 x 224: 50,177 tokens, batch 64) before MLX would
+    end the process on the failed allocation: one line, exit 2."""
+    pytest.importorskip("runtime_mlx")
+    doc = {"name": "long", "inputs": [{"name": "x", "kind": "image", "shape": ["B", 3, 224, 224]}], "layers": [
+        {"id": "patches", "type": "PatchEmbed", "params": {"embed_dim": 8, "patch_size": 1, "cls_token": True}},
+        {"id": "block", "type": "TransformerBlock", "params": {"num_heads": 1, "ff_dim": 8, "causal": True}},
+        {"id": "head", "type": "ClassificationHead", "params": {"num_classes": 3}}]}
+    r = omnic("run", spec(tmp_path, doc), "--runtime", "mlx", "--batch", "64")
+    assert r.exit_code == 2, r.output
+    assert "needs 600." in r.output and "GiB for its scores" in r.output and "Traceback" not in r.output
