@@ -103,7 +103,8 @@ def check_scores(q, k) -> None:
     if need > CHECK_SCORES_BYTES:
         have = available_bytes()
         if need > have:
-            raise MemoryError(f"attention over {T:,} queries and {k.shape[2]:,} keys ({H} head{"s" if H != 1 else ""}, batch {B}) needs "
+            heads = f"{H} head" + ("s" if H != 1 else "")
+            raise MemoryError(f"attention over {T:,} queries and {k.shape[2]:,} keys ({heads}, batch {B}) needs "
                               f"{need / 2**30:.1f} GiB for its scores, {have / 2**30:.1f} GiB are available: "
                               f"shorten the sequence (for images: larger patches or a smaller image), or lower "
                               f"the batch")
