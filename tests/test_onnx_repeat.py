@@ -1,8 +1,9 @@
 """`--target onnx` with each kind of repeated layer traced once (compiler/emit/onnx_repeat.py). For tiny decoders of
-each family (sliding and full layers, soft-capping, short convolutions, NoPE layers, longrope with partial
-rotary dimensions, mixed dense / MoE stacks, latent attention) and vision encoders (SigLIP, DINOv2's LayerScale, DINOv3's 2-D RoPE): the
+each family (sliding and full layers, soft-capping, short convolutions, NoPE layers, longrope, mixed dense / MoE
+stacks, latent attention) and vision encoders (SigLIP, DINOv2's LayerScale, DINOv3's 2-D RoPE and registers): the
 optimised graph is the plain trace's, node for node and weight for weight; onnxruntime gives the plain graph's
-outputs exactly, and torch's within 1e-4 at two lengths and batch sizes other than the traced ones."""
+outputs exactly, and torch's within 1e-4 at two lengths and batch sizes other than the traced ones (longrope: within
+the lengths its export keeps, up to its original context)."""
 from __future__ import annotations
 
 import collections
