@@ -168,7 +168,9 @@ def test_the_runtimes_read_neither_layer_index_nor_positioned():
             for f in files:
                 if f.endswith(".py"):
                     text = open(os.path.join(folder, f), encoding="utf-8").read()
-                    assert "layer_index" not in text and "positioned" not in text, os.path.join(folder, f)
+                    assert "layer_index" not in text and "positioned" not in text, (
+                        f"{os.path.join(folder, f)} reads layer_index or positioned: add it to the key of "
+                        "compiler/emit/onnx_repeat.repeated, or layers that differ in it would share one trace")
 
 
 def test_a_failed_trace_once_falls_back_to_every_copy(tmp_path, monkeypatch):
