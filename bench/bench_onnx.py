@@ -5,7 +5,8 @@
 1. export: `--target onnx` of nanoVLM original_small (specs/nanovlm/original_small.json, 222M parameters, fp32)
    with seeded weights: wall time of compiler.emit.onnx.write (trace, convert, optimise, save, onnx.checker, the
    onnxruntime comparison) and its peak memory above the process before it (ru_maxrss), as a ratio to the weights'
-   bytes. Each repeat is a fresh process. Targets (issue #16): <= 15 s, <= 2x the weights' bytes;
+   bytes. Each repeat is a fresh process. Targets (issue #16): <= 15 s, <= 2x the weights' bytes. Also printed:
+   the layers traced once for all their copies (compiler/emit/onnx_repeat.py);
 2. export-file: the same from a weights file (model.safetensors written first, untimed; `weights_from`);
 3. decode: a SmolLM2-135M-size llama (random weights, seeded) exported with `--target onnx-decode`, then greedy
    decoding of a 32-token prompt, batch 1: onnxruntime (the exported graph, presents fed back as past_key_values)
@@ -43,7 +44,8 @@ dt = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 info = json.load(open(os.path.join(out, "onnx.json")))
 print(json.dumps({"s": dt, "peak": peak - base, "weights": c.report["params"]["total"] * 4,
-                  "conversion": info["conversion"], "diff": max(info["max_abs_difference"].values())}))
+                  "conversion": info["conversion"], "diff": max(info["max_abs_difference"].values()),
+                  "once": info.get("traced_once", {}), "failed": info.get("traced_once_failed")}))
 """
 
 SAVE = r"""
@@ -86,6 +88,8 @@ def bench_export(repeats: int, from_file: bool) -> None:
     print(f"{name}: nanoVLM original_small ({w / 1e9:.2f} GB of fp32 weights"
           f"{', from a safetensors file' if from_file else ', seeded'}), conversion {runs[0]['conversion']}, "
           f"max |onnx - torch| {max(r['diff'] for r in runs):.2g}")
+    once = ", ".join(f"{k} x{n}" for k, n in runs[0].get("once", {}).items())
+    print(f"  traced once: {once or 'none'}" + (f" (failed: {runs[0]['failed']})" if runs[0].get("failed") else ""))
     print(f"  time {spread([r['s'] for r in runs])} s   (target <= 15 s)")
     print(f"  peak memory above the process before it: {spread([r['peak'] / 1e9 for r in runs], '{:.2f}')} GB = "
           f"{spread([r['peak'] / w for r in runs], '{:.2f}')}x the weights   (target <= 2x)")

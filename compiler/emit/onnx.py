@@ -8,7 +8,10 @@ which makes `out_dir` fresh):
      is 1, so none is frozen), every symbolic input dimension marked dynamic: B -> "batch", T -> "seq",
      F -> "frames" (T at most the spec's context, F at most its frames). Where the model's code narrows one (fVLM
      loops over frames in Python: frames stay the traced count), torch.export's suggested range or constant is
-     taken and written to onnx.json "dims"; batch and length must stay dynamic. Then compiler/emit/onnx_convert.py
+     taken and written to onnx.json "dims"; batch and length must stay dynamic. Each kind of repeated layer (the
+     blocks of a stack) is traced once and called for every copy (compiler/emit/onnx_repeat.py; onnx.json
+     "traced_once": {the traced copy: copies}; where that trace fails, every copy is traced, and onnx.json says why
+     in "traced_once_failed"). Then compiler/emit/onnx_convert.py
      converts the program (torch's ONNX exporter without its second trace) and optimises it (onnxscript's passes
      without the pattern rewriter);
   3. saves model.onnx: inputs named as the model's inputs, outputs as the report's (`node` or `node.output`);
@@ -46,7 +49,7 @@ from runtime_common import inputs
 from runtime_common.progress import steps
 from runtime_torch.weights import save_weights
 
-from . import onnx_convert
+from . import onnx_convert, onnx_repeat
 from .build import BuildError
 
 EXPORT_SIZES = {"B": 2, "T": 6, "F": 2}     # example inputs of the trace
@@ -171,13 +174,16 @@ def trace(wrapped: Positional, args: tuple, shapes):
     raise BuildError("torch.export kept narrowing the dynamic dimensions; gave up after 3 rounds")
 
 
-def export(wrapped: Positional, example: dict[str, torch.Tensor], shapes, step=lambda text: None):
+def export(wrapped: Positional, example: dict[str, torch.Tensor], shapes, step=lambda text: None,
+           kinds: Sequence[Sequence[str]] = ()):
     """trace(), then the ONNX conversion of the program (compiler/emit/onnx_convert.py): (onnx_ir.Model whose
     dynamic axes carry DIM_NAMES, not optimised; the dynamic shapes used; the conversion path). Tracing is done
-    here, not by torch.onnx.export, which would fall back silently to slower strategies when it fails."""
+    here, not by torch.onnx.export, which would fall back silently to slower strategies when it fails. `kinds`:
+    node names of each kind of repeated layer to trace once (compiler/emit/onnx_repeat.py; none: every layer is
+    traced)."""
     args = tuple(example[n] for n in wrapped.input_names)
     step("tracing (torch.export, dynamic batch and length)")
-    with _no_stack_traces():
+    with _no_stack_traces(), onnx_repeat.traced_once(wrapped.model, kinds):
         program, shapes = trace(wrapped, args, shapes)
     step("converting to ONNX")
     try:
@@ -233,8 +239,9 @@ def torch_model(compiled, seed: int = 0, weights_from=None, key_map=()):
 
 
 def write(compiled, out_dir: str | os.PathLike, weights: bool = False, seed: int = 0,
-          weights_from: str | os.PathLike | None = None, key_map=()) -> list[str]:
-    """Write model.onnx (+ model.onnx.data when large), report.json, onnx.json (and model.safetensors)."""
+          weights_from: str | os.PathLike | None = None, key_map=(), trace_once: bool = True) -> list[str]:
+    """Write model.onnx (+ model.onnx.data when large), report.json, onnx.json (and model.safetensors).
+    `trace_once`: trace each kind of repeated layer once (compiler/emit/onnx_repeat.py); False traces every copy."""
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     compiled.raise_for_errors()
@@ -245,8 +252,16 @@ def write(compiled, out_dir: str | os.PathLike, weights: bool = False, seed: int
         wrapped = Positional(model).eval()
         n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         trace_env, check_env = sizes(compiled, EXPORT_SIZES), sizes(compiled, CHECK_SIZES)
-        proto, shapes, how = export(wrapped, example_inputs(graph, trace_env, seed), dynamic_shapes(graph, compiled),
-                                    step)
+        example, dyn = example_inputs(graph, trace_env, seed), dynamic_shapes(graph, compiled)
+        kinds = onnx_repeat.repeated(graph, model) if trace_once else []
+        repeat: dict[str, Any] = {"traced_once": {names[0]: len(names) for names in kinds}}
+        try:
+            proto, shapes, how = export(wrapped, example, dyn, step, kinds)
+        except BuildError as e:
+            if not kinds:
+                raise
+            repeat = {"traced_once": {}, "traced_once_failed": str(e)}    # every copy traced, as without it
+            proto, shapes, how = export(wrapped, example, dyn, step)
         kept = dim_ranges(graph, shapes)
         check_env = within(check_env, trace_env, kept)
         step("optimising the ONNX graph")
@@ -272,6 +287,7 @@ def write(compiled, out_dir: str | os.PathLike, weights: bool = False, seed: int
     info.update({
         "trace_sizes": trace_env, "check_sizes": check_env, "dims": kept, "max_abs_difference": diffs,
         "tolerance": {"atol": ATOL, "rtol": RTOL}, "seed": seed, "external_data": external, "conversion": how,
+        **repeat,
         **({"weights_from": os.path.abspath(weights_from)} if weights_from is not None else {}),
     })
     for name, text in (("report.json", json.dumps(compiled.report, sort_keys=True, indent=2)),

@@ -66,7 +66,13 @@ def registry():
 
 def _rewrite(program) -> None:
     """Replace, in place, the program's ops that have direct equivalents the registry translates."""
-    g = program.graph
+    for gm in program.graph_module.modules():
+        if isinstance(gm, torch.fx.GraphModule):
+            _rewrite_graph(gm)
+
+
+def _rewrite_graph(gm) -> None:
+    g = gm.graph
     for n in list(g.nodes):
         if n.op != "call_function":
             continue
@@ -83,13 +89,41 @@ def _rewrite(program) -> None:
             m.meta = dict(n.meta)
             n.replace_all_uses_with(m)
             g.erase_node(n)
-    program.graph_module.recompile()
+    gm.recompile()
+
+
+def _constants(gm) -> dict[tuple[str, str], torch.Tensor]:
+    """{(subgraph path, attribute): tensor} of the tensor constants of the subgraphs (compiler/emit/onnx_repeat.py),
+    read as get_attr nodes."""
+    out = {}
+    for path, sub in gm.named_modules():
+        if sub is not gm and isinstance(sub, torch.fx.GraphModule):
+            for n in sub.graph.nodes:
+                if n.op == "get_attr" and isinstance(t := getattr(sub, n.target, None), torch.Tensor):
+                    out[(path, n.target)] = t
+    return out
+
+
+def _subgraph_constants(gm, known: dict[tuple[str, str], torch.Tensor]) -> None:
+    """Give each subgraph constant's get_attr node its value as meta["val"], which is what the exporter saves (it
+    holds a fake tensor): the constant itself, or, where the decomposition's second trace left a fake tensor, the
+    constant at the same place before it (`known`, from `_constants`)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    for (path, target), t in _constants(gm).items():
+        if isinstance(t, FakeTensor):
+            t = known.get((path, target))
+            if t is None or isinstance(t, FakeTensor):
+                raise ValueError(f"the constant {target} of subgraph {path} has no value after the decomposition")
+        for n in gm.get_submodule(path).graph.nodes:
+            if n.op == "get_attr" and n.target == target:
+                n.meta["val"] = t
 
 
 def _untranslated(program, reg) -> set[str]:
     from torch.onnx._internal.exporter import _decomp
     have = set(_decomp.get_onnx_implemented_overloads(reg))
-    return {str(n.target) for n in program.graph.nodes
+    return {str(n.target) for gm in program.graph_module.modules() if isinstance(gm, torch.fx.GraphModule)
+            for n in gm.graph.nodes
             if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) and n.target not in have}
 
 
@@ -120,6 +154,7 @@ def convert(program, input_names: Sequence[str], output_names: Sequence[str], dy
     from torch.onnx._internal.exporter import _core, _dynamic_shapes, _fx_passes, _ir_passes
     reg = registry()
     _rewrite(program)
+    known = _constants(program.graph_module)
     path = "direct"
     with torch.fx.experimental._config.patch(backed_size_oblivious=True):
         if _untranslated(program, reg):
@@ -128,6 +163,7 @@ def convert(program, input_names: Sequence[str], output_names: Sequence[str], dy
         gm = _fx_passes.remove_assertion_nodes(program.graph_module)
         _promote(gm)
         program._graph_module = gm
+    _subgraph_constants(gm, known)
     onnx_program = _core._exported_program_to_onnx_program(program, registry=reg)
     model = onnx_program.model
     _ir_passes.rename_inputs(model, list(input_names))
