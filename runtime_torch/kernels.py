@@ -161,9 +161,12 @@ class RopeTable:
 
     @classmethod
     def rows(cls, rope: Rope, pos: int, T: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = rope.length(pos + T) if rope.scaling is not None else None
         if torch.compiler.is_compiling():          # compile or export, symbolic T: no Python-side cache
-            return cls.angles(rope, n, torch.arange(pos, pos + T, device=like.device, dtype=torch.float), like.dtype)
+            t = torch.arange(pos, pos + T, device=like.device, dtype=torch.float)
+            if rope.scaling is not None and rope.scaling.rope_type == "longrope":
+                return cls.longrope_angles(rope, t, like.dtype)
+            return cls.angles(rope, rope.length(pos + T) if rope.scaling is not None else None, t, like.dtype)
+        n = rope.length(pos + T) if rope.scaling is not None else None
         key = (rope.key, n, like.dtype, like.device)
         tab = cls._all.get(key)
         last = tab.last if tab is not None else None
@@ -181,6 +184,16 @@ class RopeTable:
     def _grow(self, n: int) -> None:
         self.cos, self.sin = self.angles(self.rope, self.n, torch.arange(0, n, device=self.device,
                                                                         dtype=torch.float), self.dtype)
+
+    @classmethod
+    def longrope_angles(cls, rope: Rope, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """`angles` of positions t (N,) under longrope with the short or long factors chosen by a tensor (the last
+        position + 1 past the original length), not by a Python branch on the length: an exported graph keeps both
+        and is right at every length (a branch would fix the export to one side of the original length)."""
+        orig = rope.scaling.original_max_position_embeddings
+        inv = torch.where(t[-1:] + 1 > orig, rope.inv(orig + 1, t.device), rope.inv(orig, t.device))   # (rd/2,)
+        freqs = t[:, None] * inv[None, :]                                    # (N, rd/2)
+        return rope_tables(torch.cat((freqs, freqs), dim=-1), dtype, rope.scale)   # (N, rd) each
 
     @staticmethod
     def angles(rope: Rope, n: Optional[int], t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
