@@ -33,7 +33,7 @@ def f32(x: float) -> float:
     return _F.unpack(_F.pack(x))[0]
 
 
-def _exponents(dim: int) -> list[float]:
+def exponents(dim: int) -> list[float]:
     """arange(0, dim, 2) / dim in float32."""
     return [f32(i / dim) for i in range(0, dim, 2)]
 
@@ -41,7 +41,7 @@ def _exponents(dim: int) -> list[float]:
 def _powers(theta: float, dim: int) -> list[float]:
     """theta^(arange(0, dim, 2) / dim), float32 values."""
     t = f32(theta)
-    return [f32(t ** e) for e in _exponents(dim)]
+    return [f32(t ** e) for e in exponents(dim)]
 
 
 def _base_inv(theta: float, dim: int) -> list[float]:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from runtime_common.rope import attention_factor, effective_length, inv_freq
+from runtime_common.rope import attention_factor, effective_length, exponents, inv_freq
 
 SPLIT_ROWS = 8     # products of 2 to this many rows are split across threads (more rows: MKL's GEMM threads them)
 #: dtypes whose matrix-vector product reads a column-major (out, in) weight faster than a row-major one (fp32: 27-39
@@ -165,6 +165,8 @@ class RopeTable:
             t = torch.arange(pos, pos + T, device=like.device, dtype=torch.float)
             if rope.scaling is not None and rope.scaling.rope_type == "longrope":
                 return cls.longrope_angles(rope, t, like.dtype)
+            if rope.scaling is not None and rope.scaling.rope_type == "dynamic":
+                return cls.dynamic_angles(rope, t, like.dtype)
             return cls.angles(rope, rope.length(pos + T) if rope.scaling is not None else None, t, like.dtype)
         n = rope.length(pos + T) if rope.scaling is not None else None
         key = (rope.key, n, like.dtype, like.device)
@@ -192,6 +194,21 @@ class RopeTable:
         and is right at every length (a branch would fix the export to one side of the original length)."""
         orig = rope.scaling.original_max_position_embeddings
         inv = torch.where(t[-1:] + 1 > orig, rope.inv(orig + 1, t.device), rope.inv(orig, t.device))   # (rd/2,)
+        freqs = t[:, None] * inv[None, :]                                    # (N, rd/2)
+        return rope_tables(torch.cat((freqs, freqs), dim=-1), dtype, rope.scale)   # (N, rd) each
+
+    @classmethod
+    def dynamic_angles(cls, rope: Rope, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """`angles` of positions t (N,) under dynamic NTK scaling with the base of the last position + 1 computed as
+        a tensor (runtime_common.rope.inv_freq's arithmetic and float32 roundings), not by a Python branch on the
+        length: an exported graph is right at every length."""
+        s, rd = rope.scaling, rope.rd
+        mp = s.max_position_embeddings
+        n = torch.clamp(t[-1:] + 1, min=mp).to(torch.float64)                 # (1,)
+        base = rope.theta * ((s.factor * n / mp) - (s.factor - 1)) ** (rd / (rd - 2))
+        e = torch.tensor(exponents(rd), dtype=torch.float64, device=t.device)    # (rd/2,) float32 values
+        p = (base.to(torch.float32).to(torch.float64) ** e).to(torch.float32).to(torch.float64)
+        inv = (1.0 / p).to(torch.float32)                                    # (rd/2,)
         freqs = t[:, None] * inv[None, :]                                    # (N, rd/2)
         return rope_tables(torch.cat((freqs, freqs), dim=-1), dtype, rope.scale)   # (N, rd) each
 
