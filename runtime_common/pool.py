@@ -2,9 +2,11 @@
 
     for name, value in parallel(names, make, sizes, "initialising weights", n_threads): ...
 
-`make(name)` runs in a worker thread; results come back in the order they were submitted (largest first), so the
-caller installs them in one thread; at most 2 per thread are done ahead of the caller (memory stays bounded). Worth it where `make` spends its time in kernels that release the GIL (torch's
-random number generators and copies do): a model's tensors are independent, so the pool fills them at once.
+`make(name)` runs in a worker thread, the largest tensors first; results come back as they finish (so one large
+tensor never keeps the other threads waiting), and the caller installs them in one thread; at most 2 per thread are
+started ahead of the caller (memory stays bounded). Worth it where `make` spends its time in kernels that release
+the GIL (torch's random number generators and copies do): a model's tensors are independent, so the pool fills them
+at once, and the order they finish in changes no value.
 `Scratch` holds a buffer per thread, reused across the tensors of one job (values drawn only to be cast or copied
 elsewhere then do not fault in fresh memory for every tensor).
 """
@@ -14,7 +16,7 @@ import itertools
 import os
 import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from runtime_common.progress import track
@@ -39,19 +41,22 @@ def parallel(names: Sequence[str], make: Callable[[str], Any], sizes: Sequence[i
             yield name, make(name)
         return
     with ThreadPoolExecutor(n) as pool:            # at most 2n results wait for the caller: memory stays bounded
-        pending: deque = deque()
         todo = iter(ordered)
-        for name in itertools.islice(todo, 2 * n):
-            pending.append(pool.submit(make, name))
+        running = {pool.submit(make, name): name for name in itertools.islice(todo, 2 * n)}
+        ready: deque = deque()
         try:
-            for name in track(ordered, description, weights):
-                value = pending.popleft().result()
+            for _ in track(ordered, description, weights):
+                if not ready:                      # whichever finished first: a large tensor holds no thread back
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    ready.extend(done)
+                future = ready.popleft()
+                name = running.pop(future)
                 nxt = next(todo, None)
                 if nxt is not None:
-                    pending.append(pool.submit(make, nxt))
-                yield name, value
+                    running[pool.submit(make, nxt)] = nxt
+                yield name, future.result()
         finally:
-            for f in pending:
+            for f in running:
                 f.cancel()
 
 

@@ -39,6 +39,31 @@ def test_seeded_weights_are_the_golden_ones(spec):
     assert digest(c.to_torch(seed=3, dtype="bfloat16").state_dict()) == GOLDEN[spec][1]
 
 
+def test_prefaulted_builds_are_the_golden_ones(monkeypatch):
+    """Storage faulted in ahead of the fill (`runtime_common/prefault.py`, every tensor here: the size floor set to
+    0) holds the same values; on Linux the kernel was asked and did it."""
+    import sys
+    from runtime_common import prefault
+    calls = []
+    real = prefault.prefault
+    monkeypatch.setattr(prefault, "MIN_BYTES", 0)
+    monkeypatch.setattr("runtime_torch.init.prefault", lambda a, n: calls.append(real(a, n)) or calls[-1])
+    spec = "examples/tiny_vlm.json"
+    assert digest(compile(spec).to_torch(seed=3).state_dict()) == GOLDEN[spec][0]
+    assert digest(compile(spec).to_torch(seed=3, dtype="bfloat16").state_dict()) == GOLDEN[spec][1]
+    assert calls and (any(calls) if sys.platform.startswith("linux") else not any(calls))
+
+
+def test_prefault_keeps_a_buffers_values():
+    import sys
+    from runtime_common.prefault import prefault
+    t = torch.arange(3 << 20, dtype=torch.float32)          # 12 MB: whole pages inside it, and partial ones at the ends
+    want = t.clone()
+    assert prefault(t.data_ptr(), t.nbytes) == sys.platform.startswith("linux")
+    assert torch.equal(t, want)
+    assert not prefault(t.data_ptr(), 100)                   # under the size floor: nothing asked
+
+
 @pytest.mark.parametrize("n_threads", [1, 3])
 def test_meta_build_equals_filling_an_allocated_model(n_threads):
     """The old way (every tensor allocated at construction, then filled in place, one thread) and the new one (built
@@ -58,6 +83,29 @@ def test_meta_build_equals_filling_an_allocated_model(n_threads):
         assert meta.param(name) is meta.param(owner)
     lm = compile("examples/tiny_lm.json").to_torch()
     assert lm.param("head.weight") is lm.param("embed.weight")
+
+
+def test_pool_hands_back_whatever_finished_first():
+    """A large tensor keeps no other thread waiting: the others' results come back while it is still being made
+    (here the largest only finishes once the caller has every other result: a pool that handed results back in
+    submission order would wait for it first, and time out)."""
+    import threading
+    from runtime_common.pool import parallel
+    names = [f"t{i}" for i in range(12)]
+    sizes = [100] + [1] * 11
+    rest_seen = threading.Event()
+
+    def make(name):
+        if name == "t0":
+            assert rest_seen.wait(10), "the largest tensor held the pool back"
+        return name.upper()
+
+    got = []
+    for name, value in parallel(names, make, sizes, "test", n_threads=2):
+        got.append((name, value))
+        if len(got) == len(names) - 1:
+            rest_seen.set()
+    assert got[-1] == ("t0", "T0") and sorted(got) == sorted((n, n.upper()) for n in names)
 
 
 def test_bfloat16_build_is_the_cast_float32_build():
