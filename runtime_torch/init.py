@@ -4,11 +4,10 @@
 `build()` constructs the model on the meta device (no memory, nothing initialised), then `materialise` gives each
 owned declared tensor its storage once, on the target device in the target dtype: drawn from the seed straight into
 it (a float32 CPU tensor is filled by its generator in place: one buffer, one pass; another dtype or device is drawn
-into a float32 buffer the thread reuses, then cast into its storage), or left empty for a checkpoint to fill. New CPU
-storage that is filled is faulted in first in one system call (`runtime_common/prefault.py`: cheaper than a page
-fault per page). The tensors are independent (each has its own generator), so a pool of threads fills them, largest
-first (`runtime_common/pool.py`; torch's kernels release the GIL): the values are those of a sequential fill,
-whatever the order or the number of threads. A tensor already allocated (not meta) is filled in place.
+into a float32 buffer the thread reuses, then cast into its storage), or left empty for a checkpoint to fill. The
+tensors are independent (each has its own generator), so a pool of threads fills them, largest first
+(`runtime_common/pool.py`; torch's kernels release the GIL): the values are those of a sequential fill, whatever
+the order or the number of threads. A tensor already allocated (not meta) is filled in place.
 """
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ import torch
 
 from runtime_common.init import draw_into
 from runtime_common.pool import Scratch, parallel
-from runtime_common.prefault import prefault
 
 
 @torch.no_grad()
@@ -42,12 +40,9 @@ def materialise(model, seed: Optional[int] = 0, device=None, n_threads: Optional
             if cur.is_meta:
                 if seed is None:
                     return torch.empty(cur.shape, dtype=cur.dtype, device=dev)
-                out = torch.empty(cur.shape, dtype=cur.dtype, device=dev)
-                if dev.type == "cpu":
-                    prefault(out.data_ptr(), out.nbytes)
-                    if cur.dtype == torch.float32:
-                        return draw_into(out, decls[name].init_rule, seed, name)
-                return out.copy_(values(name, cur.shape))
+                if cur.dtype == torch.float32 and dev.type == "cpu":
+                    return draw_into(torch.empty(cur.shape), decls[name].init_rule, seed, name)
+                return values(name, cur.shape).to(device=dev, dtype=cur.dtype, copy=True)
             if seed is None:
                 return cur
             if cur.dtype == torch.float32 and cur.device.type == "cpu" and cur.is_contiguous():

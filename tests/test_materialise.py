@@ -39,31 +39,6 @@ def test_seeded_weights_are_the_golden_ones(spec):
     assert digest(c.to_torch(seed=3, dtype="bfloat16").state_dict()) == GOLDEN[spec][1]
 
 
-def test_prefaulted_builds_are_the_golden_ones(monkeypatch):
-    """Storage faulted in ahead of the fill (`runtime_common/prefault.py`, every tensor here: the size floor set to
-    0) holds the same values; on Linux the kernel was asked and did it."""
-    import sys
-    from runtime_common import prefault
-    calls = []
-    real = prefault.prefault
-    monkeypatch.setattr(prefault, "MIN_BYTES", 0)
-    monkeypatch.setattr("runtime_torch.init.prefault", lambda a, n: calls.append(real(a, n)) or calls[-1])
-    spec = "examples/tiny_vlm.json"
-    assert digest(compile(spec).to_torch(seed=3).state_dict()) == GOLDEN[spec][0]
-    assert digest(compile(spec).to_torch(seed=3, dtype="bfloat16").state_dict()) == GOLDEN[spec][1]
-    assert calls and (any(calls) if sys.platform.startswith("linux") else not any(calls))
-
-
-def test_prefault_keeps_a_buffers_values():
-    import sys
-    from runtime_common.prefault import prefault
-    t = torch.arange(3 << 20, dtype=torch.float32)          # 12 MB: whole pages inside it, and partial ones at the ends
-    want = t.clone()
-    assert prefault(t.data_ptr(), t.nbytes) == sys.platform.startswith("linux")
-    assert torch.equal(t, want)
-    assert not prefault(t.data_ptr(), 100)                   # under the size floor: nothing asked
-
-
 @pytest.mark.parametrize("n_threads", [1, 3])
 def test_meta_build_equals_filling_an_allocated_model(n_threads):
     """The old way (every tensor allocated at construction, then filled in place, one thread) and the new one (built
@@ -106,6 +81,29 @@ def test_pool_hands_back_whatever_finished_first():
         if len(got) == len(names) - 1:
             rest_seen.set()
     assert got[-1] == ("t0", "T0") and sorted(got) == sorted((n, n.upper()) for n in names)
+
+
+@pytest.mark.parametrize("ahead", [None, 1, 100])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_pool_prepares_in_the_callers_thread_before_each_make(ahead, n_threads):
+    import threading
+    from runtime_common.pool import parallel
+    names = [f"t{i}" for i in range(20)]
+    main, prepared, lock = threading.get_ident(), {}, threading.Lock()
+
+    def prepare(name):
+        assert threading.get_ident() == main
+        with lock:
+            prepared[name] = len(prepared)
+
+    def make(name):
+        with lock:
+            assert name in prepared
+        return prepared[name]
+
+    got = dict(parallel(names, make, list(range(20)), "test", n_threads=n_threads, prepare=prepare, ahead=ahead))
+    assert got == prepared and len(got) == 20
+    assert [n for n, _ in sorted(prepared.items(), key=lambda kv: kv[1])] == names[::-1]     # largest first
 
 
 def test_bfloat16_build_is_the_cast_float32_build():
@@ -182,6 +180,33 @@ def test_mlx_seeded_and_loaded_weights_are_the_torch_ones(tmp_path):
     loaded = {k: torch.from_numpy(np.array(v)) for k, v in
               torch_layout_weights(c.to_mlx(weights=path)).items()}
     assert digest(loaded) == digest(owned)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("n_threads", [1, 3])
+def test_mlx_values_drawn_into_its_arrays_are_the_converted_draws(dtype, n_threads):
+    """MLX's seeded arrays are drawn straight into MLX's memory (permuted to MLX's layout and cast on the way,
+    bfloat16 through uint16 storage): the same bits as drawing each tensor in float32, then converting it with MLX
+    (`layout.to_mlx`, `astype`), which is the route it replaced."""
+    pytest.importorskip("runtime_mlx")
+    import mlx.core as mx
+    from runtime_mlx import init, layout
+    from runtime_mlx.model import OmnicModel
+    c = compile("examples/tiny_vlm.json")
+    model = OmnicModel(c)
+    model.set_dtype(getattr(mx, dtype))
+    init.initialise(model, 7, n_threads=n_threads)
+    checked = 0
+    for name, w in model.weight_decls.items():
+        if w.tied_to:
+            continue
+        want = layout.to_mlx(mx.array(draw(w.init_rule, tuple(w.shape), 7, name).numpy()), w.shape,
+                             model.perms[name], source="torch", name=name).astype(getattr(mx, dtype))
+        got = model.param(name)
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        assert mx.array_equal(got, want).item(), name
+        checked += 1
+    assert checked > 10 and any(p is not None for p in model.perms.values())    # kernels permuted too
 
 
 @pytest.mark.parametrize("model_dtype", ["float32", "bfloat16"])
