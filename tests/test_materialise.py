@@ -209,6 +209,29 @@ def test_mlx_values_drawn_into_its_arrays_are_the_converted_draws(dtype, n_threa
     assert checked > 10 and any(p is not None for p in model.perms.values())    # kernels permuted too
 
 
+@pytest.mark.parametrize("group_bytes", [1, 4096, 1 << 40])
+def test_mlx_load_in_groups_gives_the_files_values(group_bytes, tmp_path, monkeypatch):
+    """Whatever the size of the groups MLX evaluates a load in (one tensor each, a few, all at once), the model holds
+    the file's values, cast and transposed to MLX's layout."""
+    pytest.importorskip("runtime_mlx")
+    import mlx.core as mx
+    import runtime_torch
+    from runtime_mlx import weights
+    from runtime_mlx.weights import torch_layout_weights
+    monkeypatch.setattr(weights, "GROUP_BYTES", group_bytes)
+    c = compile("examples/tiny_vlm.json")
+    seeded = c.to_torch(seed=8)
+    path = tmp_path / "w.safetensors"
+    runtime_torch.save_weights(seeded, path)
+    owned = {k: v for k, v in seeded.state_dict().items() if k not in seeded.ties}
+    for dtype in ("float32", "bfloat16"):
+        got = torch_layout_weights(c.to_mlx(weights=path, dtype=dtype))
+        assert sorted(got) == sorted(owned)
+        for k, v in owned.items():
+            want = mx.array(v.numpy()).astype(getattr(mx, dtype))
+            assert got[k].dtype == want.dtype and mx.array_equal(got[k], want).item(), (dtype, k)
+
+
 @pytest.mark.parametrize("model_dtype", ["float32", "bfloat16"])
 def test_mlx_load_through_mx_load_equals_the_numpy_route(model_dtype, tmp_path, monkeypatch):
     """The MLX load reads a file with `mx.load` (lazy arrays, read when evaluated); a file `mx.load` cannot open is
