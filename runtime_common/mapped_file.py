@@ -9,12 +9,14 @@ drawing Oculus's 7.6 GB into a map took 13-15 s where drawing it into memory and
 The layout is the one `safetensors.serialize_file` writes (https://github.com/huggingface/safetensors#format):
 an 8-byte little-endian header length, the header (compact JSON: "__metadata__" first, then each tensor's dtype,
 shape and data_offsets, in name order) padded with spaces to a multiple of 8, then the tensors' bytes in the same
-order. safetensors orders tensors of several dtypes by dtype first (its own enum order), so a file is mapped only
+order. The file's blocks are reserved first (posix_fallocate): a full disk is an OSError, not a SIGBUS from the
+map. safetensors orders tensors of several dtypes by dtype first (its own enum order), so a file is mapped only
 when every tensor has one dtype (`layout` returns None otherwise, and the caller writes the plain way);
-tests/test_materialise.py checks the files byte for byte against `save_file`'s. Framework-free.
+tests/test_seeded_file.py checks the files byte for byte against `save_file`'s. Framework-free.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import mmap
@@ -60,6 +62,7 @@ class MappedFile:
         try:
             self._file.write(struct.pack("<Q", len(header)) + header)
             self._file.truncate(size)
+            _reserve(self._file, path, size)
             self._map = mmap.mmap(self._file.fileno(), size) if size > self.base else None
         except BaseException:
             self._file.close()
@@ -92,3 +95,17 @@ class MappedFile:
         except BufferError:                # views still held by an error's traceback: the map goes with them
             if kind is None:
                 raise
+
+
+def _reserve(file, path, size: int) -> None:
+    """Reserve the file's blocks now: a full disk is then an OSError here, not a SIGBUS when a page of the map is
+    written back. A filesystem that cannot reserve (no fallocate) is written as it is."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(file.fileno(), 0, size)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(e.errno, f"no space for {os.fspath(path)} ({size:,} bytes): {e.strerror}") from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise

@@ -89,3 +89,24 @@ def test_build_with_weights_draws_into_the_file(tmp_path, monkeypatch):
     from runtime_mlx import emit as mlx_emit
     mlx_emit.write(c, tmp_path / "m", weights=True, seed=4)
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == want.read_bytes()
+
+
+def test_a_full_disk_is_a_one_line_build_error(tmp_path, monkeypatch):
+    """The file's blocks are reserved before the map is written (a full disk would otherwise be a SIGBUS): no space
+    is a clear error naming the file, and `omnic build` reports it in one line and leaves no output."""
+    import errno
+    import os
+
+    from click.testing import CliRunner
+
+    from compiler.cli import cli
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    with pytest.raises(OSError, match="no space for .*x.safetensors"):
+        MappedFile(tmp_path / "x.safetensors", {"a": ("F32", (4,))})
+    r = CliRunner().invoke(cli, ["build", "examples/tiny_lm.json", "--target", "torch", "-o", str(tmp_path / "out"),
+                                 "--weights"])
+    assert r.exit_code != 0 and "no space for" in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "out").exists()
