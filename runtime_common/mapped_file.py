@@ -24,7 +24,7 @@ import os
 import struct
 from typing import Optional, Sequence
 
-from .checkpoint import ITEMSIZE
+from runtime_common.checkpoint import ITEMSIZE
 
 
 def layout(tensors: dict[str, tuple[str, Sequence[int]]],
