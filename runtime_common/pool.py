@@ -4,9 +4,9 @@
 
 `make(name)` runs in a worker thread, the largest tensors first; results come back as they finish (so one large
 tensor never keeps the other threads waiting), and the caller installs them in one thread; by default at most 2 per
-thread are started ahead of the caller (memory stays bounded). Worth it where `make` spends its time in kernels that release
-the GIL (torch's random number generators and copies do): a model's tensors are independent, so the pool fills them
-at once, and the order they finish in changes no value.
+thread are started ahead of the caller (memory stays bounded). Worth it where `make` spends its time in kernels
+that release the GIL (torch's random number generators and copies do): a model's tensors are independent, so the
+pool fills them at once, and the order they finish in changes no value.
 `Scratch` holds a buffer per thread, reused across the tensors of one job (values drawn only to be cast or copied
 elsewhere then do not fault in fresh memory for every tensor).
 """

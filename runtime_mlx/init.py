@@ -103,6 +103,7 @@ def initialise(model, seed: int = 0, n_threads: Optional[int] = None) -> None:
         x = arrays.pop(name, None)
         if x is None:
             x = _convert(model, name, mx.array(t.numpy()))
+            mx.eval(x)                                      # its torch and float32 copies go now
         elif x.dtype != model.param(name).dtype:
             x = x.view(model.param(name).dtype)             # bfloat16 drawn into uint16 storage: the same bytes
         new.append((name, x))

@@ -182,12 +182,13 @@ def test_mlx_seeded_and_loaded_weights_are_the_torch_ones(tmp_path):
     assert digest(loaded) == digest(owned)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64"])
 @pytest.mark.parametrize("n_threads", [1, 3])
 def test_mlx_values_drawn_into_its_arrays_are_the_converted_draws(dtype, n_threads):
     """MLX's seeded arrays are drawn straight into MLX's memory (permuted to MLX's layout and cast on the way,
     bfloat16 through uint16 storage): the same bits as drawing each tensor in float32, then converting it with MLX
-    (`layout.to_mlx`, `astype`), which is the route it replaced."""
+    (`layout.to_mlx`, `astype`), which is the route it replaced (and still takes for a dtype numpy cannot view in
+    place: float64 here)."""
     pytest.importorskip("runtime_mlx")
     import mlx.core as mx
     from runtime_mlx import init, layout
