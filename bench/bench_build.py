@@ -1,13 +1,19 @@
 """How long omnic takes to build a model's weights, against the work that cannot be avoided, measured in the same run.
 
 Each figure is one fresh process (memory as a user's process finds it), the timed part alone (not imports or
-compile()); median and spread over --repeats, with the process's peak RSS. Groups (--only):
-  seeded  `to_torch(seed=0)` / `to_mlx(seed=0)` (float32) vs the floor: a process that allocates and fills
-          (with zeros) float32 tensors of the model's shapes: the memory every build must touch
+compile(), except where said); median and spread over --repeats (the cases of a row rotated, so all see the same
+machine), with the process's peak RSS. Groups (--only):
+  seeded  `to_torch(seed=0)` / `to_mlx(seed=0)` (float32; to_mlx's time includes importing torch, whose generators
+          it draws with) vs two floors: a process that allocates and fills (with zeros) float32 tensors of the
+          model's shapes (the memory every build must touch), and one that allocates them and draws each with
+          torch's normal_ from its own generator, 2 threads, largest first (the work the exact values need)
   ckpt    `to_torch(weights=FILE)` vs `safetensors.torch.load_file(FILE)`, and `to_mlx(weights=FILE)` vs
-          `mx.load(FILE)`, on a file the torch runtime saved (in the page cache: read once before)
-  build   `omnic build SPEC --target torch --weights` (the whole process) vs a process that allocates tensors of the
-          model's shapes and writes them with `safetensors.torch.save_file` (allocate + write)
+          `mx.load(FILE)` + one eval of every array, on a file the torch runtime saved (in the page cache: read once
+          before)
+  build   `omnic build SPEC --target torch --weights` (the whole process: start-up, imports, compile, write) vs a
+          process that allocates tensors of the model's shapes and writes them with `safetensors.torch.save_file`
+          (allocate + write), and one that maps a new file of the weights' size and fills it with zeros (the bytes
+          any writer must put in the page cache; timed part only)
 Ratios are omnic / peer (1.0 = no overhead over the unavoidable work). The seeded values are the exact values of
 the name-keyed scheme (runtime_common/init.py: one mt19937 stream per tensor, drawn by torch's normal_), tensors
 drawn by one thread per core.
@@ -41,6 +47,16 @@ SHAPES = """
 from compiler.cost import cost_nodes
 shapes = [w.shape for nc in cost_nodes(c.graph, 1, 1, 1) for w in nc.weights.values() if not w.tied_to]
 """
+# torch's generators alone: each tensor drawn by normal_ from its own generator, 2 threads, largest first
+DRAW = """
+import math, torch
+from concurrent.futures import ThreadPoolExecutor
+def draw(alloc):
+    order = sorted(range(len(shapes)), key=lambda i: -math.prod(shapes[i]))
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda i: alloc(i, shapes[i]).normal_(0, 0.02, generator=torch.Generator().manual_seed(i)),
+                             order))
+"""
 CASES = {
     "floor (alloc + fill, fp32)": SHAPES + "import torch\nt0 = time.perf_counter()\n"
                                            "ts = [torch.empty(s).fill_(0) for s in shapes]\n",
@@ -52,13 +68,22 @@ CASES = {
     "mx.load": "import runtime_mlx, mlx.core as mx\nt0 = time.perf_counter()\nsd = mx.load({file!r})\n"
                "mx.eval(list(sd.values()))\n",
     "to_mlx(weights=FILE)": "import runtime_mlx\nt0 = time.perf_counter()\nm = c.to_mlx(weights={file!r})\n",
+    "floor (alloc + draw, 2 threads)": SHAPES + DRAW + "t0 = time.perf_counter()\n"
+                                        "ts = draw(lambda i, s: torch.empty(s))\n",
     "alloc + save_file": SHAPES + "import torch\nfrom safetensors.torch import save_file\nt0 = time.perf_counter()\n"
                          "save_file({{f'w{{i}}': torch.empty(s).fill_(0) for i, s in enumerate(shapes)}}, {out!r})\n",
+    "map + fill a file (zeros)": SHAPES + "import math, mmap, torch\nt0 = time.perf_counter()\n"
+                                 "n = 4 * sum(math.prod(s) for s in shapes)\n"
+                                 "with open({out!r}, 'wb+') as f:\n"
+                                 "    f.truncate(n)\n"
+                                 "    mm = mmap.mmap(f.fileno(), n)\n"
+                                 "    torch.frombuffer(mm, dtype=torch.float32).fill_(0)\n",
 }
-GROUPS = {
-    "seeded": [("to_torch(seed=0)", "floor (alloc + fill, fp32)"), ("to_mlx(seed=0)", "floor (alloc + fill, fp32)")],
+GROUPS = {      # (omnic's case, its peers)
+    "seeded": [("to_torch(seed=0)", "floor (alloc + fill, fp32)", "floor (alloc + draw, 2 threads)"),
+               ("to_mlx(seed=0)", "floor (alloc + fill, fp32)", "floor (alloc + draw, 2 threads)")],
     "ckpt": [("to_torch(weights=FILE)", "safetensors load_file"), ("to_mlx(weights=FILE)", "mx.load")],
-    "build": [("omnic build --weights", "alloc + save_file")],
+    "build": [("omnic build --weights", "alloc + save_file", "map + fill a file (zeros)")],
 }
 
 
@@ -119,21 +144,23 @@ def main() -> None:
             print(f"checkpoint: {os.path.getsize(file) / 1e9:.2f} GB written and read once in "
                   f"{time.perf_counter() - t0:.1f} s", flush=True)
         for g in groups:
-            for ours, peer in GROUPS[g]:
+            for ours, *peers in GROUPS[g]:
                 if "mlx" in ours and not mlx:
                     print(f"  {ours}: MLX not installed, skipped")
                     continue
-                times: dict[str, list] = {ours: [], peer: []}
-                rss: dict[str, list] = {ours: [], peer: []}
-                for i in range(args.repeats):          # alternate, so both see the same machine
-                    for name in ((ours, peer) if i % 2 == 0 else (peer, ours)):
+                names = [ours, *peers]
+                times: dict[str, list] = {n: [] for n in names}
+                rss: dict[str, list] = {n: [] for n in names}
+                for i in range(args.repeats):          # rotate, so all see the same machine
+                    for name in names[i % len(names):] + names[:i % len(names)]:
                         r = run_case(name, args.spec, file, tmp)
                         times[name].append(r["s"])
                         rss[name].append(r["rss_gb"])
-                for name in (ours, peer):
-                    print(f"  {name:28s} {spread(times[name])}   peak RSS {max(rss[name]):5.2f} GB")
-                print(f"  {'':28s} ratio {statistics.median(times[ours]) / statistics.median(times[peer]):.2f}x "
-                      f"(load average {os.getloadavg()[0]:.2f})")
+                for name in names:
+                    print(f"  {name:32s} {spread(times[name])}   peak RSS {max(rss[name]):5.2f} GB")
+                ratios = ", ".join(f"{statistics.median(times[ours]) / statistics.median(times[p]):.2f}x {p}"
+                                   for p in peers)
+                print(f"  {'':32s} ratio {ratios} (load average {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@
                                  splits that do not divide), before any data is read
   tensor_bytes(ref)              one tensor's bytes as a numpy view of a private memory map of its file
   materialise(source, fw)        one model tensor, read and assembled with the runtime's `fw` (read / cat / stack
-                                 / narrow); the runtimes read tensor by tensor, so a load holds the model and one
-                                 tensor at a time, never the whole file twice (tests/test_checkpoints.py measures it)
+                                 / narrow); the runtimes read tensor by tensor (MLX evaluates groups of a few hundred
+                                 MB), so a load holds the model and one tensor or group at a time, never the whole
+                                 file twice (tests/test_checkpoints.py measures it)
 A Source is a Ref (a tensor of a file, or an in-memory tensor), a Cat (parts along dim 0), a Stack (experts) or a
 Part (a chunk of a Split). Each knows its shape, dtype (safetensors' names: F32, BF16, ...) and the checkpoint names
 it comes from, for the strict report (runtime_common/weights.py: `WeightsMismatch`).

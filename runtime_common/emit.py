@@ -8,9 +8,11 @@ that runtime (`runtime_torch/emit.py` and `runtime_mlx/emit.py` name theirs with
                      written out, one line per node with its op and output shape;
   report.json        the compiler's report (sorted keys, indent 2);
   model.safetensors  (with weights=True) the weights initialised from `seed`, in torch layout (both runtimes write
-                     the same file for the same spec and seed); with `weights_from` (a checkpoint file or folder)
-                     and its key map, that checkpoint's weights instead, loaded strictly (every differing name
-                     reported, nothing written) tensor by tensor into a model built without weights.
+                     the same file for the same spec and seed; a runtime with `write_seeded`, torch's, draws them
+                     straight into the file, without building the model's tensors); with `weights_from` (a
+                     checkpoint file or folder) and its key map, that checkpoint's weights instead, loaded strictly
+                     (every differing name reported, nothing written) tensor by tensor into a model built without
+                     weights.
 The same spec gives byte-identical files. Nothing from the spec ever becomes code: every string (names, notes,
 input names) reaches model.py through repr() of plain data, identifiers are generated (`x0`, `x1`, ...), and
 comments hold only op names and shapes; `write` checks that the literal reads back equal to the graph data.
@@ -138,12 +140,16 @@ def write(compiled, out_dir: str | os.PathLike, target: Target, weights: bool = 
     if weights or weights_from is not None or quant is not None:
         runtime = importlib.import_module(target.runtime)
         path = os.path.join(out_dir, "model.safetensors")
+        total = compiled.report["params"]["total"]
         if weights_from is not None:
             model = runtime.build(compiled, init=False, **({} if quant is not None else target.empty))
             runtime.load_checkpoint(model, weights_from, key_map)
+        elif quant is None and hasattr(runtime, "write_seeded") and runtime.write_seeded(
+                runtime.build(compiled, init=False, **target.empty), path, seed):
+            paths.append(path)             # drawn straight into the file (runtime_torch/seeded_file.py)
+            return paths
         else:
             model = runtime.build(compiled, seed=seed)
-        total = compiled.report["params"]["total"]
         if quant is not None:
             quantize = importlib.import_module(f"{target.runtime}.quantize")
             with status(f"quantising to {quant.fmt.name}", total):

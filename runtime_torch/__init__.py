@@ -23,10 +23,12 @@ from .init import initialise, materialise
 from .model import OmnicModel
 from .pack import pack, unpack
 from .registry import all_impls, get, implements
+from .seeded_file import write_seeded
 from .weights import WeightsMismatch, load_checkpoint, load_state_dict_mapped, load_weights, save_weights
 
 __all__ = ["build", "from_graph_data", "OmnicModel", "implements", "get", "all_impls", "save_weights",
-           "load_weights", "load_state_dict_mapped", "load_checkpoint", "WeightsMismatch", "to_data", "pack", "unpack"]
+           "load_weights", "load_state_dict_mapped", "load_checkpoint", "WeightsMismatch", "to_data", "pack", "unpack",
+           "write_seeded"]
 
 
 def _dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:

@@ -60,6 +60,52 @@ def test_meta_build_equals_filling_an_allocated_model(n_threads):
     assert lm.param("head.weight") is lm.param("embed.weight")
 
 
+def test_pool_hands_back_whatever_finished_first():
+    """A large tensor keeps no other thread waiting: the others' results come back while it is still being made
+    (here the largest only finishes once the caller has every other result: a pool that handed results back in
+    submission order would wait for it first, and time out)."""
+    import threading
+    from runtime_common.pool import parallel
+    names = [f"t{i}" for i in range(12)]
+    sizes = [100] + [1] * 11
+    rest_seen = threading.Event()
+
+    def make(name):
+        if name == "t0":
+            assert rest_seen.wait(10), "the largest tensor held the pool back"
+        return name.upper()
+
+    got = []
+    for name, value in parallel(names, make, sizes, "test", n_threads=2):
+        got.append((name, value))
+        if len(got) == len(names) - 1:
+            rest_seen.set()
+    assert got[-1] == ("t0", "T0") and sorted(got) == sorted((n, n.upper()) for n in names)
+
+
+@pytest.mark.parametrize("ahead", [None, 1, 100])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_pool_prepares_in_the_callers_thread_before_each_make(ahead, n_threads):
+    import threading
+    from runtime_common.pool import parallel
+    names = [f"t{i}" for i in range(20)]
+    main, prepared, lock = threading.get_ident(), {}, threading.Lock()
+
+    def prepare(name):
+        assert threading.get_ident() == main
+        with lock:
+            prepared[name] = len(prepared)
+
+    def make(name):
+        with lock:
+            assert name in prepared
+        return prepared[name]
+
+    got = dict(parallel(names, make, list(range(20)), "test", n_threads=n_threads, prepare=prepare, ahead=ahead))
+    assert got == prepared and len(got) == 20
+    assert [n for n, _ in sorted(prepared.items(), key=lambda kv: kv[1])] == names[::-1]     # largest first
+
+
 def test_bfloat16_build_is_the_cast_float32_build():
     c = compile("examples/tiny_moe.json")
     f32, bf16 = c.to_torch(seed=1).state_dict(), c.to_torch(seed=1, dtype="bfloat16").state_dict()
@@ -134,6 +180,57 @@ def test_mlx_seeded_and_loaded_weights_are_the_torch_ones(tmp_path):
     loaded = {k: torch.from_numpy(np.array(v)) for k, v in
               torch_layout_weights(c.to_mlx(weights=path)).items()}
     assert digest(loaded) == digest(owned)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64"])
+@pytest.mark.parametrize("n_threads", [1, 3])
+def test_mlx_values_drawn_into_its_arrays_are_the_converted_draws(dtype, n_threads):
+    """MLX's seeded arrays are drawn straight into MLX's memory (permuted to MLX's layout and cast on the way,
+    bfloat16 through uint16 storage): the same bits as drawing each tensor in float32, then converting it with MLX
+    (`layout.to_mlx`, `astype`), which is the route it replaced (and still takes for a dtype numpy cannot view in
+    place: float64 here)."""
+    pytest.importorskip("runtime_mlx")
+    import mlx.core as mx
+    from runtime_mlx import init, layout
+    from runtime_mlx.model import OmnicModel
+    c = compile("examples/tiny_vlm.json")
+    model = OmnicModel(c)
+    model.set_dtype(getattr(mx, dtype))
+    init.initialise(model, 7, n_threads=n_threads)
+    checked = 0
+    for name, w in model.weight_decls.items():
+        if w.tied_to:
+            continue
+        want = layout.to_mlx(mx.array(draw(w.init_rule, tuple(w.shape), 7, name).numpy()), w.shape,
+                             model.perms[name], source="torch", name=name).astype(getattr(mx, dtype))
+        got = model.param(name)
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        assert mx.array_equal(got, want).item(), name
+        checked += 1
+    assert checked > 10 and any(p is not None for p in model.perms.values())    # kernels permuted too
+
+
+@pytest.mark.parametrize("group_bytes", [1, 4096, 1 << 40])
+def test_mlx_load_in_groups_gives_the_files_values(group_bytes, tmp_path, monkeypatch):
+    """Whatever the size of the groups MLX evaluates a load in (one tensor each, a few, all at once), the model holds
+    the file's values, cast and transposed to MLX's layout."""
+    pytest.importorskip("runtime_mlx")
+    import mlx.core as mx
+    import runtime_torch
+    from runtime_mlx import weights
+    from runtime_mlx.weights import torch_layout_weights
+    monkeypatch.setattr(weights, "GROUP_BYTES", group_bytes)
+    c = compile("examples/tiny_vlm.json")
+    seeded = c.to_torch(seed=8)
+    path = tmp_path / "w.safetensors"
+    runtime_torch.save_weights(seeded, path)
+    owned = {k: v for k, v in seeded.state_dict().items() if k not in seeded.ties}
+    for dtype in ("float32", "bfloat16"):
+        got = torch_layout_weights(c.to_mlx(weights=path, dtype=dtype))
+        assert sorted(got) == sorted(owned)
+        for k, v in owned.items():
+            want = mx.array(v.numpy()).astype(getattr(mx, dtype))
+            assert got[k].dtype == want.dtype and mx.array_equal(got[k], want).item(), (dtype, k)
 
 
 @pytest.mark.parametrize("model_dtype", ["float32", "bfloat16"])

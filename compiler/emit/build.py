@@ -16,6 +16,7 @@ weights, loaded strictly: a checkpoint that does not fit the spec is a BuildErro
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import os
@@ -84,6 +85,10 @@ def build(compiled, target: str, out: str, *, weights: bool = False, seed: int =
             if weights_from is None:
                 raise
             raise BuildError(str(e)) from None
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise BuildError(f"cannot write the build: {e.strerror or e}") from None
         with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
             json.dump({"target": target, "name": compiled.report["name"] if compiled.report else None,
                        "weights": weights or weights_from is not None or quant is not None, "seed": seed,
