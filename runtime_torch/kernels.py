@@ -194,8 +194,7 @@ class RopeTable:
         and is right at every length (a branch would fix the export to one side of the original length)."""
         orig = rope.scaling.original_max_position_embeddings
         inv = torch.where(t[-1:] + 1 > orig, rope.inv(orig + 1, t.device), rope.inv(orig, t.device))   # (rd/2,)
-        freqs = t[:, None] * inv[None, :]                                    # (N, rd/2)
-        return rope_tables(torch.cat((freqs, freqs), dim=-1), dtype, rope.scale)   # (N, rd) each
+        return RopeTable.of_inv(rope, inv, t, dtype)
 
     @classmethod
     def dynamic_angles(cls, rope: Rope, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,6 +208,11 @@ class RopeTable:
         e = torch.tensor(exponents(rd), dtype=torch.float64, device=t.device)    # (rd/2,) float32 values
         p = (base.to(torch.float32).to(torch.float64) ** e).to(torch.float32).to(torch.float64)
         inv = (1.0 / p).to(torch.float32)                                    # (rd/2,)
+        return RopeTable.of_inv(rope, inv, t, dtype)
+
+    @staticmethod
+    def of_inv(rope: Rope, inv: torch.Tensor, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, signed sin (N, rd) of positions t (N,) in float32 with inverse frequencies inv (rd/2,)."""
         freqs = t[:, None] * inv[None, :]                                    # (N, rd/2)
         return rope_tables(torch.cat((freqs, freqs), dim=-1), dtype, rope.scale)   # (N, rd) each
 
@@ -216,8 +220,7 @@ class RopeTable:
     def angles(rope: Rope, n: Optional[int], t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, signed sin (N, rd) of positions t (N,) in float32, with the frequencies of effective length n."""
         inv = rope.inv(n, t.device)
-        freqs = t[:, None] * inv[None, :]                                    # (N, rd/2)
-        return rope_tables(torch.cat((freqs, freqs), dim=-1), dtype, rope.scale)   # (N, rd) each
+        return RopeTable.of_inv(rope, inv, t, dtype)
 
 
 def grid_angles(grid, rd: int, theta: float) -> torch.Tensor:
