@@ -208,7 +208,6 @@ def _op_of(low: Lowering, typ: Any, params: dict, path: tuple) -> Optional[tuple
         low.err(path + ("type",), "layer type is missing" if typ is None else "layer type must be a string",
                 "known types: " + ", ".join(registry.all_ops()))
         return None
-    ops = registry.all_ops()
     kind = params.get("type")
     if isinstance(kind, str):
         op_name = registry.kind_op(typ, kind)
@@ -219,12 +218,13 @@ def _op_of(low: Lowering, typ: Any, params: dict, path: tuple) -> Optional[tuple
             return None
         params = {k: v for k, v in params.items() if k != "type"}
         typ = op_name
-    if typ not in ops or typ == "Input":
+    op = registry.find(typ)
+    if op is None or typ == "Input":
+        known = [o for o in registry.all_ops() if o != "Input"]
         low.err(path + ("type",), f"unknown layer type {typ!r}",
-                did_you_mean(typ, [o for o in ops if o != "Input"]) or "see `omnic schema` for the layer types",
-                code="unknown-type")
+                did_you_mean(typ, known) or "see `omnic schema` for the layer types", code="unknown-type")
         return None
-    return ops[typ], params
+    return op, params
 
 
 def _node_name(low: Lowering, layer: dict, path: tuple, prefix: str) -> Optional[tuple[str, Optional[str]]]:

@@ -151,3 +151,34 @@ def test_check_imports_only_what_it_needs(spec, options, never):
                          env={**os.environ, "PYTHONPATH": ROOT})
     last = out.stdout.strip().splitlines()[-1]
     assert last == "LOADED [] 0", (last, out.stderr[-2000:])
+
+
+def test_check_imports_only_the_op_modules_its_spec_uses():
+    """Ops are looked up module by module (registry.COMMON first): checking Oculus imports none of the modules of
+    ops it does not use (fVLM, Mamba-2, MLA, the generative heads ...)."""
+    code = ("import sys, compiler\n"
+            "c = compiler.compile('specs/oculus.json')\n"
+            "print('OPS', c.ok, sorted(m.split('.')[-1] for m in sys.modules if m.startswith('compiler.ops.')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+    last = out.stdout.strip().splitlines()[-1]
+    loaded = set(ast.literal_eval(last.split(" ", 2)[2]))
+    assert last.startswith("OPS True") and {"transformer", "vision", "merge"} <= loaded, (last, out.stderr[-2000:])
+    assert not loaded & {"fvlm", "mamba2", "mla", "generative", "moe", "resampler", "lm"}, last
+
+
+def test_every_op_is_found_by_name_from_a_fresh_registry():
+    """registry.find imports modules one at a time until the name is registered: from a fresh process, every op
+    (asked for in reverse order, so later modules come first) is found, an unknown name is None after all loaded."""
+    code = ("from compiler import registry\n"
+            "names = sorted(registry.all_ops())\n"
+            "print(len(names), ','.join(names))\n")
+    names = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                           env={**os.environ, "PYTHONPATH": ROOT}).stdout.split()[1].split(",")
+    code = ("from compiler import registry\n"
+            f"names = {names[::-1]!r}\n"
+            "bad = [n for n in names if (registry.find(n) is None or registry.find(n).name != n)]\n"
+            "print('BAD', bad, registry.find('NoSuchOp'), registry._pending())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+    assert out.stdout.strip().splitlines()[-1] == "BAD [] None []", out.stdout + out.stderr[-2000:]
