@@ -95,3 +95,15 @@ def draw_into(out, rule: str, seed: int, name: str):
         return out.normal_(0.0, STD, generator=_generator(seed, name))
     return out.copy_(draw(rule, tuple(out.shape), seed, name))
 
+
+def fill(out, shape: tuple, rule: str, seed: int, name: str, scratch, perm=None):
+    """`out` (a torch tensor: the final storage, any dtype and device, the declared `shape` permuted by `perm`) set
+    to `name`'s values (returned): drawn in place when it is float32 on the CPU in the declared layout, else drawn
+    in float32 into this thread's buffer of `scratch` (runtime_common.pool.Scratch) and copied in (cast, permuted,
+    moved) on the way: one pass over `out`, no other full-size copy."""
+    import torch
+    if perm is None and out.dtype == torch.float32 and out.device.type == "cpu" and out.is_contiguous():
+        return draw_into(out, rule, seed, name)
+    buf = scratch.get(math.prod(shape), lambda n: torch.empty(n, dtype=torch.float32))
+    values = draw_into(buf.view(tuple(shape)), rule, seed, name)
+    return out.copy_(values if perm is None else values.permute(perm))

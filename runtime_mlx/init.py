@@ -90,12 +90,7 @@ def initialise(model, seed: int = 0, n_threads: Optional[int] = None) -> None:
             return scheme.draw(w.init_rule, tuple(w.shape), seed, name)
         view, torch_dtype = views.pop(name)
         out = torch.from_numpy(view).view(getattr(torch, torch_dtype))
-        perm = model.perms[name]
-        if perm is None and out.dtype == torch.float32:
-            return scheme.draw_into(out, w.init_rule, seed, name)     # in place: one pass over the array
-        buf = scratch.get(math.prod(w.shape), lambda n: torch.empty(n, dtype=torch.float32))
-        values = scheme.draw_into(buf.view(tuple(w.shape)), w.init_rule, seed, name)
-        return out.copy_(values if perm is None else values.permute(perm))     # cast / permuted on the way
+        return scheme.fill(out, tuple(w.shape), w.init_rule, seed, name, scratch, model.perms[name])
 
     new = []
     for name, t in parallel(names, make, sizes, "initialising weights", n_threads, prepare=allocate,

@@ -11,12 +11,11 @@ the order or the number of threads. A tensor already allocated (not meta) is fil
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 
-from runtime_common.init import draw_into
+from runtime_common.init import fill
 from runtime_common.pool import Scratch, parallel
 
 
@@ -30,24 +29,12 @@ def materialise(model, seed: Optional[int] = 0, device=None, n_threads: Optional
     dev = torch.device(device) if device is not None else torch.get_default_device()
     scratch = Scratch()
 
-    def values(name: str, shape: torch.Size) -> torch.Tensor:     # float32 on the CPU, in this thread's buffer
-        buf = scratch.get(math.prod(shape), lambda n: torch.empty(n, dtype=torch.float32))
-        return draw_into(buf.view(shape), decls[name].init_rule, seed, name)
-
     def make(name: str) -> torch.Tensor:
         with torch.no_grad():                      # grad mode is per thread
             cur = model.param(name)
             if cur.is_meta:
-                if seed is None:
-                    return torch.empty(cur.shape, dtype=cur.dtype, device=dev)
-                if cur.dtype == torch.float32 and dev.type == "cpu":
-                    return draw_into(torch.empty(cur.shape), decls[name].init_rule, seed, name)
-                return values(name, cur.shape).to(device=dev, dtype=cur.dtype, copy=True)
-            if seed is None:
-                return cur
-            if cur.dtype == torch.float32 and cur.device.type == "cpu" and cur.is_contiguous():
-                return draw_into(cur, decls[name].init_rule, seed, name)
-            return cur.copy_(values(name, cur.shape))
+                cur = torch.empty(cur.shape, dtype=cur.dtype, device=dev)
+            return cur if seed is None else fill(cur, cur.shape, decls[name].init_rule, seed, name, scratch)
 
     sizes = [model.param(n).numel() for n in names]
     for name, t in parallel(names, make, sizes, "initialising weights" if seed is not None else "allocating weights",

@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from runtime_common.init import draw_into
+from runtime_common.init import fill
 from runtime_common.mapped_file import MappedFile, layout
 from runtime_common.pool import Scratch, parallel
 
@@ -45,11 +45,7 @@ def write_seeded(model, path: str | os.PathLike, seed: int = 0, n_threads: Optio
                 return
             with torch.no_grad():
                 out = torch.frombuffer(f.buffer, dtype=w.dtype, count=w.numel(), offset=f.offset(name)).view(w.shape)
-                if w.dtype == torch.float32:
-                    draw_into(out, decls[name].init_rule, seed, name)
-                else:
-                    buf = scratch.get(w.numel(), lambda n: torch.empty(n, dtype=torch.float32))
-                    out.copy_(draw_into(buf.view(w.shape), decls[name].init_rule, seed, name))
+                fill(out, w.shape, decls[name].init_rule, seed, name, scratch)
             del out
 
         names = sorted(state)
